@@ -1,0 +1,190 @@
+//! The admin plane (axum, on the control thread), loopback by default.
+//!
+//! Endpoints:
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /readyz`: 200 when drover can serve (not shutting down, a backend in rotation), else 503.
+//! - `GET /api/status`: JSON: config version, strategy, workers, backends.
+//! - `POST /api/reload`: re-read the config file (like SIGHUP). Token required.
+//! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live. Token required.
+//! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
+//!
+//! When `admin.token` is set, every state-changing endpoint requires
+//! `Authorization: Bearer <token>`, compared in constant time.
+
+pub mod auth;
+
+use crate::balancing::StrategyKind;
+use crate::lifecycle::reload;
+use crate::state::Shared;
+use crate::supervisor::Supervisor;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub supervisor: Arc<Supervisor>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/status", get(status))
+        .route("/api/reload", post(reload_config))
+        .route("/api/strategy", post(set_strategy))
+        .route("/api/workers/{id}/drain", post(drain_worker))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let crash_looping = s.supervisor.status().iter().filter(|w| w.crash_looping).count();
+    s.shared.metrics.workers_crash_looping.set(crash_looping as i64);
+    let body = s.shared.metrics.render(&s.shared.pool);
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.shared.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if s.shared.pool.selector().backends.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no backend in rotation\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let shared = &s.shared;
+    let cfg = shared.config();
+    let members = shared.pool.members();
+    let slots = s.supervisor.status();
+    let workers: Vec<_> = slots
+        .iter()
+        .map(|w| {
+            let backend = w.backend_id.and_then(|id| members.iter().find(|b| b.id == id));
+            json!({
+                "id": w.id,
+                "pid": w.pid,
+                "port": w.port,
+                "phase": w.phase,
+                "state": backend.map(|b| b.state().as_str()).unwrap_or("down"),
+                "healthy": backend.map(|b| b.in_rotation()).unwrap_or(false),
+                "in_flight": backend.map(|b| b.inflight()).unwrap_or(0),
+                "requests": backend.map(|b| b.requests()).unwrap_or(0),
+                "breaker": backend.map(|b| b.breaker.state().as_str()).unwrap_or("closed"),
+                "restarts": w.restarts,
+                "crash_looping": w.crash_looping,
+                "last_exit": w.last_exit,
+                "uptime_seconds": w.since.map(|t| t.elapsed().as_secs_f64()),
+            })
+        })
+        .collect();
+    let backends: Vec<_> = members
+        .iter()
+        .map(|b| {
+            json!({
+                "id": b.id,
+                "name": &*b.name,
+                "address": b.addr.to_string(),
+                "worker_id": b.worker_id,
+                "weight": b.weight,
+                "state": b.state().as_str(),
+                "in_flight": b.inflight(),
+                "requests": b.requests(),
+                "failures": b.failures(),
+                "latency_ewma_ms": b.latency_nanos() / 1e6,
+                "breaker": b.breaker.state().as_str(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "config_version": shared.version.load(std::sync::atomic::Ordering::Relaxed),
+        "config_file": shared.config_path.display().to_string(),
+        "strategy": shared.pool.strategy().as_str(),
+        "panic_mode": shared.pool.in_panic(),
+        "shutting_down": shared.is_shutting_down(),
+        "uptime_seconds": shared.started.elapsed().as_secs_f64(),
+        "listen": cfg.listen.to_string(),
+        "in_flight": shared.metrics.in_flight.get(),
+        "workers": workers,
+        "backends": backends,
+    }))
+}
+
+fn denied(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let cfg = s.shared.config();
+    match auth::check(cfg.admin.token.as_deref(), headers) {
+        Ok(()) => None,
+        Err(why) => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer")],
+                Json(json!({ "error": why })),
+            )
+                .into_response(),
+        ),
+    }
+}
+
+async fn reload_config(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = denied(&s, &headers) {
+        return r;
+    }
+    match reload::reload(&s.shared, &s.supervisor) {
+        Ok(version) => Json(json!({ "ok": true, "config_version": version })).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "ok": false, "error": e })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct StrategyRequest {
+    strategy: String,
+}
+
+async fn set_strategy(State(s): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(r) = denied(&s, &headers) {
+        return r;
+    }
+    let parsed: Result<StrategyRequest, _> = serde_json::from_slice(&body);
+    let kind = match parsed {
+        Ok(req) => req.strategy.parse::<StrategyKind>(),
+        Err(e) => Err(format!("body must be JSON like {{\"strategy\": \"least_connections\"}}: {e}")),
+    };
+    match kind {
+        Ok(kind) => {
+            let before = s.shared.pool.strategy();
+            s.shared.pool.set_strategy(kind);
+            log::info!("admin: strategy switched from {before} to {kind}");
+            Json(json!({ "ok": true, "strategy": kind.as_str(), "previous": before.as_str() })).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "ok": false, "error": e }))).into_response(),
+    }
+}
+
+async fn drain_worker(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = denied(&s, &headers) {
+        return r;
+    }
+    let Ok(id) = id.parse::<usize>() else {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "ok": false, "error": "worker id must be a number" }))).into_response();
+    };
+    if s.supervisor.recycle(id) {
+        log::info!("admin: draining worker-{id}; a fresh worker replaces it");
+        (StatusCode::ACCEPTED, Json(json!({ "ok": true, "worker": id }))).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, Json(json!({ "ok": false, "error": format!("no worker {id}") }))).into_response()
+    }
+}

@@ -1,0 +1,318 @@
+//! A backend: one worker process instance or one remote upstream, with the live counters
+//! every strategy reads.
+//!
+//! In-flight counts and latency EWMAs live here rather than inside a strategy so that
+//! switching strategy (or rebuilding the eligible set) loses nothing; Pingora's own
+//! selectors are rebuilt on every update and drop such state (pingora issue #269).
+
+use crate::resilience::breaker::{Breaker, Permit};
+use pingora_core::upstreams::peer::HttpPeer;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Lifecycle of a backend as selection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BackendState {
+    /// Process started; not yet passed a health check. Gets no traffic.
+    Starting = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+    /// Finishing in-flight requests before it is stopped. Gets no new traffic.
+    Draining = 3,
+    /// Process gone. Gets no traffic.
+    Stopped = 4,
+}
+
+impl BackendState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => BackendState::Starting,
+            1 => BackendState::Healthy,
+            2 => BackendState::Unhealthy,
+            3 => BackendState::Draining,
+            _ => BackendState::Stopped,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Starting => "starting",
+            BackendState::Healthy => "healthy",
+            BackendState::Unhealthy => "unhealthy",
+            BackendState::Draining => "draining",
+            BackendState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Monotonic nanoseconds since the first call; cheap enough for the hot path.
+pub fn now_nanos() -> u64 {
+    static START: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
+    START.elapsed().as_nanos() as u64
+}
+
+/// Latency assumed for a backend that has not answered yet, so new backends are neither
+/// flooded (cost 0) nor starved.
+const DEFAULT_RTT_NANOS: f64 = 5_000_000.0;
+/// Decay time of the peak-EWMA, as in Linkerd/Finagle.
+const EWMA_DECAY_NANOS: f64 = 10_000_000_000.0;
+/// Latency charged for a failed request so errors look slow to the latency strategy.
+pub const ERROR_PENALTY: Duration = Duration::from_secs(1);
+
+pub struct Backend {
+    /// Unique for the life of the process; a restarted worker is a new backend.
+    pub id: u64,
+    /// Stable name: `worker-N` for forked workers, `host:port` for remote upstreams.
+    /// Consistent hashing uses it, so a restarted worker keeps its keys.
+    pub name: Arc<str>,
+    pub worker_id: Option<usize>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Built once; cloning it is cheaper than building a peer per request.
+    pub peer: HttpPeer,
+    state: AtomicU8,
+    inflight: AtomicU32,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    ewma_bits: AtomicU64,
+    ewma_stamp: AtomicU64,
+    pub breaker: Breaker,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Backend {
+    pub fn new(
+        id: u64,
+        name: &str,
+        worker_id: Option<usize>,
+        addr: SocketAddr,
+        weight: u32,
+        peer: HttpPeer,
+        breaker: Breaker,
+    ) -> Self {
+        Backend {
+            id,
+            name: Arc::from(name),
+            worker_id,
+            addr,
+            weight: weight.max(1),
+            peer,
+            state: AtomicU8::new(BackendState::Starting as u8),
+            inflight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            ewma_bits: AtomicU64::new(0f64.to_bits()),
+            ewma_stamp: AtomicU64::new(0),
+            breaker,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn state(&self) -> BackendState {
+        BackendState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the state; returns the previous one. Draining and Stopped are sticky: a
+    /// health check passing later must not put a draining worker back into rotation.
+    pub fn set_state(&self, next: BackendState) -> BackendState {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let prev = BackendState::from_u8(cur);
+            let allowed = match prev {
+                BackendState::Stopped => false,
+                BackendState::Draining => next == BackendState::Stopped,
+                _ => true,
+            };
+            if !allowed || prev == next {
+                return prev;
+            }
+            match self
+                .state
+                .compare_exchange(cur, next as u8, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return prev,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Whether selection may consider this backend at all (breaker aside).
+    pub fn in_rotation(&self) -> bool {
+        self.state() == BackendState::Healthy
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request as sent to this backend. The guard decrements exactly once when
+    /// dropped, however the request ends (success, error, client abort, retry elsewhere).
+    pub fn begin(self: &Arc<Self>, permit: Permit) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InflightGuard {
+            backend: Arc::clone(self),
+            permit,
+        }
+    }
+
+    /// Current peak-EWMA latency in nanoseconds, decayed to now.
+    pub fn latency_nanos(&self) -> f64 {
+        let v = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
+        if v == 0.0 {
+            DEFAULT_RTT_NANOS
+        } else {
+            v
+        }
+    }
+
+    /// Feeds one observed latency into the peak-EWMA: a slower sample replaces the
+    /// average at once (peak), faster ones pull it down with a 10 s decay. Concurrent
+    /// updates may race; losing one sample of many is harmless.
+    pub fn observe_latency(&self, rtt: Duration) {
+        let now = now_nanos();
+        let sample = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
+        let stamp = self.ewma_stamp.swap(now, Ordering::Relaxed);
+        let next = if prev == 0.0 || sample > prev {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(stamp) as f64;
+            let w = (-elapsed / EWMA_DECAY_NANOS).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds one in-flight slot on a backend (and a breaker permit); released on drop.
+pub struct InflightGuard {
+    backend: Arc<Backend>,
+    permit: Permit,
+}
+
+impl InflightGuard {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Reports the request's outcome to the backend's breaker and latency estimate.
+    pub fn finish(&mut self, success: bool, latency: Duration) {
+        let b = &self.backend;
+        if success {
+            b.observe_latency(latency);
+        } else {
+            b.record_failure();
+            b.observe_latency(latency.max(ERROR_PENALTY));
+        }
+        b.breaker.record(&mut self.permit, success);
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.breaker.release(&mut self.permit);
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn backend_permit() -> Permit {
+    Permit::none()
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+    use crate::resilience::breaker::BreakerPolicy;
+
+    pub fn backend(id: u64, weight: u32) -> Arc<Backend> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", 10000 + id).parse().unwrap();
+        let b = Backend::new(
+            id,
+            &format!("worker-{id}"),
+            Some(id as usize),
+            addr,
+            weight,
+            HttpPeer::new(addr, false, String::new()),
+            Breaker::new(BreakerPolicy::disabled()),
+        );
+        b.set_state(BackendState::Healthy);
+        Arc::new(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::backend;
+    use super::*;
+    use crate::resilience::breaker::Permit;
+
+    #[test]
+    fn inflight_is_released_exactly_once_per_guard() {
+        let b = backend(1, 1);
+        let g1 = b.begin(Permit::none());
+        let g2 = b.begin(Permit::none());
+        assert_eq!(b.inflight(), 2);
+        drop(g1);
+        assert_eq!(b.inflight(), 1);
+        drop(g2);
+        assert_eq!(b.inflight(), 0);
+        assert_eq!(b.requests(), 2);
+    }
+
+    #[test]
+    fn draining_is_sticky_against_health_checks() {
+        let b = backend(1, 1);
+        b.set_state(BackendState::Draining);
+        b.set_state(BackendState::Healthy);
+        assert_eq!(b.state(), BackendState::Draining);
+        b.set_state(BackendState::Stopped);
+        b.set_state(BackendState::Healthy);
+        assert_eq!(b.state(), BackendState::Stopped);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let b = backend(1, 1);
+        assert_eq!(b.latency_nanos(), DEFAULT_RTT_NANOS);
+        b.observe_latency(Duration::from_millis(2));
+        assert_eq!(b.latency_nanos(), 2_000_000.0);
+        b.observe_latency(Duration::from_millis(200));
+        assert_eq!(b.latency_nanos(), 200_000_000.0, "a slow sample is taken at once");
+        b.observe_latency(Duration::from_millis(1));
+        assert!(b.latency_nanos() > 100_000_000.0, "a fast sample only decays it slowly");
+        b.ewma_stamp.store(0, Ordering::Relaxed);
+        // Pretend a long time passed: the next fast sample dominates.
+        std::thread::sleep(Duration::from_millis(1));
+        let before = b.latency_nanos();
+        b.observe_latency(Duration::from_millis(1));
+        assert!(b.latency_nanos() <= before);
+    }
+}

@@ -1,0 +1,402 @@
+//! Balancing: which backend gets the next request.
+//!
+//! `Pool` holds every backend and publishes, through one `ArcSwap`, a `Selector`: the
+//! eligible backends (healthy, not draining, breaker admitting) plus the chosen
+//! algorithm's state. Requests read the selector without locks; membership, health,
+//! breaker or strategy changes build a new selector and swap it in. Counters that must
+//! survive a swap (in-flight, latency) live on each `Backend`.
+
+pub mod backend;
+pub mod consistent_hash;
+pub mod latency;
+pub mod least_connections;
+pub mod random;
+pub mod round_robin;
+pub mod weighted_round_robin;
+
+pub use backend::{Backend, BackendState, InflightGuard};
+
+use arc_swap::ArcSwap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The strategies a user can name in `balancing.strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StrategyKind {
+    RoundRobin,
+    Random,
+    LeastConnections,
+    WeightedRoundRobin,
+    Latency,
+    ConsistentHash,
+}
+
+impl StrategyKind {
+    pub const ALL: [StrategyKind; 6] = [
+        StrategyKind::RoundRobin,
+        StrategyKind::Random,
+        StrategyKind::LeastConnections,
+        StrategyKind::WeightedRoundRobin,
+        StrategyKind::Latency,
+        StrategyKind::ConsistentHash,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round_robin",
+            StrategyKind::Random => "random",
+            StrategyKind::LeastConnections => "least_connections",
+            StrategyKind::WeightedRoundRobin => "weighted_round_robin",
+            StrategyKind::Latency => "latency",
+            StrategyKind::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StrategyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        StrategyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown strategy `{s}`; accepted: {}", names.join(", "))
+            })
+    }
+}
+
+enum Algorithm {
+    RoundRobin,
+    Random { total_weight: u64 },
+    LeastConnections,
+    WeightedRoundRobin(weighted_round_robin::SmoothWeighted),
+    Latency,
+    ConsistentHash(consistent_hash::Ring),
+}
+
+/// An immutable snapshot: the eligible backends and the algorithm over them.
+pub struct Selector {
+    pub kind: StrategyKind,
+    pub backends: Vec<Arc<Backend>>,
+    /// True when too few backends are healthy and traffic spreads over all of them.
+    pub panic: bool,
+    algorithm: Algorithm,
+}
+
+impl Selector {
+    fn new(kind: StrategyKind, backends: Vec<Arc<Backend>>, panic: bool) -> Self {
+        let algorithm = match kind {
+            StrategyKind::RoundRobin => Algorithm::RoundRobin,
+            StrategyKind::Random => Algorithm::Random {
+                total_weight: backends.iter().map(|b| b.weight as u64).sum(),
+            },
+            StrategyKind::LeastConnections => Algorithm::LeastConnections,
+            StrategyKind::WeightedRoundRobin => {
+                Algorithm::WeightedRoundRobin(weighted_round_robin::SmoothWeighted::new(&backends))
+            }
+            StrategyKind::Latency => Algorithm::Latency,
+            StrategyKind::ConsistentHash => {
+                Algorithm::ConsistentHash(consistent_hash::Ring::new(&backends))
+            }
+        };
+        Selector {
+            kind,
+            backends,
+            panic,
+            algorithm,
+        }
+    }
+
+    /// Whether `select` uses the request key (so the proxy only computes it when needed).
+    pub fn needs_key(&self) -> bool {
+        matches!(self.algorithm, Algorithm::ConsistentHash(_))
+    }
+
+    fn preferred(&self, cursor: &AtomicUsize, key: u64) -> usize {
+        let bs = &self.backends;
+        match &self.algorithm {
+            Algorithm::RoundRobin => round_robin::pick(cursor, bs),
+            Algorithm::Random { total_weight } => random::pick(bs, *total_weight),
+            Algorithm::LeastConnections => least_connections::pick(cursor, bs),
+            Algorithm::WeightedRoundRobin(s) => s.pick(bs),
+            Algorithm::Latency => latency::pick(bs),
+            Algorithm::ConsistentHash(ring) => ring.pick(key),
+        }
+    }
+
+    /// Outcome feedback for strategies that adapt (smooth WRR's effective weights).
+    pub fn feedback(&self, backend_id: u64, success: bool) {
+        if let Algorithm::WeightedRoundRobin(s) = &self.algorithm {
+            s.feedback(&self.backends, backend_id, success);
+        }
+    }
+}
+
+/// Every backend drover knows, and the selector requests read.
+pub struct Pool {
+    members: ArcSwap<Vec<Arc<Backend>>>,
+    selector: ArcSwap<Selector>,
+    cursor: AtomicUsize,
+    rebuild: Mutex<()>,
+    /// Below this share of healthy backends, spread over all (Envoy's panic threshold).
+    panic_threshold: Mutex<f64>,
+    in_panic: AtomicBool,
+}
+
+impl Pool {
+    pub fn new(kind: StrategyKind, panic_threshold: f64) -> Self {
+        Pool {
+            members: ArcSwap::from_pointee(Vec::new()),
+            selector: ArcSwap::from_pointee(Selector::new(kind, Vec::new(), false)),
+            cursor: AtomicUsize::new(0),
+            rebuild: Mutex::new(()),
+            panic_threshold: Mutex::new(panic_threshold),
+            in_panic: AtomicBool::new(false),
+        }
+    }
+
+    pub fn members(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.members.load_full()
+    }
+
+    pub fn selector(&self) -> arc_swap::Guard<Arc<Selector>> {
+        self.selector.load()
+    }
+
+    pub fn strategy(&self) -> StrategyKind {
+        self.selector.load().kind
+    }
+
+    pub fn find(&self, id: u64) -> Option<Arc<Backend>> {
+        self.members.load().iter().find(|b| b.id == id).cloned()
+    }
+
+    pub fn add(&self, backend: Arc<Backend>) {
+        let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**self.members.load()).clone();
+        next.push(backend);
+        self.members.store(Arc::new(next));
+        self.rebuild_locked(None);
+    }
+
+    /// Removes a backend from the pool at once (e.g. its process exited).
+    pub fn remove(&self, id: u64) -> Option<Arc<Backend>> {
+        let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.members.load();
+        let gone = cur.iter().find(|b| b.id == id).cloned();
+        if gone.is_some() {
+            let next: Vec<_> = cur.iter().filter(|b| b.id != id).cloned().collect();
+            self.members.store(Arc::new(next));
+            self.rebuild_locked(None);
+        }
+        gone
+    }
+
+    /// Switches strategy; requests in flight keep the selector they started with, and
+    /// in-flight counts and latencies carry over because they live on the backends.
+    pub fn set_strategy(&self, kind: StrategyKind) {
+        let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        self.rebuild_locked(Some(kind));
+    }
+
+    pub fn set_panic_threshold(&self, t: f64) {
+        if let Ok(mut p) = self.panic_threshold.lock() {
+            *p = t;
+        }
+        self.refresh();
+    }
+
+    pub fn in_panic(&self) -> bool {
+        self.in_panic.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes the eligible set if any backend's health or breaker changed.
+    pub fn refresh(&self) {
+        let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let (eligible, panic) = self.eligible();
+        let cur = self.selector.load();
+        let same = cur.panic == panic
+            && cur.backends.len() == eligible.len()
+            && cur.backends.iter().zip(&eligible).all(|(a, b)| a.id == b.id);
+        if !same {
+            self.rebuild_locked(None);
+        }
+    }
+
+    fn eligible(&self) -> (Vec<Arc<Backend>>, bool) {
+        let members = self.members.load();
+        let serving: Vec<_> = members
+            .iter()
+            .filter(|b| matches!(b.state(), BackendState::Healthy | BackendState::Unhealthy))
+            .cloned()
+            .collect();
+        let healthy: Vec<_> = serving
+            .iter()
+            .filter(|b| b.in_rotation() && b.breaker.admits_traffic())
+            .cloned()
+            .collect();
+        let threshold = self.panic_threshold.lock().map(|t| *t).unwrap_or(0.5);
+        let share = if serving.is_empty() {
+            1.0
+        } else {
+            healthy.len() as f64 / serving.len() as f64
+        };
+        if share < threshold && !serving.is_empty() {
+            (serving, true)
+        } else {
+            (healthy, false)
+        }
+    }
+
+    fn rebuild_locked(&self, kind: Option<StrategyKind>) {
+        let kind = kind.unwrap_or_else(|| self.selector.load().kind);
+        let (eligible, panic) = self.eligible();
+        let was = self.in_panic.swap(panic, Ordering::Relaxed);
+        if panic && !was {
+            log::warn!(
+                "balancing: panic mode: only {} of {} backends healthy, spreading over all",
+                eligible.iter().filter(|b| b.in_rotation()).count(),
+                eligible.len()
+            );
+        } else if was && !panic {
+            log::info!("balancing: panic mode over");
+        }
+        self.selector
+            .store(Arc::new(Selector::new(kind, eligible, panic)));
+    }
+
+    /// Picks a backend for a request and takes an in-flight slot on it. `key` feeds
+    /// consistent hashing; `tried` lists backends this request already failed on.
+    pub fn select(&self, key: u64, tried: &[u64]) -> Option<InflightGuard> {
+        let sel = self.selector.load();
+        let n = sel.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let first = sel.preferred(&self.cursor, key);
+        for step in 0..n {
+            let b = &sel.backends[(first + step) % n];
+            if tried.contains(&b.id) {
+                continue;
+            }
+            if !sel.panic && !b.in_rotation() {
+                continue;
+            }
+            if let Some(permit) = b.breaker.try_acquire() {
+                return Some(b.begin(permit));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend::test_util::backend;
+    use super::*;
+
+    fn pool_of(n: u64, kind: StrategyKind) -> (Pool, Vec<Arc<Backend>>) {
+        let pool = Pool::new(kind, 0.5);
+        let bs: Vec<_> = (0..n).map(|i| backend(i, 1)).collect();
+        for b in &bs {
+            pool.add(b.clone());
+        }
+        (pool, bs)
+    }
+
+    #[test]
+    fn parses_every_strategy_name_and_lists_them_on_error() {
+        for k in StrategyKind::ALL {
+            assert_eq!(k.as_str().parse::<StrategyKind>().unwrap(), k);
+        }
+        let e = "fastest".parse::<StrategyKind>().unwrap_err();
+        assert!(e.contains("least_connections") && e.contains("consistent_hash"), "{e}");
+    }
+
+    #[test]
+    fn unhealthy_and_draining_backends_are_never_chosen() {
+        let (pool, bs) = pool_of(4, StrategyKind::RoundRobin);
+        bs[1].set_state(BackendState::Unhealthy);
+        bs[2].set_state(BackendState::Draining);
+        pool.refresh();
+        for _ in 0..100 {
+            let g = pool.select(0, &[]).unwrap();
+            assert!(g.backend().id == 0 || g.backend().id == 3);
+        }
+    }
+
+    #[test]
+    fn panic_mode_spreads_over_all_when_too_few_are_healthy() {
+        let (pool, bs) = pool_of(4, StrategyKind::RoundRobin);
+        for b in &bs[..3] {
+            b.set_state(BackendState::Unhealthy);
+        }
+        pool.refresh();
+        assert!(pool.in_panic());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..40 {
+            seen.insert(pool.select(0, &[]).unwrap().backend().id);
+        }
+        assert_eq!(seen.len(), 4);
+        for b in &bs[..3] {
+            b.set_state(BackendState::Healthy);
+        }
+        pool.refresh();
+        assert!(!pool.in_panic());
+    }
+
+    #[test]
+    fn retries_skip_backends_already_tried() {
+        let (pool, _bs) = pool_of(3, StrategyKind::RoundRobin);
+        for _ in 0..30 {
+            let g = pool.select(0, &[0, 1]).unwrap();
+            assert_eq!(g.backend().id, 2);
+        }
+        assert!(pool.select(0, &[0, 1, 2]).is_none());
+    }
+
+    #[test]
+    fn strategy_switch_keeps_inflight_counts() {
+        let (pool, bs) = pool_of(2, StrategyKind::RoundRobin);
+        let held: Vec<_> = (0..3).map(|_| bs[0].begin(backend::backend_permit())).collect();
+        pool.set_strategy(StrategyKind::LeastConnections);
+        assert_eq!(pool.strategy(), StrategyKind::LeastConnections);
+        assert_eq!(bs[0].inflight(), 3);
+        for _ in 0..5 {
+            assert_eq!(pool.select(0, &[]).unwrap().backend().id, 1);
+        }
+        drop(held);
+        assert_eq!(bs[0].inflight(), 0);
+    }
+
+    #[test]
+    fn removed_backend_leaves_rotation_at_once() {
+        let (pool, _bs) = pool_of(2, StrategyKind::RoundRobin);
+        pool.remove(0);
+        for _ in 0..10 {
+            assert_eq!(pool.select(0, &[]).unwrap().backend().id, 1);
+        }
+        assert_eq!(pool.members().len(), 1);
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_per_key() {
+        let (pool, _bs) = pool_of(4, StrategyKind::ConsistentHash);
+        assert!(pool.selector().needs_key());
+        for key in [1u64, 99, 12345] {
+            let first = pool.select(key, &[]).unwrap().backend().id;
+            for _ in 0..10 {
+                assert_eq!(pool.select(key, &[]).unwrap().backend().id, first);
+            }
+        }
+    }
+}

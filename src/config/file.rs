@@ -1,0 +1,287 @@
+//! The YAML file format: what an operator writes.
+//!
+//! Every struct denies unknown keys so a typo (`healthcheck:`) is an error at load time
+//! rather than a silently ignored setting in production. Every field has a default so the
+//! smallest valid file is `{}`; `conf/drover.yaml` spells each default out with a comment.
+//! These types are converted into the validated runtime model in `validate.rs`.
+
+use super::duration::Dur;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_WORKER_COUNT: usize = 2;
+pub const DEFAULT_WORKER_COMMAND: &str = "upstream-worker";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Address the data plane listens on.
+    pub listen: String,
+    /// Data-plane threads (Pingora service threads).
+    pub threads: usize,
+    /// Where Pingora keeps its pid file and upgrade socket; per instance so two drovers
+    /// on one host (or parallel tests) do not collide on Pingora's shared /tmp defaults.
+    pub runtime_dir: Option<String>,
+    pub admin: AdminFile,
+    pub workers: WorkersFile,
+    pub upstreams: Vec<UpstreamFile>,
+    pub balancing: BalancingFile,
+    pub health_check: HealthCheckFile,
+    pub proxy: ProxyFile,
+    pub shutdown: ShutdownFile,
+    pub sessions: SessionsFile,
+    pub circuit_breaker: CircuitBreakerFile,
+    pub logging: LoggingFile,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            listen: DEFAULT_LISTEN.into(),
+            threads: 1,
+            runtime_dir: None,
+            admin: AdminFile::default(),
+            workers: WorkersFile::default(),
+            upstreams: Vec::new(),
+            balancing: BalancingFile::default(),
+            health_check: HealthCheckFile::default(),
+            proxy: ProxyFile::default(),
+            shutdown: ShutdownFile::default(),
+            sessions: SessionsFile::default(),
+            circuit_breaker: CircuitBreakerFile::default(),
+            logging: LoggingFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    pub listen: String,
+    /// Bearer token required by every state-changing endpoint.
+    pub token: Option<String>,
+    /// File holding the token (first line), so the secret need not sit in the YAML.
+    pub token_file: Option<String>,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile {
+            listen: DEFAULT_ADMIN_LISTEN.into(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersFile {
+    /// Number of worker processes to fork; 0 runs drover in front of `upstreams` only.
+    pub count: usize,
+    /// Program and arguments. A bare program name is looked up next to the drover binary
+    /// first, then on PATH.
+    pub command: Vec<String>,
+    /// Extra environment for every worker (WORKER_ID and PORT are always set).
+    pub env: BTreeMap<String, String>,
+    /// Address workers bind; drover connects to it.
+    pub host: String,
+    /// First port; worker slot N gets `base_port + N`. 0 lets the OS pick free ports.
+    pub base_port: u16,
+    pub restart_backoff: BackoffFile,
+    /// Time between SIGTERM and SIGKILL when stopping a worker.
+    pub stop_timeout: Dur,
+    /// Time a draining worker (scale-down, reload) may take to finish in-flight requests.
+    pub drain_timeout: Dur,
+}
+
+impl Default for WorkersFile {
+    fn default() -> Self {
+        WorkersFile {
+            count: DEFAULT_WORKER_COUNT,
+            command: vec![DEFAULT_WORKER_COMMAND.into()],
+            env: BTreeMap::new(),
+            host: "127.0.0.1".into(),
+            base_port: 0,
+            restart_backoff: BackoffFile::default(),
+            stop_timeout: Dur::secs(5),
+            drain_timeout: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffFile {
+    pub initial: Dur,
+    pub max: Dur,
+    /// Uptime after which a worker counts as stable and its backoff resets.
+    pub reset_after: Dur,
+    /// Restarts within `reset_after` windows after which the worker is reported crash-looping.
+    pub crash_loop_restarts: u32,
+}
+
+impl Default for BackoffFile {
+    fn default() -> Self {
+        BackoffFile {
+            initial: Dur::ms(100),
+            max: Dur::secs(15),
+            reset_after: Dur::secs(30),
+            crash_loop_restarts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `host:port` of a remote backend (resolved once at load).
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancingFile {
+    pub strategy: String,
+    /// Weight of each forked worker (remote upstreams carry their own).
+    pub worker_weight: u32,
+    /// Below this share of healthy backends, spread traffic over all of them instead of
+    /// overloading the few (Envoy's panic threshold). 0 disables panic mode.
+    pub panic_threshold: f64,
+    /// What `consistent_hash` hashes: `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+    pub hash_key: String,
+}
+
+impl Default for BalancingFile {
+    fn default() -> Self {
+        BalancingFile {
+            strategy: "round_robin".into(),
+            worker_weight: 1,
+            panic_threshold: 0.5,
+            hash_key: "client_ip".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckFile {
+    pub path: String,
+    pub interval: Dur,
+    pub timeout: Dur,
+    /// Consecutive passes that make an unhealthy (or new) backend healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        HealthCheckFile {
+            path: "/health".into(),
+            interval: Dur::secs(1),
+            timeout: Dur::ms(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyFile {
+    /// Extra attempts on other backends for requests that are safe to retry.
+    pub retries: u32,
+    pub connect_timeout: Dur,
+    /// Longest wait for any single read from the upstream.
+    pub read_timeout: Dur,
+    /// Idle upstream connections kept for reuse; keep it above peak concurrency.
+    pub keepalive_pool_size: usize,
+    /// Idle upstream connections are closed after this long.
+    pub keepalive_timeout: Dur,
+}
+
+impl Default for ProxyFile {
+    fn default() -> Self {
+        ProxyFile {
+            retries: 2,
+            connect_timeout: Dur::secs(1),
+            read_timeout: Dur::secs(60),
+            keepalive_pool_size: 1024,
+            keepalive_timeout: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownFile {
+    /// Upper bound on how long SIGTERM waits for in-flight requests.
+    pub grace_period: Dur,
+}
+
+impl Default for ShutdownFile {
+    fn default() -> Self {
+        ShutdownFile {
+            grace_period: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsFile {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerFile {
+    pub enabled: bool,
+    /// Consecutive failures (connect errors, timeouts, 5xx) that open a worker's breaker.
+    pub consecutive_failures: u32,
+    /// How long an open breaker stays open before a probe is let through.
+    pub open_for: Dur,
+    /// Cap on the open time, which grows with each repeated trip.
+    pub max_open_for: Dur,
+    /// Probe requests allowed at once while half-open.
+    pub half_open_probes: u32,
+}
+
+impl Default for CircuitBreakerFile {
+    fn default() -> Self {
+        CircuitBreakerFile {
+            enabled: true,
+            consecutive_failures: 5,
+            open_for: Dur::secs(5),
+            max_open_for: Dur::secs(60),
+            half_open_probes: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingFile {
+    /// error, warn, info, debug or trace; `RUST_LOG` overrides it.
+    pub level: String,
+    /// One JSON line per request on the `access` log target.
+    pub access_log: bool,
+}
+
+impl Default for LoggingFile {
+    fn default() -> Self {
+        LoggingFile {
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Validation: turns the file types into the runtime model, collecting every problem.
+//!
+//! Nothing downstream of this module re-checks a value: a `Config` that exists is valid.
+
+use super::error::ConfigIssue;
+use super::file::*;
+use crate::balancing::StrategyKind;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const MAX_WORKERS: usize = 512;
+pub const MAX_THREADS: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub runtime_dir: PathBuf,
+    pub admin: AdminConfig,
+    pub workers: WorkersConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub balancing: BalancingConfig,
+    pub health: HealthConfig,
+    pub proxy: ProxyConfig,
+    pub shutdown_grace: Duration,
+    pub breaker: BreakerConfig,
+    pub logging: LoggingConfig,
+    /// The parsed file, kept to show the running config (`/api/config`).
+    pub file: FileConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersConfig {
+    pub count: usize,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub host: IpAddr,
+    pub base_port: u16,
+    pub backoff: BackoffPolicy,
+    pub stop_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+    pub crash_loop_restarts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancingConfig {
+    pub strategy: StrategyKind,
+    pub panic_threshold: f64,
+    pub hash_key: HashKey,
+}
+
+/// The request property consistent hashing uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl std::str::FromStr for HashKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "client_ip" => Ok(HashKey::ClientIp),
+            "path" => Ok(HashKey::Path),
+            _ => {
+                if let Some(h) = s.strip_prefix("header:") {
+                    http::HeaderName::from_bytes(h.as_bytes())
+                        .map(HashKey::Header)
+                        .map_err(|_| format!("`{h}` is not a valid header name"))
+                } else if let Some(c) = s.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
+                    Ok(HashKey::Cookie(c.to_string()))
+                } else {
+                    Err(format!("`{s}` is not a hash key; accepted: client_ip, path, header:NAME, cookie:NAME"))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub keepalive_pool_size: usize,
+    pub keepalive_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+    pub max_open_for: Duration,
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub level: log::LevelFilter,
+    pub access_log: bool,
+}
+
+struct Checker {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            field: field.to_string(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(
+                    field,
+                    format!("`{text}` is not an IP:port address (e.g. `127.0.0.1:8080`)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn range_u32(&mut self, field: &str, v: u32, lo: u32, hi: u32) {
+        if v < lo || v > hi {
+            self.fail(field, format!("{v} is out of range; accepted: {lo} to {hi}"));
+        }
+    }
+
+    fn positive(&mut self, field: &str, d: Duration) {
+        if d.is_zero() {
+            self.fail(field, "must be greater than zero");
+        }
+    }
+}
+
+/// Validates `file` (read from `source`) into a runtime [`Config`].
+pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIssue>> {
+    let mut c = Checker { issues: Vec::new() };
+
+    let listen = c.addr("listen", &file.listen);
+    let admin_listen = c.addr("admin.listen", &file.admin.listen);
+    if let (Some(a), Some(b)) = (listen, admin_listen) {
+        if a == b {
+            c.fail("admin.listen", "must differ from `listen`");
+        }
+    }
+    if file.threads == 0 || file.threads > MAX_THREADS {
+        c.fail("threads", format!("{} is out of range; accepted: 1 to {MAX_THREADS}", file.threads));
+    }
+
+    let token = match (&file.admin.token, &file.admin.token_file) {
+        (Some(_), Some(_)) => {
+            c.fail("admin.token_file", "set either `admin.token` or `admin.token_file`, not both");
+            None
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(relative_to(source, path)) {
+            Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
+            Err(e) => {
+                c.fail("admin.token_file", format!("cannot read `{path}`: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        if t.len() < 16 {
+            c.fail("admin.token", "must be at least 16 characters long");
+        }
+    }
+    if let Some(a) = admin_listen {
+        if !a.ip().is_loopback() && token.is_none() {
+            c.fail(
+                "admin.listen",
+                format!("`{a}` is not a loopback address; a non-loopback admin plane requires `admin.token` or `admin.token_file`"),
+            );
+        }
+    }
+
+    let w = &file.workers;
+    if w.count > MAX_WORKERS {
+        c.fail("workers.count", format!("{} is out of range; accepted: 0 to {MAX_WORKERS}", w.count));
+    }
+    let (program, args) = match w.command.split_first() {
+        Some((p, rest)) if !p.trim().is_empty() => (resolve_program(source, p), rest.to_vec()),
+        _ => {
+            c.fail("workers.command", "must name a program, e.g. `[upstream-worker]`");
+            (PathBuf::new(), Vec::new())
+        }
+    };
+    if w.count > 0 && !program.as_os_str().is_empty() && !program.exists() {
+        c.fail(
+            "workers.command",
+            format!("program `{}` not found (looked next to drover and on PATH)", program.display()),
+        );
+    }
+    for key in w.env.keys() {
+        if key == "PORT" || key == "WORKER_ID" {
+            c.fail(&format!("workers.env.{key}"), "is set by drover for each worker and cannot be overridden");
+        }
+    }
+    let host = match w.host.parse::<IpAddr>() {
+        Ok(h) => h,
+        Err(_) => {
+            c.fail("workers.host", format!("`{}` is not an IP address", w.host));
+            IpAddr::from([127, 0, 0, 1])
+        }
+    };
+    if w.base_port != 0 && (w.base_port as usize + w.count * 2) > u16::MAX as usize {
+        c.fail("workers.base_port", "leaves no room for every worker's port (base_port + 2 × count must fit in 65535)");
+    }
+    let b = &w.restart_backoff;
+    c.positive("workers.restart_backoff.initial", b.initial.0);
+    if b.max.0 < b.initial.0 {
+        c.fail("workers.restart_backoff.max", "must be at least `initial`");
+    }
+    c.range_u32("workers.restart_backoff.crash_loop_restarts", b.crash_loop_restarts, 1, 1000);
+    c.range_u32("balancing.worker_weight", file.balancing.worker_weight, 1, 10_000);
+
+    let mut upstreams = Vec::new();
+    for (i, u) in file.upstreams.iter().enumerate() {
+        let field = format!("upstreams[{i}]");
+        c.range_u32(&format!("{field}.weight"), u.weight, 1, 10_000);
+        match u.address.to_socket_addrs().map(|mut it| it.next()) {
+            Ok(Some(addr)) => upstreams.push(UpstreamConfig {
+                name: u.address.clone(),
+                addr,
+                weight: u.weight,
+            }),
+            _ => c.fail(
+                &format!("{field}.address"),
+                format!("`{}` does not resolve; write `host:port`", u.address),
+            ),
+        }
+    }
+    if w.count == 0 && file.upstreams.is_empty() {
+        c.fail("workers.count", "is 0 and no `upstreams` are listed: drover would have nothing to proxy to");
+    }
+
+    let strategy = match file.balancing.strategy.parse::<StrategyKind>() {
+        Ok(s) => s,
+        Err(e) => {
+            c.fail("balancing.strategy", e);
+            StrategyKind::RoundRobin
+        }
+    };
+
+    let panic_threshold = file.balancing.panic_threshold;
+    if !(0.0..=1.0).contains(&panic_threshold) {
+        c.fail("balancing.panic_threshold", format!("{panic_threshold} is out of range; accepted: 0.0 to 1.0"));
+    }
+    let hash_key = match file.balancing.hash_key.parse::<HashKey>() {
+        Ok(k) => k,
+        Err(e) => {
+            c.fail("balancing.hash_key", e);
+            HashKey::ClientIp
+        }
+    };
+
+    let h = &file.health_check;
+    if !h.path.starts_with('/') {
+        c.fail("health_check.path", format!("`{}` must start with `/`", h.path));
+    }
+    c.positive("health_check.interval", h.interval.0);
+    c.positive("health_check.timeout", h.timeout.0);
+    c.range_u32("health_check.healthy_threshold", h.healthy_threshold, 1, 100);
+    c.range_u32("health_check.unhealthy_threshold", h.unhealthy_threshold, 1, 100);
+
+    let p = &file.proxy;
+    c.range_u32("proxy.retries", p.retries, 0, 10);
+    c.positive("proxy.connect_timeout", p.connect_timeout.0);
+    c.positive("proxy.read_timeout", p.read_timeout.0);
+    if p.keepalive_pool_size == 0 || p.keepalive_pool_size > 1_000_000 {
+        c.fail("proxy.keepalive_pool_size", "out of range; accepted: 1 to 1000000");
+    }
+
+    if file.sessions.enabled {
+        c.fail("sessions.enabled", "sticky sessions are not available in this build yet; set `enabled: false`");
+    }
+
+    let cb = &file.circuit_breaker;
+    c.range_u32("circuit_breaker.consecutive_failures", cb.consecutive_failures, 1, 10_000);
+    c.range_u32("circuit_breaker.half_open_probes", cb.half_open_probes, 1, 1000);
+    c.positive("circuit_breaker.open_for", cb.open_for.0);
+    if cb.max_open_for.0 < cb.open_for.0 {
+        c.fail("circuit_breaker.max_open_for", "must be at least `open_for`");
+    }
+
+    let level = match file.logging.level.to_ascii_lowercase().as_str() {
+        "off" => log::LevelFilter::Off,
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        other => {
+            c.fail("logging.level", format!("`{other}` is not a level; accepted: off, error, warn, info, debug, trace"));
+            log::LevelFilter::Info
+        }
+    };
+
+    let runtime_dir = match &file.runtime_dir {
+        Some(d) => relative_to(source, d),
+        None => std::env::temp_dir().join(format!(
+            "drover-{}",
+            listen.map(|a| a.port()).unwrap_or(0)
+        )),
+    };
+
+    if !c.issues.is_empty() {
+        return Err(c.issues);
+    }
+    let (Some(listen), Some(admin_listen)) = (listen, admin_listen) else {
+        return Err(c.issues);
+    };
+    Ok(Config {
+        listen,
+        threads: file.threads,
+        runtime_dir,
+        admin: AdminConfig {
+            listen: admin_listen,
+            token,
+        },
+        workers: WorkersConfig {
+            count: w.count,
+            program,
+            args,
+            env: w.env.clone(),
+            host,
+            base_port: w.base_port,
+            backoff: BackoffPolicy {
+                initial: b.initial.0,
+                max: b.max.0,
+                reset_after: b.reset_after.0,
+                crash_loop_restarts: b.crash_loop_restarts,
+            },
+            stop_timeout: w.stop_timeout.0,
+            drain_timeout: w.drain_timeout.0,
+            weight: file.balancing.worker_weight,
+        },
+        upstreams,
+        balancing: BalancingConfig {
+            strategy,
+            panic_threshold,
+            hash_key,
+        },
+        health: HealthConfig {
+            path: h.path.clone(),
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        },
+        proxy: ProxyConfig {
+            retries: p.retries,
+            connect_timeout: p.connect_timeout.0,
+            read_timeout: p.read_timeout.0,
+            keepalive_pool_size: p.keepalive_pool_size,
+            keepalive_timeout: p.keepalive_timeout.0,
+        },
+        shutdown_grace: file.shutdown.grace_period.0,
+        breaker: BreakerConfig {
+            enabled: cb.enabled,
+            consecutive_failures: cb.consecutive_failures,
+            open_for: cb.open_for.0,
+            max_open_for: cb.max_open_for.0,
+            half_open_probes: cb.half_open_probes,
+        },
+        logging: LoggingConfig {
+            level,
+            access_log: file.logging.access_log,
+        },
+        file,
+    })
+}
+
+/// Paths in the file are relative to the file's own directory, like nginx's includes.
+fn relative_to(source: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    source.parent().unwrap_or(Path::new(".")).join(p)
+}
+
+/// A bare program name is looked up next to the drover executable first (so a release
+/// build finds its sibling `upstream-worker`), then on PATH. Anything with a slash is
+/// taken relative to the config file.
+fn resolve_program(source: &Path, program: &str) -> PathBuf {
+    if program.contains('/') {
+        return relative_to(source, program);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let sibling = dir.join(program);
+            if sibling.exists() {
+                return sibling;
+            }
+            // Integration tests run from target/<profile>/deps.
+            if let Some(up) = dir.parent() {
+                let sibling = up.join(program);
+                if dir.ends_with("deps") && sibling.exists() {
+                    return sibling;
+                }
+            }
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(program);
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(program)
+}

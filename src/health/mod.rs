@@ -1,0 +1,145 @@
+//! Active health checks: one probe loop per backend.
+//!
+//! The probe itself is pingora-load-balancing's `HttpHealthCheck` (a GET that must answer
+//! 200); the thresholds and state changes are ours because a probe result must also
+//! drive drover's own eligible set, slow start of new workers and metrics. A new backend
+//! is probed every 25 ms until it first passes, so a (re)started worker takes traffic as
+//! soon as it can, and not before.
+
+use crate::balancing::{Backend, BackendState};
+use crate::config::HealthConfig;
+use crate::state::Shared;
+use pingora_http::RequestHeader;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
+use std::sync::Arc;
+use std::time::Duration;
+
+const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
+
+fn build_check(cfg: &HealthConfig) -> Option<HttpHealthCheck> {
+    let mut check = HttpHealthCheck::new("localhost", false);
+    check.req = RequestHeader::build("GET", cfg.path.as_bytes(), None).ok()?;
+    check.req.insert_header("Host", "localhost").ok()?;
+    check.req.insert_header("User-Agent", "drover-health-check").ok()?;
+    check.peer_template.options.connection_timeout = Some(cfg.timeout);
+    check.peer_template.options.read_timeout = Some(cfg.timeout);
+    Some(check)
+}
+
+/// Decides state changes from consecutive probe results.
+#[derive(Debug, Default)]
+pub struct Streaks {
+    pub passes: u32,
+    pub fails: u32,
+}
+
+impl Streaks {
+    /// Returns the state the backend should move to, if any.
+    pub fn observe(&mut self, ok: bool, current: BackendState, cfg: &HealthConfig) -> Option<BackendState> {
+        if ok {
+            self.passes += 1;
+            self.fails = 0;
+            let needs_pass = matches!(current, BackendState::Starting | BackendState::Unhealthy);
+            (needs_pass && self.passes >= cfg.healthy_threshold).then_some(BackendState::Healthy)
+        } else {
+            self.fails += 1;
+            self.passes = 0;
+            (current == BackendState::Healthy && self.fails >= cfg.unhealthy_threshold)
+                .then_some(BackendState::Unhealthy)
+        }
+    }
+}
+
+pub fn spawn_probe(shared: Arc<Shared>, backend: Arc<Backend>) {
+    tokio::spawn(probe_loop(shared, backend));
+}
+
+async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
+    let lb_backend = pingora_load_balancing::Backend {
+        addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(backend.addr),
+        weight: 1,
+        ext: Default::default(),
+    };
+    let mut cfg = shared.config().health.clone();
+    let mut check = build_check(&cfg);
+    let mut streaks = Streaks::default();
+    loop {
+        let state = backend.state();
+        if matches!(state, BackendState::Stopped | BackendState::Draining) {
+            break;
+        }
+        let latest = shared.config().health.clone();
+        if latest != cfg {
+            check = build_check(&latest);
+            cfg = latest;
+        }
+        let ok = match &check {
+            Some(c) => matches!(
+                tokio::time::timeout(cfg.timeout, c.check(&lb_backend)).await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
+        shared
+            .metrics
+            .health_checks
+            .with_label_values(&[if ok { "pass" } else { "fail" }])
+            .inc();
+        if let Some(next) = streaks.observe(ok, state, &cfg) {
+            let prev = backend.set_state(next);
+            if prev == state {
+                match next {
+                    BackendState::Healthy if state == BackendState::Starting => {
+                        log::info!("health: {} ({}) passed its first check, taking traffic", backend.name, backend.addr)
+                    }
+                    BackendState::Healthy => log::info!("health: {} ({}) recovered", backend.name, backend.addr),
+                    _ => log::warn!(
+                        "health: {} ({}) failed {} checks in a row, out of rotation",
+                        backend.name,
+                        backend.addr,
+                        streaks.fails
+                    ),
+                }
+                shared.pool.refresh();
+            }
+        }
+        let wait = if backend.state() == BackendState::Starting {
+            STARTING_PROBE_INTERVAL
+        } else {
+            cfg.interval
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            path: "/health".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+
+    #[test]
+    fn thresholds_gate_every_flip() {
+        let c = cfg();
+        let mut s = Streaks::default();
+        assert_eq!(s.observe(true, BackendState::Starting, &c), None);
+        assert_eq!(s.observe(true, BackendState::Starting, &c), Some(BackendState::Healthy));
+        assert_eq!(s.observe(false, BackendState::Healthy, &c), None);
+        assert_eq!(s.observe(false, BackendState::Healthy, &c), None);
+        assert_eq!(s.observe(true, BackendState::Healthy, &c), None, "a pass resets the fail streak");
+        for _ in 0..2 {
+            assert_eq!(s.observe(false, BackendState::Healthy, &c), None);
+        }
+        assert_eq!(s.observe(false, BackendState::Healthy, &c), Some(BackendState::Unhealthy));
+        assert_eq!(s.observe(true, BackendState::Unhealthy, &c), None);
+        assert_eq!(s.observe(true, BackendState::Unhealthy, &c), Some(BackendState::Healthy));
+    }
+}

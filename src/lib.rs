@@ -1,0 +1,25 @@
+//! drover: an edge reverse proxy on Pingora that forks, supervises and balances a pool of
+//! HTTP worker processes, and can front remote upstreams too.
+//!
+//! Module map (the request path is described in docs/ARCHITECTURE.md):
+//! - `config`: YAML file types, validation into the runtime `Config`, errors with lines.
+//! - `proxy`: the Pingora `ProxyHttp` implementation (thin hooks).
+//! - `balancing`: backends, the pool and one file per strategy.
+//! - `resilience`: circuit breakers.
+//! - `health`: active health checks.
+//! - `supervisor`: forking, restarting, draining and scaling worker processes.
+//! - `observe`: metric names and registry, access log.
+//! - `admin`: the admin HTTP plane.
+//! - `lifecycle`: control thread, signals, reload, shutdown.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod balancing;
+pub mod config;
+pub mod health;
+pub mod lifecycle;
+pub mod observe;
+pub mod proxy;
+pub mod resilience;
+pub mod state;
+pub mod supervisor;

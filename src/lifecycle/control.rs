@@ -1,0 +1,153 @@
+//! The control thread: a single-threaded tokio runtime that runs for the whole life of
+//! the process and hosts the supervisor, health checks, the admin plane, SIGHUP and the
+//! shutdown sequence.
+//!
+//! It is a plain thread rather than a Pingora background service for two reasons:
+//! workers must be forked from a thread that never exits (their parent-death signal is
+//! tied to the forking thread), and shutdown must outlive Pingora's runtimes long enough
+//! to stop the workers after the last request is answered.
+
+use crate::admin::{self, AdminState};
+use crate::lifecycle::signals::ShutdownKind;
+use crate::lifecycle::{reload, upstreams};
+use crate::state::Shared;
+use crate::supervisor::Supervisor;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// How often breaker timers and similar time-based eligibility are re-evaluated.
+const REFRESH_TICK: Duration = Duration::from_millis(100);
+
+pub struct ControlHandle {
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the control thread and returns once SIGHUP is handled and the admin listener
+/// is serving, so no signal or request can arrive before drover is ready for it.
+pub fn start(
+    shared: Arc<Shared>,
+    admin_listener: std::net::TcpListener,
+    shutdown: watch::Receiver<ShutdownKind>,
+) -> std::io::Result<ControlHandle> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let thread = std::thread::Builder::new()
+        .name("drover-control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot build control runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(run(shared, admin_listener, shutdown, ready_tx));
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(ControlHandle { thread }),
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other("control thread died during start")),
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    admin_listener: std::net::TcpListener,
+    mut shutdown: watch::Receiver<ShutdownKind>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot handle SIGHUP: {e}")));
+            return;
+        }
+    };
+    let listener = match admin_listener
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::TcpListener::from_std(admin_listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("admin listener: {e}")));
+            return;
+        }
+    };
+    let supervisor = Supervisor::new(shared.clone());
+    let cfg = shared.config();
+    supervisor.scale_to(cfg.workers.count);
+    upstreams::sync(&shared, &cfg);
+
+    let app = admin::router(AdminState {
+        shared: shared.clone(),
+        supervisor: supervisor.clone(),
+    });
+    let mut admin_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = admin_shutdown.wait_for(|k| *k == ShutdownKind::Fast).await;
+        });
+        if let Err(e) = serve.await {
+            log::error!("admin server stopped: {e}");
+        }
+    });
+
+    let ticker_shared = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_TICK);
+        loop {
+            tick.tick().await;
+            ticker_shared.pool.refresh();
+        }
+    });
+
+    let _ = ready.send(Ok(()));
+    log::info!(
+        "drover: data plane on {}, admin on {}, {} workers, strategy {}",
+        cfg.listen,
+        cfg.admin.listen,
+        cfg.workers.count,
+        cfg.balancing.strategy
+    );
+
+    let kind = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                log::info!("SIGHUP: reloading {}", shared.config_path.display());
+                let _ = reload::reload(&shared, &supervisor);
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break ShutdownKind::Fast;
+                }
+                let k = *shutdown.borrow();
+                if k != ShutdownKind::None {
+                    break k;
+                }
+            }
+        }
+    };
+    shared.shutting_down.store(true, Ordering::Release);
+    if kind == ShutdownKind::Graceful {
+        let grace = shared.config().shutdown_grace;
+        let deadline = Instant::now() + grace;
+        // Let Pingora close its listeners and requests already read get counted.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while shared.metrics.in_flight.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = shared.metrics.in_flight.get();
+        if left > 0 {
+            log::warn!("shutdown: grace period {grace:?} over with {left} requests still in flight");
+        } else {
+            log::info!("shutdown: all in-flight requests finished");
+        }
+    }
+    log::info!("shutdown: stopping workers");
+    supervisor.stop_all().await;
+    log::info!("shutdown: done");
+    log::logger().flush();
+    std::process::exit(0);
+}

@@ -1,0 +1,6 @@
+//! Process lifecycle: the control thread, signals, reload and shutdown.
+
+pub mod control;
+pub mod reload;
+pub mod signals;
+pub mod upstreams;

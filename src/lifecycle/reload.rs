@@ -1,0 +1,71 @@
+//! Config reload (SIGHUP or `POST /api/reload`).
+//!
+//! The new file is validated completely before anything changes; a bad file leaves the
+//! running config untouched, is logged with every error, and counted. A good one is
+//! swapped in atomically and its consequences applied: strategy, panic threshold,
+//! upstreams, worker count (scale up, or drain then stop), log level.
+
+use crate::config;
+use crate::lifecycle::upstreams;
+use crate::state::Shared;
+use crate::supervisor::Supervisor;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Returns the new config version, or why the file was rejected.
+pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64, String> {
+    let new = match config::load(&shared.config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+            log::error!("reload: keeping the running config; the new file is invalid:\n{e}");
+            return Err(e.to_string());
+        }
+    };
+    let old = shared.config();
+    for (what, changed) in [
+        ("listen", old.listen != new.listen),
+        ("threads", old.threads != new.threads),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("runtime_dir", old.runtime_dir != new.runtime_dir),
+        ("proxy.keepalive_pool_size", old.proxy.keepalive_pool_size != new.proxy.keepalive_pool_size),
+    ] {
+        if changed {
+            log::warn!("reload: `{what}` changed; it takes effect only after a restart");
+        }
+    }
+    let strategy_changed = old.balancing.strategy != new.balancing.strategy;
+    let panic_changed = old.balancing.panic_threshold != new.balancing.panic_threshold;
+    let workers_changed = old.workers.program != new.workers.program
+        || old.workers.args != new.workers.args
+        || old.workers.env != new.workers.env;
+    let count = new.workers.count;
+    let level = new.logging.level;
+    let new = Arc::new(new);
+    shared.config.store(new.clone());
+    let version = shared.version.fetch_add(1, Ordering::AcqRel) + 1;
+    shared.metrics.config_version.set(version as i64);
+    shared.metrics.config_reloads.with_label_values(&["ok"]).inc();
+
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level);
+    }
+    if strategy_changed {
+        shared.pool.set_strategy(new.balancing.strategy);
+        log::info!("reload: strategy {} -> {}", old.balancing.strategy, new.balancing.strategy);
+    }
+    if panic_changed {
+        shared.pool.set_panic_threshold(new.balancing.panic_threshold);
+    }
+    upstreams::sync(shared, &new);
+    if supervisor.len() != count {
+        log::info!("reload: workers {} -> {count}", supervisor.len());
+        supervisor.scale_to(count);
+    }
+    if workers_changed {
+        log::info!("reload: worker command or environment changed; replacing workers one at a time");
+        supervisor.rolling_recycle();
+    }
+    log::info!("reload: applied config version {version} from {}", shared.config_path.display());
+    Ok(version)
+}

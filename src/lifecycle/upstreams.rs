@@ -1,0 +1,48 @@
+//! Static remote upstreams from `upstreams:`; registered at start and re-synced on reload.
+
+use crate::balancing::BackendState;
+use crate::config::Config;
+use crate::health;
+use crate::state::Shared;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Makes the pool's remote backends match `cfg.upstreams`: new ones are added (and get
+/// traffic once healthy); removed or changed ones drain and leave.
+pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
+    let members = shared.pool.members();
+    let remote: Vec<_> = members.iter().filter(|b| b.worker_id.is_none()).cloned().collect();
+    for b in &remote {
+        let keep = cfg
+            .upstreams
+            .iter()
+            .any(|u| u.addr == b.addr && u.weight == b.weight && *u.name == *b.name);
+        if !keep {
+            log::info!("upstreams: {} removed from config, draining", b.name);
+            b.set_state(BackendState::Draining);
+            shared.pool.refresh();
+            let shared = shared.clone();
+            let b = b.clone();
+            let timeout = cfg.workers.drain_timeout;
+            tokio::spawn(async move {
+                let deadline = Instant::now() + timeout;
+                while b.inflight() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                b.set_state(BackendState::Stopped);
+                shared.pool.remove(b.id);
+            });
+        }
+    }
+    for u in &cfg.upstreams {
+        let exists = remote
+            .iter()
+            .any(|b| b.addr == u.addr && b.weight == u.weight && *b.name == *u.name);
+        if !exists {
+            let b = shared.make_backend(&u.name, None, u.addr, u.weight);
+            log::info!("upstreams: added {} ({}) weight {}", u.name, u.addr, u.weight);
+            shared.pool.add(b.clone());
+            health::spawn_probe(shared.clone(), b);
+        }
+    }
+}

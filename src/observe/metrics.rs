@@ -1,0 +1,299 @@
+//! The Prometheus registry. Per-request metrics are pre-resolved handles (one atomic add
+//! each); per-backend gauges are filled from the pool at scrape time so the hot path does
+//! not maintain them twice.
+
+use super::names::*;
+use crate::balancing::{BackendState, Pool, StrategyKind};
+use crate::resilience::breaker::CircuitState;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::Ordering;
+
+/// Latency buckets from 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Indexed by status class: 0 = failed before a status, 1..=5 = 1xx..5xx.
+    pub requests_by_class: [IntCounter; 6],
+    pub duration: Histogram,
+    pub in_flight: IntGauge,
+    pub upstream_errors: IntCounterVec,
+    pub retries: IntCounter,
+    pub no_backend: IntCounter,
+    pub backend_requests: IntCounterVec,
+    pub backend_failures: IntCounterVec,
+    pub backend_duration: HistogramVec,
+    backend_in_flight: IntGaugeVec,
+    backend_healthy: IntGaugeVec,
+    backend_ewma: prometheus::GaugeVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    pub worker_restarts: IntCounterVec,
+    pub workers_running: IntGauge,
+    pub workers_crash_looping: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_version: IntGauge,
+    balancing_panic: IntGauge,
+    balancing_strategy: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are constants from `names.rs` and registered once; a clash is a programming
+    // error caught by the unit test below.
+    r.register(Box::new(c.clone())).expect("metric registered twice");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let requests = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(REQUESTS_TOTAL, "Requests answered, by status class"),
+                &["class"],
+            )
+            .expect("valid metric"),
+        );
+        let classes = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
+        let requests_by_class = classes.map(|c| requests.with_label_values(&[c]));
+        let m = Metrics {
+            requests_by_class,
+            duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(REQUEST_DURATION_SECONDS, "Time from request to response end")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            in_flight: reg(
+                &r,
+                IntGauge::new(REQUESTS_IN_FLIGHT, "Requests being proxied now").expect("valid metric"),
+            ),
+            upstream_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(UPSTREAM_ERRORS_TOTAL, "Upstream errors by kind"),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            retries: reg(
+                &r,
+                IntCounter::new(RETRIES_TOTAL, "Requests retried on another backend").expect("valid metric"),
+            ),
+            no_backend: reg(
+                &r,
+                IntCounter::new(NO_BACKEND_TOTAL, "Requests answered 503 because no backend was available")
+                    .expect("valid metric"),
+            ),
+            backend_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(BACKEND_REQUESTS_TOTAL, "Requests sent to each backend"),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(BACKEND_FAILURES_TOTAL, "Failed requests per backend"),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(BACKEND_DURATION_SECONDS, "Upstream response time per backend")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_in_flight: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(BACKEND_IN_FLIGHT, "Requests in flight per backend"),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_healthy: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(BACKEND_HEALTHY, "1 if the backend is in rotation"),
+                    &["backend", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_ewma: reg(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(BACKEND_LATENCY_EWMA_SECONDS, "Peak-EWMA latency per backend"),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            breaker_state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(BREAKER_STATE, "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open"),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            breaker_transitions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions per backend"),
+                    &["backend", "to"],
+                )
+                .expect("valid metric"),
+            ),
+            worker_restarts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(WORKER_RESTARTS_TOTAL, "Worker processes restarted after exiting"),
+                    &["worker"],
+                )
+                .expect("valid metric"),
+            ),
+            workers_running: reg(
+                &r,
+                IntGauge::new(WORKERS_RUNNING, "Worker processes running").expect("valid metric"),
+            ),
+            workers_crash_looping: reg(
+                &r,
+                IntGauge::new(WORKERS_CRASH_LOOPING, "Workers in a crash loop").expect("valid metric"),
+            ),
+            config_reloads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(CONFIG_RELOADS_TOTAL, "Config reloads by result"),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
+            config_version: reg(
+                &r,
+                IntGauge::new(CONFIG_VERSION, "Version of the running config (1 at start, +1 per applied reload)")
+                    .expect("valid metric"),
+            ),
+            balancing_panic: reg(
+                &r,
+                IntGauge::new(BALANCING_PANIC, "1 while too few backends are healthy and traffic spreads over all")
+                    .expect("valid metric"),
+            ),
+            balancing_strategy: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(BALANCING_STRATEGY, "1 for the strategy in use"),
+                    &["strategy"],
+                )
+                .expect("valid metric"),
+            ),
+            health_checks: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(HEALTH_CHECKS_TOTAL, "Health check probes by result"),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        };
+        for c in ["ok", "invalid"] {
+            m.config_reloads.with_label_values(&[c]);
+        }
+        m
+    }
+
+    pub fn status_class(&self, status: u16) -> &IntCounter {
+        let i = (status / 100) as usize;
+        &self.requests_by_class[if (1..=5).contains(&i) { i } else { 0 }]
+    }
+
+    /// Renders the text exposition, refreshing scrape-time gauges from the pool first.
+    pub fn render(&self, pool: &Pool) -> String {
+        let members = pool.members();
+        self.backend_in_flight.reset();
+        self.backend_healthy.reset();
+        self.backend_ewma.reset();
+        self.breaker_state.reset();
+        for b in members.iter() {
+            let name = &*b.name;
+            self.backend_in_flight
+                .with_label_values(&[name])
+                .set(b.inflight() as i64);
+            let state = b.state();
+            self.backend_healthy
+                .with_label_values(&[name, state.as_str()])
+                .set((state == BackendState::Healthy) as i64);
+            self.backend_ewma
+                .with_label_values(&[name])
+                .set(b.latency_nanos() / 1e9);
+            let bs = match b.breaker.state() {
+                CircuitState::Closed => 0,
+                CircuitState::Open => 1,
+                CircuitState::HalfOpen => 2,
+            };
+            self.breaker_state.with_label_values(&[name]).set(bs);
+            for (to, counter) in [
+                ("open", &b.breaker.counts.opened),
+                ("half_open", &b.breaker.counts.half_opened),
+                ("closed", &b.breaker.counts.closed),
+            ] {
+                let c = self.breaker_transitions.with_label_values(&[name, to]);
+                let total = counter.load(Ordering::Relaxed);
+                let have = c.get();
+                if total > have {
+                    c.inc_by(total - have);
+                }
+            }
+        }
+        self.balancing_panic.set(pool.in_panic() as i64);
+        let current = pool.strategy();
+        for k in StrategyKind::ALL {
+            self.balancing_strategy
+                .with_label_values(&[k.as_str()])
+                .set((k == current) as i64);
+        }
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_every_metric_once_and_renders() {
+        let m = Metrics::new();
+        m.status_class(204).inc();
+        m.status_class(503).inc();
+        m.status_class(0).inc();
+        let pool = Pool::new(StrategyKind::RoundRobin, 0.5);
+        let text = m.render(&pool);
+        assert!(text.contains("drover_requests_total{class=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("drover_requests_total{class=\"5xx\"} 1"));
+        assert!(text.contains("drover_requests_total{class=\"error\"} 1"));
+        assert!(text.contains("drover_balancing_strategy{strategy=\"round_robin\"} 1"));
+    }
+}

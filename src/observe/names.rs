@@ -1,0 +1,25 @@
+//! Every metric name drover exports, in one place (Prometheus conventions: base units,
+//! `_total` for counters, `_seconds` for durations).
+
+pub const REQUESTS_TOTAL: &str = "drover_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "drover_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "drover_requests_in_flight";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "drover_upstream_errors_total";
+pub const RETRIES_TOTAL: &str = "drover_retries_total";
+pub const NO_BACKEND_TOTAL: &str = "drover_no_backend_total";
+pub const BACKEND_REQUESTS_TOTAL: &str = "drover_backend_requests_total";
+pub const BACKEND_FAILURES_TOTAL: &str = "drover_backend_failures_total";
+pub const BACKEND_IN_FLIGHT: &str = "drover_backend_in_flight";
+pub const BACKEND_HEALTHY: &str = "drover_backend_healthy";
+pub const BACKEND_LATENCY_EWMA_SECONDS: &str = "drover_backend_latency_ewma_seconds";
+pub const BACKEND_DURATION_SECONDS: &str = "drover_backend_request_duration_seconds";
+pub const BREAKER_STATE: &str = "drover_circuit_breaker_state";
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "drover_circuit_breaker_transitions_total";
+pub const WORKER_RESTARTS_TOTAL: &str = "drover_worker_restarts_total";
+pub const WORKERS_RUNNING: &str = "drover_workers_running";
+pub const WORKERS_CRASH_LOOPING: &str = "drover_workers_crash_looping";
+pub const CONFIG_RELOADS_TOTAL: &str = "drover_config_reloads_total";
+pub const CONFIG_VERSION: &str = "drover_config_version";
+pub const BALANCING_PANIC: &str = "drover_balancing_panic_mode";
+pub const BALANCING_STRATEGY: &str = "drover_balancing_strategy";
+pub const HEALTH_CHECKS_TOTAL: &str = "drover_health_checks_total";

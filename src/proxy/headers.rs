@@ -1,0 +1,108 @@
+//! Header hygiene between client, drover and worker.
+//!
+//! Headers that start with `x-drover-` are drover's channel to its workers (session data,
+//! internal signals). A client must never be able to inject them, and a worker's must
+//! never leak to a client, so they are stripped in both directions.
+
+use pingora_http::{RequestHeader, ResponseHeader};
+
+pub const INTERNAL_PREFIX: &[u8] = b"x-drover-";
+pub const REQUEST_ID: &str = "x-request-id";
+
+fn is_internal(name: &http::HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.len() >= INTERNAL_PREFIX.len() && n[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+}
+
+/// Removes internal headers from a client request. Allocates only when one is present.
+pub fn strip_internal_request(req: &mut RequestHeader) {
+    if !req.headers.keys().any(is_internal) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = req.headers.keys().filter(|k| is_internal(k)).cloned().collect();
+    for n in names {
+        req.remove_header(&n);
+    }
+}
+
+/// Removes internal headers from a worker response before it reaches the client.
+pub fn strip_internal_response(resp: &mut ResponseHeader) {
+    if !resp.headers.keys().any(is_internal) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = resp.headers.keys().filter(|k| is_internal(k)).cloned().collect();
+    for n in names {
+        resp.remove_header(&n);
+    }
+}
+
+/// A request id: the client's if it sent a sane one, else a fresh random 64-bit hex id.
+pub fn request_id(req: &RequestHeader) -> (String, bool) {
+    if let Some(v) = req.headers.get(REQUEST_ID) {
+        if let Ok(s) = v.to_str() {
+            if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
+                return (s.to_string(), false);
+            }
+        }
+    }
+    (format!("{:016x}", rand::random::<u64>()), true)
+}
+
+/// Finds cookie `name` in the request's Cookie headers.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    for v in req.headers.get_all(http::header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some((k, val)) = pair.trim().split_once('=') {
+                if k == name {
+                    return Some(val);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_internal_headers_case_insensitively() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Drover-Session", "forged").unwrap();
+        req.insert_header("x-drover-other", "x").unwrap();
+        req.insert_header("X-Keep", "yes").unwrap();
+        strip_internal_request(&mut req);
+        assert!(req.headers.get("x-drover-session").is_none());
+        assert!(req.headers.get("x-drover-other").is_none());
+        assert_eq!(req.headers.get("x-keep").unwrap(), "yes");
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("X-Drover-Session-Set", "{}").unwrap();
+        resp.insert_header("X-Worker-Id", "1").unwrap();
+        strip_internal_response(&mut resp);
+        assert!(resp.headers.get("x-drover-session-set").is_none());
+        assert!(resp.headers.get("x-worker-id").is_some());
+    }
+
+    #[test]
+    fn keeps_sane_request_ids_and_replaces_bad_ones() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(request_id(&req).1);
+        req.insert_header("X-Request-Id", "abc-123").unwrap();
+        assert_eq!(request_id(&req), ("abc-123".to_string(), false));
+        req.insert_header("X-Request-Id", "a b").unwrap();
+        assert!(request_id(&req).1);
+    }
+
+    #[test]
+    fn finds_cookies() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("Cookie", "a=1; user=bob").unwrap();
+        req.append_header("Cookie", "c=3").unwrap();
+        assert_eq!(cookie(&req, "user"), Some("bob"));
+        assert_eq!(cookie(&req, "c"), Some("3"));
+        assert_eq!(cookie(&req, "zz"), None);
+    }
+}

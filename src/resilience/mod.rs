@@ -1,0 +1,3 @@
+//! Resilience: keeping traffic off backends that are failing.
+
+pub mod breaker;

@@ -1,0 +1,82 @@
+//! State shared by the data plane (Pingora threads) and the control plane (the control
+//! thread: supervisor, health checks, admin, signals).
+//!
+//! The running config sits behind one `ArcSwap`: a reload builds a new `Config` and swaps
+//! it in; requests read whichever version was current when they looked, never a config
+//! patched in place.
+
+use crate::balancing::{Backend, Pool};
+use crate::config::Config;
+use crate::observe::metrics::Metrics;
+use crate::resilience::breaker::{Breaker, BreakerPolicy};
+use arc_swap::ArcSwap;
+use pingora_core::upstreams::peer::HttpPeer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub config_path: PathBuf,
+    pub version: AtomicU64,
+    pub pool: Pool,
+    pub metrics: Metrics,
+    /// Set when shutdown starts: `/readyz` answers 503 and workers are not restarted.
+    pub shutting_down: AtomicBool,
+    pub started: Instant,
+    next_backend_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config, config_path: PathBuf) -> Arc<Self> {
+        let pool = Pool::new(config.balancing.strategy, config.balancing.panic_threshold);
+        let metrics = Metrics::new();
+        metrics.config_version.set(1);
+        Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            version: AtomicU64::new(1),
+            pool,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+            next_backend_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Builds a backend with the current proxy settings baked into its peer.
+    pub fn make_backend(&self, name: &str, worker_id: Option<usize>, addr: SocketAddr, weight: u32) -> Arc<Backend> {
+        let cfg = self.config.load();
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(cfg.proxy.connect_timeout);
+        peer.options.read_timeout = Some(cfg.proxy.read_timeout);
+        peer.options.idle_timeout = Some(cfg.proxy.keepalive_timeout);
+        peer.options.tcp_keepalive = None;
+        let policy = breaker_policy(&cfg);
+        let breaker = Breaker::new(policy);
+        breaker.set_name(name);
+        let id = self.next_backend_id.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Backend::new(id, name, worker_id, addr, weight, peer, breaker))
+    }
+}
+
+pub fn breaker_policy(cfg: &Config) -> BreakerPolicy {
+    let b = &cfg.breaker;
+    BreakerPolicy {
+        enabled: b.enabled,
+        consecutive_failures: b.consecutive_failures,
+        open_for: b.open_for,
+        max_open_for: b.max_open_for,
+        half_open_probes: b.half_open_probes,
+    }
+}
