@@ -82,19 +82,25 @@ fn run(cfg: Config, path: PathBuf) -> Result<(), String> {
         std::net::TcpListener::bind(cfg.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?,
     );
-    std::fs::create_dir_all(&cfg.runtime_dir)
-        .map_err(|e| format!("cannot create runtime_dir {}: {e}", cfg.runtime_dir.display()))?;
+    std::fs::create_dir_all(&cfg.runtime_dir).map_err(|e| {
+        format!(
+            "cannot create runtime_dir {}: {e}",
+            cfg.runtime_dir.display()
+        )
+    })?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = cfg.threads;
-    // Work stealing across 1-2 threads costs more CPU than it saves (measured).
-    conf.work_stealing = false;
-    conf.upstream_keepalive_pool_size = cfg.proxy.keepalive_pool_size;
-    conf.max_retries = cfg.proxy.retries as usize + 1;
-    conf.grace_period_seconds = Some(cfg.shutdown_grace.as_secs().max(1));
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.pid_file = cfg.runtime_dir.join("drover.pid").display().to_string();
-    conf.upgrade_sock = cfg.runtime_dir.join("upgrade.sock").display().to_string();
+    let conf = ServerConf {
+        threads: cfg.threads,
+        // Work stealing across 1-2 threads costs more CPU than it saves (measured).
+        work_stealing: false,
+        upstream_keepalive_pool_size: cfg.proxy.keepalive_pool_size,
+        max_retries: cfg.proxy.retries as usize + 1,
+        grace_period_seconds: Some(cfg.shutdown_grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: cfg.runtime_dir.join("drover.pid").display().to_string(),
+        upgrade_sock: cfg.runtime_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
 
     let listen = cfg.listen;
     let shared = Shared::new(cfg, path);
@@ -104,10 +110,8 @@ fn run(cfg: Config, path: PathBuf) -> Result<(), String> {
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora_proxy::http_proxy_service(
-        &server.configuration,
-        DroverProxy::new(shared),
-    );
+    let mut proxy =
+        pingora_proxy::http_proxy_service(&server.configuration, DroverProxy::new(shared));
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     server.run(RunArgs {

@@ -55,7 +55,13 @@ impl Shared {
     }
 
     /// Builds a backend with the current proxy settings baked into its peer.
-    pub fn make_backend(&self, name: &str, worker_id: Option<usize>, addr: SocketAddr, weight: u32) -> Arc<Backend> {
+    pub fn make_backend(
+        &self,
+        name: &str,
+        worker_id: Option<usize>,
+        addr: SocketAddr,
+        weight: u32,
+    ) -> Arc<Backend> {
         let cfg = self.config.load();
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.proxy.connect_timeout);
@@ -66,7 +72,9 @@ impl Shared {
         let breaker = Breaker::new(policy);
         breaker.set_name(name);
         let id = self.next_backend_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Backend::new(id, name, worker_id, addr, weight, peer, breaker))
+        Arc::new(Backend::new(
+            id, name, worker_id, addr, weight, peer, breaker,
+        ))
     }
 }
 

@@ -49,7 +49,10 @@ mod tests {
     fn checks_bearer_header() {
         let mut h = HeaderMap::new();
         assert!(check(None, &h).is_ok());
-        assert_eq!(check(Some("t0k"), &h), Err("missing Authorization: Bearer <token>"));
+        assert_eq!(
+            check(Some("t0k"), &h),
+            Err("missing Authorization: Bearer <token>")
+        );
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert!(check(Some("t0k"), &h).is_err());
         h.insert("authorization", "Bearer nope".parse().unwrap());

@@ -46,10 +46,22 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    let crash_looping = s.supervisor.status().iter().filter(|w| w.crash_looping).count();
-    s.shared.metrics.workers_crash_looping.set(crash_looping as i64);
+    let crash_looping = s
+        .supervisor
+        .status()
+        .iter()
+        .filter(|w| w.crash_looping)
+        .count();
+    s.shared
+        .metrics
+        .workers_crash_looping
+        .set(crash_looping as i64);
     let body = s.shared.metrics.render(&s.shared.pool);
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
@@ -70,7 +82,9 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let workers: Vec<_> = slots
         .iter()
         .map(|w| {
-            let backend = w.backend_id.and_then(|id| members.iter().find(|b| b.id == id));
+            let backend = w
+                .backend_id
+                .and_then(|id| members.iter().find(|b| b.id == id));
             json!({
                 "id": w.id,
                 "pid": w.pid,
@@ -154,37 +168,64 @@ struct StrategyRequest {
     strategy: String,
 }
 
-async fn set_strategy(State(s): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn set_strategy(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Some(r) = denied(&s, &headers) {
         return r;
     }
     let parsed: Result<StrategyRequest, _> = serde_json::from_slice(&body);
     let kind = match parsed {
         Ok(req) => req.strategy.parse::<StrategyKind>(),
-        Err(e) => Err(format!("body must be JSON like {{\"strategy\": \"least_connections\"}}: {e}")),
+        Err(e) => Err(format!(
+            "body must be JSON like {{\"strategy\": \"least_connections\"}}: {e}"
+        )),
     };
     match kind {
         Ok(kind) => {
             let before = s.shared.pool.strategy();
             s.shared.pool.set_strategy(kind);
             log::info!("admin: strategy switched from {before} to {kind}");
-            Json(json!({ "ok": true, "strategy": kind.as_str(), "previous": before.as_str() })).into_response()
+            Json(json!({ "ok": true, "strategy": kind.as_str(), "previous": before.as_str() }))
+                .into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "ok": false, "error": e }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "ok": false, "error": e })),
+        )
+            .into_response(),
     }
 }
 
-async fn drain_worker(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn drain_worker(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if let Some(r) = denied(&s, &headers) {
         return r;
     }
     let Ok(id) = id.parse::<usize>() else {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "ok": false, "error": "worker id must be a number" }))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "ok": false, "error": "worker id must be a number" })),
+        )
+            .into_response();
     };
     if s.supervisor.recycle(id) {
         log::info!("admin: draining worker-{id}; a fresh worker replaces it");
-        (StatusCode::ACCEPTED, Json(json!({ "ok": true, "worker": id }))).into_response()
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "ok": true, "worker": id })),
+        )
+            .into_response()
     } else {
-        (StatusCode::NOT_FOUND, Json(json!({ "ok": false, "error": format!("no worker {id}") }))).into_response()
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "ok": false, "error": format!("no worker {id}") })),
+        )
+            .into_response()
     }
 }

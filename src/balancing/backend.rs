@@ -305,9 +305,16 @@ mod tests {
         b.observe_latency(Duration::from_millis(2));
         assert_eq!(b.latency_nanos(), 2_000_000.0);
         b.observe_latency(Duration::from_millis(200));
-        assert_eq!(b.latency_nanos(), 200_000_000.0, "a slow sample is taken at once");
+        assert_eq!(
+            b.latency_nanos(),
+            200_000_000.0,
+            "a slow sample is taken at once"
+        );
         b.observe_latency(Duration::from_millis(1));
-        assert!(b.latency_nanos() > 100_000_000.0, "a fast sample only decays it slowly");
+        assert!(
+            b.latency_nanos() > 100_000_000.0,
+            "a fast sample only decays it slowly"
+        );
         b.ewma_stamp.store(0, Ordering::Relaxed);
         // Pretend a long time passed: the next fast sample dominates.
         std::thread::sleep(Duration::from_millis(1));

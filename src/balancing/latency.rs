@@ -51,10 +51,10 @@ mod tests {
     #[test]
     fn equal_backends_share_evenly() {
         let bs: Vec<_> = (0..2).map(|i| backend(i, 1)).collect();
-        let mut counts = [0; 2];
+        let mut counts = [0i32; 2];
         for _ in 0..10_000 {
             counts[pick(&bs)] += 1;
         }
-        assert!((counts[0] as i32 - 5000).abs() < 300, "{counts:?}");
+        assert!((counts[0] - 5000).abs() < 300, "{counts:?}");
     }
 }

@@ -13,7 +13,10 @@ pub fn pick(cursor: &AtomicUsize, backends: &[Arc<Backend>]) -> usize {
     let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
     let mut best = start;
     // Compare inflight_a / weight_a < inflight_b / weight_b without division.
-    let mut best_load = (backends[start].inflight() as u64, backends[start].weight as u64);
+    let mut best_load = (
+        backends[start].inflight() as u64,
+        backends[start].weight as u64,
+    );
     for step in 1..n {
         let i = (start + step) % n;
         let b = &backends[i];

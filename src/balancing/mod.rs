@@ -226,7 +226,11 @@ impl Pool {
         let cur = self.selector.load();
         let same = cur.panic == panic
             && cur.backends.len() == eligible.len()
-            && cur.backends.iter().zip(&eligible).all(|(a, b)| a.id == b.id);
+            && cur
+                .backends
+                .iter()
+                .zip(&eligible)
+                .all(|(a, b)| a.id == b.id);
         if !same {
             self.rebuild_locked(None);
         }
@@ -319,7 +323,10 @@ mod tests {
             assert_eq!(k.as_str().parse::<StrategyKind>().unwrap(), k);
         }
         let e = "fastest".parse::<StrategyKind>().unwrap_err();
-        assert!(e.contains("least_connections") && e.contains("consistent_hash"), "{e}");
+        assert!(
+            e.contains("least_connections") && e.contains("consistent_hash"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -367,7 +374,9 @@ mod tests {
     #[test]
     fn strategy_switch_keeps_inflight_counts() {
         let (pool, bs) = pool_of(2, StrategyKind::RoundRobin);
-        let held: Vec<_> = (0..3).map(|_| bs[0].begin(backend::backend_permit())).collect();
+        let held: Vec<_> = (0..3)
+            .map(|_| bs[0].begin(backend::backend_permit()))
+            .collect();
         pool.set_strategy(StrategyKind::LeastConnections);
         assert_eq!(pool.strategy(), StrategyKind::LeastConnections);
         assert_eq!(bs[0].inflight(), 3);

@@ -46,7 +46,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("`{t}` is out of range (0 to 365 days)"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -55,11 +55,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 3_600_000 == 0 && ms > 0 {
+        if ms.is_multiple_of(3_600_000) && ms > 0 {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(1000) && ms > 0 {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -124,7 +124,9 @@ mod tests {
         assert!(parse_duration("15").unwrap_err().contains("no unit"));
         assert!(parse_duration("15d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("ms").is_err());
-        assert!(parse_duration("99999999h").unwrap_err().contains("out of range"));
+        assert!(parse_duration("99999999h")
+            .unwrap_err()
+            .contains("out of range"));
     }
 
     #[test]

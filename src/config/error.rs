@@ -24,7 +24,11 @@ impl fmt::Display for ConfigError {
                 writeln!(f)?;
             }
             match issue.line {
-                Some(line) => write!(f, "{}:{}: {}: {}", self.file, line, issue.field, issue.message)?,
+                Some(line) => write!(
+                    f,
+                    "{}:{}: {}: {}",
+                    self.file, line, issue.field, issue.message
+                )?,
                 None => write!(f, "{}: {}: {}", self.file, issue.field, issue.message)?,
             }
         }
@@ -135,6 +139,9 @@ mod tests {
                 message: "must be at most 256".into(),
             }],
         };
-        assert_eq!(e.to_string(), "d.yaml:4: workers.count: must be at most 256");
+        assert_eq!(
+            e.to_string(),
+            "d.yaml:4: workers.count: must be at most 256"
+        );
     }
 }

@@ -155,7 +155,10 @@ mod tests {
         let file: FileConfig = serde_yaml::from_str(text).unwrap();
         let shipped = serde_yaml::to_string(&file).unwrap();
         let defaults = serde_yaml::to_string(&FileConfig::default()).unwrap();
-        assert_eq!(shipped, defaults, "conf/drover.yaml drifted from the defaults in code");
+        assert_eq!(
+            shipped, defaults,
+            "conf/drover.yaml drifted from the defaults in code"
+        );
     }
 
     #[test]
@@ -177,7 +180,10 @@ mod tests {
     fn semantic_errors_are_all_reported_with_lines() {
         let e = err("listen: nope\nworkers:\n  command: [/bin/sh]\n  count: 9999\nbalancing:\n  strategy: fastest\n");
         assert!(e.contains("drover.yaml:1: listen:"), "{e}");
-        assert!(e.contains("drover.yaml:4: workers.count: 9999 is out of range"), "{e}");
+        assert!(
+            e.contains("drover.yaml:4: workers.count: 9999 is out of range"),
+            "{e}"
+        );
         assert!(e.contains("drover.yaml:6: balancing.strategy:"), "{e}");
         assert!(e.contains("round_robin"), "{e}");
     }
@@ -220,7 +226,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_reported() {
-        let e = load(Path::new("/nonexistent/drover.yaml")).unwrap_err().to_string();
+        let e = load(Path::new("/nonexistent/drover.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/drover.yaml"), "{e}");
         assert!(e.contains("cannot read"), "{e}");
     }

@@ -164,7 +164,10 @@ impl Checker {
 
     fn range_u32(&mut self, field: &str, v: u32, lo: u32, hi: u32) {
         if v < lo || v > hi {
-            self.fail(field, format!("{v} is out of range; accepted: {lo} to {hi}"));
+            self.fail(
+                field,
+                format!("{v} is out of range; accepted: {lo} to {hi}"),
+            );
         }
     }
 
@@ -187,12 +190,21 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     }
     if file.threads == 0 || file.threads > MAX_THREADS {
-        c.fail("threads", format!("{} is out of range; accepted: 1 to {MAX_THREADS}", file.threads));
+        c.fail(
+            "threads",
+            format!(
+                "{} is out of range; accepted: 1 to {MAX_THREADS}",
+                file.threads
+            ),
+        );
     }
 
     let token = match (&file.admin.token, &file.admin.token_file) {
         (Some(_), Some(_)) => {
-            c.fail("admin.token_file", "set either `admin.token` or `admin.token_file`, not both");
+            c.fail(
+                "admin.token_file",
+                "set either `admin.token` or `admin.token_file`, not both",
+            );
             None
         }
         (Some(t), None) => Some(t.clone()),
@@ -221,24 +233,36 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
 
     let w = &file.workers;
     if w.count > MAX_WORKERS {
-        c.fail("workers.count", format!("{} is out of range; accepted: 0 to {MAX_WORKERS}", w.count));
+        c.fail(
+            "workers.count",
+            format!("{} is out of range; accepted: 0 to {MAX_WORKERS}", w.count),
+        );
     }
     let (program, args) = match w.command.split_first() {
         Some((p, rest)) if !p.trim().is_empty() => (resolve_program(source, p), rest.to_vec()),
         _ => {
-            c.fail("workers.command", "must name a program, e.g. `[upstream-worker]`");
+            c.fail(
+                "workers.command",
+                "must name a program, e.g. `[upstream-worker]`",
+            );
             (PathBuf::new(), Vec::new())
         }
     };
     if w.count > 0 && !program.as_os_str().is_empty() && !program.exists() {
         c.fail(
             "workers.command",
-            format!("program `{}` not found (looked next to drover and on PATH)", program.display()),
+            format!(
+                "program `{}` not found (looked next to drover and on PATH)",
+                program.display()
+            ),
         );
     }
     for key in w.env.keys() {
         if key == "PORT" || key == "WORKER_ID" {
-            c.fail(&format!("workers.env.{key}"), "is set by drover for each worker and cannot be overridden");
+            c.fail(
+                &format!("workers.env.{key}"),
+                "is set by drover for each worker and cannot be overridden",
+            );
         }
     }
     let host = match w.host.parse::<IpAddr>() {
@@ -249,15 +273,28 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
     if w.base_port != 0 && (w.base_port as usize + w.count * 2) > u16::MAX as usize {
-        c.fail("workers.base_port", "leaves no room for every worker's port (base_port + 2 × count must fit in 65535)");
+        c.fail(
+            "workers.base_port",
+            "leaves no room for every worker's port (base_port + 2 × count must fit in 65535)",
+        );
     }
     let b = &w.restart_backoff;
     c.positive("workers.restart_backoff.initial", b.initial.0);
     if b.max.0 < b.initial.0 {
         c.fail("workers.restart_backoff.max", "must be at least `initial`");
     }
-    c.range_u32("workers.restart_backoff.crash_loop_restarts", b.crash_loop_restarts, 1, 1000);
-    c.range_u32("balancing.worker_weight", file.balancing.worker_weight, 1, 10_000);
+    c.range_u32(
+        "workers.restart_backoff.crash_loop_restarts",
+        b.crash_loop_restarts,
+        1,
+        1000,
+    );
+    c.range_u32(
+        "balancing.worker_weight",
+        file.balancing.worker_weight,
+        1,
+        10_000,
+    );
 
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
@@ -276,7 +313,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     }
     if w.count == 0 && file.upstreams.is_empty() {
-        c.fail("workers.count", "is 0 and no `upstreams` are listed: drover would have nothing to proxy to");
+        c.fail(
+            "workers.count",
+            "is 0 and no `upstreams` are listed: drover would have nothing to proxy to",
+        );
     }
 
     let strategy = match file.balancing.strategy.parse::<StrategyKind>() {
@@ -289,7 +329,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
 
     let panic_threshold = file.balancing.panic_threshold;
     if !(0.0..=1.0).contains(&panic_threshold) {
-        c.fail("balancing.panic_threshold", format!("{panic_threshold} is out of range; accepted: 0.0 to 1.0"));
+        c.fail(
+            "balancing.panic_threshold",
+            format!("{panic_threshold} is out of range; accepted: 0.0 to 1.0"),
+        );
     }
     let hash_key = match file.balancing.hash_key.parse::<HashKey>() {
         Ok(k) => k,
@@ -301,31 +344,63 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
 
     let h = &file.health_check;
     if !h.path.starts_with('/') {
-        c.fail("health_check.path", format!("`{}` must start with `/`", h.path));
+        c.fail(
+            "health_check.path",
+            format!("`{}` must start with `/`", h.path),
+        );
     }
     c.positive("health_check.interval", h.interval.0);
     c.positive("health_check.timeout", h.timeout.0);
-    c.range_u32("health_check.healthy_threshold", h.healthy_threshold, 1, 100);
-    c.range_u32("health_check.unhealthy_threshold", h.unhealthy_threshold, 1, 100);
+    c.range_u32(
+        "health_check.healthy_threshold",
+        h.healthy_threshold,
+        1,
+        100,
+    );
+    c.range_u32(
+        "health_check.unhealthy_threshold",
+        h.unhealthy_threshold,
+        1,
+        100,
+    );
 
     let p = &file.proxy;
     c.range_u32("proxy.retries", p.retries, 0, 10);
     c.positive("proxy.connect_timeout", p.connect_timeout.0);
     c.positive("proxy.read_timeout", p.read_timeout.0);
     if p.keepalive_pool_size == 0 || p.keepalive_pool_size > 1_000_000 {
-        c.fail("proxy.keepalive_pool_size", "out of range; accepted: 1 to 1000000");
+        c.fail(
+            "proxy.keepalive_pool_size",
+            "out of range; accepted: 1 to 1000000",
+        );
     }
 
     if file.sessions.enabled {
-        c.fail("sessions.enabled", "sticky sessions are not available in this build yet; set `enabled: false`");
+        c.fail(
+            "sessions.enabled",
+            "sticky sessions are not available in this build yet; set `enabled: false`",
+        );
     }
 
     let cb = &file.circuit_breaker;
-    c.range_u32("circuit_breaker.consecutive_failures", cb.consecutive_failures, 1, 10_000);
-    c.range_u32("circuit_breaker.half_open_probes", cb.half_open_probes, 1, 1000);
+    c.range_u32(
+        "circuit_breaker.consecutive_failures",
+        cb.consecutive_failures,
+        1,
+        10_000,
+    );
+    c.range_u32(
+        "circuit_breaker.half_open_probes",
+        cb.half_open_probes,
+        1,
+        1000,
+    );
     c.positive("circuit_breaker.open_for", cb.open_for.0);
     if cb.max_open_for.0 < cb.open_for.0 {
-        c.fail("circuit_breaker.max_open_for", "must be at least `open_for`");
+        c.fail(
+            "circuit_breaker.max_open_for",
+            "must be at least `open_for`",
+        );
     }
 
     let level = match file.logging.level.to_ascii_lowercase().as_str() {
@@ -336,17 +411,19 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         "debug" => log::LevelFilter::Debug,
         "trace" => log::LevelFilter::Trace,
         other => {
-            c.fail("logging.level", format!("`{other}` is not a level; accepted: off, error, warn, info, debug, trace"));
+            c.fail(
+                "logging.level",
+                format!("`{other}` is not a level; accepted: off, error, warn, info, debug, trace"),
+            );
             log::LevelFilter::Info
         }
     };
 
     let runtime_dir = match &file.runtime_dir {
         Some(d) => relative_to(source, d),
-        None => std::env::temp_dir().join(format!(
-            "drover-{}",
-            listen.map(|a| a.port()).unwrap_or(0)
-        )),
+        None => {
+            std::env::temp_dir().join(format!("drover-{}", listen.map(|a| a.port()).unwrap_or(0)))
+        }
     };
 
     if !c.issues.is_empty() {

@@ -20,7 +20,10 @@ fn build_check(cfg: &HealthConfig) -> Option<HttpHealthCheck> {
     let mut check = HttpHealthCheck::new("localhost", false);
     check.req = RequestHeader::build("GET", cfg.path.as_bytes(), None).ok()?;
     check.req.insert_header("Host", "localhost").ok()?;
-    check.req.insert_header("User-Agent", "drover-health-check").ok()?;
+    check
+        .req
+        .insert_header("User-Agent", "drover-health-check")
+        .ok()?;
     check.peer_template.options.connection_timeout = Some(cfg.timeout);
     check.peer_template.options.read_timeout = Some(cfg.timeout);
     Some(check)
@@ -35,7 +38,12 @@ pub struct Streaks {
 
 impl Streaks {
     /// Returns the state the backend should move to, if any.
-    pub fn observe(&mut self, ok: bool, current: BackendState, cfg: &HealthConfig) -> Option<BackendState> {
+    pub fn observe(
+        &mut self,
+        ok: bool,
+        current: BackendState,
+        cfg: &HealthConfig,
+    ) -> Option<BackendState> {
         if ok {
             self.passes += 1;
             self.fails = 0;
@@ -90,9 +98,15 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
             if prev == state {
                 match next {
                     BackendState::Healthy if state == BackendState::Starting => {
-                        log::info!("health: {} ({}) passed its first check, taking traffic", backend.name, backend.addr)
+                        log::info!(
+                            "health: {} ({}) passed its first check, taking traffic",
+                            backend.name,
+                            backend.addr
+                        )
                     }
-                    BackendState::Healthy => log::info!("health: {} ({}) recovered", backend.name, backend.addr),
+                    BackendState::Healthy => {
+                        log::info!("health: {} ({}) recovered", backend.name, backend.addr)
+                    }
                     _ => log::warn!(
                         "health: {} ({}) failed {} checks in a row, out of rotation",
                         backend.name,
@@ -131,15 +145,28 @@ mod tests {
         let c = cfg();
         let mut s = Streaks::default();
         assert_eq!(s.observe(true, BackendState::Starting, &c), None);
-        assert_eq!(s.observe(true, BackendState::Starting, &c), Some(BackendState::Healthy));
+        assert_eq!(
+            s.observe(true, BackendState::Starting, &c),
+            Some(BackendState::Healthy)
+        );
         assert_eq!(s.observe(false, BackendState::Healthy, &c), None);
         assert_eq!(s.observe(false, BackendState::Healthy, &c), None);
-        assert_eq!(s.observe(true, BackendState::Healthy, &c), None, "a pass resets the fail streak");
+        assert_eq!(
+            s.observe(true, BackendState::Healthy, &c),
+            None,
+            "a pass resets the fail streak"
+        );
         for _ in 0..2 {
             assert_eq!(s.observe(false, BackendState::Healthy, &c), None);
         }
-        assert_eq!(s.observe(false, BackendState::Healthy, &c), Some(BackendState::Unhealthy));
+        assert_eq!(
+            s.observe(false, BackendState::Healthy, &c),
+            Some(BackendState::Unhealthy)
+        );
         assert_eq!(s.observe(true, BackendState::Unhealthy, &c), None);
-        assert_eq!(s.observe(true, BackendState::Unhealthy, &c), Some(BackendState::Healthy));
+        assert_eq!(
+            s.observe(true, BackendState::Unhealthy, &c),
+            Some(BackendState::Healthy)
+        );
     }
 }

@@ -36,7 +36,10 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("drover-control".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(format!("cannot build control runtime: {e}")));
@@ -140,7 +143,9 @@ async fn run(
         }
         let left = shared.metrics.in_flight.get();
         if left > 0 {
-            log::warn!("shutdown: grace period {grace:?} over with {left} requests still in flight");
+            log::warn!(
+                "shutdown: grace period {grace:?} over with {left} requests still in flight"
+            );
         } else {
             log::info!("shutdown: all in-flight requests finished");
         }

@@ -17,7 +17,11 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
     let new = match config::load(&shared.config_path) {
         Ok(c) => c,
         Err(e) => {
-            shared.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+            shared
+                .metrics
+                .config_reloads
+                .with_label_values(&["invalid"])
+                .inc();
             log::error!("reload: keeping the running config; the new file is invalid:\n{e}");
             return Err(e.to_string());
         }
@@ -28,7 +32,10 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         ("threads", old.threads != new.threads),
         ("admin.listen", old.admin.listen != new.admin.listen),
         ("runtime_dir", old.runtime_dir != new.runtime_dir),
-        ("proxy.keepalive_pool_size", old.proxy.keepalive_pool_size != new.proxy.keepalive_pool_size),
+        (
+            "proxy.keepalive_pool_size",
+            old.proxy.keepalive_pool_size != new.proxy.keepalive_pool_size,
+        ),
     ] {
         if changed {
             log::warn!("reload: `{what}` changed; it takes effect only after a restart");
@@ -45,17 +52,27 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
     shared.config.store(new.clone());
     let version = shared.version.fetch_add(1, Ordering::AcqRel) + 1;
     shared.metrics.config_version.set(version as i64);
-    shared.metrics.config_reloads.with_label_values(&["ok"]).inc();
+    shared
+        .metrics
+        .config_reloads
+        .with_label_values(&["ok"])
+        .inc();
 
     if std::env::var_os("RUST_LOG").is_none() {
         log::set_max_level(level);
     }
     if strategy_changed {
         shared.pool.set_strategy(new.balancing.strategy);
-        log::info!("reload: strategy {} -> {}", old.balancing.strategy, new.balancing.strategy);
+        log::info!(
+            "reload: strategy {} -> {}",
+            old.balancing.strategy,
+            new.balancing.strategy
+        );
     }
     if panic_changed {
-        shared.pool.set_panic_threshold(new.balancing.panic_threshold);
+        shared
+            .pool
+            .set_panic_threshold(new.balancing.panic_threshold);
     }
     upstreams::sync(shared, &new);
     if supervisor.len() != count {
@@ -63,9 +80,14 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         supervisor.scale_to(count);
     }
     if workers_changed {
-        log::info!("reload: worker command or environment changed; replacing workers one at a time");
+        log::info!(
+            "reload: worker command or environment changed; replacing workers one at a time"
+        );
         supervisor.rolling_recycle();
     }
-    log::info!("reload: applied config version {version} from {}", shared.config_path.display());
+    log::info!(
+        "reload: applied config version {version} from {}",
+        shared.config_path.display()
+    );
     Ok(version)
 }

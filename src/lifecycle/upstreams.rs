@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 /// traffic once healthy); removed or changed ones drain and leave.
 pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
     let members = shared.pool.members();
-    let remote: Vec<_> = members.iter().filter(|b| b.worker_id.is_none()).cloned().collect();
+    let remote: Vec<_> = members
+        .iter()
+        .filter(|b| b.worker_id.is_none())
+        .cloned()
+        .collect();
     for b in &remote {
         let keep = cfg
             .upstreams
@@ -40,7 +44,12 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
             .any(|b| b.addr == u.addr && b.weight == u.weight && *b.name == *u.name);
         if !exists {
             let b = shared.make_backend(&u.name, None, u.addr, u.weight);
-            log::info!("upstreams: added {} ({}) weight {}", u.name, u.addr, u.weight);
+            log::info!(
+                "upstreams: added {} ({}) weight {}",
+                u.name,
+                u.addr,
+                u.weight
+            );
             shared.pool.add(b.clone());
             health::spawn_probe(shared.clone(), b);
         }

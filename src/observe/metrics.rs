@@ -46,7 +46,8 @@ pub struct Metrics {
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     // Names are constants from `names.rs` and registered once; a clash is a programming
     // error caught by the unit test below.
-    r.register(Box::new(c.clone())).expect("metric registered twice");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered twice");
     c
 }
 
@@ -68,14 +69,18 @@ impl Metrics {
             duration: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new(REQUEST_DURATION_SECONDS, "Time from request to response end")
-                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        REQUEST_DURATION_SECONDS,
+                        "Time from request to response end",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                 )
                 .expect("valid metric"),
             ),
             in_flight: reg(
                 &r,
-                IntGauge::new(REQUESTS_IN_FLIGHT, "Requests being proxied now").expect("valid metric"),
+                IntGauge::new(REQUESTS_IN_FLIGHT, "Requests being proxied now")
+                    .expect("valid metric"),
             ),
             upstream_errors: reg(
                 &r,
@@ -87,12 +92,16 @@ impl Metrics {
             ),
             retries: reg(
                 &r,
-                IntCounter::new(RETRIES_TOTAL, "Requests retried on another backend").expect("valid metric"),
+                IntCounter::new(RETRIES_TOTAL, "Requests retried on another backend")
+                    .expect("valid metric"),
             ),
             no_backend: reg(
                 &r,
-                IntCounter::new(NO_BACKEND_TOTAL, "Requests answered 503 because no backend was available")
-                    .expect("valid metric"),
+                IntCounter::new(
+                    NO_BACKEND_TOTAL,
+                    "Requests answered 503 because no backend was available",
+                )
+                .expect("valid metric"),
             ),
             backend_requests: reg(
                 &r,
@@ -113,8 +122,11 @@ impl Metrics {
             backend_duration: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new(BACKEND_DURATION_SECONDS, "Upstream response time per backend")
-                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        BACKEND_DURATION_SECONDS,
+                        "Upstream response time per backend",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                     &["backend"],
                 )
                 .expect("valid metric"),
@@ -138,7 +150,10 @@ impl Metrics {
             backend_ewma: reg(
                 &r,
                 prometheus::GaugeVec::new(
-                    Opts::new(BACKEND_LATENCY_EWMA_SECONDS, "Peak-EWMA latency per backend"),
+                    Opts::new(
+                        BACKEND_LATENCY_EWMA_SECONDS,
+                        "Peak-EWMA latency per backend",
+                    ),
                     &["backend"],
                 )
                 .expect("valid metric"),
@@ -146,7 +161,10 @@ impl Metrics {
             breaker_state: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new(BREAKER_STATE, "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open"),
+                    Opts::new(
+                        BREAKER_STATE,
+                        "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open",
+                    ),
                     &["backend"],
                 )
                 .expect("valid metric"),
@@ -154,7 +172,10 @@ impl Metrics {
             breaker_transitions: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions per backend"),
+                    Opts::new(
+                        BREAKER_TRANSITIONS_TOTAL,
+                        "Circuit breaker transitions per backend",
+                    ),
                     &["backend", "to"],
                 )
                 .expect("valid metric"),
@@ -162,7 +183,10 @@ impl Metrics {
             worker_restarts: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new(WORKER_RESTARTS_TOTAL, "Worker processes restarted after exiting"),
+                    Opts::new(
+                        WORKER_RESTARTS_TOTAL,
+                        "Worker processes restarted after exiting",
+                    ),
                     &["worker"],
                 )
                 .expect("valid metric"),
@@ -173,7 +197,8 @@ impl Metrics {
             ),
             workers_crash_looping: reg(
                 &r,
-                IntGauge::new(WORKERS_CRASH_LOOPING, "Workers in a crash loop").expect("valid metric"),
+                IntGauge::new(WORKERS_CRASH_LOOPING, "Workers in a crash loop")
+                    .expect("valid metric"),
             ),
             config_reloads: reg(
                 &r,
@@ -185,13 +210,19 @@ impl Metrics {
             ),
             config_version: reg(
                 &r,
-                IntGauge::new(CONFIG_VERSION, "Version of the running config (1 at start, +1 per applied reload)")
-                    .expect("valid metric"),
+                IntGauge::new(
+                    CONFIG_VERSION,
+                    "Version of the running config (1 at start, +1 per applied reload)",
+                )
+                .expect("valid metric"),
             ),
             balancing_panic: reg(
                 &r,
-                IntGauge::new(BALANCING_PANIC, "1 while too few backends are healthy and traffic spreads over all")
-                    .expect("valid metric"),
+                IntGauge::new(
+                    BALANCING_PANIC,
+                    "1 while too few backends are healthy and traffic spreads over all",
+                )
+                .expect("valid metric"),
             ),
             balancing_strategy: reg(
                 &r,
@@ -291,7 +322,10 @@ mod tests {
         m.status_class(0).inc();
         let pool = Pool::new(StrategyKind::RoundRobin, 0.5);
         let text = m.render(&pool);
-        assert!(text.contains("drover_requests_total{class=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("drover_requests_total{class=\"2xx\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("drover_requests_total{class=\"5xx\"} 1"));
         assert!(text.contains("drover_requests_total{class=\"error\"} 1"));
         assert!(text.contains("drover_balancing_strategy{strategy=\"round_robin\"} 1"));

@@ -11,7 +11,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 fn is_internal(name: &http::HeaderName) -> bool {
     let n = name.as_str().as_bytes();
-    n.len() >= INTERNAL_PREFIX.len() && n[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+    n.len() >= INTERNAL_PREFIX.len()
+        && n[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
 }
 
 /// Removes internal headers from a client request. Allocates only when one is present.
@@ -19,7 +20,12 @@ pub fn strip_internal_request(req: &mut RequestHeader) {
     if !req.headers.keys().any(is_internal) {
         return;
     }
-    let names: Vec<http::HeaderName> = req.headers.keys().filter(|k| is_internal(k)).cloned().collect();
+    let names: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| is_internal(k))
+        .cloned()
+        .collect();
     for n in names {
         req.remove_header(&n);
     }
@@ -30,7 +36,12 @@ pub fn strip_internal_response(resp: &mut ResponseHeader) {
     if !resp.headers.keys().any(is_internal) {
         return;
     }
-    let names: Vec<http::HeaderName> = resp.headers.keys().filter(|k| is_internal(k)).cloned().collect();
+    let names: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| is_internal(k))
+        .cloned()
+        .collect();
     for n in names {
         resp.remove_header(&n);
     }

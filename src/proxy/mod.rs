@@ -56,8 +56,14 @@ fn hash_key(session: &Session, key: &HashKey) -> u64 {
             None => 0,
         },
         HashKey::Path => fnv1a(req.uri.path().as_bytes()),
-        HashKey::Header(name) => req.headers.get(name).map(|v| fnv1a(v.as_bytes())).unwrap_or(0),
-        HashKey::Cookie(name) => headers::cookie(req, name).map(|v| fnv1a(v.as_bytes())).unwrap_or(0),
+        HashKey::Header(name) => req
+            .headers
+            .get(name)
+            .map(|v| fnv1a(v.as_bytes()))
+            .unwrap_or(0),
+        HashKey::Cookie(name) => headers::cookie(req, name)
+            .map(|v| fnv1a(v.as_bytes()))
+            .unwrap_or(0),
     }
 }
 
@@ -93,7 +99,11 @@ impl ProxyHttp for DroverProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         ctx.tries += 1;
         let key = {
             let sel = self.shared.pool.selector();
@@ -114,13 +124,26 @@ impl ProxyHttp for DroverProxy {
             }
             None => {
                 self.shared.metrics.no_backend.inc();
-                Err(Error::explain(ErrorType::HTTPStatus(503), "no backend available"))
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no backend available",
+                ))
             }
         }
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        self.shared.metrics.upstream_errors.with_label_values(&["connect"]).inc();
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&["connect"])
+            .inc();
         self.settle_failed_attempt(ctx);
         // Nothing reached the worker, so any method is safe to send elsewhere.
         if ctx.tries <= self.shared.config.load().proxy.retries {
@@ -139,7 +162,11 @@ impl ProxyHttp for DroverProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        self.shared.metrics.upstream_errors.with_label_values(&["proxy"]).inc();
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&["proxy"])
+            .inc();
         self.settle_failed_attempt(ctx);
         // A worker that died mid-request (kill -9) took an idempotent request with it;
         // resend it elsewhere unless the client already saw part of a response or the
@@ -172,7 +199,10 @@ impl ProxyHttp for DroverProxy {
         let client_gone = error.esource() == &ErrorSource::Downstream
             && matches!(
                 error.etype(),
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed | ErrorType::ReadTimedout
+                ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::ReadTimedout
             );
         let no_backend = matches!(error.etype(), ErrorType::HTTPStatus(503));
         client_gone || no_backend
@@ -183,7 +213,10 @@ impl ProxyHttp for DroverProxy {
         if ctx.counted {
             m.in_flight.dec();
         }
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
         m.status_class(status).inc();
         m.duration.observe(elapsed.as_secs_f64());
@@ -239,7 +272,11 @@ impl DroverProxy {
             guard.finish(false, elapsed);
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, false);
-            self.shared.metrics.backend_failures.with_label_values(&[&b.name]).inc();
+            self.shared
+                .metrics
+                .backend_failures
+                .with_label_values(&[&b.name])
+                .inc();
             ctx.tried.push(b.id);
         }
     }

@@ -49,10 +49,17 @@ impl CircuitState {
 /// Why a transition happened; logged and exposed so operators see the cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
-    Opened { consecutive_failures: u32, open_for: Duration },
+    Opened {
+        consecutive_failures: u32,
+        open_for: Duration,
+    },
     HalfOpened,
-    Closed { probe_successes: u32 },
-    Reopened { open_for: Duration },
+    Closed {
+        probe_successes: u32,
+    },
+    Reopened {
+        open_for: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -366,7 +373,9 @@ impl Breaker {
             }
             Transition::Reopened { open_for } => {
                 self.counts.opened.fetch_add(1, Ordering::Relaxed);
-                log::warn!("breaker {name}: half_open -> open: a probe failed; open for {open_for:?}");
+                log::warn!(
+                    "breaker {name}: half_open -> open: a probe failed; open for {open_for:?}"
+                );
             }
             Transition::HalfOpened => {
                 self.counts.half_opened.fetch_add(1, Ordering::Relaxed);
@@ -374,7 +383,9 @@ impl Breaker {
             }
             Transition::Closed { probe_successes } => {
                 self.counts.closed.fetch_add(1, Ordering::Relaxed);
-                log::info!("breaker {name}: half_open -> closed after {probe_successes} successful probes");
+                log::info!(
+                    "breaker {name}: half_open -> closed after {probe_successes} successful probes"
+                );
             }
         }
     }

@@ -64,7 +64,10 @@ mod tests {
         let mut b = RestartBackoff::new(policy());
         let quick = Duration::from_millis(10);
         let delays: Vec<u128> = (0..10).map(|_| b.on_exit(quick).as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000]);
+        assert_eq!(
+            delays,
+            vec![100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000]
+        );
     }
 
     #[test]
@@ -73,7 +76,10 @@ mod tests {
         for _ in 0..4 {
             b.on_exit(Duration::from_millis(10));
         }
-        assert_eq!(b.on_exit(Duration::from_secs(31)), Duration::from_millis(100));
+        assert_eq!(
+            b.on_exit(Duration::from_secs(31)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -125,7 +125,12 @@ impl Supervisor {
     pub fn status(&self) -> Vec<SlotStatus> {
         self.slots()
             .iter()
-            .map(|s| s.status.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone()))
+            .map(|s| {
+                s.status
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_else(|p| p.into_inner().clone())
+            })
             .collect()
     }
 
@@ -216,7 +221,10 @@ async fn run_slot(
         shared.pool.add(backend.clone());
         health::spawn_probe(shared.clone(), backend.clone());
         shared.metrics.workers_running.inc();
-        log::info!("supervisor: started {name} pid {} on {addr}", pid.unwrap_or(0));
+        log::info!(
+            "supervisor: started {name} pid {} on {addr}",
+            pid.unwrap_or(0)
+        );
         set_status(&status, |s| {
             s.pid = pid;
             s.port = Some(port);
@@ -260,7 +268,11 @@ async fn run_slot(
                     break;
                 }
                 let delay = backoff.on_exit(started.elapsed());
-                shared.metrics.worker_restarts.with_label_values(&[&name]).inc();
+                shared
+                    .metrics
+                    .worker_restarts
+                    .with_label_values(&[&name])
+                    .inc();
                 let looping = backoff.crash_looping();
                 if looping {
                     log::error!(
@@ -268,7 +280,10 @@ async fn run_slot(
                         backoff.quick_exits()
                     );
                 } else {
-                    log::warn!("supervisor: {name} pid {} exited ({how}); restarting in {delay:?}", pid.unwrap_or(0));
+                    log::warn!(
+                        "supervisor: {name} pid {} exited ({how}); restarting in {delay:?}",
+                        pid.unwrap_or(0)
+                    );
                 }
                 set_status(&status, |s| {
                     s.phase = "backoff";
@@ -281,7 +296,9 @@ async fn run_slot(
             }
             Outcome::Command(cmd) => {
                 let drain = !matches!(cmd, SlotCommand::Stop);
-                set_status(&status, |s| s.phase = if drain { "draining" } else { "stopping" });
+                set_status(&status, |s| {
+                    s.phase = if drain { "draining" } else { "stopping" }
+                });
                 stop_worker(&shared, &backend, &mut child, drain).await;
                 shared.metrics.workers_running.dec();
                 set_status(&status, |s| {
