@@ -115,9 +115,10 @@ impl Config {
             id: parsed("WORKER_ID", 0)?,
             threads: parsed("WORKER_THREADS", 1)?,
             health_fail_file: var("HEALTH_FAIL_FILE").map(PathBuf::from),
-            parent_pid: var("DROVER_PARENT_PID")
-                .map(|_| parsed("DROVER_PARENT_PID", 0))
-                .transpose()?,
+            parent_pid: match var("DROVER_PARENT_PID") {
+                Some(_) => Some(parsed("DROVER_PARENT_PID", 0)?),
+                None => None,
+            },
         })
     }
 }
