@@ -6,7 +6,7 @@
 //! patched in place.
 
 use crate::balancing::{Backend, Pool};
-use crate::config::Config;
+use crate::config::{Config, StrategyChoice};
 use crate::observe::metrics::Metrics;
 use crate::resilience::breaker::{Breaker, BreakerPolicy};
 use arc_swap::ArcSwap;
@@ -26,12 +26,21 @@ pub struct Shared {
     /// Set when shutdown starts: `/readyz` answers 503 and workers are not restarted.
     pub shutting_down: AtomicBool,
     pub started: Instant,
+    /// True while `strategy: auto` is in charge (an explicit switch turns it off until the
+    /// file's choice changes).
+    pub auto_strategy: AtomicBool,
+    /// Why auto picked the current strategy, for `/api/status`.
+    pub auto_reason: std::sync::Mutex<String>,
     next_backend_id: AtomicU64,
 }
 
 impl Shared {
     pub fn new(config: Config, config_path: PathBuf) -> Arc<Self> {
-        let pool = Pool::new(config.balancing.strategy, config.balancing.panic_threshold);
+        let auto = config.balancing.strategy == StrategyChoice::Auto;
+        let pool = Pool::new(
+            config.balancing.strategy.initial(),
+            config.balancing.panic_threshold,
+        );
         let metrics = Metrics::new();
         metrics.config_version.set(1);
         Arc::new(Shared {
@@ -42,6 +51,8 @@ impl Shared {
             metrics,
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
+            auto_strategy: AtomicBool::new(auto),
+            auto_reason: std::sync::Mutex::new(String::new()),
             next_backend_id: AtomicU64::new(1),
         })
     }
@@ -72,9 +83,9 @@ impl Shared {
         let breaker = Breaker::new(policy);
         breaker.set_name(name);
         let id = self.next_backend_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Backend::new(
-            id, name, worker_id, addr, weight, peer, breaker,
-        ))
+        let backend = Backend::new(id, name, worker_id, addr, weight, peer, breaker);
+        let _ = backend.metrics.set(self.metrics.backend_handles(name));
+        Arc::new(backend)
     }
 }
 

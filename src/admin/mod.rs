@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -121,9 +122,12 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({
-        "config_version": shared.version.load(std::sync::atomic::Ordering::Relaxed),
+        "config_version": shared.version.load(Ordering::Relaxed),
         "config_file": shared.config_path.display().to_string(),
         "strategy": shared.pool.strategy().as_str(),
+        "strategy_auto": shared.auto_strategy.load(Ordering::Relaxed),
+        "strategy_auto_reason": shared.auto_reason.lock().map(|r| r.clone()).unwrap_or_default(),
+        "queue_length": shared.pool.queue.len(),
         "panic_mode": shared.pool.in_panic(),
         "shutting_down": shared.is_shutting_down(),
         "uptime_seconds": shared.started.elapsed().as_secs_f64(),
@@ -177,18 +181,31 @@ async fn set_strategy(
         return r;
     }
     let parsed: Result<StrategyRequest, _> = serde_json::from_slice(&body);
-    let kind = match parsed {
-        Ok(req) => req.strategy.parse::<StrategyKind>(),
+    let requested = match parsed {
+        Ok(req) => Ok(req.strategy),
         Err(e) => Err(format!(
             "body must be JSON like {{\"strategy\": \"least_connections\"}}: {e}"
         )),
     };
-    match kind {
-        Ok(kind) => {
-            let before = s.shared.pool.strategy();
+    let before = s.shared.pool.strategy();
+    let result = requested.and_then(|name| {
+        if name == "auto" {
+            s.shared.auto_strategy.store(true, Ordering::Relaxed);
+            Ok("auto".to_string())
+        } else {
+            let kind = name
+                .parse::<StrategyKind>()
+                .map_err(|e| format!("{e}, auto"))?;
+            // An explicit choice overrides auto until the file's choice changes.
+            s.shared.auto_strategy.store(false, Ordering::Relaxed);
             s.shared.pool.set_strategy(kind);
-            log::info!("admin: strategy switched from {before} to {kind}");
-            Json(json!({ "ok": true, "strategy": kind.as_str(), "previous": before.as_str() }))
+            Ok(kind.as_str().to_string())
+        }
+    });
+    match result {
+        Ok(now) => {
+            log::info!("admin: strategy {before} -> {now}");
+            Json(json!({ "ok": true, "strategy": now, "previous": before.as_str() }))
                 .into_response()
         }
         Err(e) => (

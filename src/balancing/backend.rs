@@ -48,17 +48,28 @@ impl BackendState {
     }
 }
 
-/// Monotonic nanoseconds since the first call; cheap enough for the hot path.
+/// Monotonic nanoseconds, cheap enough for the hot path. Starts one hour above zero so
+/// "long ago" timestamps (a backend healthy since before slow start existed) need no
+/// special case.
 pub fn now_nanos() -> u64 {
     static START: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
-    START.elapsed().as_nanos() as u64
+    START.elapsed().as_nanos() as u64 + 3_600_000_000_000
 }
 
 /// Latency assumed for a backend that has not answered yet, so new backends are neither
 /// flooded (cost 0) nor starved.
 const DEFAULT_RTT_NANOS: f64 = 5_000_000.0;
-/// Decay time of the peak-EWMA, as in Linkerd/Finagle.
-const EWMA_DECAY_NANOS: f64 = 10_000_000_000.0;
+/// Decay time of the peak-EWMA (10 s by default, as in Linkerd/Finagle); set from
+/// `balancing.latency_decay` at start and on reload.
+static EWMA_DECAY_NANOS: AtomicU64 = AtomicU64::new(10_000_000_000);
+
+pub fn set_latency_decay(d: Duration) {
+    EWMA_DECAY_NANOS.store(d.as_nanos().max(1) as u64, Ordering::Relaxed);
+}
+
+fn decay_nanos() -> f64 {
+    EWMA_DECAY_NANOS.load(Ordering::Relaxed) as f64
+}
 /// Latency charged for a failed request so errors look slow to the latency strategy.
 pub const ERROR_PENALTY: Duration = Duration::from_secs(1);
 
@@ -79,8 +90,16 @@ pub struct Backend {
     failures: AtomicU64,
     ewma_bits: AtomicU64,
     ewma_stamp: AtomicU64,
+    /// `now_nanos()` when the backend last became healthy; drives slow start.
+    healthy_since: AtomicU64,
+    /// Selections made by each strategy (index = position in `StrategyKind::ALL`).
+    selections: [AtomicU64; 6],
+    /// Wakes requests queued for a free backend when this one releases a slot.
+    queue: std::sync::OnceLock<Arc<super::queue::QueueSignal>>,
     pub breaker: Breaker,
     pub started: Instant,
+    /// Prometheus handles, attached by whoever registers metrics (absent in unit tests).
+    pub metrics: std::sync::OnceLock<crate::observe::metrics::BackendHandles>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -117,8 +136,12 @@ impl Backend {
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0f64.to_bits()),
             ewma_stamp: AtomicU64::new(0),
+            healthy_since: AtomicU64::new(0),
+            selections: Default::default(),
+            queue: std::sync::OnceLock::new(),
             breaker,
             started: Instant::now(),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -144,7 +167,12 @@ impl Backend {
                 .state
                 .compare_exchange(cur, next as u8, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return prev,
+                Ok(_) => {
+                    if next == BackendState::Healthy {
+                        self.healthy_since.store(now_nanos(), Ordering::Relaxed);
+                    }
+                    return prev;
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -153,6 +181,47 @@ impl Backend {
     /// Whether selection may consider this backend at all (breaker aside).
     pub fn in_rotation(&self) -> bool {
         self.state() == BackendState::Healthy
+    }
+
+    /// Share of its weight a backend may take during slow start: 0.1 right after it
+    /// became healthy, rising linearly to 1.0 at the end of `window`.
+    pub fn slow_start_share(&self, window: Duration, now: u64) -> f64 {
+        if window.is_zero() {
+            return 1.0;
+        }
+        let age = now.saturating_sub(self.healthy_since.load(Ordering::Relaxed)) as f64;
+        (age / window.as_nanos() as f64).clamp(0.1, 1.0)
+    }
+
+    /// Test hook: pretend the backend became healthy `ago` before now.
+    #[cfg(test)]
+    pub(crate) fn backdate_healthy(&self, ago: Duration) {
+        self.healthy_since
+            .store(now_nanos() - ago.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_selection(&self, strategy_index: usize) {
+        if let Some(c) = self.selections.get(strategy_index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(c) = self
+            .metrics
+            .get()
+            .and_then(|m| m.selections.get(strategy_index))
+        {
+            c.inc();
+        }
+    }
+
+    pub fn selections(&self, strategy_index: usize) -> u64 {
+        self.selections
+            .get(strategy_index)
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    pub(super) fn attach_queue(&self, q: Arc<super::queue::QueueSignal>) {
+        let _ = self.queue.set(q);
     }
 
     pub fn inflight(&self) -> u32 {
@@ -178,14 +247,16 @@ impl Backend {
         }
     }
 
-    /// Current peak-EWMA latency in nanoseconds, decayed to now.
+    /// Current peak-EWMA latency in nanoseconds, decayed toward zero by the time since
+    /// the last sample: a backend that got no traffic because it was slow looks cheaper
+    /// as time passes, gets probed, and regains its share if it recovered.
     pub fn latency_nanos(&self) -> f64 {
         let v = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
         if v == 0.0 {
-            DEFAULT_RTT_NANOS
-        } else {
-            v
+            return DEFAULT_RTT_NANOS;
         }
+        let idle = now_nanos().saturating_sub(self.ewma_stamp.load(Ordering::Relaxed)) as f64;
+        v * (-idle / decay_nanos()).exp()
     }
 
     /// Feeds one observed latency into the peak-EWMA: a slower sample replaces the
@@ -194,13 +265,14 @@ impl Backend {
     pub fn observe_latency(&self, rtt: Duration) {
         let now = now_nanos();
         let sample = rtt.as_nanos() as f64;
-        let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
+        let stored = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
         let stamp = self.ewma_stamp.swap(now, Ordering::Relaxed);
-        let next = if prev == 0.0 || sample > prev {
+        let elapsed = now.saturating_sub(stamp) as f64;
+        let prev = stored;
+        let next = if stored == 0.0 || sample > prev {
             sample
         } else {
-            let elapsed = now.saturating_sub(stamp) as f64;
-            let w = (-elapsed / EWMA_DECAY_NANOS).exp();
+            let w = (-elapsed / decay_nanos()).exp();
             prev * w + sample * (1.0 - w)
         };
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
@@ -239,6 +311,9 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
         self.backend.breaker.release(&mut self.permit);
+        if let Some(q) = self.backend.queue.get() {
+            q.slot_released();
+        }
     }
 }
 
@@ -300,14 +375,14 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
+        let close = |a: f64, b: f64| (a - b).abs() / b < 0.01;
         let b = backend(1, 1);
         assert_eq!(b.latency_nanos(), DEFAULT_RTT_NANOS);
         b.observe_latency(Duration::from_millis(2));
-        assert_eq!(b.latency_nanos(), 2_000_000.0);
+        assert!(close(b.latency_nanos(), 2_000_000.0));
         b.observe_latency(Duration::from_millis(200));
-        assert_eq!(
-            b.latency_nanos(),
-            200_000_000.0,
+        assert!(
+            close(b.latency_nanos(), 200_000_000.0),
             "a slow sample is taken at once"
         );
         b.observe_latency(Duration::from_millis(1));
@@ -315,11 +390,11 @@ mod tests {
             b.latency_nanos() > 100_000_000.0,
             "a fast sample only decays it slowly"
         );
-        b.ewma_stamp.store(0, Ordering::Relaxed);
-        // Pretend a long time passed: the next fast sample dominates.
-        std::thread::sleep(Duration::from_millis(1));
-        let before = b.latency_nanos();
+        // Idle for three decay times (10 s default): the estimate falls to ~5%, so the
+        // backend gets probed again.
+        b.ewma_stamp.fetch_sub(30_000_000_000, Ordering::Relaxed);
+        assert!(b.latency_nanos() < 12_000_000.0, "{}", b.latency_nanos());
         b.observe_latency(Duration::from_millis(1));
-        assert!(b.latency_nanos() <= before);
+        assert!(b.latency_nanos() < 12_000_000.0);
     }
 }

@@ -6,10 +6,12 @@
 //! breaker or strategy changes build a new selector and swap it in. Counters that must
 //! survive a swap (in-flight, latency) live on each `Backend`.
 
+pub mod auto;
 pub mod backend;
 pub mod consistent_hash;
 pub mod latency;
 pub mod least_connections;
+pub mod queue;
 pub mod random;
 pub mod round_robin;
 pub mod weighted_round_robin;
@@ -42,6 +44,11 @@ impl StrategyKind {
         StrategyKind::Latency,
         StrategyKind::ConsistentHash,
     ];
+
+    /// Position in [`StrategyKind::ALL`], for per-strategy counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,6 +157,23 @@ pub struct Pool {
     /// Below this share of healthy backends, spread over all (Envoy's panic threshold).
     panic_threshold: Mutex<f64>,
     in_panic: AtomicBool,
+    pub queue: Arc<queue::QueueSignal>,
+}
+
+/// Per-request limits on selection, read from the running config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SelectLimits {
+    /// 0 = unlimited.
+    pub max_inflight: u32,
+    pub slow_start: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectError {
+    /// Nothing in rotation (or every eligible backend already tried / breaker-refused).
+    NoBackend,
+    /// Backends exist but every one is at `max_inflight`.
+    AllBusy,
 }
 
 impl Pool {
@@ -161,6 +185,7 @@ impl Pool {
             rebuild: Mutex::new(()),
             panic_threshold: Mutex::new(panic_threshold),
             in_panic: AtomicBool::new(false),
+            queue: Arc::new(queue::QueueSignal::default()),
         }
     }
 
@@ -182,6 +207,7 @@ impl Pool {
 
     pub fn add(&self, backend: Arc<Backend>) {
         let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        backend.attach_queue(self.queue.clone());
         let mut next = (**self.members.load()).clone();
         next.push(backend);
         self.members.store(Arc::new(next));
@@ -281,12 +307,30 @@ impl Pool {
     /// Picks a backend for a request and takes an in-flight slot on it. `key` feeds
     /// consistent hashing; `tried` lists backends this request already failed on.
     pub fn select(&self, key: u64, tried: &[u64]) -> Option<InflightGuard> {
+        self.select_limited(key, tried, SelectLimits::default())
+            .ok()
+    }
+
+    /// [`Pool::select`] honouring `max_inflight` and slow start. The strategy's choice is
+    /// tried first; if it is excluded (tried, full, breaker, slow-start throttled) the
+    /// next backends in order are tried, so a request never fails while any eligible
+    /// backend has room.
+    pub fn select_limited(
+        &self,
+        key: u64,
+        tried: &[u64],
+        limits: SelectLimits,
+    ) -> Result<InflightGuard, SelectError> {
         let sel = self.selector.load();
         let n = sel.backends.len();
         if n == 0 {
-            return None;
+            return Err(SelectError::NoBackend);
         }
         let first = sel.preferred(&self.cursor, key);
+        let slow_start = !limits.slow_start.is_zero();
+        let now = if slow_start { backend::now_nanos() } else { 0 };
+        let mut busy = false;
+        let mut throttled: Option<&Arc<Backend>> = None;
         for step in 0..n {
             let b = &sel.backends[(first + step) % n];
             if tried.contains(&b.id) {
@@ -295,11 +339,34 @@ impl Pool {
             if !sel.panic && !b.in_rotation() {
                 continue;
             }
+            if limits.max_inflight > 0 && b.inflight() >= limits.max_inflight {
+                busy = true;
+                continue;
+            }
+            if slow_start {
+                let share = b.slow_start_share(limits.slow_start, now);
+                if share < 1.0 && rand::random::<f64>() >= share {
+                    throttled.get_or_insert(b);
+                    continue;
+                }
+            }
             if let Some(permit) = b.breaker.try_acquire() {
-                return Some(b.begin(permit));
+                b.count_selection(sel.kind.index());
+                return Ok(b.begin(permit));
             }
         }
-        None
+        // Slow start only shapes the share; it never turns a request away.
+        if let Some(b) = throttled {
+            if let Some(permit) = b.breaker.try_acquire() {
+                b.count_selection(sel.kind.index());
+                return Ok(b.begin(permit));
+            }
+        }
+        Err(if busy {
+            SelectError::AllBusy
+        } else {
+            SelectError::NoBackend
+        })
     }
 }
 
@@ -395,6 +462,60 @@ mod tests {
             assert_eq!(pool.select(0, &[]).unwrap().backend().id, 1);
         }
         assert_eq!(pool.members().len(), 1);
+    }
+
+    #[test]
+    fn max_inflight_reports_all_busy_and_frees_on_release() {
+        let (pool, _bs) = pool_of(2, StrategyKind::LeastConnections);
+        let limits = SelectLimits {
+            max_inflight: 2,
+            ..Default::default()
+        };
+        let held: Vec<_> = (0..4)
+            .map(|_| pool.select_limited(0, &[], limits).unwrap())
+            .collect();
+        assert_eq!(
+            pool.select_limited(0, &[], limits).err(),
+            Some(SelectError::AllBusy)
+        );
+        drop(held);
+        assert!(pool.select_limited(0, &[], limits).is_ok());
+    }
+
+    #[test]
+    fn slow_start_ramps_a_new_backend_up() {
+        let (pool, bs) = pool_of(2, StrategyKind::RoundRobin);
+        let window = std::time::Duration::from_secs(10);
+        let limits = SelectLimits {
+            slow_start: window,
+            ..Default::default()
+        };
+        bs[0].backdate_healthy(std::time::Duration::from_secs(20));
+        // Backend 1 just became healthy: it takes about 10% of its round-robin turns,
+        // so about 5% of all requests; backend 0 takes the rest.
+        let mut counts = [0u32; 2];
+        for _ in 0..4000 {
+            counts[pool.select_limited(0, &[], limits).unwrap().backend().id as usize] += 1;
+        }
+        assert!((80..=400).contains(&counts[1]), "{counts:?}");
+        // Half-way through the window it gets half its share.
+        bs[1].backdate_healthy(std::time::Duration::from_secs(5));
+        let share = bs[1].slow_start_share(window, backend::now_nanos());
+        assert!((share - 0.5).abs() < 0.01, "{share}");
+        assert_eq!(bs[1].slow_start_share(std::time::Duration::ZERO, 0), 1.0);
+    }
+
+    #[test]
+    fn selections_are_counted_per_strategy() {
+        let (pool, bs) = pool_of(2, StrategyKind::Random);
+        for _ in 0..10 {
+            pool.select(0, &[]);
+        }
+        let total: u64 = bs
+            .iter()
+            .map(|b| b.selections(StrategyKind::Random.index()))
+            .sum();
+        assert_eq!(total, 10);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct WorkersFile {
     pub command: Vec<String>,
     /// Extra environment for every worker (WORKER_ID and PORT are always set).
     pub env: BTreeMap<String, String>,
+    /// Per-worker weights by worker id (missing entries use `balancing.worker_weight`).
+    pub weights: Vec<u32>,
     /// Address workers bind; drover connects to it.
     pub host: String,
     /// First port; worker slot N gets `base_port + N`. 0 lets the OS pick free ports.
@@ -103,6 +105,7 @@ impl Default for WorkersFile {
             count: DEFAULT_WORKER_COUNT,
             command: vec![DEFAULT_WORKER_COMMAND.into()],
             env: BTreeMap::new(),
+            weights: Vec::new(),
             host: "127.0.0.1".into(),
             base_port: 0,
             restart_backoff: BackoffFile::default(),
@@ -158,6 +161,34 @@ pub struct BalancingFile {
     pub panic_threshold: f64,
     /// What `consistent_hash` hashes: `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
     pub hash_key: String,
+    /// A backend that just became healthy ramps from 10% to its full share over this
+    /// window instead of taking a full share cold. 0s disables it.
+    pub slow_start: Dur,
+    /// Most requests in flight per backend; 0 = no limit. With a limit, requests that
+    /// find every backend full wait in the queue below.
+    pub max_inflight_per_backend: u32,
+    pub queue: QueueFile,
+    /// Decay time of the latency strategy's peak-EWMA: how fast old latencies are forgotten
+    /// (an idle slow backend looks fast again after a few decay times and gets probed).
+    pub latency_decay: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueFile {
+    /// Requests that may wait for a free backend; beyond it drover answers 503.
+    pub size: u32,
+    /// Longest wait in the queue before a 503 with Retry-After.
+    pub timeout: Dur,
+}
+
+impl Default for QueueFile {
+    fn default() -> Self {
+        QueueFile {
+            size: 1024,
+            timeout: Dur::secs(5),
+        }
+    }
 }
 
 impl Default for BalancingFile {
@@ -167,6 +198,10 @@ impl Default for BalancingFile {
             worker_weight: 1,
             panic_threshold: 0.5,
             hash_key: "client_ip".into(),
+            slow_start: Dur::secs(0),
+            max_inflight_per_backend: 0,
+            queue: QueueFile::default(),
+            latency_decay: Dur::secs(10),
         }
     }
 }

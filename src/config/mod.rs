@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.workers.count, 2);
-        assert_eq!(c.balancing.strategy, StrategyKind::RoundRobin);
+        assert_eq!(
+            c.balancing.strategy,
+            StrategyChoice::Fixed(StrategyKind::RoundRobin)
+        );
         assert_eq!(c.workers.backoff.initial.as_millis(), 100);
         assert_eq!(c.workers.backoff.max.as_secs(), 15);
         assert_eq!(c.shutdown_grace.as_secs(), 10);

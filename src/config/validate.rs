@@ -49,6 +49,13 @@ pub struct WorkersConfig {
     pub stop_timeout: Duration,
     pub drain_timeout: Duration,
     pub weight: u32,
+    pub weights: Vec<u32>,
+}
+
+impl WorkersConfig {
+    pub fn weight_of(&self, id: usize) -> u32 {
+        self.weights.get(id).copied().unwrap_or(self.weight)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +75,40 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BalancingConfig {
-    pub strategy: StrategyKind,
+    pub strategy: StrategyChoice,
     pub panic_threshold: f64,
     pub hash_key: HashKey,
+    pub slow_start: Duration,
+    pub max_inflight_per_backend: u32,
+    pub queue_size: u32,
+    pub queue_timeout: Duration,
+    pub latency_decay: Duration,
+}
+
+/// A fixed strategy, or `auto`: drover picks one from what it observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyChoice {
+    Fixed(StrategyKind),
+    Auto,
+}
+
+impl StrategyChoice {
+    /// The strategy to start with (auto starts with least connections).
+    pub fn initial(self) -> StrategyKind {
+        match self {
+            StrategyChoice::Fixed(k) => k,
+            StrategyChoice::Auto => StrategyKind::LeastConnections,
+        }
+    }
+}
+
+impl std::fmt::Display for StrategyChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StrategyChoice::Fixed(k) => write!(f, "{k}"),
+            StrategyChoice::Auto => f.write_str("auto"),
+        }
+    }
 }
 
 /// The request property consistent hashing uses.
@@ -319,13 +357,28 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         );
     }
 
-    let strategy = match file.balancing.strategy.parse::<StrategyKind>() {
-        Ok(s) => s,
-        Err(e) => {
-            c.fail("balancing.strategy", e);
-            StrategyKind::RoundRobin
+    let strategy = if file.balancing.strategy == "auto" {
+        StrategyChoice::Auto
+    } else {
+        match file.balancing.strategy.parse::<StrategyKind>() {
+            Ok(s) => StrategyChoice::Fixed(s),
+            Err(e) => {
+                c.fail("balancing.strategy", format!("{e}, auto"));
+                StrategyChoice::Fixed(StrategyKind::RoundRobin)
+            }
         }
     };
+    for (i, w) in w.weights.iter().enumerate() {
+        c.range_u32(&format!("workers.weights[{i}]"), *w, 1, 10_000);
+    }
+    if file.balancing.max_inflight_per_backend > 0 {
+        c.range_u32(
+            "balancing.queue.size",
+            file.balancing.queue.size,
+            0,
+            1_000_000,
+        );
+    }
 
     let panic_threshold = file.balancing.panic_threshold;
     if !(0.0..=1.0).contains(&panic_threshold) {
@@ -342,6 +395,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    c.positive("balancing.latency_decay", file.balancing.latency_decay.0);
     let h = &file.health_check;
     if !h.path.starts_with('/') {
         c.fail(
@@ -456,12 +510,18 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             stop_timeout: w.stop_timeout.0,
             drain_timeout: w.drain_timeout.0,
             weight: file.balancing.worker_weight,
+            weights: w.weights.clone(),
         },
         upstreams,
         balancing: BalancingConfig {
             strategy,
             panic_threshold,
             hash_key,
+            slow_start: file.balancing.slow_start.0,
+            max_inflight_per_backend: file.balancing.max_inflight_per_backend,
+            queue_size: file.balancing.queue.size,
+            queue_timeout: file.balancing.queue.timeout.0,
+            latency_decay: file.balancing.latency_decay.0,
         },
         health: HealthConfig {
             path: h.path.clone(),

@@ -20,6 +20,25 @@ use tokio::sync::watch;
 
 /// How often breaker timers and similar time-based eligibility are re-evaluated.
 const REFRESH_TICK: Duration = Duration::from_millis(100);
+/// `strategy: auto` re-decides every 2 s (20 ticks).
+const AUTO_EVERY_TICKS: u64 = 20;
+
+/// One decision of `strategy: auto`; switches and logs only when the choice changes.
+fn auto_strategy_step(shared: &Shared) {
+    if !shared.auto_strategy.load(Ordering::Relaxed) {
+        return;
+    }
+    let sel = shared.pool.selector();
+    let (kind, reason) = crate::balancing::auto::decide(&sel.backends);
+    drop(sel);
+    if let Ok(mut r) = shared.auto_reason.lock() {
+        *r = reason.clone();
+    }
+    if kind != shared.pool.strategy() {
+        log::info!("auto strategy: switching to {kind}: {reason}");
+        shared.pool.set_strategy(kind);
+    }
+}
 
 pub struct ControlHandle {
     pub thread: std::thread::JoinHandle<()>,
@@ -80,6 +99,7 @@ async fn run(
     };
     let supervisor = Supervisor::new(shared.clone());
     let cfg = shared.config();
+    crate::balancing::backend::set_latency_decay(cfg.balancing.latency_decay);
     supervisor.scale_to(cfg.workers.count);
     upstreams::sync(&shared, &cfg);
 
@@ -100,9 +120,14 @@ async fn run(
     let ticker_shared = shared.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_TICK);
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
             ticker_shared.pool.refresh();
+            n += 1;
+            if n.is_multiple_of(AUTO_EVERY_TICKS) {
+                auto_strategy_step(&ticker_shared);
+            }
         }
     });
 

@@ -5,7 +5,7 @@
 //! swapped in atomically and its consequences applied: strategy, panic threshold,
 //! upstreams, worker count (scale up, or drain then stop), log level.
 
-use crate::config;
+use crate::config::{self, StrategyChoice};
 use crate::lifecycle::upstreams;
 use crate::state::Shared;
 use crate::supervisor::Supervisor;
@@ -62,13 +62,16 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         log::set_max_level(level);
     }
     if strategy_changed {
-        shared.pool.set_strategy(new.balancing.strategy);
+        let auto = new.balancing.strategy == StrategyChoice::Auto;
+        shared.auto_strategy.store(auto, Ordering::Relaxed);
+        shared.pool.set_strategy(new.balancing.strategy.initial());
         log::info!(
             "reload: strategy {} -> {}",
             old.balancing.strategy,
             new.balancing.strategy
         );
     }
+    crate::balancing::backend::set_latency_decay(new.balancing.latency_decay);
     if panic_changed {
         shared
             .pool

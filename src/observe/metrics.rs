@@ -25,9 +25,9 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub retries: IntCounter,
     pub no_backend: IntCounter,
-    pub backend_requests: IntCounterVec,
-    pub backend_failures: IntCounterVec,
-    pub backend_duration: HistogramVec,
+    backend_requests: IntCounterVec,
+    backend_failures: IntCounterVec,
+    backend_duration: HistogramVec,
     backend_in_flight: IntGaugeVec,
     backend_healthy: IntGaugeVec,
     backend_ewma: prometheus::GaugeVec,
@@ -41,6 +41,11 @@ pub struct Metrics {
     balancing_panic: IntGauge,
     balancing_strategy: IntGaugeVec,
     pub health_checks: IntCounterVec,
+    pub queue_length: IntGauge,
+    pub queue_wait: Histogram,
+    pub queue_rejected: IntCounterVec,
+    backend_selections: IntCounterVec,
+    breaker_seen: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -51,7 +56,29 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+/// Counters of one backend, resolved once when the backend is created so the hot path
+/// increments them without a label lookup. Backends with the same name (a restarted
+/// worker) share the series, so counts continue across restarts.
+pub struct BackendHandles {
+    pub requests: IntCounter,
+    pub failures: IntCounter,
+    pub duration: Histogram,
+    pub selections: [IntCounter; 6],
+}
+
 impl Metrics {
+    pub fn backend_handles(&self, name: &str) -> BackendHandles {
+        BackendHandles {
+            requests: self.backend_requests.with_label_values(&[name]),
+            failures: self.backend_failures.with_label_values(&[name]),
+            duration: self.backend_duration.with_label_values(&[name]),
+            selections: StrategyKind::ALL.map(|k| {
+                self.backend_selections
+                    .with_label_values(&[name, k.as_str()])
+            }),
+        }
+    }
+
     pub fn new() -> Self {
         let r = Registry::new();
         let requests = reg(
@@ -240,8 +267,47 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            queue_length: reg(
+                &r,
+                IntGauge::new(QUEUE_LENGTH, "Requests waiting for a free backend")
+                    .expect("valid metric"),
+            ),
+            queue_wait: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(QUEUE_WAIT_SECONDS, "Time requests waited in the queue")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            queue_rejected: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        QUEUE_REJECTED_TOTAL,
+                        "Requests answered 503 by the queue, by reason",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_selections: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        BACKEND_SELECTIONS_TOTAL,
+                        "Times each strategy chose each backend",
+                    ),
+                    &["backend", "strategy"],
+                )
+                .expect("valid metric"),
+            ),
+            breaker_seen: Default::default(),
             registry: r,
         };
+        for reason in ["full", "timeout"] {
+            m.queue_rejected.with_label_values(&[reason]);
+        }
         for c in ["ok", "invalid"] {
             m.config_reloads.with_label_values(&[c]);
         }
@@ -278,18 +344,27 @@ impl Metrics {
                 CircuitState::HalfOpen => 2,
             };
             self.breaker_state.with_label_values(&[name]).set(bs);
-            for (to, counter) in [
+
+            // Transition counts live on each breaker; carry them into the per-name
+            // series by the delta since the last scrape of that breaker instance.
+            let mut seen = self.breaker_seen.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, (to, counter)) in [
                 ("open", &b.breaker.counts.opened),
                 ("half_open", &b.breaker.counts.half_opened),
                 ("closed", &b.breaker.counts.closed),
-            ] {
-                let c = self.breaker_transitions.with_label_values(&[name, to]);
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 let total = counter.load(Ordering::Relaxed);
-                let have = c.get();
-                if total > have {
-                    c.inc_by(total - have);
+                let last = seen.entry((b.id, i)).or_insert(0);
+                let c = self.breaker_transitions.with_label_values(&[name, to]);
+                if total > *last {
+                    c.inc_by(total - *last);
+                    *last = total;
                 }
             }
+            drop(seen);
         }
         self.balancing_panic.set(pool.in_panic() as i64);
         let current = pool.strategy();
@@ -329,5 +404,16 @@ mod tests {
         assert!(text.contains("drover_requests_total{class=\"5xx\"} 1"));
         assert!(text.contains("drover_requests_total{class=\"error\"} 1"));
         assert!(text.contains("drover_balancing_strategy{strategy=\"round_robin\"} 1"));
+        let h = m.backend_handles("worker-7");
+        h.requests.inc();
+        h.selections[StrategyKind::Latency.index()].inc();
+        let text = m.render(&pool);
+        assert!(
+            text.contains("drover_backend_requests_total{backend=\"worker-7\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "drover_backend_selections_total{backend=\"worker-7\",strategy=\"latency\"} 1"
+        ));
     }
 }

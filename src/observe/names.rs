@@ -23,3 +23,7 @@ pub const CONFIG_VERSION: &str = "drover_config_version";
 pub const BALANCING_PANIC: &str = "drover_balancing_panic_mode";
 pub const BALANCING_STRATEGY: &str = "drover_balancing_strategy";
 pub const HEALTH_CHECKS_TOTAL: &str = "drover_health_checks_total";
+pub const QUEUE_LENGTH: &str = "drover_queue_length";
+pub const QUEUE_WAIT_SECONDS: &str = "drover_queue_wait_seconds";
+pub const QUEUE_REJECTED_TOTAL: &str = "drover_queue_rejected_total";
+pub const BACKEND_SELECTIONS_TOTAL: &str = "drover_backend_selections_total";

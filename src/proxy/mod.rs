@@ -9,7 +9,9 @@
 pub mod headers;
 
 use crate::balancing::consistent_hash::fnv1a;
-use crate::balancing::InflightGuard;
+use crate::balancing::queue::QueueRejection;
+use crate::balancing::{InflightGuard, SelectError, SelectLimits};
+use crate::config::Config;
 use crate::config::HashKey;
 use crate::observe::access_log;
 use crate::state::Shared;
@@ -18,7 +20,7 @@ use pingora_core::prelude::*;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +45,8 @@ pub struct RequestCtx {
     response_started: bool,
     request_id: Option<String>,
     counted: bool,
+    /// Why drover itself answered 503 (no backend, queue full or timed out).
+    reject: Option<&'static str>,
 }
 
 fn hash_key(session: &Session, key: &HashKey) -> u64 {
@@ -81,6 +85,7 @@ impl ProxyHttp for DroverProxy {
             response_started: false,
             request_id: None,
             counted: false,
+            reject: None,
         }
     }
 
@@ -115,21 +120,27 @@ impl ProxyHttp for DroverProxy {
         };
         // Release the previous attempt's slot before taking a new one.
         ctx.guard = None;
-        match self.shared.pool.select(key, &ctx.tried) {
-            Some(guard) => {
-                let peer = Box::new(guard.backend().peer.clone());
-                ctx.guard = Some(guard);
-                ctx.upstream_start = Some(Instant::now());
-                Ok(peer)
-            }
-            None => {
+        let cfg = self.shared.config.load();
+        let limits = SelectLimits {
+            max_inflight: cfg.balancing.max_inflight_per_backend,
+            slow_start: cfg.balancing.slow_start,
+        };
+        let guard = match self.shared.pool.select_limited(key, &ctx.tried, limits) {
+            Ok(g) => g,
+            Err(SelectError::AllBusy) => self.wait_in_queue(key, ctx, limits, &cfg).await?,
+            Err(SelectError::NoBackend) => {
                 self.shared.metrics.no_backend.inc();
-                Err(Error::explain(
+                ctx.reject = Some("no backend available");
+                return Err(Error::explain(
                     ErrorType::HTTPStatus(503),
                     "no backend available",
-                ))
+                ));
             }
-        }
+        };
+        let peer = Box::new(guard.backend().peer.clone());
+        ctx.guard = Some(guard);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -194,6 +205,51 @@ impl ProxyHttp for DroverProxy {
         Ok(())
     }
 
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let retry_after = ctx.reject.is_some() && code == 503;
+            let body: &'static [u8] = match ctx.reject {
+                Some(why) if code == 503 => why.as_bytes(),
+                _ => b"",
+            };
+            if let Ok(mut resp) = ResponseHeader::build(code, Some(4)) {
+                let _ = resp.insert_header("Content-Length", body.len().to_string());
+                let _ = resp.insert_header("Cache-Control", "private, no-store");
+                if retry_after {
+                    let _ = resp.insert_header("Retry-After", "1");
+                }
+                let _ = session
+                    .write_response_header(Box::new(resp), body.is_empty())
+                    .await;
+                if !body.is_empty() {
+                    let _ = session
+                        .write_response_body(Some(bytes::Bytes::from_static(body)), true)
+                        .await;
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         // A client hanging up is routine at the edge, not an ERROR.
         let client_gone = error.esource() == &ErrorSource::Downstream
@@ -228,12 +284,12 @@ impl ProxyHttp for DroverProxy {
             guard.finish(success, upstream_elapsed);
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, success);
-            m.backend_requests.with_label_values(&[&b.name]).inc();
-            m.backend_duration
-                .with_label_values(&[&b.name])
-                .observe(upstream_elapsed.as_secs_f64());
-            if !success {
-                m.backend_failures.with_label_values(&[&b.name]).inc();
+            if let Some(h) = b.metrics.get() {
+                h.requests.inc();
+                h.duration.observe(upstream_elapsed.as_secs_f64());
+                if !success {
+                    h.failures.inc();
+                }
             }
             backend_name = Some(b.name.clone());
             worker_id = b.worker_id;
@@ -264,6 +320,50 @@ impl ProxyHttp for DroverProxy {
 }
 
 impl DroverProxy {
+    /// Every backend is at `max_inflight_per_backend`: wait for a slot in the bounded
+    /// queue, or give up with 503 + Retry-After when it is full or the wait times out.
+    async fn wait_in_queue(
+        &self,
+        key: u64,
+        ctx: &mut RequestCtx,
+        limits: SelectLimits,
+        cfg: &Config,
+    ) -> Result<InflightGuard> {
+        let m = &self.shared.metrics;
+        let queue = &self.shared.pool.queue;
+        let rejected = |ctx: &mut RequestCtx, why: QueueRejection| {
+            m.queue_rejected.with_label_values(&[why.as_str()]).inc();
+            ctx.reject = Some(match why {
+                QueueRejection::Full => "queue full",
+                QueueRejection::TimedOut => "queue wait timed out",
+            });
+            Error::explain(ErrorType::HTTPStatus(503), "all backends busy")
+        };
+        let place = match queue.enter(cfg.balancing.queue_size as usize) {
+            Ok(p) => p,
+            Err(why) => return Err(rejected(ctx, why)),
+        };
+        m.queue_length.set(queue.len() as i64);
+        let start = Instant::now();
+        let deadline = start + cfg.balancing.queue_timeout;
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(QueueRejection::TimedOut);
+            }
+            queue.wait(&place, left).await;
+            match self.shared.pool.select_limited(key, &ctx.tried, limits) {
+                Ok(g) => break Ok(g),
+                Err(SelectError::AllBusy) => continue,
+                Err(SelectError::NoBackend) => break Err(QueueRejection::TimedOut),
+            }
+        };
+        drop(place);
+        m.queue_length.set(queue.len() as i64);
+        m.queue_wait.observe(start.elapsed().as_secs_f64());
+        outcome.map_err(|why| rejected(ctx, why))
+    }
+
     /// Records a failed attempt on the current backend and remembers it so a retry goes
     /// elsewhere.
     fn settle_failed_attempt(&self, ctx: &mut RequestCtx) {
@@ -272,11 +372,10 @@ impl DroverProxy {
             guard.finish(false, elapsed);
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, false);
-            self.shared
-                .metrics
-                .backend_failures
-                .with_label_values(&[&b.name])
-                .inc();
+            if let Some(h) = b.metrics.get() {
+                h.requests.inc();
+                h.failures.inc();
+            }
             ctx.tried.push(b.id);
         }
     }

@@ -217,7 +217,7 @@ async fn run_slot(
         };
         let pid = child.id();
         let addr = SocketAddr::new(cfg.workers.host, port);
-        let backend = shared.make_backend(&name, Some(id), addr, cfg.workers.weight);
+        let backend = shared.make_backend(&name, Some(id), addr, cfg.workers.weight_of(id));
         shared.pool.add(backend.clone());
         health::spawn_probe(shared.clone(), backend.clone());
         shared.metrics.workers_running.inc();

@@ -36,21 +36,20 @@ pub fn drover_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_drover"))
 }
 
-/// The worker binary is a sibling package; build it once if this test run lacks it.
+/// The worker binary is a sibling package that `cargo test -p drover` does not rebuild;
+/// build it once per test binary so tests never run a stale worker.
 pub fn worker_bin() -> PathBuf {
     static BUILD: Once = Once::new();
     let path = drover_bin().with_file_name("upstream-worker");
     BUILD.call_once(|| {
-        if !path.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "upstream-worker"]);
-            if path.to_string_lossy().contains("/release/") {
-                cmd.arg("--release");
-            }
-            let st = cmd.status().expect("run cargo build -p upstream-worker");
-            assert!(st.success(), "building upstream-worker failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "upstream-worker"]);
+        if path.to_string_lossy().contains("/release/") {
+            cmd.arg("--release");
         }
+        let st = cmd.status().expect("run cargo build -p upstream-worker");
+        assert!(st.success(), "building upstream-worker failed");
     });
     path
 }

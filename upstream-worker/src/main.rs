@@ -9,6 +9,9 @@
 //! - `WORKER_THREADS=N` with N > 1 selects a multi-thread runtime; the
 //!   default current_thread runtime is what a process-per-core pool wants.
 //! - `HEALTH_FAIL_FILE`: while this file exists, `/health` answers 503.
+//! - `SLOW_FILE`: while this file exists, every request but `/health` first
+//!   sleeps the number of milliseconds written in it (latency chaos for tests).
+//! - `{id}` in either path is replaced by `WORKER_ID`.
 //! - `DROVER_PARENT_PID`: exit when the parent changes (orphan backstop).
 //!
 //! Every response carries `X-Worker-Id` and `X-Worker-Pid`.
@@ -91,6 +94,7 @@ struct Config {
     id: u64,
     threads: usize,
     health_fail_file: Option<PathBuf>,
+    slow_file: Option<PathBuf>,
     parent_pid: Option<u32>,
 }
 
@@ -110,11 +114,17 @@ impl Config {
         }
         let port: u16 = parsed("PORT", 3000)?;
         let bind: std::net::IpAddr = parsed("BIND", [127, 0, 0, 1].into())?;
+        let id: u64 = parsed("WORKER_ID", 0)?;
+        // `{id}` in a file path becomes this worker's id, so one env setting for the
+        // whole pool can still target a single worker.
+        let id_text = id.to_string();
+        let per_worker_path = |f: &str, id: &str| PathBuf::from(f.replace("{id}", id));
         Ok(Config {
             addr: SocketAddr::new(bind, port),
-            id: parsed("WORKER_ID", 0)?,
+            id,
             threads: parsed("WORKER_THREADS", 1)?,
-            health_fail_file: var("HEALTH_FAIL_FILE").map(PathBuf::from),
+            health_fail_file: var("HEALTH_FAIL_FILE").map(|f| per_worker_path(&f, &id_text)),
+            slow_file: var("SLOW_FILE").map(|f| per_worker_path(&f, &id_text)),
             parent_pid: match var("DROVER_PARENT_PID") {
                 Some(_) => Some(parsed("DROVER_PARENT_PID", 0)?),
                 None => None,
@@ -166,6 +176,7 @@ async fn serve(config: Config) -> i32 {
     let worker: &'static Worker = Box::leak(Box::new(Worker::new(
         config.id,
         config.health_fail_file,
+        config.slow_file,
         config.threads > 1,
     )));
     let pid = std::process::id();

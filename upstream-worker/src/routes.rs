@@ -38,11 +38,17 @@ pub struct Worker {
     pid_header: HeaderValue,
     hello: Bytes,
     health_fail_file: Option<PathBuf>,
+    slow_file: Option<PathBuf>,
     multi_thread: bool,
 }
 
 impl Worker {
-    pub fn new(id: u64, health_fail_file: Option<PathBuf>, multi_thread: bool) -> Self {
+    pub fn new(
+        id: u64,
+        health_fail_file: Option<PathBuf>,
+        slow_file: Option<PathBuf>,
+        multi_thread: bool,
+    ) -> Self {
         // Leaked once per process so every response clones a static header
         // instead of formatting or bumping a refcount.
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
@@ -52,6 +58,7 @@ impl Worker {
             pid_header: HeaderValue::from_static(leak(std::process::id().to_string())),
             hello: Bytes::from_static(leak(format!("hello from worker {id}\n")).as_bytes()),
             health_fail_file,
+            slow_file,
             multi_thread,
         }
     }
@@ -73,6 +80,16 @@ async fn route(w: &'static Worker, req: Request<Incoming>) -> Resp {
     let query = parts.uri.query();
     let get = parts.method == Method::GET || parts.method == Method::HEAD;
 
+    if path != "/health" {
+        if let Some(ms) = w
+            .slow_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+        {
+            let ms = ms.trim().parse::<u64>().unwrap_or(0).min(MAX_MS);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
     if path == "/echo" {
         return echo(w, &parts, body).await;
     }

@@ -1,0 +1,207 @@
+//! Micro-benchmarks for the pieces drover runs on every proxied request.
+//!
+//! Groups:
+//! - `select/<strategy>/<backends>`: one `Pool::select` plus dropping the returned
+//!   guard (taking and releasing the in-flight slot and breaker permit), for every
+//!   `StrategyKind` at 4, 16 and 64 healthy backends. Target: under 200 ns each.
+//!   Keys vary per iteration (precomputed FNV-1a hashes, so hashing is not timed);
+//!   weights cycle 1, 2, 3; every backend has a latency sample, as in steady state.
+//! - `breaker/*`: a closed breaker's `try_acquire` + `record`, for a success and for a
+//!   failure that stays below the trip threshold (the lock-free fast path).
+//! - `access_log/format/typical`: formatting one JSON access-log line.
+//! - `headers/*`: `strip_internal_request` on 8 ordinary headers (none internal, the
+//!   common case) and with one `x-drover-` header added; `request_id` when the client
+//!   sent none (a fresh id is generated); `cookie` lookup.
+//! - `fnv1a/15_bytes`: hashing a 15-byte key (consistent-hash keys).
+//!
+//! The bench uses mimalloc, as the drover binary does, so allocation costs match.
+//! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 2`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use drover::balancing::consistent_hash::fnv1a;
+use drover::balancing::{Backend, BackendState, Pool, StrategyKind};
+use drover::observe::access_log::{self, AccessRecord};
+use drover::proxy::headers;
+use drover::resilience::breaker::{Breaker, BreakerPolicy};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const POOL_SIZES: [u64; 3] = [4, 16, 64];
+/// Distinct request keys cycled through by the selection benchmarks (a power of two).
+const KEYS: usize = 1024;
+
+/// The defaults of `circuit_breaker` in the config file.
+fn default_breaker_policy() -> BreakerPolicy {
+    BreakerPolicy {
+        enabled: true,
+        consecutive_failures: 5,
+        open_for: Duration::from_secs(5),
+        max_open_for: Duration::from_secs(60),
+        half_open_probes: 1,
+    }
+}
+
+fn healthy_backend(id: u64) -> Arc<Backend> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 10_000 + id as u16));
+    let backend = Backend::new(
+        id,
+        &format!("worker-{id}"),
+        Some(id as usize),
+        addr,
+        1 + (id % 3) as u32,
+        HttpPeer::new(addr, false, String::new()),
+        Breaker::new(default_breaker_policy()),
+    );
+    backend.set_state(BackendState::Healthy);
+    // A steady-state latency estimate, so the latency strategy does its real work.
+    backend.observe_latency(Duration::from_micros(2_000 + 37 * id));
+    Arc::new(backend)
+}
+
+fn pool_of(kind: StrategyKind, n: u64) -> Pool {
+    let pool = Pool::new(kind, 0.5);
+    for id in 0..n {
+        pool.add(healthy_backend(id));
+    }
+    assert_eq!(pool.selector().backends.len(), n as usize);
+    assert!(!pool.in_panic());
+    pool
+}
+
+fn select(c: &mut Criterion) {
+    let keys: Vec<u64> = (0..KEYS as u64).map(|k| fnv1a(&k.to_le_bytes())).collect();
+    let mut group = c.benchmark_group("select");
+    for kind in StrategyKind::ALL {
+        for n in POOL_SIZES {
+            let pool = pool_of(kind, n);
+            let mut i = 0usize;
+            group.bench_function(BenchmarkId::new(kind.as_str(), n), |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    let key = keys[i & (KEYS - 1)];
+                    let guard = pool.select(black_box(key), black_box(&[]));
+                    // The guard drops at the end of this statement, releasing the slot.
+                    black_box(guard.expect("a healthy pool always selects").backend().id)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn breaker(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker");
+    let closed = Breaker::new(default_breaker_policy());
+    group.bench_function("closed/acquire_record_success", |b| {
+        b.iter(|| {
+            let mut permit = closed.try_acquire().expect("closed breaker admits");
+            closed.record(&mut permit, black_box(true));
+        })
+    });
+    // A threshold no benchmark run can reach, so every failure stays on the closed path.
+    let never_trips = Breaker::new(BreakerPolicy {
+        consecutive_failures: u32::MAX,
+        ..default_breaker_policy()
+    });
+    group.bench_function("closed/acquire_record_failure", |b| {
+        b.iter(|| {
+            let mut permit = never_trips.try_acquire().expect("closed breaker admits");
+            never_trips.record(&mut permit, black_box(false));
+        })
+    });
+    group.finish();
+}
+
+fn access_log(c: &mut Criterion) {
+    let record = AccessRecord {
+        client: "203.0.113.7:51234",
+        method: "GET",
+        path: "/api/v1/orders/12345?expand=items",
+        status: 200,
+        backend: "worker-3",
+        worker_id: Some(3),
+        latency_ms: 1.734,
+        bytes: 5123,
+        request_id: "9f86d081884c7d65",
+        tries: 1,
+        error: None,
+    };
+    c.bench_function("access_log/format/typical", |b| {
+        b.iter(|| access_log::format(black_box(&record)))
+    });
+}
+
+/// A browser-like request with 8 ordinary headers.
+fn ordinary_request() -> RequestHeader {
+    let mut req = RequestHeader::build("GET", b"/api/v1/orders/12345?expand=items", None)
+        .expect("valid request line");
+    for (name, value) in [
+        ("Host", "shop.example.com"),
+        (
+            "User-Agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101",
+        ),
+        ("Accept", "application/json, text/plain, */*"),
+        ("Accept-Encoding", "gzip, deflate, br"),
+        ("Accept-Language", "en-GB,en;q=0.9"),
+        ("Cookie", "theme=dark; session=3f2a9c; user=bob"),
+        ("Referer", "https://shop.example.com/orders"),
+        ("Connection", "keep-alive"),
+    ] {
+        req.insert_header(name, value).expect("valid header");
+    }
+    req
+}
+
+fn header_hygiene(c: &mut Criterion) {
+    let mut group = c.benchmark_group("headers");
+    let mut clean = ordinary_request();
+    group.bench_function("strip_internal_request/8_ordinary", |b| {
+        // Nothing to strip, so the request is unchanged and can be reused.
+        b.iter(|| headers::strip_internal_request(black_box(&mut clean)))
+    });
+    let mut forged = ordinary_request();
+    forged
+        .insert_header("X-Drover-Session", "forged")
+        .expect("valid header");
+    group.bench_function("strip_internal_request/8_ordinary_1_internal", |b| {
+        // Each iteration needs a fresh copy; cloning and dropping it is not timed.
+        b.iter_batched_ref(
+            || forged.clone(),
+            headers::strip_internal_request,
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("request_id/absent", |b| {
+        b.iter(|| headers::request_id(black_box(&clean)))
+    });
+    group.bench_function("cookie/3_pairs", |b| {
+        b.iter(|| headers::cookie(black_box(&clean), black_box("user")).map(str::len))
+    });
+    group.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let key: &[u8; 15] = b"user-1234567890";
+    let mut group = c.benchmark_group("fnv1a");
+    group.throughput(Throughput::Bytes(key.len() as u64));
+    group.bench_function("15_bytes", |b| b.iter(|| fnv1a(black_box(key))));
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    select,
+    breaker,
+    access_log,
+    header_hygiene,
+    hashing
+);
+criterion_main!(benches);

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Helpers for benches/load/run.sh: parse wrk output and print the comparison table.
+
+Subcommands (run.sh is the only caller; the interface is not stable):
+  line FILE [CPU_TICKS CLK_TCK]   one human-readable line for a finished run
+  table RUNS_TSV                  the Markdown summary of every run in RUNS_TSV
+  drover-healthy                  exit 0 if the /api/status JSON on stdin shows every
+                                  backend healthy (and at least one backend)
+
+RUNS_TSV columns (tab-separated, no header):
+  scenario  target  round  wrk_output_file  cpu_ticks|-  clk_tck  note
+"""
+
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+from datetime import datetime, timezone
+
+UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+TARGET_ORDER = ["direct", "drover", "nginx", "haproxy"]
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        return None
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def parse_wrk(path):
+    """Requests/s, request count, p50/p99 in ms and error counts from `wrk --latency`."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    r = {"rps": None, "requests": None, "p50": None, "p99": None,
+         "non2xx": 0, "socket": 0, "socket_detail": "", "ok": False}
+    m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    if m:
+        r["requests"] = int(m.group(1))
+    for pct, val in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", text, re.M):
+        r["p" + pct] = to_ms(val)
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        c, rd, w, t = (int(x) for x in m.groups())
+        r["socket"] = c + rd + w + t
+        r["socket_detail"] = f"connect {c}, read {rd}, write {w}, timeout {t}"
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    r["ok"] = r["rps"] is not None and r["requests"] is not None
+    return r
+
+
+def cpu_us_per_req(ticks, clk_tck, requests):
+    if ticks in (None, "", "-") or not requests:
+        return None
+    return int(ticks) * 1e6 / int(clk_tck) / requests
+
+
+def fmt(v, digits=1, suffix=""):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}{suffix}"
+
+
+def fmt_ms(v):
+    if v is None:
+        return "–"
+    if v < 1:
+        return f"{v * 1000:.0f} µs"
+    return f"{v:.2f} ms"
+
+
+def cmd_line(args):
+    path = args[0]
+    r = parse_wrk(path)
+    if not r["ok"]:
+        print(f"wrk output unparsable (see {path})")
+        return 0
+    cpu = cpu_us_per_req(args[1], args[2], r["requests"]) if len(args) >= 3 else None
+    parts = [f"{fmt(r['rps'], 0)} req/s", f"p50 {fmt_ms(r['p50'])}", f"p99 {fmt_ms(r['p99'])}"]
+    if cpu is not None:
+        parts.append(f"CPU {cpu:.1f} µs/req")
+    errors = r["non2xx"] + r["socket"]
+    parts.append(f"errors {errors}" + (f" (non-2xx {r['non2xx']}, socket: {r['socket_detail']})"
+                                       if errors else ""))
+    print(", ".join(parts))
+    return 0
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def machine_info():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:
+        ncpu = os.cpu_count()
+    return ncpu, model
+
+
+def cmd_table(args):
+    rows = []
+    with open(args[0], encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            scenario, target, rnd, path, ticks, clk, note = (line.split("\t") + [""] * 7)[:7]
+            rows.append({"scenario": scenario, "target": target, "round": int(rnd),
+                         "wrk": parse_wrk(path), "ticks": ticks, "clk": clk, "note": note})
+
+    env = os.environ
+    ncpu, model = machine_info()
+    print("### Load comparison")
+    print()
+    print(f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}")
+    print(f"- machine: nproc {ncpu}, CPU {model}, kernel {platform.release()}")
+    for key, label in (("BENCH_SETUP", "setup"), ("BENCH_VERSIONS", "versions"),
+                       ("BENCH_SKIPPED", "skipped")):
+        if env.get(key):
+            print(f"- {label}: {env[key]}")
+
+    scenarios = []
+    for r in rows:
+        if r["scenario"] not in scenarios:
+            scenarios.append(r["scenario"])
+    for scenario in scenarios:
+        srows = [r for r in rows if r["scenario"] == scenario]
+        targets = sorted({r["target"] for r in srows},
+                         key=lambda t: TARGET_ORDER.index(t) if t in TARGET_ORDER else 99)
+        desc = env.get(f"BENCH_DESC_{scenario}", "")
+        print()
+        print(f"#### Scenario `{scenario}`" + (f": {desc}" if desc else ""))
+        print()
+        print("| target | median req/s | p50 | p99 | CPU µs/req | errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        summary = {}
+        for t in targets:
+            trows = sorted((r for r in srows if r["target"] == t), key=lambda r: r["round"])
+            good = [r for r in trows if r["wrk"]["ok"]]
+            rps = median([r["wrk"]["rps"] for r in good])
+            p50 = median([r["wrk"]["p50"] for r in good])
+            p99 = median([r["wrk"]["p99"] for r in good])
+            cpu = median([cpu_us_per_req(r["ticks"], r["clk"], r["wrk"]["requests"]) for r in good])
+            non2xx = sum(r["wrk"]["non2xx"] for r in trows)
+            sock = sum(r["wrk"]["socket"] for r in trows)
+            failed = len(trows) - len(good)
+            err = f"{non2xx + sock}"
+            if non2xx + sock:
+                err += f" (non-2xx {non2xx}, socket {sock})"
+            if failed:
+                err += f"; {failed} run(s) unparsable"
+            summary[t] = {"rps": rps, "cpu": cpu, "per_round": [r["wrk"]["rps"] for r in trows]}
+            cpu_txt = fmt(cpu, 1) if t != "direct" else "n/a"
+            print(f"| {t} | {fmt(rps, 0)} | {fmt_ms(p50)} | {fmt_ms(p99)} | {cpu_txt} | {err} |")
+        print()
+        print("Ratios (same run):")
+        print()
+        pairs = [("req/s", "rps", "drover", "nginx"), ("req/s", "rps", "drover", "haproxy"),
+                 ("req/s", "rps", "drover", "direct"), ("CPU µs/req", "cpu", "drover", "nginx"),
+                 ("CPU µs/req", "cpu", "drover", "haproxy")]
+        any_ratio = False
+        for label, key, a, b in pairs:
+            va = summary.get(a, {}).get(key)
+            vb = summary.get(b, {}).get(key)
+            if va is not None and vb:
+                any_ratio = True
+                print(f"- {label} {a}/{b}: {va / vb:.2f}")
+        if not any_ratio:
+            print("- (needs drover and at least one other target)")
+        print()
+        print("Per-round req/s (interleaved, in run order): " + "; ".join(
+            f"{t} " + " / ".join(fmt(x, 0) for x in summary[t]["per_round"]) for t in targets))
+        notes = [f"{r['target']} r{r['round']}: {r['note']}" for r in srows if r["note"]]
+        if notes:
+            print()
+            print("Events: " + "; ".join(notes))
+    return 0
+
+
+def cmd_drover_healthy(_args):
+    try:
+        status = json.load(sys.stdin)
+    except ValueError:
+        return 1
+    backends = status.get("backends") or []
+    if backends and all(b.get("state") == "healthy" for b in backends):
+        return 0
+    return 1
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd = {"line": cmd_line, "table": cmd_table, "drover-healthy": cmd_drover_healthy}.get(argv[1])
+    if cmd is None:
+        print(f"unknown subcommand {argv[1]!r}", file=sys.stderr)
+        return 2
+    return cmd(argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

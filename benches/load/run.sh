@@ -1,0 +1,650 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison: wrk against the upstream-workers directly (a ceiling),
+# through drover, through nginx and through HAProxy, all in front of the SAME worker
+# processes, interleaved round by round. See docs/PERFORMANCE.md ("Load comparison
+# harness") for what it measures and how to read the table.
+#
+#   benches/load/run.sh                         plain GET /, 3 rounds x 5 s, 64 connections
+#   benches/load/run.sh --scenario body64k      64 KiB responses
+#   benches/load/run.sh --scenario conns1000    1000 client connections
+#   benches/load/run.sh --scenario kill9        kill -9 a worker mid-run, count errors
+#   benches/load/run.sh --help                  every option
+set -euo pipefail
+shopt -u patsub_replacement 2>/dev/null || true # bash 5.2: keep '&' literal in ${x//a/b}
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd -- "$SCRIPT_DIR/../.." && pwd)
+TEMPLATES=$SCRIPT_DIR/templates
+REPORT=$SCRIPT_DIR/report.py
+DROVER_BIN=${DROVER_BIN:-$REPO/target/release/drover}
+WORKER_BIN=${WORKER_BIN:-$REPO/target/release/upstream-worker}
+
+ALL_TARGETS=(direct drover nginx haproxy)
+ALL_SCENARIOS=(plain body64k conns1000 kill9)
+STRATEGIES=(round_robin random least_connections weighted_round_robin latency consistent_hash)
+
+# ---------------------------------------------------------------- options
+SCENARIOS=plain
+TARGETS=direct,drover,nginx,haproxy
+ROUNDS=3
+DURATION=5
+CONNECTIONS=64
+CONNECTIONS_SET=
+WORKERS=2
+STRATEGY=least_connections
+WARMUP=1
+DROVER_CONFIG=$TEMPLATES/drover.yaml.tmpl
+DROVER_EXTRA=
+OUT=
+PORT_BASE=
+KILL_SETTLE=2
+
+usage() {
+    cat <<EOF
+Usage: benches/load/run.sh [options]
+
+Compares wrk results for: direct (straight at worker 0, a ceiling), drover, nginx and
+HAProxy, all proxying to the same upstream-worker processes started by this script.
+Progress goes to stderr; the Markdown summary goes to stdout.
+
+Options:
+  --scenario LIST      comma-separated: plain (GET /), body64k (GET /bytes?n=65536),
+                       conns1000 (GET / with 1000 connections), kill9 (kill -9 one worker
+                       half-way through every proxied run; report errors). Default: plain
+  --targets LIST       comma-separated subset of direct,drover,nginx,haproxy (default: all;
+                       nginx/haproxy are skipped with a note if not installed)
+  --rounds N           interleaved rounds A B C D A B C D ... (default 3)
+  --duration S         seconds per wrk run (default 5)
+  --connections N      wrk connections (default 64; conns1000 always uses 1000)
+  --workers N          upstream-workers to start (default 2; kill9 needs >= 2)
+  --strategy NAME      drover balancing.strategy (default least_connections):
+                       ${STRATEGIES[*]}
+  --warmup S           warm-up seconds per target before the first round (default 1)
+  --drover-config FILE drover config template used instead of templates/drover.yaml.tmpl.
+                       Must contain @LISTEN@ and @ADMIN_LISTEN@; @UPSTREAMS@, @STRATEGY@
+                       and @RUNTIME_DIR@ are filled in too if present.
+  --drover-extra FILE  YAML appended to the drover config (e.g. proxy:, health_check:,
+                       sessions:). Its top-level keys must not already be in the config
+                       (the default template sets listen, threads, runtime_dir, admin,
+                       workers, upstreams, balancing, circuit_breaker, logging).
+  --out DIR            keep raw wrk outputs, rendered configs, logs and summary.md in DIR
+                       (default: a temp dir that is removed at exit)
+  --port-base P        ports P (drover), P+1 (nginx), P+2 (haproxy), P+9 (drover admin),
+                       P+20.. (workers). Default: first free block of 18080, 18180, ...
+  -h, --help           this text
+
+Environment: DROVER_BIN, WORKER_BIN override target/release/{drover,upstream-worker};
+NGINX_BIN, HAPROXY_BIN override the nginx/haproxy found on PATH or in /usr/sbin.
+EOF
+}
+
+die() {
+    echo "run.sh: $*" >&2
+    exit 1
+}
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+need_arg() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --scenario | --scenarios) need_arg "$@"; SCENARIOS=$2; shift 2 ;;
+    --targets) need_arg "$@"; TARGETS=$2; shift 2 ;;
+    --rounds) need_arg "$@"; ROUNDS=$2; shift 2 ;;
+    --duration) need_arg "$@"; DURATION=$2; shift 2 ;;
+    --connections) need_arg "$@"; CONNECTIONS=$2; CONNECTIONS_SET=1; shift 2 ;;
+    --workers) need_arg "$@"; WORKERS=$2; shift 2 ;;
+    --strategy) need_arg "$@"; STRATEGY=$2; shift 2 ;;
+    --warmup) need_arg "$@"; WARMUP=$2; shift 2 ;;
+    --drover-config) need_arg "$@"; DROVER_CONFIG=$2; shift 2 ;;
+    --drover-extra) need_arg "$@"; DROVER_EXTRA=$2; shift 2 ;;
+    --out) need_arg "$@"; OUT=$2; shift 2 ;;
+    --port-base) need_arg "$@"; PORT_BASE=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+contains() {
+    local x=$1
+    shift
+    local y
+    for y; do [[ $x == "$y" ]] && return 0; done
+    return 1
+}
+
+is_uint "$ROUNDS" && ((ROUNDS >= 1)) || die "--rounds must be a positive integer"
+is_uint "$DURATION" && ((DURATION >= 1)) || die "--duration must be a positive integer (seconds)"
+is_uint "$CONNECTIONS" && ((CONNECTIONS >= 1)) || die "--connections must be a positive integer"
+is_uint "$WORKERS" && ((WORKERS >= 1 && WORKERS <= 60)) || die "--workers must be 1..60"
+is_uint "$WARMUP" || die "--warmup must be a non-negative integer (seconds)"
+contains "$STRATEGY" "${STRATEGIES[@]}" || die "unknown --strategy '$STRATEGY' (one of: ${STRATEGIES[*]})"
+[[ -z $PORT_BASE ]] || { is_uint "$PORT_BASE" && ((PORT_BASE >= 1024 && PORT_BASE <= 65400)); } ||
+    die "--port-base must be 1024..65400"
+
+IFS=, read -r -a SCENARIO_LIST <<<"$SCENARIOS"
+for s in "${SCENARIO_LIST[@]}"; do
+    [[ $s == breaker_ratelimit ]] && die "scenario breaker_ratelimit is not part of this harness"
+    contains "$s" "${ALL_SCENARIOS[@]}" || die "unknown scenario '$s' (one of: ${ALL_SCENARIOS[*]})"
+    if [[ $s == kill9 ]] && ((WORKERS < 2)); then die "scenario kill9 needs --workers >= 2"; fi
+done
+IFS=, read -r -a TARGET_REQ <<<"$TARGETS"
+((${#TARGET_REQ[@]})) || die "--targets is empty"
+for t in "${TARGET_REQ[@]}"; do
+    contains "$t" "${ALL_TARGETS[@]}" || die "unknown target '$t' (one of: ${ALL_TARGETS[*]})"
+done
+[[ -f $DROVER_CONFIG ]] || die "--drover-config: no such file: $DROVER_CONFIG"
+[[ -z $DROVER_EXTRA || -f $DROVER_EXTRA ]] || die "--drover-extra: no such file: $DROVER_EXTRA"
+
+# ---------------------------------------------------------------- prerequisites
+command -v wrk >/dev/null || die "wrk not found. Install it: apt-get install wrk (Debian/Ubuntu)"
+command -v python3 >/dev/null || die "python3 not found (used for parsing and the report)"
+command -v curl >/dev/null || die "curl not found. Install it: apt-get install curl"
+for b in "$DROVER_BIN" "$WORKER_BIN"; do
+    [[ -x $b ]] || die "release binary missing: $b
+Build it: (cd $REPO && cargo build --release --workspace)"
+done
+
+SKIPPED=()
+TARGET_LIST=()
+# find_bin NAME OVERRIDE: OVERRIDE if set (empty result if not executable), else PATH,
+# else /usr/sbin (not on a normal user's PATH on Debian).
+find_bin() {
+    if [[ -n ${2+x} ]]; then
+        [[ -x $2 ]] && echo "$2"
+    elif command -v "$1" 2>/dev/null; then
+        :
+    elif [[ -x /usr/sbin/$1 ]]; then
+        echo "/usr/sbin/$1"
+    fi
+    return 0
+}
+NGINX_BIN=$(find_bin nginx ${NGINX_BIN+"$NGINX_BIN"})
+HAPROXY_BIN=$(find_bin haproxy ${HAPROXY_BIN+"$HAPROXY_BIN"})
+for t in "${TARGET_REQ[@]}"; do
+    contains "$t" "${TARGET_LIST[@]}" && continue
+    if [[ $t == nginx && -z $NGINX_BIN ]]; then
+        SKIPPED+=("nginx (not installed: apt-get install nginx)")
+        log "skipping nginx: not installed"
+        continue
+    fi
+    if [[ $t == haproxy && -z $HAPROXY_BIN ]]; then
+        SKIPPED+=("haproxy (not installed: apt-get install haproxy)")
+        log "skipping haproxy: not installed"
+        continue
+    fi
+    TARGET_LIST+=("$t")
+done
+((${#TARGET_LIST[@]})) || die "no target left to run"
+has_target() { contains "$1" "${TARGET_LIST[@]}"; }
+
+# ---------------------------------------------------------------- process tracking
+STARTED_PIDS=() # direct children of this shell that we started
+WORK=
+CLEANED=
+
+# Only ever signal a PID whose parent is this shell: after a child exits and bash reaps
+# it, its PID could be reused by an unrelated process.
+is_my_child() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) }
+    local f
+    read -r -a f <<<"$s"
+    [[ ${f[1]} == "$$" ]]
+}
+descendants() {
+    local p
+    for p in $(pgrep -P "$1" 2>/dev/null || true); do
+        echo "$p"
+        descendants "$p"
+    done
+}
+forget_pid() {
+    local keep=() p
+    for p in "${STARTED_PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    STARTED_PIDS=("${keep[@]}")
+}
+cleanup() {
+    [[ -z $CLEANED ]] || return 0
+    CLEANED=1
+    trap - INT TERM
+    local pid all=() p i alive
+    # Collect every tree first, signal all at once, then wait once for all of them.
+    for pid in "${STARTED_PIDS[@]}"; do
+        is_my_child "$pid" || continue
+        all+=("$pid")
+        while read -r p; do [[ -n $p ]] && all+=("$p"); done < <(descendants "$pid")
+    done
+    if ((${#all[@]})); then
+        kill -TERM "${all[@]}" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            alive=0
+            for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        for p in "${all[@]}"; do
+            if kill -0 "$p" 2>/dev/null; then
+                echo "run.sh: pid $p ignored SIGTERM, sending SIGKILL" >&2
+                kill -KILL "$p" 2>/dev/null || true
+            fi
+        done
+        wait 2>/dev/null || true
+    fi
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ -n $OUT && -d $OUT ]]; then
+            mkdir -p "$OUT/logs" "$OUT/configs"
+            cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
+            cp "$WORK"/drover.yaml "$WORK"/nginx.conf "$WORK"/haproxy.cfg "$OUT/configs/" 2>/dev/null || true
+        fi
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'echo "run.sh: interrupted, cleaning up" >&2; exit 130' INT
+trap 'echo "run.sh: terminated, cleaning up" >&2; exit 143' TERM
+
+LAST_PID=
+# start_bg NAME LOGFILE CMD...: starts CMD in the background as a direct child.
+start_bg() {
+    local name=$1 logf=$2
+    shift 2
+    "$@" >"$logf" 2>&1 </dev/null &
+    LAST_PID=$!
+    STARTED_PIDS+=("$LAST_PID")
+    log "started $name (pid $LAST_PID)"
+}
+
+tail_log() {
+    [[ -f $1 ]] || return 0
+    echo "---- last lines of $(basename "$1") ----" >&2
+    tail -n 20 "$1" >&2 || true
+    echo "----" >&2
+}
+
+# wait_http URL SECONDS PID LOG: until URL answers 2xx; fail if PID dies or time runs out.
+wait_http() {
+    local url=$1 secs=$2 pid=$3 logf=$4 i
+    for ((i = 0; i < secs * 10; i++)); do
+        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail_log "$logf"
+            die "process $pid exited before $url answered"
+        fi
+        sleep 0.1
+    done
+    tail_log "$logf"
+    die "$url did not answer within ${secs}s"
+}
+
+# ---------------------------------------------------------------- temp dir, limits, ports
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/drover-load.XXXXXX")
+RAW=$WORK/raw
+if [[ -n $OUT ]]; then
+    mkdir -p "$OUT/raw" || die "cannot create --out $OUT"
+    OUT=$(cd -- "$OUT" && pwd)
+    RAW=$OUT/raw
+fi
+mkdir -p "$RAW" "$WORK/run" "$WORK/nginx-tmp"
+RUNS_TSV=$WORK/runs.tsv
+: >"$RUNS_TSV"
+
+# More file descriptors for conns1000 (inherited by every process started below).
+HARD_NOFILE=$(ulimit -Hn)
+[[ $HARD_NOFILE == unlimited ]] && HARD_NOFILE=1048576
+WANT_NOFILE=$((HARD_NOFILE < 65536 ? HARD_NOFILE : 65536))
+ulimit -n "$WANT_NOFILE" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=65536
+
+MAX_CONNS=$CONNECTIONS
+contains conns1000 "${SCENARIO_LIST[@]}" && ((MAX_CONNS < 1000)) && MAX_CONNS=1000
+if ((NOFILE < 2 * MAX_CONNS + 256)); then
+    log "warning: open-file limit is $NOFILE, low for $MAX_CONNS connections (raise ulimit -n)"
+fi
+
+port_busy() {
+    if command -v ss >/dev/null; then
+        [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+block_free() {
+    local b=$1 i
+    for p in "$b" $((b + 1)) $((b + 2)) $((b + 9)); do port_busy "$p" && return 1; done
+    for ((i = 0; i < WORKERS; i++)); do port_busy $((b + 20 + i)) && return 1; done
+    return 0
+}
+if [[ -n $PORT_BASE ]]; then
+    block_free "$PORT_BASE" || die "a port in $PORT_BASE..$((PORT_BASE + 20 + WORKERS)) is in use; pick another --port-base"
+else
+    for b in 18080 18180 18280 18380 18480 18580 18680 18780 18880 18980; do
+        if block_free "$b"; then PORT_BASE=$b; break; fi
+    done
+    [[ -n $PORT_BASE ]] || die "no free port block found in 18080..19100; pass --port-base"
+fi
+DROVER_PORT=$PORT_BASE
+NGINX_PORT=$((PORT_BASE + 1))
+HAPROXY_PORT=$((PORT_BASE + 2))
+ADMIN_PORT=$((PORT_BASE + 9))
+WORKER_PORTS=()
+for ((i = 0; i < WORKERS; i++)); do WORKER_PORTS+=($((PORT_BASE + 20 + i))); done
+
+# Overall bound: if something hangs anyway, the watchdog ends the script (and cleanup
+# runs). Every wrk run has its own timeout as well.
+PER_RUN=$((DURATION + 4))
+contains kill9 "${SCENARIO_LIST[@]}" && PER_RUN=$((PER_RUN + KILL_SETTLE + 10))
+EST=$((60 + ${#SCENARIO_LIST[@]} * ${#TARGET_LIST[@]} * (WARMUP + 2 + ROUNDS * PER_RUN)))
+LIMIT=$((2 * EST + 60))
+(
+    sleep "$LIMIT"
+    echo "run.sh: watchdog: still running after ${LIMIT}s, aborting" >&2
+    kill -TERM $$
+) &
+STARTED_PIDS+=("$!")
+log "ports: drover $DROVER_PORT (admin $ADMIN_PORT), nginx $NGINX_PORT, haproxy $HAPROXY_PORT, workers ${WORKER_PORTS[*]}; time limit ${LIMIT}s"
+
+# render TEMPLATE OUT KEY VALUE [KEY VALUE ...]: replaces every @KEY@ with VALUE.
+render() {
+    local tmpl=$1 out=$2 text
+    shift 2
+    text=$(<"$tmpl")
+    while [[ $# -ge 2 ]]; do
+        text=${text//@$1@/$2}
+        shift 2
+    done
+    printf '%s\n' "$text" >"$out"
+}
+
+# ---------------------------------------------------------------- configs
+# Rendered and checked before anything starts, so a bad config fails fast.
+
+# drover
+DROVER_PID=
+if has_target drover; then
+    grep -q '@LISTEN@' "$DROVER_CONFIG" && grep -q '@ADMIN_LISTEN@' "$DROVER_CONFIG" ||
+        die "$DROVER_CONFIG must contain the @LISTEN@ and @ADMIN_LISTEN@ placeholders"
+    grep -q '@UPSTREAMS@' "$DROVER_CONFIG" ||
+        log "warning: $DROVER_CONFIG has no @UPSTREAMS@: drover will not use the shared workers"
+    upstreams=""
+    for p in "${WORKER_PORTS[@]}"; do upstreams+="  - address: 127.0.0.1:$p"$'\n'; done
+    render "$DROVER_CONFIG" "$WORK/drover.yaml" \
+        LISTEN "127.0.0.1:$DROVER_PORT" ADMIN_LISTEN "127.0.0.1:$ADMIN_PORT" \
+        RUNTIME_DIR "$WORK/run" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
+    if [[ -n $DROVER_EXTRA ]]; then
+        top_keys() { grep -oE '^[A-Za-z_][A-Za-z0-9_]*[[:space:]]*:' "$1" | tr -d ' \t:' | sort -u; }
+        clash=$(comm -12 <(top_keys "$WORK/drover.yaml") <(top_keys "$DROVER_EXTRA") | tr '\n' ' ')
+        [[ -z $clash ]] || die "--drover-extra $DROVER_EXTRA repeats top-level key(s) already in the config: $clash"
+        {
+            echo
+            echo "# ---- appended from --drover-extra $DROVER_EXTRA"
+            cat "$DROVER_EXTRA"
+        } >>"$WORK/drover.yaml"
+    fi
+    if ! "$DROVER_BIN" -t -c "$WORK/drover.yaml" >"$WORK/drover-check.log" 2>&1; then
+        cat "$WORK/drover-check.log" >&2
+        die "drover rejected the generated config (above)"
+    fi
+fi
+
+# nginx
+NGINX_PID=
+if has_target nginx; then
+    servers=""
+    for p in "${WORKER_PORTS[@]}"; do servers+="        server 127.0.0.1:$p;"$'\n'; done
+    user_line="# (not root: no user directive)"
+    # As root nginx would switch its worker to 'nobody', which cannot enter the 0700
+    # temp dir; the worker stays root instead (loopback-only benchmark).
+    ((EUID == 0)) && user_line="user root;"
+    render "$TEMPLATES/nginx.conf.tmpl" "$WORK/nginx.conf" \
+        USER_LINE "$user_line" DIR "$WORK" NOFILE "$NOFILE" \
+        WORKER_CONNECTIONS $((2 * MAX_CONNS + 256)) SERVERS "${servers%$'\n'}" \
+        KEEPALIVE "$MAX_CONNS" LISTEN "127.0.0.1:$NGINX_PORT"
+    if ! "$NGINX_BIN" -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$WORK/nginx-check.log" 2>&1; then
+        cat "$WORK/nginx-check.log" >&2
+        tail_log "$WORK/nginx-error.log"
+        die "nginx rejected the generated config"
+    fi
+fi
+
+# haproxy
+HAPROXY_PID=
+if has_target haproxy; then
+    servers=""
+    for ((i = 0; i < WORKERS; i++)); do servers+="    server w$i 127.0.0.1:${WORKER_PORTS[i]}"$'\n'; done
+    render "$TEMPLATES/haproxy.cfg.tmpl" "$WORK/haproxy.cfg" \
+        MAXCONN $((MAX_CONNS + 256)) LISTEN "127.0.0.1:$HAPROXY_PORT" SERVERS "${servers%$'\n'}"
+    if ! "$HAPROXY_BIN" -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1; then
+        cat "$WORK/haproxy-check.log" >&2
+        die "haproxy rejected the generated config"
+    fi
+fi
+
+# ---------------------------------------------------------------- upstream workers
+WORKER_PIDS=()
+WORKER_STARTS=()
+start_worker() {
+    local i=$1 logf
+    WORKER_STARTS[i]=$((${WORKER_STARTS[i]:-0} + 1))
+    logf=$WORK/worker-$i.log
+    ((WORKER_STARTS[i] == 1)) || logf=$WORK/worker-$i.start${WORKER_STARTS[i]}.log
+    start_bg "upstream-worker $i" "$logf" \
+        env PORT="${WORKER_PORTS[i]}" WORKER_ID="$i" BIND=127.0.0.1 DROVER_PARENT_PID=$$ "$WORKER_BIN"
+    WORKER_PIDS[i]=$LAST_PID
+    wait_http "http://127.0.0.1:${WORKER_PORTS[i]}/health" 10 "$LAST_PID" "$logf"
+}
+for ((i = 0; i < WORKERS; i++)); do start_worker "$i"; done
+
+# ---------------------------------------------------------------- proxies
+if has_target drover; then
+    start_bg drover "$WORK/drover.log" "$DROVER_BIN" -c "$WORK/drover.yaml"
+    DROVER_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" 15 "$DROVER_PID" "$WORK/drover.log"
+    wait_http "http://127.0.0.1:$DROVER_PORT/" 10 "$DROVER_PID" "$WORK/drover.log"
+fi
+
+# Waits (bounded) until drover's admin API shows every backend healthy.
+drover_wait_healthy() {
+    [[ -n $DROVER_PID ]] || return 0
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if curl -fsS --max-time 1 "http://127.0.0.1:$ADMIN_PORT/api/status" 2>/dev/null |
+            python3 "$REPORT" drover-healthy; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "warning: drover does not report every backend healthy after 10s"
+}
+drover_wait_healthy
+
+if has_target nginx; then
+    start_bg nginx "$WORK/nginx-stdout.log" "$NGINX_BIN" -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
+    NGINX_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$NGINX_PORT/" 10 "$NGINX_PID" "$WORK/nginx-error.log"
+fi
+
+if has_target haproxy; then
+    start_bg haproxy "$WORK/haproxy.log" "$HAPROXY_BIN" -db -f "$WORK/haproxy.cfg"
+    HAPROXY_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$HAPROXY_PORT/" 10 "$HAPROXY_PID" "$WORK/haproxy.log"
+fi
+
+# ---------------------------------------------------------------- measuring
+CLK_TCK=$(getconf CLK_TCK)
+
+target_url() {
+    case $1 in
+    direct) echo "http://127.0.0.1:${WORKER_PORTS[0]}" ;;
+    drover) echo "http://127.0.0.1:$DROVER_PORT" ;;
+    nginx) echo "http://127.0.0.1:$NGINX_PORT" ;;
+    haproxy) echo "http://127.0.0.1:$HAPROXY_PORT" ;;
+    esac
+}
+# PIDs whose CPU time is charged to a target: nginx is master + workers.
+target_pids() {
+    case $1 in
+    drover) echo "$DROVER_PID" ;;
+    nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" 2>/dev/null || true) ;;
+    haproxy) echo "$HAPROXY_PID" ;;
+    esac
+}
+# Sum of utime+stime (clock ticks) over the given PIDs, from /proc/PID/stat.
+cpu_ticks() {
+    local total=0 pid s f
+    for pid; do
+        s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        s=${s##*) }
+        read -r -a f <<<"$s"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+check_alive() {
+    local t=$1 pid
+    for pid in $(target_pids "$t"); do
+        kill -0 "$pid" 2>/dev/null || die "$t (pid $pid) died; see its log"
+    done
+}
+
+# run_wrk OUTFILE CONNS SECONDS URL
+run_wrk() {
+    local outf=$1 conns=$2 secs=$3 url=$4 threads=1
+    if ! timeout --foreground -k 5 $((secs + 30)) \
+        wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$url" >"$outf" 2>&1; then
+        log "warning: wrk exited non-zero (see $outf)"
+    fi
+}
+
+scenario_path() {
+    case $1 in
+    body64k) echo "/bytes?n=65536" ;;
+    *) echo "/" ;;
+    esac
+}
+scenario_conns() {
+    if [[ $1 == conns1000 ]]; then echo 1000; else echo "$CONNECTIONS"; fi
+}
+export BENCH_DESC_plain="GET / (small body)"
+export BENCH_DESC_body64k="GET /bytes?n=65536 (64 KiB body)"
+export BENCH_DESC_conns1000="GET / with 1000 connections"
+export BENCH_DESC_kill9="GET /, worker $((WORKERS - 1)) killed with SIGKILL half-way through each proxied run and restarted before the next run; errors are what wrk saw (non-2xx + socket errors); req/s here is not a throughput figure"
+
+# True once PID has exited (gone, or a zombie not yet reaped).
+pid_gone() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    s=${s##*) }
+    [[ ${s:0:1} == Z ]]
+}
+
+# kill9: kill the last worker (never worker 0, which 'direct' uses) mid-run, then restart
+# it and wait until the proxies have it back before the next target runs.
+restart_worker() {
+    local i=$1 old n
+    old=${WORKER_PIDS[i]}
+    for ((n = 0; n < 50; n++)); do pid_gone "$old" && break; sleep 0.1; done
+    pid_gone "$old" || die "worker $i (pid $old) survived kill -9"
+    forget_pid "$old"
+    start_worker "$i"
+    drover_wait_healthy
+    sleep "$KILL_SETTLE" # HAProxy checks every 1s (rise 1); nginx has passive checks only
+}
+
+for scenario in "${SCENARIO_LIST[@]}"; do
+    path=$(scenario_path "$scenario")
+    conns=$(scenario_conns "$scenario")
+    if [[ $scenario == conns1000 && -n $CONNECTIONS_SET ]]; then
+        log "note: conns1000 uses 1000 connections regardless of --connections"
+    fi
+    targets=("${TARGET_LIST[@]}")
+    if [[ $scenario == kill9 ]] && has_target direct; then
+        log "kill9: skipping 'direct' (it only talks to worker 0, which is never killed)"
+        targets=()
+        for t in "${TARGET_LIST[@]}"; do [[ $t == direct ]] || targets+=("$t"); done
+        ((${#targets[@]})) || { log "kill9: no proxy target selected, skipping"; continue; }
+    fi
+    log "scenario $scenario: GET $path, $conns connections, ${DURATION}s x $ROUNDS rounds, targets ${targets[*]}"
+    if ((WARMUP > 0)); then
+        for t in "${targets[@]}"; do
+            log "  warm-up $t (${WARMUP}s)"
+            run_wrk "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(target_url "$t")$path"
+        done
+    fi
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for t in "${targets[@]}"; do
+            outf=$RAW/$scenario-$t-r$round.txt
+            pids=$(target_pids "$t")
+            before=-
+            [[ -n $pids ]] && before=$(cpu_ticks $pids)
+            note=
+            killer=
+            if [[ $scenario == kill9 ]]; then
+                victim=$((WORKERS - 1))
+                vpid=${WORKER_PIDS[victim]}
+                # Disowned so bash does not print a "Killed" job notice; cleanup still
+                # finds it through STARTED_PIDS until restart_worker forgets it.
+                disown "$vpid" 2>/dev/null || true
+                half=$(python3 -c "print($DURATION / 2)")
+                (
+                    sleep "$half"
+                    kill -KILL "$vpid" 2>/dev/null || true
+                ) &
+                killer=$!
+                STARTED_PIDS+=("$killer")
+                note="killed worker $victim (pid $vpid) at ${half}s"
+            fi
+            run_wrk "$outf" "$conns" "$DURATION" "$(target_url "$t")$path"
+            ticks=-
+            if [[ -n $pids ]]; then
+                after=$(cpu_ticks $pids)
+                ticks=$((after - before))
+            fi
+            if [[ -n $killer ]]; then
+                wait "$killer" 2>/dev/null || true
+                forget_pid "$killer"
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$t" "$round" "$outf" "$ticks" "$CLK_TCK" "$note" >>"$RUNS_TSV"
+            log "  round $round $t: $(python3 "$REPORT" line "$outf" "$ticks" "$CLK_TCK")"
+            if [[ $scenario == kill9 ]]; then
+                restart_worker "$victim"
+            fi
+            [[ $t == direct ]] || check_alive "$t"
+        done
+    done
+done
+
+# ---------------------------------------------------------------- report
+nginx_v=$({ "${NGINX_BIN:-false}" -v 2>&1 || true; } | head -n1)
+haproxy_v=$({ "${HAPROXY_BIN:-false}" -v 2>&1 || true; } | head -n1 | awk '{print $1, $2, $3}')
+wrk_v=$({ wrk -v 2>&1 || true; } | head -n1 | awk '{print $1, $2}')
+git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null || true) ]] && git_rev+="+dirty"
+export BENCH_VERSIONS="drover $git_rev; $wrk_v${NGINX_PID:+; $nginx_v}${HAPROXY_PID:+; $haproxy_v}"
+conns_txt="-c$CONNECTIONS"
+contains conns1000 "${SCENARIO_LIST[@]}" && conns_txt+=" (conns1000: -c1000)"
+setup="wrk -t1 $conns_txt --latency, ${DURATION}s per run, $ROUNDS interleaved round(s), ${WARMUP}s warm-up per target; $WORKERS upstream-workers shared by all targets"
+if [[ -n $DROVER_PID ]]; then
+    setup+="; drover threads 1, strategy $STRATEGY"
+    [[ $DROVER_CONFIG == "$TEMPLATES/drover.yaml.tmpl" ]] || setup+=", config $DROVER_CONFIG"
+    [[ -z $DROVER_EXTRA ]] || setup+=", extra $DROVER_EXTRA"
+fi
+[[ -z $NGINX_PID ]] || setup+="; nginx 1 worker, least_conn"
+[[ -z $HAPROXY_PID ]] || setup+="; HAProxy nbthread 1, leastconn"
+export BENCH_SETUP="$setup; medians over rounds, errors summed"
+if ((${#SKIPPED[@]})); then
+    BENCH_SKIPPED=$(IFS=';'; echo "${SKIPPED[*]}")
+    export BENCH_SKIPPED
+fi
+
+echo >&2
+if [[ -n $OUT ]]; then
+    cp "$RUNS_TSV" "$OUT/runs.tsv"
+    python3 "$REPORT" table "$RUNS_TSV" | tee "$OUT/summary.md"
+    log "raw wrk outputs, configs and logs kept in $OUT"
+else
+    python3 "$REPORT" table "$RUNS_TSV"
+fi
