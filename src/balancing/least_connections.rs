@@ -17,8 +17,9 @@ pub fn pick(cursor: &AtomicUsize, backends: &[Arc<Backend>]) -> usize {
         backends[start].inflight() as u64,
         backends[start].weight as u64,
     );
-    for step in 1..n {
-        let i = (start + step) % n;
+    // Two straight passes (start..n, then 0..start) instead of a modulo per step.
+    let order = (start + 1..n).chain(0..start);
+    for i in order {
         let b = &backends[i];
         let load = (b.inflight() as u64, b.weight as u64);
         if load.0 * best_load.1 < best_load.0 * load.1 {
