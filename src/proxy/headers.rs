@@ -15,34 +15,24 @@ fn is_internal(name: &http::HeaderName) -> bool {
         && n[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
 }
 
-/// Removes internal headers from a client request. Allocates only when one is present.
-pub fn strip_internal_request(req: &mut RequestHeader) {
-    if !req.headers.keys().any(is_internal) {
-        return;
+/// Names of the internal headers present; `None` (no allocation) in the common case.
+fn internal_names(headers: &http::HeaderMap) -> Option<Vec<http::HeaderName>> {
+    if !headers.keys().any(is_internal) {
+        return None;
     }
-    let names: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| is_internal(k))
-        .cloned()
-        .collect();
-    for n in names {
+    Some(headers.keys().filter(|k| is_internal(k)).cloned().collect())
+}
+
+/// Removes internal headers from a client request.
+pub fn strip_internal_request(req: &mut RequestHeader) {
+    for n in internal_names(&req.headers).unwrap_or_default() {
         req.remove_header(&n);
     }
 }
 
 /// Removes internal headers from a worker response before it reaches the client.
 pub fn strip_internal_response(resp: &mut ResponseHeader) {
-    if !resp.headers.keys().any(is_internal) {
-        return;
-    }
-    let names: Vec<http::HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|k| is_internal(k))
-        .cloned()
-        .collect();
-    for n in names {
+    for n in internal_names(&resp.headers).unwrap_or_default() {
         resp.remove_header(&n);
     }
 }
