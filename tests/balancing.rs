@@ -144,17 +144,24 @@ fn consistent_hash_keeps_a_key_on_one_worker_and_spreads_keys() {
     );
 }
 
-#[test]
-fn latency_strategy_moves_traffic_off_a_slow_worker_and_back() {
+/// Two workers that sleep the milliseconds written in `<dir>/slow-<worker id>` while
+/// that file exists.
+fn start_with_slow_files(extra: &str) -> (tempfile::TempDir, Drover) {
     let dir = tempfile::tempdir().unwrap();
     let slow_file = dir.path().join("slow-{id}");
     let d = Drover::start(
         2,
         &format!(
-            "  env:\n    SLOW_FILE: \"{}\"\nbalancing:\n  strategy: latency\n  latency_decay: 1s\n",
+            "  env:\n    SLOW_FILE: \"{}\"\n{extra}",
             slow_file.display()
         ),
     );
+    (dir, d)
+}
+
+#[test]
+fn latency_strategy_moves_traffic_off_a_slow_worker_and_back() {
+    let (dir, d) = start_with_slow_files("balancing:\n  strategy: latency\n  latency_decay: 1s\n");
     std::fs::write(dir.path().join("slow-0"), "40").unwrap();
     // Let the estimate learn (a few hundred requests), then measure the share.
     spread(&d, "/", 200, 4);
@@ -175,15 +182,7 @@ fn latency_strategy_moves_traffic_off_a_slow_worker_and_back() {
 
 #[test]
 fn auto_strategy_picks_latency_when_one_worker_is_slow_and_explains_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let slow_file = dir.path().join("slow-{id}");
-    let d = Drover::start(
-        2,
-        &format!(
-            "  env:\n    SLOW_FILE: \"{}\"\nbalancing:\n  strategy: auto\n",
-            slow_file.display()
-        ),
-    );
+    let (dir, d) = start_with_slow_files("balancing:\n  strategy: auto\n");
     assert_eq!(d.status()["strategy_auto"], true);
     std::fs::write(dir.path().join("slow-1"), "30").unwrap();
     let picked = wait_until(Duration::from_secs(15), || {

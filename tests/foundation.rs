@@ -194,6 +194,15 @@ fn sighup_with_broken_file_keeps_serving_and_reports_the_error() {
     assert!(r.body.contains("drover.yaml:3"), "{}", r.body);
 }
 
+/// Runs `drover -t -c path`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(drover_bin())
+        .args(["-t", "-c"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn config_test_flag_reports_ok_or_every_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,11 +212,7 @@ fn config_test_flag_reports_ok_or_every_error() {
         format!("workers:\n  command: [\"{}\"]\n", worker_bin().display()),
     )
     .unwrap();
-    let out = std::process::Command::new(drover_bin())
-        .args(["-t", "-c"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check_config(&good);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 
@@ -217,11 +222,7 @@ fn config_test_flag_reports_ok_or_every_error() {
         "listen: nowhere\nbalancing:\n  strategy: fastest\nhealth_check:\n  interval: 0s\n",
     )
     .unwrap();
-    let out = std::process::Command::new(drover_bin())
-        .args(["-t", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:1: listen:"), "{err}");
@@ -236,11 +237,7 @@ fn config_test_flag_reports_ok_or_every_error() {
 
     let typo = dir.path().join("typo.yaml");
     std::fs::write(&typo, "workers:\n  cuont: 2\n").unwrap();
-    let out = std::process::Command::new(drover_bin())
-        .args(["-t", "-c"])
-        .arg(&typo)
-        .output()
-        .unwrap();
+    let out = check_config(&typo);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("typo.yaml:2"), "{err}");

@@ -110,17 +110,14 @@ impl ProxyHttp for DroverProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.tries += 1;
-        let key = {
-            let sel = self.shared.pool.selector();
-            if sel.needs_key() {
-                hash_key(session, &self.shared.config.load().balancing.hash_key)
-            } else {
-                0
-            }
+        let cfg = self.shared.config.load();
+        let key = if self.shared.pool.selector().needs_key() {
+            hash_key(session, &cfg.balancing.hash_key)
+        } else {
+            0
         };
         // Release the previous attempt's slot before taking a new one.
         ctx.guard = None;
-        let cfg = self.shared.config.load();
         let limits = SelectLimits {
             max_inflight: cfg.balancing.max_inflight_per_backend,
             slow_start: cfg.balancing.slow_start,
