@@ -6,6 +6,7 @@
 //! - `proxy`: the Pingora `ProxyHttp` implementation (thin hooks).
 //! - `balancing`: backends, the pool and one file per strategy.
 //! - `resilience`: circuit breakers.
+//! - `sessions`: sticky sessions: signed cookie, memory and Redis stores, encryption.
 //! - `health`: active health checks.
 //! - `supervisor`: forking, restarting, draining and scaling worker processes.
 //! - `observe`: metric names and registry, access log.
@@ -21,5 +22,6 @@ pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
 pub mod resilience;
+pub mod sessions;
 pub mod state;
 pub mod supervisor;

@@ -10,6 +10,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 // Pingora allocates a 64 KiB body buffer per upstream response; glibc's malloc spends
 // measurable time consolidating those (see docs/PERFORMANCE.md). mimalloc does not.
@@ -104,6 +105,16 @@ fn run(cfg: Config, path: PathBuf) -> Result<(), String> {
 
     let listen = cfg.listen;
     let shared = Shared::new(cfg, path);
+    let cfg = shared.config();
+    if cfg.sessions.enabled {
+        let svc = drover::sessions::SessionService::new(
+            &cfg.sessions,
+            &cfg.runtime_dir,
+            &shared.metrics.registry,
+        )
+        .map_err(|e| format!("sessions: {e}"))?;
+        let _ = shared.sessions.set(Arc::new(svc));
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(ShutdownKind::None);
     let control = control::start(shared.clone(), admin, shutdown_rx)
         .map_err(|e| format!("cannot start control thread: {e}"))?;

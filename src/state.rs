@@ -31,6 +31,8 @@ pub struct Shared {
     pub auto_strategy: AtomicBool,
     /// Why auto picked the current strategy, for `/api/status`.
     pub auto_reason: std::sync::Mutex<String>,
+    /// Sticky sessions, when `sessions.enabled` at start.
+    pub sessions: std::sync::OnceLock<Arc<crate::sessions::SessionService>>,
     next_backend_id: AtomicU64,
 }
 
@@ -53,6 +55,7 @@ impl Shared {
             started: Instant::now(),
             auto_strategy: AtomicBool::new(auto),
             auto_reason: std::sync::Mutex::new(String::new()),
+            sessions: std::sync::OnceLock::new(),
             next_backend_id: AtomicU64::new(1),
         })
     }

@@ -5,6 +5,7 @@
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when drover can serve (not shutting down, a backend in rotation), else 503.
 //! - `GET /api/status`: JSON: config version, strategy, workers, backends.
+//! - `GET /api/sessions`: JSON: session store, active sessions, per worker, counters.
 //! - `POST /api/reload`: re-read the config file (like SIGHUP). Token required.
 //! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live. Token required.
 //! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
@@ -13,6 +14,7 @@
 //! `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod auth;
+mod sessions;
 
 use crate::balancing::StrategyKind;
 use crate::lifecycle::reload;
@@ -40,6 +42,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/status", get(status))
+        .route("/api/sessions", get(sessions::sessions))
         .route("/api/reload", post(reload_config))
         .route("/api/strategy", post(set_strategy))
         .route("/api/workers/{id}/drain", post(drain_worker))

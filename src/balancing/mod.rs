@@ -97,6 +97,8 @@ pub struct Selector {
     /// True when too few backends are healthy and traffic spreads over all of them.
     pub panic: bool,
     algorithm: Algorithm,
+    /// Ring for sticky sessions whatever the strategy; built on first use per snapshot.
+    affinity: std::sync::OnceLock<consistent_hash::Ring>,
 }
 
 impl Selector {
@@ -120,7 +122,13 @@ impl Selector {
             backends,
             panic,
             algorithm,
+            affinity: std::sync::OnceLock::new(),
         }
+    }
+
+    fn affinity_ring(&self) -> &consistent_hash::Ring {
+        self.affinity
+            .get_or_init(|| consistent_hash::Ring::new(&self.backends))
     }
 
     /// Whether `select` uses the request key (so the proxy only computes it when needed).
@@ -322,11 +330,57 @@ impl Pool {
         limits: SelectLimits,
     ) -> Result<InflightGuard, SelectError> {
         let sel = self.selector.load();
-        let n = sel.backends.len();
-        if n == 0 {
+        if sel.backends.is_empty() {
             return Err(SelectError::NoBackend);
         }
         let first = sel.preferred(&self.cursor, key);
+        Self::select_from(&sel, first, tried, limits)
+    }
+
+    /// Selection for a sticky session: its pinned backend (by name) while that one is
+    /// in rotation, else the owner of `key` on a consistent-hash ring over the eligible
+    /// backends, so the sessions of a backend that left move and nobody else's do.
+    /// The flag is true when the pin was given but its backend is gone from rotation
+    /// (the caller re-pins); a pinned backend that is merely full or already failed
+    /// this request is a detour, not a move.
+    pub fn select_sticky(
+        &self,
+        pinned: Option<&str>,
+        key: u64,
+        tried: &[u64],
+        limits: SelectLimits,
+    ) -> Result<(InflightGuard, bool), SelectError> {
+        let sel = self.selector.load();
+        if sel.backends.is_empty() {
+            return Err(SelectError::NoBackend);
+        }
+        let mut repin = false;
+        if let Some(name) = pinned {
+            match sel.backends.iter().position(|b| &*b.name == name) {
+                Some(i) => {
+                    let b = &sel.backends[i];
+                    let in_rotation = sel.panic || b.in_rotation();
+                    if !in_rotation || tried.contains(&b.id) {
+                        repin = true;
+                    } else if let Ok(g) = Self::select_from(&sel, i, tried, limits) {
+                        let detour = g.backend().id != b.id;
+                        return Ok((g, detour && !b.breaker.admits_traffic()));
+                    }
+                }
+                None => repin = true,
+            }
+        }
+        let first = sel.affinity_ring().pick(key);
+        Self::select_from(&sel, first, tried, limits).map(|g| (g, repin || pinned.is_none()))
+    }
+
+    fn select_from(
+        sel: &Selector,
+        first: usize,
+        tried: &[u64],
+        limits: SelectLimits,
+    ) -> Result<InflightGuard, SelectError> {
+        let n = sel.backends.len();
         let slow_start = !limits.slow_start.is_zero();
         let now = if slow_start { backend::now_nanos() } else { 0 };
         let mut busy = false;
@@ -394,6 +448,56 @@ mod tests {
             e.contains("least_connections") && e.contains("consistent_hash"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sticky_selection_keeps_the_pin_and_moves_only_the_lost_backends_sessions() {
+        let (pool, bs) = pool_of(4, StrategyKind::RoundRobin);
+        let limits = SelectLimits::default();
+        let (g, repin) = pool
+            .select_sticky(Some(&bs[2].name), 7, &[], limits)
+            .unwrap();
+        assert_eq!((g.backend().id, repin), (2, false));
+        drop(g);
+        // Unpinned keys land on their ring owner, the same every time.
+        let owners: Vec<u64> = (0..200u64)
+            .map(|k| {
+                pool.select_sticky(None, fnv(k), &[], limits)
+                    .unwrap()
+                    .0
+                    .backend()
+                    .id
+            })
+            .collect();
+        bs[1].set_state(BackendState::Draining);
+        pool.refresh();
+        let (g, repin) = pool
+            .select_sticky(Some(&bs[1].name), 7, &[], limits)
+            .unwrap();
+        assert!(repin && g.backend().id != 1, "a draining pin moves");
+        drop(g);
+        for (k, before) in owners.iter().enumerate() {
+            let now = pool
+                .select_sticky(None, fnv(k as u64), &[], limits)
+                .unwrap()
+                .0
+                .backend()
+                .id;
+            if *before != 1 {
+                assert_eq!(now, *before, "key {k} moved though its backend stayed");
+            } else {
+                assert_ne!(now, 1);
+            }
+        }
+        // A pinned backend that already failed this request (a dead worker) moves it.
+        let (g, repin) = pool
+            .select_sticky(Some(&bs[3].name), 7, &[3], limits)
+            .unwrap();
+        assert!(repin && g.backend().id != 3);
+    }
+
+    fn fnv(k: u64) -> u64 {
+        consistent_hash::fnv1a(&k.to_le_bytes())
     }
 
     #[test]

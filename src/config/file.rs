@@ -6,6 +6,7 @@
 //! These types are converted into the validated runtime model in `validate.rs`.
 
 use super::duration::Dur;
+pub use super::sessions::SessionsFile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -269,12 +270,6 @@ impl Default for ShutdownFile {
             grace_period: Dur::secs(10),
         }
     }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionsFile {
-    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -26,6 +26,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub shutdown_grace: Duration,
     pub breaker: BreakerConfig,
+    pub sessions: super::sessions::SessionsConfig,
     pub logging: LoggingConfig,
     /// The parsed file, kept to show the running config (`/api/config`).
     pub file: FileConfig,
@@ -429,13 +430,6 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         );
     }
 
-    if file.sessions.enabled {
-        c.fail(
-            "sessions.enabled",
-            "sticky sessions are not available in this build yet; set `enabled: false`",
-        );
-    }
-
     let cb = &file.circuit_breaker;
     c.range_u32(
         "circuit_breaker.consecutive_failures",
@@ -480,10 +474,23 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let sessions = match super::sessions::validate_sessions(
+        &file.sessions,
+        |p| relative_to(source, p),
+        &runtime_dir,
+    ) {
+        Ok(s) => Some(s),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
+
     if !c.issues.is_empty() {
         return Err(c.issues);
     }
-    let (Some(listen), Some(admin_listen)) = (listen, admin_listen) else {
+    let (Some(listen), Some(admin_listen), Some(sessions)) = (listen, admin_listen, sessions)
+    else {
         return Err(c.issues);
     };
     Ok(Config {
@@ -545,6 +552,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             max_open_for: cb.max_open_for.0,
             half_open_probes: cb.half_open_probes,
         },
+        sessions,
         logging: LoggingConfig {
             level,
             access_log: file.logging.access_log,

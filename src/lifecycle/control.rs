@@ -22,6 +22,8 @@ use tokio::sync::watch;
 const REFRESH_TICK: Duration = Duration::from_millis(100);
 /// `strategy: auto` re-decides every 2 s (20 ticks).
 const AUTO_EVERY_TICKS: u64 = 20;
+/// A shared session store is counted (bounded SCAN) every 10 s (100 ticks).
+const SHARED_STATS_EVERY_TICKS: u64 = 100;
 
 /// One decision of `strategy: auto`; switches and logs only when the choice changes.
 fn auto_strategy_step(shared: &Shared) {
@@ -125,6 +127,23 @@ async fn run(
             tick.tick().await;
             ticker_shared.pool.refresh();
             n += 1;
+            if let Some(sessions) = ticker_shared.sessions.get() {
+                let every = (ticker_shared
+                    .config
+                    .load()
+                    .sessions
+                    .sweep_interval
+                    .as_millis()
+                    / REFRESH_TICK.as_millis())
+                .max(1) as u64;
+                sessions.tick(n.is_multiple_of(every));
+                if sessions.store_kind() == "redis" && n.is_multiple_of(SHARED_STATS_EVERY_TICKS) {
+                    let s = sessions.clone();
+                    tokio::spawn(async move {
+                        let _ = s.stats().await;
+                    });
+                }
+            }
             if n.is_multiple_of(AUTO_EVERY_TICKS) {
                 auto_strategy_step(&ticker_shared);
             }
@@ -173,6 +192,11 @@ async fn run(
             );
         } else {
             log::info!("shutdown: all in-flight requests finished");
+        }
+    }
+    if kind == ShutdownKind::Graceful {
+        if let Some(sessions) = shared.sessions.get() {
+            sessions.save_snapshot();
         }
     }
     log::info!("shutdown: stopping workers");

@@ -78,6 +78,14 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
             .set_panic_threshold(new.balancing.panic_threshold);
     }
     upstreams::sync(shared, &new);
+    match shared.sessions.get() {
+        Some(sessions) if new.sessions.enabled => sessions.apply(&new.sessions),
+        Some(_) => log::warn!("reload: turning sessions off takes effect only after a restart"),
+        None if new.sessions.enabled => {
+            log::warn!("reload: turning sessions on takes effect only after a restart")
+        }
+        None => {}
+    }
     if supervisor.len() != count {
         log::info!("reload: workers {} -> {count}", supervisor.len());
         supervisor.scale_to(count);

@@ -14,12 +14,13 @@ use crate::balancing::{InflightGuard, SelectError, SelectLimits};
 use crate::config::Config;
 use crate::config::HashKey;
 use crate::observe::access_log;
+use crate::sessions::SessionCtx;
 use crate::state::Shared;
 use async_trait::async_trait;
 use pingora_core::prelude::*;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,18 +48,24 @@ pub struct RequestCtx {
     counted: bool,
     /// Why drover itself answered 503 (no backend, queue full or timed out).
     reject: Option<&'static str>,
+    /// The request's sticky session, when sessions are on.
+    session: Option<SessionCtx>,
+}
+
+fn client_ip_hash(session: &Session) -> u64 {
+    match session.client_addr().and_then(|a| a.as_inet()) {
+        Some(a) => match a.ip() {
+            std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
+            std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
+        },
+        None => 0,
+    }
 }
 
 fn hash_key(session: &Session, key: &HashKey) -> u64 {
     let req = session.req_header();
     match key {
-        HashKey::ClientIp => match session.client_addr().and_then(|a| a.as_inet()) {
-            Some(a) => match a.ip() {
-                std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
-                std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
-            },
-            None => 0,
-        },
+        HashKey::ClientIp => client_ip_hash(session),
         HashKey::Path => fnv1a(req.uri.path().as_bytes()),
         HashKey::Header(name) => req
             .headers
@@ -86,6 +93,7 @@ impl ProxyHttp for DroverProxy {
             request_id: None,
             counted: false,
             reject: None,
+            session: None,
         }
     }
 
@@ -101,7 +109,24 @@ impl ProxyHttp for DroverProxy {
             }
             ctx.request_id = Some(id);
         }
+        if let Some(sessions) = self.shared.sessions.get() {
+            sessions.strip_client_headers(session.req_header_mut());
+            let client = client_ip_hash(session);
+            ctx.session = Some(sessions.begin(session.req_header(), client).await);
+        }
         Ok(false)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), &ctx.session) {
+            sessions.annotate_request(s, upstream_request);
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -122,7 +147,7 @@ impl ProxyHttp for DroverProxy {
             max_inflight: cfg.balancing.max_inflight_per_backend,
             slow_start: cfg.balancing.slow_start,
         };
-        let guard = match self.shared.pool.select_limited(key, &ctx.tried, limits) {
+        let guard = match self.try_select(key, ctx, limits) {
             Ok(g) => g,
             Err(SelectError::AllBusy) => self.wait_in_queue(key, ctx, limits, &cfg).await?,
             Err(SelectError::NoBackend) => {
@@ -198,6 +223,9 @@ impl ProxyHttp for DroverProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.response_started = true;
+        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ctx.session.as_mut()) {
+            sessions.on_response(s, upstream_response).await;
+        }
         headers::strip_internal_response(upstream_response);
         Ok(())
     }
@@ -262,6 +290,9 @@ impl ProxyHttp for DroverProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(sessions), Some(mut s)) = (self.shared.sessions.get(), ctx.session.take()) {
+            sessions.finish(&mut s).await;
+        }
         let m = &self.shared.metrics;
         if ctx.counted {
             m.in_flight.dec();
@@ -317,6 +348,30 @@ impl ProxyHttp for DroverProxy {
 }
 
 impl DroverProxy {
+    /// One selection attempt: the session's pinned backend (or its ring owner) for a
+    /// sticky request, the strategy's pick otherwise.
+    fn try_select(
+        &self,
+        key: u64,
+        ctx: &mut RequestCtx,
+        limits: SelectLimits,
+    ) -> std::result::Result<InflightGuard, SelectError> {
+        let pool = &self.shared.pool;
+        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ctx.session.as_mut()) {
+            let pref = sessions.preference(s);
+            if pref.sticky {
+                let (guard, repin) =
+                    pool.select_sticky(pref.pinned.as_deref(), pref.key, &ctx.tried, limits)?;
+                sessions.on_selected(s, &guard.backend().name, repin);
+                return Ok(guard);
+            }
+            let guard = pool.select_limited(key, &ctx.tried, limits)?;
+            sessions.on_selected(s, &guard.backend().name, false);
+            return Ok(guard);
+        }
+        pool.select_limited(key, &ctx.tried, limits)
+    }
+
     /// Every backend is at `max_inflight_per_backend`: wait for a slot in the bounded
     /// queue, or give up with 503 + Retry-After when it is full or the wait times out.
     async fn wait_in_queue(
@@ -349,7 +404,7 @@ impl DroverProxy {
                 break Err(QueueRejection::TimedOut);
             }
             queue.wait(&place, left).await;
-            match self.shared.pool.select_limited(key, &ctx.tried, limits) {
+            match self.try_select(key, ctx, limits) {
                 Ok(g) => break Ok(g),
                 Err(SelectError::AllBusy) => continue,
                 Err(SelectError::NoBackend) => break Err(QueueRejection::TimedOut),

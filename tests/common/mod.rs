@@ -157,6 +157,7 @@ impl Drover {
         }
         yaml.push_str(&workers_yaml(workers, ""));
         yaml.push_str(extra);
+        yaml.push_str(sessions_default(extra));
         let config_path = dir.path().join("drover.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let mut d = Drover {
@@ -202,6 +203,34 @@ impl Drover {
 
     pub fn get(&self, path: &str) -> Result<Reply, String> {
         request(&self.agent, "GET", &self.url(path), &[], None)
+    }
+
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        request(&self.agent, "GET", &self.url(path), headers, None)
+    }
+
+    /// Stops drover gracefully (SIGTERM) and starts it again on the same config and
+    /// runtime_dir.
+    pub fn restart_gracefully(&mut self, workers: usize) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            self.log()
+        );
+        self.spawn();
+        self.wait_ready(workers);
+    }
+
+    /// Kills drover with SIGKILL and starts it again on the same config.
+    pub fn restart_hard(&mut self, workers: usize) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+        self.wait_ready(workers);
     }
 
     pub fn admin_get(&self, path: &str) -> Reply {
@@ -282,6 +311,7 @@ impl Drover {
         let mut yaml = base_yaml(self.port, self.admin_port, self.dir.path());
         yaml.push_str(&workers_yaml(workers, ""));
         yaml.push_str(extra);
+        yaml.push_str(sessions_default(extra));
         std::fs::write(&self.config_path, yaml).unwrap();
     }
 
@@ -297,6 +327,78 @@ impl Drover {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+}
+
+/// Sticky sessions are on in drover's defaults; tests that do not configure them turn
+/// them off so cookieless test clients are balanced by the strategy under test.
+fn sessions_default(extra: &str) -> &'static str {
+    if extra.contains("sessions:") {
+        ""
+    } else {
+        "sessions:\n  enabled: false\n"
+    }
+}
+
+/// A real `redis-server` on a free loopback port, with persistence off; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port.
+    pub fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(|mut s| {
+                    use std::io::Write;
+                    let _ = s.write_all(b"PING\r\n");
+                    let mut b = [0u8; 7];
+                    s.read_exact(&mut b).is_ok() && &b == b"+PONG\r\n"
+                })
+                .unwrap_or(false)
+        });
+        assert!(up, "redis-server did not start on port {port}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

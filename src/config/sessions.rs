@@ -1,0 +1,520 @@
+//! The `sessions:` section: file format and its validation into [`SessionsConfig`].
+//!
+//! Kept apart from `file.rs`/`validate.rs` because it is the largest section and has its
+//! own key material rules (secrets read from files, minimum lengths, shared-store rules).
+
+use super::duration::Dur;
+use super::error::ConfigIssue;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Below this many bytes an HMAC secret is guessable; 32 matches SHA-256's block strength.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Session data travels in a request header; beyond this a worker's header limit bites.
+pub const MAX_DATA_BYTES_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsFile {
+    pub enabled: bool,
+    /// `memory` (embedded, one instance) or `redis` (shared by several instances).
+    pub store: String,
+    pub cookie: SessionCookieFile,
+    /// HMAC keys for the cookie; the first signs, all verify (rotation). Empty: a key is
+    /// generated once and kept in `runtime_dir/session-secret`.
+    pub secrets: Vec<String>,
+    /// File with one secret per line (first signs), instead of or after `secrets`.
+    pub secret_file: Option<String>,
+    /// Absolute lifetime of a session, from creation; activity does not extend it.
+    pub ttl: Dur,
+    /// Sliding expiry: a session unused this long is gone.
+    pub idle_timeout: Dur,
+    /// Routing of requests that carry no valid cookie: `client_ip` (hash the client
+    /// address, so clients that drop cookies still stick) or `balance` (the strategy).
+    pub without_cookie: String,
+    /// Request header carrying the session data to the worker.
+    pub data_header: String,
+    /// Response header in which the worker returns new session data (empty value clears).
+    pub update_header: String,
+    /// Request header carrying the session id (hex) to the worker.
+    pub id_header: String,
+    /// Request header telling the worker `new`, `existing` or `unavailable` (store down).
+    pub state_header: String,
+    /// Largest session data accepted from a worker; larger updates are refused and logged.
+    pub max_data_bytes: usize,
+    /// Requests of one session are serialised so no update is lost; a request waits at
+    /// most this long for the one before it, then runs without session data.
+    pub lock_timeout: Dur,
+    pub memory: MemoryStoreFile,
+    pub redis: RedisStoreFile,
+    pub encryption: EncryptionFile,
+}
+
+impl Default for SessionsFile {
+    fn default() -> Self {
+        SessionsFile {
+            enabled: true,
+            store: "memory".into(),
+            cookie: SessionCookieFile::default(),
+            secrets: Vec::new(),
+            secret_file: None,
+            ttl: Dur::secs(24 * 3600),
+            idle_timeout: Dur::secs(30 * 60),
+            without_cookie: "client_ip".into(),
+            data_header: "X-Drover-Session".into(),
+            update_header: "X-Drover-Session-Set".into(),
+            id_header: "X-Drover-Session-Id".into(),
+            state_header: "X-Drover-Session-State".into(),
+            max_data_bytes: 4096,
+            lock_timeout: Dur::secs(5),
+            memory: MemoryStoreFile::default(),
+            redis: RedisStoreFile::default(),
+            encryption: EncryptionFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionCookieFile {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub http_only: bool,
+    /// Set it when clients reach drover over HTTPS (a TLS terminator in front).
+    pub secure: bool,
+    /// `Strict`, `Lax` or `None` (`None` requires `secure: true`).
+    pub same_site: String,
+    /// Cookie lifetime in the browser; defaults to `ttl`.
+    pub max_age: Option<Dur>,
+}
+
+impl Default for SessionCookieFile {
+    fn default() -> Self {
+        SessionCookieFile {
+            name: "drover_session".into(),
+            path: "/".into(),
+            domain: None,
+            http_only: true,
+            secure: false,
+            same_site: "Lax".into(),
+            max_age: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryStoreFile {
+    /// Cap on stored sessions; at the cap the least recently seen of a sample is evicted.
+    pub max_sessions: usize,
+    /// Written on graceful shutdown and loaded at start; empty string disables.
+    /// Default: `runtime_dir/sessions.snapshot`.
+    pub snapshot_path: Option<String>,
+    /// How often the sweeper removes expired sessions (one shard per tick).
+    pub sweep_interval: Dur,
+}
+
+impl Default for MemoryStoreFile {
+    fn default() -> Self {
+        MemoryStoreFile {
+            max_sessions: 1_000_000,
+            snapshot_path: None,
+            sweep_interval: Dur::ms(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisStoreFile {
+    /// `redis://[user:pass@]host:port[/db]`.
+    pub url: String,
+    pub key_prefix: String,
+    /// Per-call timeout; a slower Redis counts as down for that request.
+    pub timeout: Dur,
+    /// A lock left by a crashed instance expires after this long.
+    pub lock_ttl: Dur,
+}
+
+impl Default for RedisStoreFile {
+    fn default() -> Self {
+        RedisStoreFile {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "drover:".into(),
+            timeout: Dur::ms(250),
+            lock_ttl: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionFile {
+    /// Encrypt session data at rest (ChaCha20-Poly1305).
+    pub enabled: bool,
+    /// 32-byte keys as 64 hex characters; the first encrypts, all decrypt (rotation).
+    /// Empty: a key is generated once and kept in `runtime_dir/session-data-key`.
+    pub keys: Vec<String>,
+    /// File with one key per line, instead of or after `keys`.
+    pub key_file: Option<String>,
+}
+
+impl Default for EncryptionFile {
+    fn default() -> Self {
+        EncryptionFile {
+            enabled: true,
+            keys: Vec::new(),
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutCookie {
+    ClientIp,
+    Balance,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieConfig {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: SameSite,
+    pub max_age: Duration,
+}
+
+/// The validated `sessions:` section. Key lists may be empty: the session module then
+/// generates and persists keys under `runtime_dir` (memory store only).
+#[derive(Clone, PartialEq)]
+pub struct SessionsConfig {
+    pub enabled: bool,
+    pub store: StoreKind,
+    pub cookie: CookieConfig,
+    pub secrets: Vec<Vec<u8>>,
+    pub ttl: Duration,
+    pub idle_timeout: Duration,
+    pub without_cookie: WithoutCookie,
+    pub data_header: http::HeaderName,
+    pub update_header: http::HeaderName,
+    pub id_header: http::HeaderName,
+    pub state_header: http::HeaderName,
+    pub max_data_bytes: usize,
+    pub lock_timeout: Duration,
+    pub max_sessions: usize,
+    pub snapshot_path: Option<PathBuf>,
+    pub sweep_interval: Duration,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub redis_timeout: Duration,
+    pub redis_lock_ttl: Duration,
+    pub encrypt: bool,
+    pub data_keys: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SessionsConfig {
+    /// Never prints key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsConfig")
+            .field("enabled", &self.enabled)
+            .field("store", &self.store)
+            .field("cookie", &self.cookie)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field("ttl", &self.ttl)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("encrypt", &self.encrypt)
+            .finish_non_exhaustive()
+    }
+}
+
+fn issue(field: &str, message: impl Into<String>) -> ConfigIssue {
+    ConfigIssue {
+        field: field.to_string(),
+        line: None,
+        message: message.into(),
+    }
+}
+
+fn read_lines(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Vec<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        Err(e) => {
+            issues.push(issue(field, format!("cannot read {}: {e}", path.display())));
+            Vec::new()
+        }
+    }
+}
+
+fn header_name(field: &str, v: &str, issues: &mut Vec<ConfigIssue>) -> http::HeaderName {
+    match http::HeaderName::from_bytes(v.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            issues.push(issue(field, format!("`{v}` is not a valid header name")));
+            http::HeaderName::from_static("x-invalid")
+        }
+    }
+}
+
+/// Parses a 32-byte key written as 64 hex characters.
+pub fn parse_data_key(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).ok()?;
+        key[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(key)
+}
+
+/// `resolve` turns a path from the file into one relative to the config file.
+pub fn validate_sessions(
+    f: &SessionsFile,
+    resolve: impl Fn(&str) -> PathBuf,
+    runtime_dir: &Path,
+) -> Result<SessionsConfig, Vec<ConfigIssue>> {
+    let mut issues = Vec::new();
+    let store = match f.store.as_str() {
+        "memory" => StoreKind::Memory,
+        "redis" => StoreKind::Redis,
+        other => {
+            issues.push(issue(
+                "sessions.store",
+                format!("`{other}` is not a store; accepted: memory, redis"),
+            ));
+            StoreKind::Memory
+        }
+    };
+    let c = &f.cookie;
+    let cookie_name_ok = !c.name.is_empty()
+        && c.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !cookie_name_ok {
+        issues.push(issue(
+            "sessions.cookie.name",
+            format!(
+                "`{}` is not a valid cookie name (letters, digits, `-`, `_`, `.`)",
+                c.name
+            ),
+        ));
+    }
+    if !c.path.starts_with('/') || c.path.contains(';') {
+        issues.push(issue(
+            "sessions.cookie.path",
+            format!("`{}` must start with `/` and contain no `;`", c.path),
+        ));
+    }
+    if let Some(d) = &c.domain {
+        if d.is_empty() || d.contains([';', ' ', ',']) {
+            issues.push(issue(
+                "sessions.cookie.domain",
+                format!("`{d}` is not a domain"),
+            ));
+        }
+    }
+    let same_site = match c.same_site.to_ascii_lowercase().as_str() {
+        "strict" => SameSite::Strict,
+        "lax" => SameSite::Lax,
+        "none" => SameSite::None,
+        other => {
+            issues.push(issue(
+                "sessions.cookie.same_site",
+                format!("`{other}` is not accepted; accepted: Strict, Lax, None"),
+            ));
+            SameSite::Lax
+        }
+    };
+    if same_site == SameSite::None && !c.secure {
+        issues.push(issue(
+            "sessions.cookie.same_site",
+            "`None` requires `secure: true` (browsers reject it otherwise)",
+        ));
+    }
+    if f.ttl.0.is_zero() {
+        issues.push(issue("sessions.ttl", "must be greater than zero"));
+    }
+    if f.idle_timeout.0.is_zero() {
+        issues.push(issue("sessions.idle_timeout", "must be greater than zero"));
+    }
+    let without_cookie = match f.without_cookie.as_str() {
+        "client_ip" => WithoutCookie::ClientIp,
+        "balance" => WithoutCookie::Balance,
+        other => {
+            issues.push(issue(
+                "sessions.without_cookie",
+                format!("`{other}` is not accepted; accepted: client_ip, balance"),
+            ));
+            WithoutCookie::ClientIp
+        }
+    };
+    if f.max_data_bytes == 0 || f.max_data_bytes > MAX_DATA_BYTES_LIMIT {
+        issues.push(issue(
+            "sessions.max_data_bytes",
+            format!(
+                "{} is out of range; accepted: 1 to {MAX_DATA_BYTES_LIMIT}",
+                f.max_data_bytes
+            ),
+        ));
+    }
+    if f.lock_timeout.0.is_zero() {
+        issues.push(issue("sessions.lock_timeout", "must be greater than zero"));
+    }
+    if f.memory.max_sessions == 0 || f.memory.max_sessions > 100_000_000 {
+        issues.push(issue(
+            "sessions.memory.max_sessions",
+            "out of range; accepted: 1 to 100000000",
+        ));
+    }
+    if f.memory.sweep_interval.0.is_zero() {
+        issues.push(issue(
+            "sessions.memory.sweep_interval",
+            "must be greater than zero",
+        ));
+    }
+    if f.redis.timeout.0.is_zero() {
+        issues.push(issue("sessions.redis.timeout", "must be greater than zero"));
+    }
+    if f.redis.lock_ttl.0 < f.lock_timeout.0 {
+        issues.push(issue(
+            "sessions.redis.lock_ttl",
+            "must be at least `sessions.lock_timeout`",
+        ));
+    }
+    if store == StoreKind::Redis && !f.redis.url.starts_with("redis://") {
+        issues.push(issue(
+            "sessions.redis.url",
+            format!("`{}` must start with redis://", f.redis.url),
+        ));
+    }
+
+    let mut secret_texts = f.secrets.clone();
+    if let Some(p) = &f.secret_file {
+        secret_texts.extend(read_lines(&resolve(p), "sessions.secret_file", &mut issues));
+    }
+    for s in &secret_texts {
+        if s.len() < MIN_SECRET_BYTES {
+            issues.push(issue(
+                "sessions.secrets",
+                format!("a secret is {} bytes; at least {MIN_SECRET_BYTES} are required (e.g. `openssl rand -hex 32`)", s.len()),
+            ));
+        }
+    }
+    let mut key_texts = f.encryption.keys.clone();
+    if let Some(p) = &f.encryption.key_file {
+        key_texts.extend(read_lines(
+            &resolve(p),
+            "sessions.encryption.key_file",
+            &mut issues,
+        ));
+    }
+    let mut data_keys = Vec::new();
+    for k in &key_texts {
+        match parse_data_key(k) {
+            Some(key) => data_keys.push(key),
+            None => issues.push(issue(
+                "sessions.encryption.keys",
+                "a key is not 64 hex characters (32 bytes; e.g. `openssl rand -hex 32`)",
+            )),
+        }
+    }
+    if f.enabled && store == StoreKind::Redis {
+        // Generated keys live on one host; instances sharing Redis must share keys.
+        if secret_texts.is_empty() {
+            issues.push(issue(
+                "sessions.secrets",
+                "the redis store is shared by instances, so they need the same configured secret",
+            ));
+        }
+        if f.encryption.enabled && key_texts.is_empty() {
+            issues.push(issue(
+                "sessions.encryption.keys",
+                "the redis store is shared by instances, so they need the same configured key",
+            ));
+        }
+    }
+    let snapshot_path = match f.memory.snapshot_path.as_deref() {
+        None => Some(runtime_dir.join("sessions.snapshot")),
+        Some("") => None,
+        Some(p) => Some(resolve(p)),
+    };
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    Ok(SessionsConfig {
+        enabled: f.enabled,
+        store,
+        cookie: CookieConfig {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            domain: c.domain.clone(),
+            http_only: c.http_only,
+            secure: c.secure,
+            same_site,
+            max_age: c.max_age.map(|d| d.0).unwrap_or(f.ttl.0),
+        },
+        secrets: secret_texts.into_iter().map(String::into_bytes).collect(),
+        ttl: f.ttl.0,
+        idle_timeout: f.idle_timeout.0,
+        without_cookie,
+        data_header: header_name("sessions.data_header", &f.data_header, &mut issues),
+        update_header: header_name("sessions.update_header", &f.update_header, &mut issues),
+        id_header: header_name("sessions.id_header", &f.id_header, &mut issues),
+        state_header: header_name("sessions.state_header", &f.state_header, &mut issues),
+        max_data_bytes: f.max_data_bytes,
+        lock_timeout: f.lock_timeout.0,
+        max_sessions: f.memory.max_sessions,
+        snapshot_path,
+        sweep_interval: f.memory.sweep_interval.0,
+        redis_url: f.redis.url.clone(),
+        redis_prefix: f.redis.key_prefix.clone(),
+        redis_timeout: f.redis.timeout.0,
+        redis_lock_ttl: f.redis.lock_ttl.0,
+        encrypt: f.encryption.enabled,
+        data_keys,
+    })
+    .and_then(|cfg| {
+        if issues.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(issues)
+        }
+    })
+}

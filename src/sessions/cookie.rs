@@ -1,0 +1,263 @@
+//! The session cookie: a random id and its issue time, signed with HMAC-SHA256.
+//!
+//! Value layout (base64url, no padding, 54 characters):
+//! `id (16 bytes) || issued_at unix seconds (8 bytes, big endian) || HMAC[..16]`.
+//! The MAC covers id and time, so a client can neither pick an id nor extend a session
+//! past the absolute TTL by editing the time. Several keys verify (rotation); the first
+//! signs. Truncating the MAC to 128 bits keeps the cookie short at no practical cost
+//! (forging needs 2^128 online guesses).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use std::fmt;
+use std::time::Duration;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const ID_LEN: usize = 16;
+const MAC_LEN: usize = 16;
+const PAYLOAD_LEN: usize = ID_LEN + 8;
+const RAW_LEN: usize = PAYLOAD_LEN + MAC_LEN;
+/// Encoded length of a valid cookie value; anything else is rejected before decoding.
+pub const ENCODED_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+/// Clocks of instances sharing sessions may disagree this much.
+const CLOCK_SKEW_SECS: u64 = 60;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; ID_LEN]);
+
+impl SessionId {
+    /// 128 bits from the thread-local CSPRNG (ChaCha12 seeded from the OS).
+    pub fn random() -> Self {
+        let mut id = [0u8; ID_LEN];
+        rand::rng().fill_bytes(&mut id);
+        SessionId(id)
+    }
+
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(ID_LEN * 2);
+        for b in self.0 {
+            s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+            s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+        }
+        s
+    }
+
+    /// A 64-bit digest for hashing onto the affinity ring and lock stripes.
+    pub fn hash64(&self) -> u64 {
+        u64::from_le_bytes([
+            self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5], self.0[6], self.0[7],
+        ])
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids are bearer credentials: logs show a prefix only.
+        write!(f, "SessionId({}…)", &self.hex()[..8])
+    }
+}
+
+/// Why a cookie was not accepted; each reason is counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed,
+    BadSignature,
+    Expired,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Expired => "expired",
+        }
+    }
+}
+
+pub struct CookieCodec {
+    keys: Vec<HmacSha256>,
+    ttl_secs: u64,
+}
+
+impl CookieCodec {
+    /// `keys` must not be empty; the first one signs.
+    pub fn new(keys: &[Vec<u8>], ttl: Duration) -> Self {
+        let keys = keys
+            .iter()
+            .filter_map(|k| HmacSha256::new_from_slice(k).ok())
+            .collect();
+        CookieCodec {
+            keys,
+            ttl_secs: ttl.as_secs().max(1),
+        }
+    }
+
+    pub fn encode(&self, id: &SessionId, issued_at: u64) -> String {
+        let mut raw = [0u8; RAW_LEN];
+        raw[..ID_LEN].copy_from_slice(&id.0);
+        raw[ID_LEN..PAYLOAD_LEN].copy_from_slice(&issued_at.to_be_bytes());
+        if let Some(key) = self.keys.first() {
+            let mut mac = key.clone();
+            mac.update(&raw[..PAYLOAD_LEN]);
+            let tag = mac.finalize().into_bytes();
+            raw[PAYLOAD_LEN..].copy_from_slice(&tag[..MAC_LEN]);
+        }
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Returns the id and issue time of a genuine, unexpired cookie.
+    pub fn decode(&self, value: &str, now: u64) -> Result<(SessionId, u64), Rejection> {
+        if value.len() != ENCODED_LEN {
+            return Err(Rejection::Malformed);
+        }
+        let mut raw = [0u8; RAW_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(value.as_bytes(), &mut raw) {
+            Ok(RAW_LEN) => {}
+            _ => return Err(Rejection::Malformed),
+        }
+        let genuine = self.keys.iter().any(|key| {
+            let mut mac = key.clone();
+            mac.update(&raw[..PAYLOAD_LEN]);
+            // Constant-time comparison of the truncated tag.
+            mac.verify_truncated_left(&raw[PAYLOAD_LEN..]).is_ok()
+        });
+        if !genuine {
+            return Err(Rejection::BadSignature);
+        }
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&raw[..ID_LEN]);
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&raw[ID_LEN..PAYLOAD_LEN]);
+        let issued = u64::from_be_bytes(t);
+        if issued > now + CLOCK_SKEW_SECS || now.saturating_sub(issued) >= self.ttl_secs {
+            return Err(Rejection::Expired);
+        }
+        Ok((SessionId(id), issued))
+    }
+}
+
+/// The `Set-Cookie` value for a new session.
+pub fn set_cookie(cfg: &crate::config::CookieConfig, value: &str) -> String {
+    let mut s = format!(
+        "{}={value}; Path={}; Max-Age={}; SameSite={}",
+        cfg.name,
+        cfg.path,
+        cfg.max_age.as_secs(),
+        cfg.same_site.as_str()
+    );
+    if let Some(d) = &cfg.domain {
+        s.push_str("; Domain=");
+        s.push_str(d);
+    }
+    if cfg.http_only {
+        s.push_str("; HttpOnly");
+    }
+    if cfg.secure {
+        s.push_str("; Secure");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> CookieCodec {
+        CookieCodec::new(
+            &[b"k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1".to_vec()],
+            Duration::from_secs(100),
+        )
+    }
+
+    #[test]
+    fn round_trips_and_has_fixed_length() {
+        let c = codec();
+        let id = SessionId::random();
+        let v = c.encode(&id, 1000);
+        assert_eq!(v.len(), ENCODED_LEN);
+        assert_eq!(c.decode(&v, 1050), Ok((id, 1000)));
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let c = codec();
+        let v = c.encode(&SessionId::random(), 1000);
+        let mut raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
+        for i in 0..raw.len() * 8 {
+            raw[i / 8] ^= 1 << (i % 8);
+            let forged = URL_SAFE_NO_PAD.encode(&raw);
+            assert_eq!(
+                c.decode(&forged, 1001),
+                Err(Rejection::BadSignature),
+                "bit {i}"
+            );
+            raw[i / 8] ^= 1 << (i % 8);
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let c = codec();
+        for v in [
+            "",
+            "x",
+            "%%%",
+            &"A".repeat(ENCODED_LEN - 1),
+            &"é".repeat(27),
+            &"!".repeat(ENCODED_LEN),
+        ] {
+            assert_eq!(c.decode(v, 0), Err(Rejection::Malformed), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn expires_after_ttl_and_refuses_future_times() {
+        let c = codec();
+        let v = c.encode(&SessionId::random(), 1000);
+        assert!(c.decode(&v, 1099).is_ok());
+        assert_eq!(c.decode(&v, 1100), Err(Rejection::Expired));
+        let future = c.encode(&SessionId::random(), 5000);
+        assert_eq!(c.decode(&future, 1000), Err(Rejection::Expired));
+    }
+
+    #[test]
+    fn old_keys_verify_after_rotation_and_unknown_keys_do_not() {
+        let old = codec();
+        let v = old.encode(&SessionId::random(), 1000);
+        let rotated = CookieCodec::new(
+            &[
+                b"k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2".to_vec(),
+                b"k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1".to_vec(),
+            ],
+            Duration::from_secs(100),
+        );
+        assert!(rotated.decode(&v, 1001).is_ok());
+        let other = CookieCodec::new(
+            &[b"k3k3k3k3k3k3k3k3k3k3k3k3k3k3k3k3".to_vec()],
+            Duration::from_secs(100),
+        );
+        assert_eq!(other.decode(&v, 1001), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn set_cookie_carries_every_configured_flag() {
+        let cfg = crate::config::CookieConfig {
+            name: "sid".into(),
+            path: "/app".into(),
+            domain: Some("example.com".into()),
+            http_only: true,
+            secure: true,
+            same_site: crate::config::SameSite::Strict,
+            max_age: Duration::from_secs(60),
+        };
+        assert_eq!(
+            set_cookie(&cfg, "V"),
+            "sid=V; Path=/app; Max-Age=60; SameSite=Strict; Domain=example.com; HttpOnly; Secure"
+        );
+    }
+}

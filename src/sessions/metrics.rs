@@ -1,0 +1,125 @@
+//! Session metrics, registered into drover's registry. Hot-path counters are resolved
+//! handles; store-wide figures (active, per backend, expired, evicted) are published
+//! from the control thread's tick.
+
+use crate::observe::names::*;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct SessionMetrics {
+    pub active: IntGauge,
+    pub created: IntCounter,
+    pub expired: IntCounter,
+    pub evicted: IntCounter,
+    pub migrated: IntCounter,
+    /// Indexed like `cookie::Rejection`: malformed, bad_signature, expired, unknown.
+    pub rejected: [IntCounter; 4],
+    pub per_backend: IntGaugeVec,
+    pub store_errors: IntCounterVec,
+    pub store_duration: Histogram,
+    pub store_up: IntGauge,
+    pub lock_timeouts: IntCounter,
+    pub write_conflicts: IntCounter,
+    pub data_refused: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // A second registration (a second service in one process, as in unit tests) keeps
+    // the first; the handles still count.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    reg(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+impl SessionMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let rejected = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    SESSIONS_REJECTED_TOTAL,
+                    "Session cookies ignored, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
+        SessionMetrics {
+            active: reg(
+                r,
+                IntGauge::new(SESSIONS_ACTIVE, "Sessions in the store").expect("valid metric"),
+            ),
+            created: counter(r, SESSIONS_CREATED_TOTAL, "Sessions created"),
+            expired: counter(r, SESSIONS_EXPIRED_TOTAL, "Sessions removed on expiry"),
+            evicted: counter(
+                r,
+                SESSIONS_EVICTED_TOTAL,
+                "Sessions evicted because the memory store was at its cap",
+            ),
+            migrated: counter(
+                r,
+                SESSIONS_MIGRATED_TOTAL,
+                "Sessions re-pinned because their backend left rotation",
+            ),
+            rejected: ["malformed", "bad_signature", "expired", "unknown"]
+                .map(|k| rejected.with_label_values(&[k])),
+            per_backend: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(SESSIONS_PER_BACKEND, "Sessions pinned to each backend"),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            store_errors: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(SESSION_STORE_ERRORS_TOTAL, "Failed session store calls"),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            store_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        SESSION_STORE_DURATION_SECONDS,
+                        "Duration of shared session store calls",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            store_up: reg(
+                r,
+                IntGauge::new(
+                    SESSION_STORE_UP,
+                    "1 while the session store answers (its breaker is closed)",
+                )
+                .expect("valid metric"),
+            ),
+            lock_timeouts: counter(
+                r,
+                SESSION_LOCK_TIMEOUTS_TOTAL,
+                "Requests that ran without session data because the session stayed locked",
+            ),
+            write_conflicts: counter(
+                r,
+                SESSION_WRITE_CONFLICTS_TOTAL,
+                "Session writes refused because the lock lease had expired",
+            ),
+            data_refused: counter(
+                r,
+                SESSION_DATA_REFUSED_TOTAL,
+                "Session updates from workers refused (too large or not a header value)",
+            ),
+        }
+    }
+}

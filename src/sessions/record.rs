@@ -1,0 +1,119 @@
+//! A session record and its byte encoding (Redis values and the memory snapshot).
+
+use std::sync::Arc;
+
+/// What drover keeps about one session. `data` is what the worker set, sealed when
+/// encryption is on (the store never sees plaintext then).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Name of the backend the session is pinned to (`worker-N` or `host:port`).
+    pub worker: Option<Arc<str>>,
+    pub created_ms: u64,
+    pub last_seen_ms: u64,
+    pub hits: u32,
+    pub data: Option<Box<[u8]>>,
+}
+
+const VERSION: u8 = 1;
+
+impl Record {
+    pub fn new(now_ms: u64) -> Self {
+        Record {
+            created_ms: now_ms,
+            last_seen_ms: now_ms,
+            ..Record::default()
+        }
+    }
+
+    /// When the record stops being valid: the earlier of absolute and idle expiry.
+    pub fn expires_ms(&self, ttl_ms: u64, idle_ms: u64) -> u64 {
+        (self.created_ms.saturating_add(ttl_ms)).min(self.last_seen_ms.saturating_add(idle_ms))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let worker = self.worker.as_deref().unwrap_or("").as_bytes();
+        let worker = &worker[..worker.len().min(255)];
+        let data = self.data.as_deref().unwrap_or(&[]);
+        let mut out = Vec::with_capacity(1 + 8 + 8 + 4 + 1 + worker.len() + 1 + 4 + data.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.created_ms.to_be_bytes());
+        out.extend_from_slice(&self.last_seen_ms.to_be_bytes());
+        out.extend_from_slice(&self.hits.to_be_bytes());
+        out.push(worker.len() as u8);
+        out.extend_from_slice(worker);
+        out.push(self.data.is_some() as u8);
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// `None` for anything that is not a well-formed record of this version.
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let mut r = Reader(bytes);
+        if r.take(1)?[0] != VERSION {
+            return None;
+        }
+        let created_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let last_seen_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let hits = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+        let wlen = r.take(1)?[0] as usize;
+        let worker = std::str::from_utf8(r.take(wlen)?).ok()?;
+        let has_data = r.take(1)?[0] == 1;
+        let dlen = u32::from_be_bytes(r.take(4)?.try_into().ok()?) as usize;
+        let data = r.take(dlen)?;
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Record {
+            worker: (!worker.is_empty()).then(|| Arc::from(worker)),
+            created_ms,
+            last_seen_ms,
+            hits,
+            data: has_data.then(|| data.into()),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_and_decodes_and_rejects_truncation() {
+        let r = Record {
+            worker: Some("worker-3".into()),
+            created_ms: 11,
+            last_seen_ms: 22,
+            hits: 7,
+            data: Some(b"{\"a\":1}".to_vec().into()),
+        };
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes), Some(r.clone()));
+        for n in 0..bytes.len() {
+            assert_eq!(Record::decode(&bytes[..n]), None);
+        }
+        let empty = Record::new(5);
+        assert_eq!(Record::decode(&empty.encode()), Some(empty));
+    }
+
+    #[test]
+    fn expiry_is_the_earlier_of_absolute_and_idle() {
+        let mut r = Record::new(1000);
+        assert_eq!(r.expires_ms(10_000, 500), 1500);
+        r.last_seen_ms = 10_800;
+        assert_eq!(r.expires_ms(10_000, 500), 11_000);
+    }
+}

@@ -1,0 +1,190 @@
+//! Service-level tests against the memory store (Redis is covered end to end in
+//! tests/sessions.rs with a real redis-server).
+
+use super::*;
+use crate::config::{CookieConfig, SameSite};
+
+fn cfg() -> SessionsConfig {
+    let file = crate::config::SessionsFile::default();
+    let dir = std::env::temp_dir();
+    let mut c = crate::config::validate_sessions(&file, |p| dir.join(p), &dir).unwrap();
+    c.secrets = vec![b"0123456789abcdef0123456789abcdef".to_vec()];
+    c.data_keys = vec![[7u8; 32]];
+    c.snapshot_path = None;
+    c.cookie = CookieConfig {
+        name: "sid".into(),
+        path: "/".into(),
+        domain: None,
+        http_only: true,
+        secure: false,
+        same_site: SameSite::Lax,
+        max_age: Duration::from_secs(60),
+    };
+    c
+}
+
+fn service(c: &SessionsConfig) -> SessionService {
+    let dir = tempfile::tempdir().unwrap();
+    SessionService::new(c, dir.path(), &prometheus::Registry::new()).unwrap()
+}
+
+fn request(cookie: Option<&str>) -> RequestHeader {
+    let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+    if let Some(c) = cookie {
+        r.insert_header("Cookie", c).unwrap();
+    }
+    r
+}
+
+fn cookie_of(resp: &ResponseHeader) -> String {
+    let sc = resp.headers.get("set-cookie").unwrap().to_str().unwrap();
+    sc.split(';').next().unwrap().to_string()
+}
+
+async fn respond(svc: &SessionService, s: &mut SessionCtx, update: Option<&str>) -> ResponseHeader {
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    if let Some(u) = update {
+        resp.insert_header("X-Drover-Session-Set", u).unwrap();
+    }
+    svc.on_response(s, &mut resp).await;
+    resp
+}
+
+#[tokio::test]
+async fn new_session_then_resume_with_data_and_pin() {
+    let svc = service(&cfg());
+    let mut s = svc.begin(&request(None), 0).await;
+    assert_eq!(s.state, SessionState::New);
+    svc.on_selected(&mut s, &Arc::from("worker-1"), false);
+    let resp = respond(&svc, &mut s, Some("{\"n\":1}")).await;
+    assert!(
+        resp.headers.get("x-drover-session-set").is_none(),
+        "update header stripped"
+    );
+    let sc = resp
+        .headers
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sc.contains("HttpOnly") && sc.contains("SameSite=Lax") && sc.contains("Max-Age=60"),
+        "{sc}"
+    );
+    let c = cookie_of(&resp);
+
+    let mut s2 = svc.begin(&request(Some(&c)), 0).await;
+    assert_eq!(s2.state, SessionState::Existing);
+    assert_eq!(s2.id, s.id);
+    assert_eq!(svc.preference(&s2).pinned.as_deref(), Some("worker-1"));
+    let mut up = RequestHeader::build("GET", b"/", None).unwrap();
+    svc.annotate_request(&s2, &mut up);
+    assert_eq!(up.headers.get("x-drover-session").unwrap(), "{\"n\":1}");
+    assert_eq!(
+        up.headers.get("x-drover-session-state").unwrap(),
+        "existing"
+    );
+    let resp2 = respond(&svc, &mut s2, None).await;
+    assert!(
+        resp2.headers.get("set-cookie").is_none(),
+        "cookie unchanged"
+    );
+    assert_eq!(svc.store().get(&s.id).await.unwrap().unwrap().hits, 2);
+}
+
+#[tokio::test]
+async fn forged_cookies_get_a_fresh_session() {
+    let svc = service(&cfg());
+    let mut s = svc.begin(&request(None), 0).await;
+    let c = cookie_of(&respond(&svc, &mut s, Some("{\"secret\":1}")).await);
+    let mut forged = c.clone().into_bytes();
+    let last = forged.len() - 3;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for bad in [forged.as_str(), "sid=", "sid=garbage", "sid=%%%%"] {
+        let s2 = svc.begin(&request(Some(bad)), 0).await;
+        assert_eq!(s2.state, SessionState::New, "{bad}");
+        assert_ne!(s2.id, s.id);
+        assert!(s2.data.is_none());
+    }
+}
+
+#[tokio::test]
+async fn data_is_encrypted_in_the_store() {
+    let svc = service(&cfg());
+    let mut s = svc.begin(&request(None), 0).await;
+    respond(&svc, &mut s, Some("{\"card\":\"4111\"}")).await;
+    let rec = svc.store().get(&s.id).await.unwrap().unwrap();
+    let stored = rec.data.unwrap();
+    assert!(!stored.windows(4).any(|w| w == b"4111"));
+}
+
+#[tokio::test]
+async fn oversized_updates_are_refused_and_old_data_kept() {
+    let mut c = cfg();
+    c.max_data_bytes = 16;
+    let svc = service(&c);
+    let mut s = svc.begin(&request(None), 0).await;
+    let cookie = cookie_of(&respond(&svc, &mut s, Some("{\"a\":1}")).await);
+    let mut s2 = svc.begin(&request(Some(&cookie)), 0).await;
+    respond(&svc, &mut s2, Some(&"x".repeat(17))).await;
+    assert_eq!(svc.metrics.data_refused.get(), 1);
+    let s3 = svc.begin(&request(Some(&cookie)), 0).await;
+    assert_eq!(s3.data.as_deref(), Some(&b"{\"a\":1}"[..]));
+}
+
+#[tokio::test]
+async fn idle_expiry_gives_a_fresh_session() {
+    let mut c = cfg();
+    c.idle_timeout = Duration::from_millis(50);
+    let svc = service(&c);
+    let mut s = svc.begin(&request(None), 0).await;
+    let cookie = cookie_of(&respond(&svc, &mut s, None).await);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let s2 = svc.begin(&request(Some(&cookie)), 0).await;
+    assert_eq!(s2.state, SessionState::New);
+    assert_eq!(svc.metrics.rejected[3].get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_modify_write_loses_no_update() {
+    let svc = Arc::new(service(&cfg()));
+    let mut s = svc.begin(&request(None), 0).await;
+    let cookie = cookie_of(&respond(&svc, &mut s, Some("0")).await);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let svc = svc.clone();
+        let cookie = cookie.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = svc.begin(&request(Some(&cookie)), 0).await;
+            let n: u64 = std::str::from_utf8(s.data.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            tokio::task::yield_now().await;
+            respond(&svc, &mut s, Some(&(n + 1).to_string())).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = svc.begin(&request(Some(&cookie)), 0).await;
+    assert_eq!(s.data.as_deref(), Some(&b"100"[..]));
+}
+
+#[tokio::test]
+async fn migration_repins_only_when_told() {
+    let svc = service(&cfg());
+    let mut s = svc.begin(&request(None), 0).await;
+    svc.on_selected(&mut s, &Arc::from("worker-0"), false);
+    svc.on_selected(&mut s, &Arc::from("worker-1"), false);
+    assert_eq!(
+        svc.preference(&s).pinned.as_deref(),
+        Some("worker-0"),
+        "a detour keeps the pin"
+    );
+    svc.on_selected(&mut s, &Arc::from("worker-1"), true);
+    assert_eq!(svc.preference(&s).pinned.as_deref(), Some("worker-1"));
+    assert_eq!(svc.metrics.migrated.get(), 1);
+}

@@ -1,0 +1,451 @@
+//! Sticky sessions end to end: the real drover binary, real workers, a real
+//! `redis-server` on a free port, real HTTP clients.
+
+mod common;
+
+use common::{wait_until, Drover, RedisServer, Reply};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+const DATA_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn memory_yaml(extra: &str) -> String {
+    format!("sessions:\n  enabled: true\n  store: memory\n{extra}")
+}
+
+fn redis_yaml(redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "sessions:\n  enabled: true\n  store: redis\n  secrets: [\"{SECRET}\"]\n  encryption:\n    keys: [\"{DATA_KEY}\"]\n  redis:\n    url: {}\n    timeout: 200ms\n{extra}",
+        redis.url()
+    )
+}
+
+/// The `name=value` part of the reply's Set-Cookie, if any.
+fn set_cookie(r: &Reply) -> Option<String> {
+    r.header("set-cookie")
+        .map(|c| c.split(';').next().unwrap_or("").to_string())
+}
+
+fn counter(r: &Reply) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body));
+    v["counter"].as_u64().unwrap_or(0)
+}
+
+fn incr(d: &Drover, cookie: &str) -> Reply {
+    let r = d
+        .get_with("/session/incr", &[("cookie", cookie)])
+        .expect("request answered");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r
+}
+
+/// Starts a session and returns its cookie (`name=value`).
+fn new_session(d: &Drover) -> (String, Reply) {
+    let r = d.get("/session/incr").expect("request answered");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = set_cookie(&r).expect("a new session sets a cookie");
+    (c, r)
+}
+
+fn sessions_api(d: &Drover) -> serde_json::Value {
+    serde_json::from_str(&d.admin_get("/api/sessions").body).expect("JSON")
+}
+
+#[test]
+fn sessions_stick_for_200_requests_and_new_sessions_spread() {
+    let d = Drover::start(3, &memory_yaml("  without_cookie: balance\n"));
+    let mut workers = HashSet::new();
+    for _ in 0..30 {
+        let (_, r) = new_session(&d);
+        workers.insert(r.worker().unwrap());
+    }
+    assert!(workers.len() > 1, "new sessions all landed on {workers:?}");
+
+    let (cookie, first) = new_session(&d);
+    let pinned = first.worker().unwrap();
+    let sc = first.header("set-cookie").unwrap();
+    assert!(
+        sc.contains("HttpOnly") && sc.contains("SameSite=Lax") && sc.contains("Path=/"),
+        "{sc}"
+    );
+    for i in 2..=200 {
+        let r = incr(&d, &cookie);
+        assert_eq!(r.worker(), Some(pinned), "request {i} left its worker");
+        assert_eq!(counter(&r), i, "request {i}");
+        assert!(set_cookie(&r).is_none(), "cookie reissued on request {i}");
+        assert!(r.header("x-drover-session-set").is_none());
+    }
+    let api = sessions_api(&d);
+    assert_eq!(api["store"], "memory");
+    assert_eq!(api["active"], 31);
+    assert_eq!(api["counters"]["created"], 31);
+    // Per-worker counts come from the sweeper's pass over all shards (6.4 s at the
+    // default sweep interval).
+    let per_worker_total = wait_until(Duration::from_secs(15), || {
+        let api = sessions_api(&d);
+        api["per_worker"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum::<u64>() == 31)
+            .unwrap_or(false)
+    });
+    assert!(per_worker_total, "{}", sessions_api(&d));
+    assert!(d.metric("drover_sessions_active") >= 31.0);
+}
+
+#[test]
+fn forged_tampered_and_expired_cookies_get_a_fresh_session_never_an_error() {
+    let d = Drover::start(2, &memory_yaml("  ttl: 3s\n"));
+    let (cookie, _) = new_session(&d);
+    let r = incr(&d, &cookie);
+    assert_eq!(counter(&r), 2);
+
+    let (name, value) = cookie.split_once('=').unwrap();
+    let mut tampered = value.as_bytes().to_vec();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{name}={}", String::from_utf8(tampered).unwrap());
+    let foreign = format!("{name}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let garbage = format!("{name}=%00';DROP TABLE");
+    for bad in [&tampered, &foreign, &garbage] {
+        let r = incr(&d, bad);
+        assert_eq!(counter(&r), 1, "{bad} reached someone's session");
+        let fresh = set_cookie(&r).expect("fresh cookie");
+        assert_ne!(&fresh, bad);
+    }
+    assert!(d.metric("drover_sessions_cookie_rejected_total{reason=\"bad_signature\"}") >= 2.0);
+    assert!(d.metric("drover_sessions_cookie_rejected_total{reason=\"malformed\"}") >= 1.0);
+
+    // The absolute TTL ends the session even though it is in use.
+    std::thread::sleep(Duration::from_millis(3200));
+    let r = incr(&d, &cookie);
+    assert_eq!(counter(&r), 1, "expired session still served");
+    assert!(set_cookie(&r).is_some());
+    assert!(d.metric("drover_sessions_cookie_rejected_total{reason=\"expired\"}") >= 1.0);
+}
+
+#[test]
+fn sliding_idle_timeout_versus_absolute_ttl() {
+    let d = Drover::start(2, &memory_yaml("  ttl: 5s\n  idle_timeout: 1s\n"));
+    // Activity every 400 ms keeps a session alive past its idle timeout...
+    let (active, _) = new_session(&d);
+    let start = Instant::now();
+    let mut n = 1;
+    while start.elapsed() < Duration::from_millis(2600) {
+        std::thread::sleep(Duration::from_millis(400));
+        n += 1;
+        assert_eq!(counter(&incr(&d, &active)), n, "slid session lost");
+    }
+    // ...an idle one expires.
+    let (idle, _) = new_session(&d);
+    std::thread::sleep(Duration::from_millis(1300));
+    let r = incr(&d, &idle);
+    assert_eq!(counter(&r), 1, "idle session survived its idle timeout");
+    assert!(set_cookie(&r).is_some());
+    // And the active one ends at the absolute TTL however busy it is.
+    let ended = wait_until(Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(300));
+        counter(&incr(&d, &active)) == 1
+    });
+    assert!(ended, "absolute ttl not enforced");
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "ended early: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn clients_can_neither_inject_nor_read_session_internals() {
+    let d = Drover::start(2, &memory_yaml(""));
+    let (cookie, _) = new_session(&d);
+    let r = d
+        .get_with(
+            "/session/incr",
+            &[
+                ("cookie", &cookie),
+                ("x-drover-session", "{\"counter\":999}"),
+                ("X-Drover-Session-Id", "forged"),
+                ("x-drover-session-state", "existing"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        counter(&r),
+        2,
+        "client-supplied session data reached the worker"
+    );
+    assert!(
+        r.headers.keys().all(|k| !k.starts_with("x-drover-")),
+        "{:?}",
+        r.headers
+    );
+    let show = d.get_with("/session", &[("cookie", &cookie)]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&show.body).unwrap();
+    assert_eq!(v["session"]["counter"], 2);
+    let id = v["session_id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "hex id of 128 bits: {id}");
+    assert!(
+        !cookie.contains(id),
+        "the cookie must not carry the raw id in clear hex"
+    );
+}
+
+#[test]
+fn killing_the_pinned_worker_migrates_its_sessions_with_data_intact() {
+    let d = Drover::start(3, &memory_yaml("  without_cookie: balance\n"));
+    let mut sessions: Vec<(String, usize)> = Vec::new();
+    for _ in 0..12 {
+        let (c, r) = new_session(&d);
+        for _ in 0..2 {
+            incr(&d, &c);
+        }
+        sessions.push((c, r.worker().unwrap()));
+    }
+    let victim = sessions[0].1;
+    let pid = d.status()["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == victim)
+        .and_then(|w| w["pid"].as_u64())
+        .unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+
+    for (cookie, worker) in &sessions {
+        let r = incr(&d, cookie);
+        assert_eq!(counter(&r), 4, "session data lost (was on worker {worker})");
+        assert!(set_cookie(&r).is_none(), "cookie changed on migration");
+        if *worker == victim {
+            assert_ne!(r.worker(), Some(victim));
+        } else {
+            assert_eq!(
+                r.worker(),
+                Some(*worker),
+                "a session of a healthy worker moved"
+            );
+        }
+    }
+    let moved = sessions.iter().filter(|(_, w)| *w == victim).count();
+    assert!(d.metric("drover_sessions_migrated_total") >= moved as f64);
+    // Once the worker is back, migrated sessions stay where they now live.
+    assert!(wait_until(Duration::from_secs(15), || d.healthy_workers() == 3));
+    for (cookie, worker) in &sessions {
+        let r = incr(&d, cookie);
+        assert_eq!(counter(&r), 5);
+        if *worker != victim {
+            assert_eq!(r.worker(), Some(*worker));
+        }
+    }
+}
+
+/// 100 clients increment one session at once; the count must be exactly 100.
+fn hundred_concurrent_increments(drovers: &[&Drover], cookie: &str) {
+    std::thread::scope(|s| {
+        for i in 0..100 {
+            let d = drovers[i % drovers.len()];
+            s.spawn(move || {
+                let r = d
+                    .get_with("/session/incr?ms=1", &[("cookie", cookie)])
+                    .expect("answered");
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert!(set_cookie(&r).is_none(), "session lost under contention");
+            });
+        }
+    });
+    let show = drovers[0]
+        .get_with("/session", &[("cookie", cookie)])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&show.body).unwrap();
+    assert_eq!(v["session"]["counter"], 101, "lost updates: {}", show.body);
+}
+
+#[test]
+fn no_lost_updates_with_100_concurrent_increments_on_the_memory_store() {
+    let d = Drover::start(2, &memory_yaml(""));
+    let (cookie, _) = new_session(&d);
+    hundred_concurrent_increments(&[&d], &cookie);
+}
+
+#[test]
+fn memory_sessions_survive_a_graceful_restart_through_the_snapshot() {
+    let mut d = Drover::start(2, &memory_yaml(""));
+    let (cookie, _) = new_session(&d);
+    incr(&d, &cookie);
+    d.restart_gracefully(2);
+    assert!(d.log().contains("sessions: saved"), "{}", d.log());
+    assert!(d.log().contains("sessions: restored"), "{}", d.log());
+    let r = incr(&d, &cookie);
+    assert_eq!(counter(&r), 3, "session lost across a graceful restart");
+    assert!(set_cookie(&r).is_none());
+}
+
+#[test]
+fn the_memory_store_cap_holds_under_a_flood_of_new_sessions() {
+    let d = Drover::start(1, &memory_yaml("  memory:\n    max_sessions: 128\n"));
+    for _ in 0..1000 {
+        assert_eq!(d.get("/").unwrap().status, 200);
+    }
+    let api = sessions_api(&d);
+    let active = api["active"].as_u64().unwrap();
+    assert!(active <= 128, "{api}");
+    assert!(active >= 100, "cap badly used: {api}");
+    assert!(api["evicted"].as_u64().unwrap() >= 872, "{api}");
+    assert!(wait_until(Duration::from_secs(3), || d
+        .metric("drover_sessions_evicted_total")
+        >= 800.0));
+}
+
+#[test]
+fn redis_sessions_are_shared_by_two_instances_and_survive_a_drover_restart() {
+    let redis = RedisServer::start();
+    let yaml = redis_yaml(&redis, "");
+    let mut a = Drover::start(2, &yaml);
+    let b = Drover::start(2, &yaml);
+    let (cookie, _) = new_session(&a);
+    assert_eq!(counter(&incr(&a, &cookie)), 2);
+    assert_eq!(
+        counter(&incr(&b, &cookie)),
+        3,
+        "instance b did not see a's session"
+    );
+    let show = b.get_with("/session", &[("cookie", &cookie)]).unwrap();
+    assert!(show.body.contains("\"counter\":3"), "{}", show.body);
+    a.restart_hard(2);
+    assert_eq!(
+        counter(&incr(&a, &cookie)),
+        4,
+        "session lost across a drover restart"
+    );
+    let api = sessions_api(&a);
+    assert_eq!(api["store"], "redis");
+    assert_eq!(api["store_up"], true);
+    assert!(api["active"].as_u64().unwrap() >= 1, "{api}");
+}
+
+#[test]
+fn no_lost_updates_on_redis_with_one_and_with_two_instances() {
+    let redis = RedisServer::start();
+    let yaml = redis_yaml(&redis, "");
+    let a = Drover::start(2, &yaml);
+    let b = Drover::start(2, &yaml);
+    let (one, _) = new_session(&a);
+    hundred_concurrent_increments(&[&a], &one);
+    let (two, _) = new_session(&a);
+    hundred_concurrent_increments(&[&a, &b], &two);
+}
+
+#[test]
+fn a_dead_or_hung_redis_degrades_service_and_it_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let d = Drover::start(2, &redis_yaml(&redis, ""));
+    let (cookie, _) = new_session(&d);
+    assert_eq!(counter(&incr(&d, &cookie)), 2);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let url = d.url("/session");
+            let cookie = cookie.clone();
+            std::thread::spawn(move || {
+                let agent = common::agent();
+                while !stop.load(Ordering::Relaxed) {
+                    match common::request(&agent, "GET", &url, &[("cookie", &cookie)], None) {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} {}", r.status, r.body)),
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // A hung Redis (SIGSTOP): calls time out, requests are served without data.
+    std::thread::sleep(Duration::from_millis(300));
+    let rpid = Pid::from_raw(redis_pid(&redis));
+    kill(rpid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = d.get_with("/session", &[("cookie", &cookie)]).unwrap();
+    assert_eq!(during.status, 200);
+    assert!(during.body.contains("\"session\":null"), "{}", during.body);
+    kill(rpid, Signal::SIGCONT).unwrap();
+    let mut last = String::new();
+    let back = wait_until(Duration::from_secs(10), || {
+        d.get_with("/session", &[("cookie", &cookie)])
+            .map(|r| {
+                last = format!("{} {:?}", r.body, r.headers);
+                r.body.contains("\"counter\":2")
+            })
+            .unwrap_or(false)
+    });
+    assert!(
+        back,
+        "session data did not come back after Redis resumed: {last}\n{}\n{}",
+        d.admin_get("/api/sessions").body,
+        d.log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // A dead Redis (SIGKILL, restarted empty): still no failed request.
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    redis.spawn();
+    let recovered = wait_until(Duration::from_secs(10), || {
+        let (c, _) = new_session(&d);
+        d.get_with("/session/incr", &[("cookie", &c)])
+            .map(|r| counter(&r) == 2)
+            .unwrap_or(false)
+    });
+    assert!(
+        recovered,
+        "sessions did not work again after Redis came back"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert!(
+        d.metric("drover_session_store_errors_total{kind=\"timeout\"}")
+            + d.metric("drover_session_store_errors_total{kind=\"circuit_open\"}")
+            > 0.0
+    );
+}
+
+fn redis_pid(r: &RedisServer) -> i32 {
+    // The server's pid from its own INFO, so the test signals exactly that process.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    s.write_all(b"INFO server\r\n").unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("process_id:"))
+        .expect("process_id in INFO");
+    line["process_id:".len()..].trim().parse().unwrap()
+}
