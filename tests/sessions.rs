@@ -40,14 +40,16 @@ fn counter(r: &Reply) -> u64 {
 fn incr(d: &Drover, cookie: &str) -> Reply {
     let r = d
         .get_with("/session/incr", &[("cookie", cookie)])
-        .expect("request answered");
+        .unwrap_or_else(|e| panic!("request failed: {e}\n{}", d.log()));
     assert_eq!(r.status, 200, "{}", r.body);
     r
 }
 
 /// Starts a session and returns its cookie (`name=value`).
 fn new_session(d: &Drover) -> (String, Reply) {
-    let r = d.get("/session/incr").expect("request answered");
+    let r = d
+        .get("/session/incr")
+        .unwrap_or_else(|e| panic!("request failed: {e}\n{}", d.log()));
     assert_eq!(r.status, 200, "{}", r.body);
     let c = set_cookie(&r).expect("a new session sets a cookie");
     (c, r)

@@ -8,12 +8,15 @@
 //! - `GET /api/sessions`: JSON: session store, active sessions, per worker, counters.
 //! - `POST /api/reload`: re-read the config file (like SIGHUP). Token required.
 //! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live. Token required.
+//! - `GET /api/config`, `POST /api/deploy`, `POST /api/rollback`, `POST /api/workers/restart`:
+//!   see `operations.rs`.
 //! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
 //!
 //! When `admin.token` is set, every state-changing endpoint requires
 //! `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod auth;
+mod operations;
 mod sessions;
 
 use crate::balancing::StrategyKind;
@@ -43,6 +46,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/status", get(status))
         .route("/api/sessions", get(sessions::sessions))
+        .route("/api/config", get(operations::config))
+        .route("/api/deploy", post(operations::deploy))
+        .route("/api/rollback", post(operations::rollback))
+        .route("/api/workers/restart", post(operations::restart))
         .route("/api/reload", post(reload_config))
         .route("/api/strategy", post(set_strategy))
         .route("/api/workers/{id}/drain", post(drain_worker))
@@ -124,6 +131,10 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
+    // The image's environment may carry credentials: not shown.
+    let i = s.supervisor.image();
+    let image =
+        json!({ "version": i.version, "program": i.program.display().to_string(), "args": i.args });
     Json(json!({
         "config_version": shared.version.load(Ordering::Relaxed),
         "config_file": shared.config_path.display().to_string(),
@@ -138,10 +149,13 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "in_flight": shared.metrics.in_flight.get(),
         "workers": workers,
         "backends": backends,
+        "deploy": s.supervisor.deploy_status(),
+        "image": image,
+        "previous_image": s.supervisor.previous_image().map(|i| i.version.clone()),
     }))
 }
 
-fn denied(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn denied(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let cfg = s.shared.config();
     match auth::check(cfg.admin.token.as_deref(), headers) {
         Ok(()) => None,

@@ -92,6 +92,9 @@ pub struct Backend {
     ewma_stamp: AtomicU64,
     /// `now_nanos()` when the backend last became healthy; drives slow start.
     healthy_since: AtomicU64,
+    /// Health-checked but held out of rotation until activated (the idle colour of a
+    /// blue-green deploy, the successor in a rolling restart).
+    standby: std::sync::atomic::AtomicBool,
     /// Selections made by each strategy (index = position in `StrategyKind::ALL`).
     selections: [AtomicU64; 6],
     /// Wakes requests queued for a free backend when this one releases a slot.
@@ -137,6 +140,7 @@ impl Backend {
             ewma_bits: AtomicU64::new(0f64.to_bits()),
             ewma_stamp: AtomicU64::new(0),
             healthy_since: AtomicU64::new(0),
+            standby: std::sync::atomic::AtomicBool::new(false),
             selections: Default::default(),
             queue: std::sync::OnceLock::new(),
             breaker,
@@ -180,7 +184,19 @@ impl Backend {
 
     /// Whether selection may consider this backend at all (breaker aside).
     pub fn in_rotation(&self) -> bool {
-        self.state() == BackendState::Healthy
+        self.state() == BackendState::Healthy && !self.is_standby()
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Acquire)
+    }
+
+    pub fn set_standby(&self, standby: bool) {
+        let was = self.standby.swap(standby, Ordering::AcqRel);
+        if was && !standby {
+            // Slow start counts from the moment traffic can arrive.
+            self.healthy_since.store(now_nanos(), Ordering::Relaxed);
+        }
     }
 
     /// Share of its weight a backend may take during slow start: 0.1 right after it

@@ -274,7 +274,10 @@ impl Pool {
         let members = self.members.load();
         let serving: Vec<_> = members
             .iter()
-            .filter(|b| matches!(b.state(), BackendState::Healthy | BackendState::Unhealthy))
+            .filter(|b| {
+                matches!(b.state(), BackendState::Healthy | BackendState::Unhealthy)
+                    && !b.is_standby()
+            })
             .cloned()
             .collect();
         let healthy: Vec<_> = serving

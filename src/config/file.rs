@@ -98,6 +98,9 @@ pub struct WorkersFile {
     pub stop_timeout: Dur,
     /// Time a draining worker (scale-down, reload) may take to finish in-flight requests.
     pub drain_timeout: Dur,
+    /// How long a deploy or rolling restart waits for new workers to pass health checks
+    /// before it aborts (no traffic moved).
+    pub health_timeout: Dur,
 }
 
 impl Default for WorkersFile {
@@ -112,6 +115,7 @@ impl Default for WorkersFile {
             restart_backoff: BackoffFile::default(),
             stop_timeout: Dur::secs(5),
             drain_timeout: Dur::secs(30),
+            health_timeout: Dur::secs(60),
         }
     }
 }

@@ -49,6 +49,7 @@ pub struct WorkersConfig {
     pub backoff: BackoffPolicy,
     pub stop_timeout: Duration,
     pub drain_timeout: Duration,
+    pub health_timeout: Duration,
     pub weight: u32,
     pub weights: Vec<u32>,
 }
@@ -516,6 +517,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             },
             stop_timeout: w.stop_timeout.0,
             drain_timeout: w.drain_timeout.0,
+            health_timeout: w.health_timeout.0,
             weight: file.balancing.worker_weight,
             weights: w.weights.clone(),
         },
@@ -573,7 +575,7 @@ fn relative_to(source: &Path, path: &str) -> PathBuf {
 /// A bare program name is looked up next to the drover executable first (so a release
 /// build finds its sibling `upstream-worker`), then on PATH. Anything with a slash is
 /// taken relative to the config file.
-fn resolve_program(source: &Path, program: &str) -> PathBuf {
+pub fn resolve_program(source: &Path, program: &str) -> PathBuf {
     if program.contains('/') {
         return relative_to(source, program);
     }

@@ -94,7 +94,12 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         log::info!(
             "reload: worker command or environment changed; replacing workers one at a time"
         );
-        supervisor.rolling_recycle();
+        let image = crate::supervisor::WorkerImage::from_config(&new.workers);
+        let timeout = new.workers.health_timeout;
+        let sup = supervisor.clone();
+        tokio::spawn(async move {
+            let _ = sup.rolling_restart(Some(image), timeout).await;
+        });
     }
     log::info!(
         "reload: applied config version {version} from {}",

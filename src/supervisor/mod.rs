@@ -7,6 +7,7 @@
 //! rotation at once, before any health check would notice.
 
 pub mod backoff;
+pub mod deploy;
 pub mod spawn;
 
 use crate::balancing::{Backend, BackendState};
@@ -15,7 +16,10 @@ use crate::state::Shared;
 use backoff::RestartBackoff;
 use serde::Serialize;
 use spawn::{free_port, spawn_worker, WorkerSpec};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -35,10 +39,36 @@ pub enum SlotCommand {
     Stop,
 }
 
+/// What a worker runs: the command and its environment (from `workers:` or a deploy).
+/// A slot keeps the image it was created with, so a crashed worker restarts as the same
+/// version even while a deploy is moving the pool to another one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerImage {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Free-form label shown in `/api/status` (e.g. a release tag).
+    pub version: String,
+}
+
+impl WorkerImage {
+    pub fn from_config(w: &crate::config::WorkersConfig) -> Self {
+        WorkerImage {
+            program: w.program.clone(),
+            args: w.args.clone(),
+            env: w.env.clone(),
+            version: "config".into(),
+        }
+    }
+}
+
 /// A slot's state as `/api/status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotStatus {
     pub id: usize,
+    pub version: String,
+    /// True while the worker is health-checked but held out of rotation.
+    pub standby: bool,
     pub pid: Option<u32>,
     pub port: Option<u16>,
     pub backend_id: Option<u64>,
@@ -54,21 +84,90 @@ struct Slot {
     command: watch::Sender<SlotCommand>,
     status: Arc<Mutex<SlotStatus>>,
     task: JoinHandle<()>,
+    standby: Arc<AtomicBool>,
+    /// Added to `base_port + id` so a successor does not need its predecessor's port.
+    port_offset: u16,
 }
 
 pub struct Supervisor {
     shared: Arc<Shared>,
     slots: Mutex<Vec<Slot>>,
     recycle_seq: std::sync::atomic::AtomicU64,
+    /// The image new slots run (scale-up, rolling restart).
+    image: Mutex<Arc<WorkerImage>>,
+    /// Deploys, rollbacks and rolling restarts run one at a time.
+    pub(crate) operation: tokio::sync::Mutex<()>,
+    pub(crate) deploy: Mutex<deploy::DeployStatus>,
+    pub(crate) previous: Mutex<Option<Arc<WorkerImage>>>,
 }
 
 impl Supervisor {
     pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+        let image = Arc::new(WorkerImage::from_config(&shared.config().workers));
         Arc::new(Supervisor {
             shared,
             slots: Mutex::new(Vec::new()),
             recycle_seq: std::sync::atomic::AtomicU64::new(0),
+            image: Mutex::new(image),
+            operation: tokio::sync::Mutex::new(()),
+            deploy: Mutex::new(deploy::DeployStatus::default()),
+            previous: Mutex::new(None),
         })
+    }
+
+    pub fn image(&self) -> Arc<WorkerImage> {
+        self.image
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) fn set_image(&self, image: Arc<WorkerImage>) {
+        if let Ok(mut i) = self.image.lock() {
+            *i = image;
+        }
+    }
+
+    /// Starts a slot for worker `id` running `image`; a standby slot's worker is health
+    /// checked but gets no traffic until [`Supervisor::activate`].
+    fn new_slot(
+        &self,
+        id: usize,
+        image: Arc<WorkerImage>,
+        standby: bool,
+        port_offset: u16,
+    ) -> Slot {
+        let (tx, rx) = watch::channel(SlotCommand::Run);
+        let status = Arc::new(Mutex::new(SlotStatus {
+            id,
+            version: image.version.clone(),
+            standby,
+            pid: None,
+            port: None,
+            backend_id: None,
+            phase: "starting",
+            restarts: 0,
+            crash_looping: false,
+            last_exit: None,
+            since: None,
+        }));
+        let standby = Arc::new(AtomicBool::new(standby));
+        let task = tokio::spawn(run_slot(
+            self.shared.clone(),
+            id,
+            image,
+            standby.clone(),
+            port_offset,
+            rx,
+            status.clone(),
+        ));
+        Slot {
+            command: tx,
+            status,
+            task,
+            standby,
+            port_offset,
+        }
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
@@ -77,27 +176,12 @@ impl Supervisor {
 
     /// Grows or shrinks the pool to `count` workers. Must be called on the control thread.
     pub fn scale_to(&self, count: usize) {
+        let image = self.image();
         let mut slots = self.slots();
         while slots.len() < count {
             let id = slots.len();
-            let (tx, rx) = watch::channel(SlotCommand::Run);
-            let status = Arc::new(Mutex::new(SlotStatus {
-                id,
-                pid: None,
-                port: None,
-                backend_id: None,
-                phase: "starting",
-                restarts: 0,
-                crash_looping: false,
-                last_exit: None,
-                since: None,
-            }));
-            let task = tokio::spawn(run_slot(self.shared.clone(), id, rx, status.clone()));
-            slots.push(Slot {
-                command: tx,
-                status,
-                task,
-            });
+            let slot = self.new_slot(id, image.clone(), false, 0);
+            slots.push(slot);
         }
         while slots.len() > count {
             if let Some(slot) = slots.pop() {
@@ -163,6 +247,9 @@ fn set_status(status: &Mutex<SlotStatus>, f: impl FnOnce(&mut SlotStatus)) {
 async fn run_slot(
     shared: Arc<Shared>,
     id: usize,
+    image: Arc<WorkerImage>,
+    standby: Arc<AtomicBool>,
+    port_offset: u16,
     mut commands: watch::Receiver<SlotCommand>,
     status: Arc<Mutex<SlotStatus>>,
 ) {
@@ -183,13 +270,17 @@ async fn run_slot(
         let port = if cfg.workers.base_port == 0 {
             free_port(cfg.workers.host)
         } else {
-            Ok(cfg.workers.base_port + id as u16)
+            Ok(cfg
+                .workers
+                .base_port
+                .saturating_add(id as u16)
+                .saturating_add(port_offset))
         };
         let spec_result = port.and_then(|port| {
             spawn_worker(&WorkerSpec {
-                program: &cfg.workers.program,
-                args: &cfg.workers.args,
-                env: &cfg.workers.env,
+                program: &image.program,
+                args: &image.args,
+                env: &image.env,
                 worker_id: id,
                 host: cfg.workers.host,
                 port,
@@ -202,7 +293,7 @@ async fn run_slot(
                 let delay = backoff.on_exit(Duration::ZERO);
                 log::error!(
                     "supervisor: cannot start {name} (`{}`): {e}; retrying in {delay:?}",
-                    cfg.workers.program.display()
+                    image.program.display()
                 );
                 set_status(&status, |s| {
                     s.phase = "backoff";
@@ -218,12 +309,19 @@ async fn run_slot(
         let pid = child.id();
         let addr = SocketAddr::new(cfg.workers.host, port);
         let backend = shared.make_backend(&name, Some(id), addr, cfg.workers.weight_of(id));
+        backend.set_standby(standby.load(Ordering::Acquire));
         shared.pool.add(backend.clone());
         health::spawn_probe(shared.clone(), backend.clone());
         shared.metrics.workers_running.inc();
         log::info!(
-            "supervisor: started {name} pid {} on {addr}",
-            pid.unwrap_or(0)
+            "supervisor: started {name} ({}) pid {} on {addr}{}",
+            image.version,
+            pid.unwrap_or(0),
+            if backend.is_standby() {
+                " (standby)"
+            } else {
+                ""
+            }
         );
         set_status(&status, |s| {
             s.pid = pid;
@@ -371,35 +469,4 @@ pub async fn stop_worker(
     }
     backend.set_state(BackendState::Stopped);
     shared.pool.remove(backend.id);
-}
-
-impl Supervisor {
-    /// Replaces every worker, one at a time: drain one, start its successor, wait until the
-    /// successor passes its health check, then move to the next. Capacity never drops by
-    /// more than one worker.
-    pub fn rolling_recycle(self: &Arc<Self>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let n = this.len();
-            for id in 0..n {
-                let before = this.status().get(id).and_then(|s| s.backend_id);
-                if !this.recycle(id) {
-                    continue;
-                }
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let now = this.status().get(id).and_then(|s| s.backend_id);
-                    let healthy = now
-                        .filter(|b| Some(*b) != before)
-                        .and_then(|b| this.shared.pool.find(b))
-                        .is_some_and(|b| b.in_rotation());
-                    if healthy || Instant::now() > deadline || this.shared.is_shutting_down() {
-                        break;
-                    }
-                }
-            }
-            log::info!("supervisor: rolling replacement of {n} workers done");
-        });
-    }
 }

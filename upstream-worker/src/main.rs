@@ -13,6 +13,7 @@
 //!   sleeps the number of milliseconds written in it (latency chaos for tests).
 //! - `{id}` in either path is replaced by `WORKER_ID`.
 //! - `DROVER_PARENT_PID`: exit when the parent changes (orphan backstop).
+//! - `WORKER_VERSION`: echoed in `X-Worker-Version` on every response.
 //!
 //! Every response carries `X-Worker-Id` and `X-Worker-Pid`.
 //!

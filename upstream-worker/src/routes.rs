@@ -18,6 +18,7 @@ pub type Resp = Response<Full<Bytes>>;
 
 const X_WORKER_ID: HeaderName = HeaderName::from_static("x-worker-id");
 const X_WORKER_PID: HeaderName = HeaderName::from_static("x-worker-pid");
+const X_WORKER_VERSION: HeaderName = HeaderName::from_static("x-worker-version");
 const X_DROVER_SESSION: HeaderName = HeaderName::from_static("x-drover-session");
 const X_DROVER_SESSION_ID: HeaderName = HeaderName::from_static("x-drover-session-id");
 const X_DROVER_SESSION_SET: HeaderName = HeaderName::from_static("x-drover-session-set");
@@ -36,6 +37,9 @@ pub struct Worker {
     pub id: u64,
     id_header: HeaderValue,
     pid_header: HeaderValue,
+    /// `WORKER_VERSION` from the environment, so deploy tests can see which version
+    /// answered.
+    version_header: Option<HeaderValue>,
     hello: Bytes,
     health_fail_file: Option<PathBuf>,
     slow_file: Option<PathBuf>,
@@ -56,6 +60,9 @@ impl Worker {
             id,
             id_header: HeaderValue::from_static(leak(id.to_string())),
             pid_header: HeaderValue::from_static(leak(std::process::id().to_string())),
+            version_header: std::env::var("WORKER_VERSION")
+                .ok()
+                .and_then(|v| HeaderValue::from_str(&v).ok()),
             hello: Bytes::from_static(leak(format!("hello from worker {id}\n")).as_bytes()),
             health_fail_file,
             slow_file,
@@ -71,6 +78,9 @@ pub async fn handle(worker: &'static Worker, req: Request<Incoming>) -> Result<R
     let headers = resp.headers_mut();
     headers.insert(X_WORKER_ID, worker.id_header.clone());
     headers.insert(X_WORKER_PID, worker.pid_header.clone());
+    if let Some(v) = &worker.version_header {
+        headers.insert(X_WORKER_VERSION, v.clone());
+    }
     Ok(resp)
 }
 

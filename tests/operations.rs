@@ -1,0 +1,207 @@
+//! Deploy operations end to end under load: rolling restart, blue-green deploy and
+//! rollback, an aborted deploy, and the admin plane's guards on them.
+
+mod common;
+
+use common::{wait_until, Drover};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOKEN: &str = "operations-token-0123456789";
+
+fn post(d: &Drover, path: &str, body: &str) -> common::Reply {
+    d.admin_post(path, body)
+}
+
+fn deploy_state(d: &Drover) -> serde_json::Value {
+    d.status()["deploy"].clone()
+}
+
+fn wait_deploy_finished(d: &Drover) -> serde_json::Value {
+    let ok = wait_until(Duration::from_secs(60), || {
+        let s = deploy_state(d)["state"].as_str().unwrap_or("").to_string();
+        s == "done" || s == "aborted"
+    });
+    assert!(
+        ok,
+        "operation did not finish: {}\n{}",
+        deploy_state(d),
+        d.log()
+    );
+    deploy_state(d)
+}
+
+fn pids(d: &Drover) -> HashSet<u32> {
+    d.worker_pids().into_iter().collect()
+}
+
+/// Steady GET load for the duration of `f`; returns (ok, failures).
+fn under_load(d: &Drover, f: impl FnOnce()) -> (usize, Vec<String>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = common::load(d.url("/delay?ms=5"), 4, stop.clone(), 1_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, _bad, why) = load.join().unwrap();
+    (ok, why)
+}
+
+#[test]
+fn rolling_restart_replaces_every_worker_with_zero_failed_requests() {
+    let d = Drover::start_with(3, "", Some(TOKEN));
+    let before = pids(&d);
+    let (ok, failed) = under_load(&d, || {
+        let r = post(&d, "/api/workers/restart", "");
+        assert_eq!(r.status, 202, "{}", r.body);
+        let again = post(&d, "/api/workers/restart", "");
+        assert_eq!(
+            again.status, 409,
+            "a second operation must wait: {}",
+            again.body
+        );
+        let st = wait_deploy_finished(&d);
+        assert_eq!(st["state"], "done", "{st}");
+        assert_eq!(st["kind"], "rolling_restart");
+    });
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "too little load: {ok}");
+    let after = pids(&d);
+    assert_eq!(after.len(), 3);
+    assert!(
+        before.is_disjoint(&after),
+        "not every worker replaced: {before:?} {after:?}"
+    );
+    assert_eq!(d.healthy_workers(), 3);
+}
+
+#[test]
+fn blue_green_deploy_then_rollback_under_load_with_zero_failed_requests() {
+    let d = Drover::start_with(2, "", Some(TOKEN));
+    let blue = pids(&d);
+    let (ok, failed) = under_load(&d, || {
+        let r = post(
+            &d,
+            "/api/deploy",
+            r#"{"version": "v2", "env": {"WORKER_VERSION": "v2"}}"#,
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let st = wait_deploy_finished(&d);
+        assert_eq!(st["state"], "done", "{st}");
+    });
+    assert!(
+        failed.is_empty(),
+        "deploy: {} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50);
+    let green = pids(&d);
+    assert!(blue.is_disjoint(&green));
+    for _ in 0..20 {
+        let r = d.get("/").unwrap();
+        assert_eq!(
+            r.header("x-worker-version"),
+            Some("v2"),
+            "old colour still answering"
+        );
+    }
+    let status = d.status();
+    assert_eq!(status["image"]["version"], "v2");
+    assert_eq!(status["previous_image"], "config");
+
+    let (_, failed) = under_load(&d, || {
+        let r = post(&d, "/api/rollback", "");
+        assert_eq!(r.status, 202, "{}", r.body);
+        let st = wait_deploy_finished(&d);
+        assert_eq!(st["state"], "done", "{st}");
+        assert_eq!(st["kind"], "rollback");
+    });
+    assert!(
+        failed.is_empty(),
+        "rollback: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    for _ in 0..20 {
+        let r = d.get("/").unwrap();
+        assert_eq!(
+            r.header("x-worker-version"),
+            None,
+            "v2 still answering after rollback"
+        );
+    }
+    assert_eq!(d.status()["image"]["version"], "config");
+}
+
+#[test]
+fn a_deploy_whose_workers_fail_health_checks_is_aborted_and_moves_no_traffic() {
+    let d = Drover::start_with(2, "", Some(TOKEN));
+    let fail = d.dir.path().join("unhealthy");
+    std::fs::write(&fail, "").unwrap();
+    let blue = pids(&d);
+    let (_, failed) = under_load(&d, || {
+        let body = format!(
+            r#"{{"version": "bad", "env": {{"HEALTH_FAIL_FILE": "{}", "WORKER_VERSION": "bad"}}, "health_timeout": "2s"}}"#,
+            fail.display()
+        );
+        let r = post(&d, "/api/deploy", &body);
+        assert_eq!(r.status, 202, "{}", r.body);
+        let st = wait_deploy_finished(&d);
+        assert_eq!(st["state"], "aborted", "{st}");
+        assert!(st["message"].as_str().unwrap().contains("health"), "{st}");
+        for _ in 0..20 {
+            let r = d.get("/").unwrap();
+            assert_eq!(
+                r.header("x-worker-version"),
+                None,
+                "traffic reached the bad version"
+            );
+        }
+    });
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    assert_eq!(pids(&d), blue, "the running colour was touched");
+    assert_eq!(d.status()["image"]["version"], "config");
+    let r = post(&d, "/api/rollback", "");
+    assert_eq!(r.status, 409, "nothing to roll back to: {}", r.body);
+}
+
+#[test]
+fn mutating_operations_refuse_missing_or_wrong_tokens_and_config_is_redacted() {
+    let d = Drover::start_with(1, "", Some(TOKEN));
+    let agent = common::agent();
+    for path in [
+        "/api/deploy",
+        "/api/rollback",
+        "/api/workers/restart",
+        "/api/reload",
+    ] {
+        let none = common::request(&agent, "POST", &d.admin_url(path), &[], Some("{}")).unwrap();
+        assert_eq!(none.status, 401, "{path} without token");
+        let wrong = common::request(
+            &agent,
+            "POST",
+            &d.admin_url(path),
+            &[("authorization", "Bearer nope")],
+            Some("{}"),
+        )
+        .unwrap();
+        assert_eq!(wrong.status, 401, "{path} with a wrong token");
+    }
+    let bad = post(&d, "/api/deploy", r#"{"command": []}"#);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let typo = post(&d, "/api/deploy", r#"{"verison": "x"}"#);
+    assert_eq!(typo.status, 400, "{}", typo.body);
+    let cfg = d.admin_get("/api/config");
+    assert_eq!(cfg.status, 200);
+    assert!(!cfg.body.contains(TOKEN), "token leaked: {}", cfg.body);
+    assert!(cfg.body.contains("<redacted>"));
+    let v: serde_json::Value = serde_json::from_str(&cfg.body).unwrap();
+    assert_eq!(v["config"]["workers"]["count"], 1);
+}
