@@ -205,3 +205,46 @@ fn mutating_operations_refuse_missing_or_wrong_tokens_and_config_is_redacted() {
     let v: serde_json::Value = serde_json::from_str(&cfg.body).unwrap();
     assert_eq!(v["config"]["workers"]["count"], 1);
 }
+
+#[test]
+fn autoscale_adds_workers_under_load_and_removes_them_when_idle() {
+    let keys = "  autoscale:\n    enabled: true\n    min: 1\n    max: 3\n    target_in_flight: 2\n    window: 1s\n    cooldown: 1s\n";
+    let d = Drover::start_full(1, keys, "", Some(TOKEN));
+    let workers = |d: &Drover| {
+        d.status()["workers"]
+            .as_array()
+            .map(|w| w.len())
+            .unwrap_or(0)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = common::load(d.url("/delay?ms=100"), 8, stop.clone(), 1_000_000);
+    let mut most = 0;
+    let up = wait_until(Duration::from_secs(20), || {
+        let n = workers(&d);
+        most = most.max(n);
+        n == 3 && d.healthy_workers() == 3
+    });
+    // Stay loaded a little longer: the pool must not grow past max.
+    for _ in 0..10 {
+        most = most.max(workers(&d));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, _, failed) = load.join().unwrap();
+    assert!(up, "did not scale up to 3: {}\n{}", d.status(), d.log());
+    assert_eq!(most, 3, "went past max");
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    assert!(ok > 50);
+    let down = wait_until(Duration::from_secs(20), || workers(&d) == 1);
+    assert!(down, "did not scale down to min when idle: {}", d.status());
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(workers(&d), 1, "went below min or flapped");
+    let log = d.log();
+    assert!(
+        log.contains("autoscale: up 1 -> 3 workers: mean in-flight"),
+        "{log}"
+    );
+    assert!(log.contains("autoscale: down"), "{log}");
+    assert!(d.metric("drover_autoscale_decisions_total{direction=\"up\"}") >= 1.0);
+    assert!(d.metric("drover_autoscale_decisions_total{direction=\"down\"}") >= 2.0);
+}

@@ -101,6 +101,7 @@ pub struct WorkersFile {
     /// How long a deploy or rolling restart waits for new workers to pass health checks
     /// before it aborts (no traffic moved).
     pub health_timeout: Dur,
+    pub autoscale: super::autoscale::AutoscaleFile,
 }
 
 impl Default for WorkersFile {
@@ -116,6 +117,7 @@ impl Default for WorkersFile {
             stop_timeout: Dur::secs(5),
             drain_timeout: Dur::secs(30),
             health_timeout: Dur::secs(60),
+            autoscale: Default::default(),
         }
     }
 }

@@ -3,12 +3,14 @@
 //! `load` is used at start, by `drover -t`, and on every reload, so all three report the
 //! same errors in the same words.
 
+mod autoscale;
 mod duration;
 mod error;
 mod file;
 mod sessions;
 mod validate;
 
+pub use autoscale::*;
 pub use duration::{parse_duration, Dur};
 pub use error::{locate, ConfigError, ConfigIssue};
 pub use file::*;

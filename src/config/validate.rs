@@ -50,6 +50,7 @@ pub struct WorkersConfig {
     pub stop_timeout: Duration,
     pub drain_timeout: Duration,
     pub health_timeout: Duration,
+    pub autoscale: super::autoscale::AutoscaleConfig,
     pub weight: u32,
     pub weights: Vec<u32>,
 }
@@ -475,6 +476,14 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let autoscale = match super::autoscale::validate_autoscale(&file.workers.autoscale, MAX_WORKERS)
+    {
+        Ok(a) => Some(a),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
     let sessions = match super::sessions::validate_sessions(
         &file.sessions,
         |p| relative_to(source, p),
@@ -490,7 +499,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     if !c.issues.is_empty() {
         return Err(c.issues);
     }
-    let (Some(listen), Some(admin_listen), Some(sessions)) = (listen, admin_listen, sessions)
+    let (Some(listen), Some(admin_listen), Some(sessions), Some(autoscale)) =
+        (listen, admin_listen, sessions, autoscale)
     else {
         return Err(c.issues);
     };
@@ -518,6 +528,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             stop_timeout: w.stop_timeout.0,
             drain_timeout: w.drain_timeout.0,
             health_timeout: w.health_timeout.0,
+            autoscale,
             weight: file.balancing.worker_weight,
             weights: w.weights.clone(),
         },

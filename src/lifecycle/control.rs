@@ -42,6 +42,51 @@ fn auto_strategy_step(shared: &Shared) {
     }
 }
 
+fn autoscale_counter(shared: &Shared) -> prometheus::IntCounterVec {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            crate::observe::names::AUTOSCALE_DECISIONS_TOTAL,
+            "Autoscaling decisions, by direction",
+        ),
+        &["direction"],
+    )
+    .expect("valid metric");
+    let _ = shared.metrics.registry.register(Box::new(c.clone()));
+    c
+}
+
+/// Samples load every tick; decides once a second (see `supervisor/autoscale.rs`).
+fn autoscale_step(
+    shared: &Shared,
+    supervisor: &Arc<Supervisor>,
+    autoscaler: &mut crate::supervisor::autoscale::Autoscaler,
+    decisions: &prometheus::IntCounterVec,
+    n: u64,
+) {
+    let cfg = shared.config.load();
+    let a = &cfg.workers.autoscale;
+    if !a.enabled || shared.is_shutting_down() {
+        return;
+    }
+    let now = Instant::now();
+    let load = shared.metrics.in_flight.get().max(0) as f64 + shared.pool.queue.len() as f64;
+    autoscaler.sample(now, load, a.window);
+    if !n.is_multiple_of(10) || supervisor.busy() {
+        return;
+    }
+    let current = supervisor.len();
+    if let Some(d) = autoscaler.decide(a, current, now) {
+        let direction = if d.target > current { "up" } else { "down" };
+        log::info!(
+            "autoscale: {direction} {current} -> {} workers: {}",
+            d.target,
+            d.reason
+        );
+        decisions.with_label_values(&[direction]).inc();
+        supervisor.scale_to(d.target);
+    }
+}
+
 pub struct ControlHandle {
     pub thread: std::thread::JoinHandle<()>,
 }
@@ -102,7 +147,14 @@ async fn run(
     let supervisor = Supervisor::new(shared.clone());
     let cfg = shared.config();
     crate::balancing::backend::set_latency_decay(cfg.balancing.latency_decay);
-    supervisor.scale_to(cfg.workers.count);
+    let initial = if cfg.workers.autoscale.enabled {
+        cfg.workers
+            .count
+            .clamp(cfg.workers.autoscale.min, cfg.workers.autoscale.max)
+    } else {
+        cfg.workers.count
+    };
+    supervisor.scale_to(initial);
     upstreams::sync(&shared, &cfg);
 
     let app = admin::router(AdminState {
@@ -120,13 +172,23 @@ async fn run(
     });
 
     let ticker_shared = shared.clone();
+    let ticker_supervisor = supervisor.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_TICK);
         let mut n: u64 = 0;
+        let mut autoscaler = crate::supervisor::autoscale::Autoscaler::default();
+        let decisions = autoscale_counter(&ticker_shared);
         loop {
             tick.tick().await;
             ticker_shared.pool.refresh();
             n += 1;
+            autoscale_step(
+                &ticker_shared,
+                &ticker_supervisor,
+                &mut autoscaler,
+                &decisions,
+                n,
+            );
             if let Some(sessions) = ticker_shared.sessions.get() {
                 let every = (ticker_shared
                     .config

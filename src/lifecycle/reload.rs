@@ -86,7 +86,9 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         }
         None => {}
     }
-    if supervisor.len() != count {
+    if new.workers.autoscale.enabled {
+        // The autoscaler owns the pool size; `count` was only the starting size.
+    } else if supervisor.len() != count {
         log::info!("reload: workers {} -> {count}", supervisor.len());
         supervisor.scale_to(count);
     }

@@ -40,3 +40,4 @@ pub const SESSION_STORE_UP: &str = "drover_session_store_up";
 pub const SESSION_LOCK_TIMEOUTS_TOTAL: &str = "drover_session_lock_timeouts_total";
 pub const SESSION_WRITE_CONFLICTS_TOTAL: &str = "drover_session_write_conflicts_total";
 pub const SESSION_DATA_REFUSED_TOTAL: &str = "drover_session_data_refused_total";
+pub const AUTOSCALE_DECISIONS_TOTAL: &str = "drover_autoscale_decisions_total";

@@ -6,6 +6,7 @@
 //! for it to exit or for a command, and act. A process exit removes the backend from
 //! rotation at once, before any health check would notice.
 
+pub mod autoscale;
 pub mod backoff;
 pub mod deploy;
 pub mod spawn;

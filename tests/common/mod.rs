@@ -148,6 +148,17 @@ impl Drover {
     }
 
     pub fn start_with(workers: usize, extra: &str, token: Option<&str>) -> Drover {
+        Self::start_full(workers, "", extra, token)
+    }
+
+    /// Like [`Drover::start_with`], with `worker_keys` (indented YAML) added under
+    /// `workers:`.
+    pub fn start_full(
+        workers: usize,
+        worker_keys: &str,
+        extra: &str,
+        token: Option<&str>,
+    ) -> Drover {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -155,7 +166,7 @@ impl Drover {
         if let Some(t) = token {
             yaml = yaml.replace("admin:\n", &format!("admin:\n  token: {t}\n"));
         }
-        yaml.push_str(&workers_yaml(workers, ""));
+        yaml.push_str(&workers_yaml(workers, worker_keys));
         yaml.push_str(extra);
         yaml.push_str(sessions_default(extra));
         let config_path = dir.path().join("drover.yaml");
