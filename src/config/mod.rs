@@ -5,6 +5,7 @@
 
 mod autoscale;
 mod duration;
+mod edge;
 mod error;
 mod file;
 mod sessions;
@@ -12,6 +13,7 @@ mod validate;
 
 pub use autoscale::*;
 pub use duration::{parse_duration, Dur};
+pub use edge::*;
 pub use error::{locate, ConfigError, ConfigIssue};
 pub use file::*;
 pub use sessions::*;

@@ -24,6 +24,7 @@ pub struct Config {
     pub balancing: BalancingConfig,
     pub health: HealthConfig,
     pub proxy: ProxyConfig,
+    pub forwarded: super::edge::ForwardedConfig,
     pub shutdown_grace: Duration,
     pub breaker: BreakerConfig,
     pub sessions: super::sessions::SessionsConfig,
@@ -476,6 +477,13 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let forwarded = match super::edge::validate_forwarded(&file.forwarded) {
+        Ok(f) => Some(f),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
     let autoscale = match super::autoscale::validate_autoscale(&file.workers.autoscale, MAX_WORKERS)
     {
         Ok(a) => Some(a),
@@ -499,8 +507,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     if !c.issues.is_empty() {
         return Err(c.issues);
     }
-    let (Some(listen), Some(admin_listen), Some(sessions), Some(autoscale)) =
-        (listen, admin_listen, sessions, autoscale)
+    let (Some(listen), Some(admin_listen), Some(sessions), Some(autoscale), Some(forwarded)) =
+        (listen, admin_listen, sessions, autoscale, forwarded)
     else {
         return Err(c.issues);
     };
@@ -557,6 +565,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             keepalive_pool_size: p.keepalive_pool_size,
             keepalive_timeout: p.keepalive_timeout.0,
         },
+        forwarded,
         shutdown_grace: file.shutdown.grace_period.0,
         breaker: BreakerConfig {
             enabled: cb.enabled,

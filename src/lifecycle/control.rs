@@ -213,6 +213,18 @@ async fn run(
     });
 
     let _ = ready.send(Ok(()));
+    // Pingora binds the data plane after this thread is up: tell systemd once it accepts.
+    let listen = cfg.listen;
+    tokio::spawn(async move {
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                super::notify::ready();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        log::warn!("data plane on {listen} did not accept connections within 30 s");
+    });
     log::info!(
         "drover: data plane on {}, admin on {}, {} workers, strategy {}",
         cfg.listen,
@@ -239,6 +251,7 @@ async fn run(
         }
     };
     shared.shutting_down.store(true, Ordering::Release);
+    super::notify::stopping();
     if kind == ShutdownKind::Graceful {
         let grace = shared.config().shutdown_grace;
         let deadline = Instant::now() + grace;

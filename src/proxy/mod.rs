@@ -6,6 +6,7 @@
 //! proxy failure, maybe retry on another backend → response filters (strip internal
 //! headers) → logging (record the outcome once: breaker, balancer, metrics, access log).
 
+pub mod forwarded;
 pub mod headers;
 
 use crate::balancing::consistent_hash::fnv1a;
@@ -50,22 +51,22 @@ pub struct RequestCtx {
     reject: Option<&'static str>,
     /// The request's sticky session, when sessions are on.
     session: Option<SessionCtx>,
+    /// The client's address (the TCP peer, or what a trusted proxy reported).
+    client_ip: Option<std::net::IpAddr>,
 }
 
-fn client_ip_hash(session: &Session) -> u64 {
-    match session.client_addr().and_then(|a| a.as_inet()) {
-        Some(a) => match a.ip() {
-            std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
-            std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
-        },
+fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
+    match ip {
+        Some(std::net::IpAddr::V4(v4)) => fnv1a(&v4.octets()),
+        Some(std::net::IpAddr::V6(v6)) => fnv1a(&v6.octets()),
         None => 0,
     }
 }
 
-fn hash_key(session: &Session, key: &HashKey) -> u64 {
+fn hash_key(session: &Session, ctx: &RequestCtx, key: &HashKey) -> u64 {
     let req = session.req_header();
     match key {
-        HashKey::ClientIp => client_ip_hash(session),
+        HashKey::ClientIp => ip_hash(ctx.client_ip),
         HashKey::Path => fnv1a(req.uri.path().as_bytes()),
         HashKey::Header(name) => req
             .headers
@@ -94,6 +95,7 @@ impl ProxyHttp for DroverProxy {
             counted: false,
             reject: None,
             session: None,
+            client_ip: None,
         }
     }
 
@@ -109,9 +111,19 @@ impl ProxyHttp for DroverProxy {
             }
             ctx.request_id = Some(id);
         }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
+            let cfg = self.shared.config.load();
+            let client = forwarded::client_ip(&cfg.forwarded, peer, session.req_header());
+            forwarded::apply(&cfg.forwarded, session.req_header_mut(), peer, client);
+            ctx.client_ip = Some(client);
+        }
         if let Some(sessions) = self.shared.sessions.get() {
             sessions.strip_client_headers(session.req_header_mut());
-            let client = client_ip_hash(session);
+            let client = ip_hash(ctx.client_ip);
             ctx.session = Some(sessions.begin(session.req_header(), client).await);
         }
         Ok(false)
@@ -137,7 +149,7 @@ impl ProxyHttp for DroverProxy {
         ctx.tries += 1;
         let cfg = self.shared.config.load();
         let key = if self.shared.pool.selector().needs_key() {
-            hash_key(session, &cfg.balancing.hash_key)
+            hash_key(session, ctx, &cfg.balancing.hash_key)
         } else {
             0
         };
@@ -324,10 +336,13 @@ impl ProxyHttp for DroverProxy {
         }
         if self.shared.config.load().logging.access_log {
             let req = session.req_header();
-            let client = session
-                .client_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let client = match ctx.client_ip {
+                Some(ip) => ip.to_string(),
+                None => session
+                    .client_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            };
             let err = e.map(|e| e.to_string());
             let line = access_log::format(&access_log::AccessRecord {
                 client: &client,

@@ -1,0 +1,216 @@
+//! Client address and the `X-Forwarded-*` / `Forwarded` headers.
+//!
+//! The client is the TCP peer unless the peer is a configured trusted proxy; then the
+//! `X-Forwarded-For` chain is walked from the right, skipping trusted hops, and the first
+//! untrusted address is the client (what nginx's `real_ip_recursive` does). Headers from
+//! an untrusted peer are replaced, never extended, so a client cannot plant an address.
+
+use crate::config::ForwardedConfig;
+use http::header::HOST;
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const X_REAL_IP: &str = "x-real-ip";
+pub const FORWARDED: &str = "forwarded";
+
+fn trusted(cfg: &ForwardedConfig, ip: IpAddr) -> bool {
+    cfg.trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// One hop of `X-Forwarded-For` or a `for=` of `Forwarded`: an IP, maybe quoted,
+/// bracketed or with a port.
+fn parse_hop(text: &str) -> Option<IpAddr> {
+    let t = text.trim().trim_matches('"');
+    if let Ok(ip) = t.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = t.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    t.rsplit_once(':').and_then(|(ip, _port)| ip.parse().ok())
+}
+
+/// The hops a trusted proxy reported, oldest first.
+fn reported_hops(req: &RequestHeader) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for v in req.headers.get_all(X_FORWARDED_FOR) {
+        let Ok(s) = v.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        hops.extend(s.split(',').map(parse_hop));
+    }
+    if hops.is_empty() {
+        for v in req.headers.get_all(FORWARDED) {
+            let Ok(s) = v.to_str() else {
+                hops.push(None);
+                continue;
+            };
+            for element in s.split(',') {
+                let for_ = element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then_some(v)
+                });
+                if let Some(v) = for_ {
+                    hops.push(parse_hop(v));
+                }
+            }
+        }
+    }
+    hops
+}
+
+/// The client's address as drover believes it.
+pub fn client_ip(cfg: &ForwardedConfig, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+    if !trusted(cfg, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in reported_hops(req).into_iter().rev() {
+        match hop {
+            // Garbage in the chain: believe nothing left of it.
+            None => break,
+            Some(ip) => {
+                client = ip;
+                if !trusted(cfg, ip) {
+                    break;
+                }
+            }
+        }
+    }
+    client
+}
+
+/// Rewrites the forwarding headers of the request going to the worker.
+pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, client: IpAddr) {
+    let from_trusted = trusted(cfg, peer);
+    let peer_text = peer.to_string();
+    if !from_trusted {
+        for h in [
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            FORWARDED,
+        ] {
+            if req.headers.contains_key(h) {
+                req.remove_header(h);
+            }
+        }
+    }
+    if !cfg.headers {
+        if req.headers.contains_key(X_REAL_IP) {
+            req.remove_header(X_REAL_IP);
+        }
+        return;
+    }
+    let xff = match req
+        .headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) if from_trusted => format!("{prior}, {peer_text}"),
+        _ => peer_text.clone(),
+    };
+    let _ = req.insert_header(X_FORWARDED_FOR, xff);
+    if from_trusted {
+        if let Some(prior) = req.headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
+            let hop = match peer {
+                IpAddr::V4(_) => format!("{prior}, for={peer_text}"),
+                IpAddr::V6(_) => format!("{prior}, for=\"[{peer_text}]\""),
+            };
+            let _ = req.insert_header(FORWARDED, hop);
+        }
+    }
+    if !req.headers.contains_key(X_FORWARDED_PROTO) {
+        let _ = req.insert_header(X_FORWARDED_PROTO, "http");
+    }
+    if !req.headers.contains_key(X_FORWARDED_HOST) {
+        if let Some(host) = req.headers.get(HOST).cloned() {
+            let _ = req.insert_header(X_FORWARDED_HOST, host);
+        }
+    }
+    let _ = req.insert_header(X_REAL_IP, client.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(trusted: &[&str]) -> ForwardedConfig {
+        ForwardedConfig {
+            headers: true,
+            trusted: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+        }
+    }
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_spoof_and_its_headers_are_replaced() {
+        let c = cfg(&[]);
+        let mut r = req(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("host", "example.com"),
+        ]);
+        let peer = ip("203.0.113.9");
+        let client = client_ip(&c, peer, &r);
+        assert_eq!(client, peer);
+        apply(&c, &mut r, peer, client);
+        assert_eq!(r.headers.get("x-forwarded-for").unwrap(), "203.0.113.9");
+        assert_eq!(r.headers.get("x-real-ip").unwrap(), "203.0.113.9");
+        assert_eq!(r.headers.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(r.headers.get("x-forwarded-host").unwrap(), "example.com");
+        assert!(r.headers.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn a_trusted_chain_is_walked_from_the_right() {
+        let c = cfg(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.2");
+        let r = req(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
+        assert_eq!(client_ip(&c, peer, &r), ip("198.51.100.7"));
+        let split = req(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(client_ip(&c, peer, &split), ip("198.51.100.7"));
+        let fwd = req(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:443\"",
+        )]);
+        assert_eq!(client_ip(&c, peer, &fwd), ip("2001:db8::1"));
+        let garbage = req(&[("x-forwarded-for", "6.6.6.6, nonsense, 10.1.1.1")]);
+        assert_eq!(client_ip(&c, peer, &garbage), ip("10.1.1.1"));
+        let mut r = req(&[("x-forwarded-for", "198.51.100.7")]);
+        apply(&c, &mut r, peer, ip("198.51.100.7"));
+        assert_eq!(
+            r.headers.get("x-forwarded-for").unwrap(),
+            "198.51.100.7, 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn hop_parsing_accepts_ports_brackets_and_quotes() {
+        assert_eq!(parse_hop(" 1.2.3.4 "), Some(ip("1.2.3.4")));
+        assert_eq!(parse_hop("1.2.3.4:80"), Some(ip("1.2.3.4")));
+        assert_eq!(parse_hop("\"[::1]:8080\""), Some(ip("::1")));
+        assert_eq!(parse_hop("unknown"), None);
+        assert_eq!(parse_hop("_hidden"), None);
+    }
+}
