@@ -31,6 +31,8 @@ pub struct Shared {
     pub auto_strategy: AtomicBool,
     /// Why auto picked the current strategy, for `/api/status`.
     pub auto_reason: std::sync::Mutex<String>,
+    /// Faults installed through the chaos admin endpoints.
+    pub chaos: crate::resilience::chaos::Chaos,
     next_backend_id: AtomicU64,
 }
 
@@ -41,6 +43,7 @@ impl Shared {
             config.balancing.strategy.initial(),
             config.balancing.panic_threshold,
         );
+        pool.set_max_ejected_share(config.resilience.max_ejected_share);
         let metrics = Metrics::new();
         metrics.config_version.set(1);
         Arc::new(Shared {
@@ -53,6 +56,7 @@ impl Shared {
             started: Instant::now(),
             auto_strategy: AtomicBool::new(auto),
             auto_reason: std::sync::Mutex::new(String::new()),
+            chaos: Default::default(),
             next_backend_id: AtomicU64::new(1),
         })
     }
@@ -90,12 +94,5 @@ impl Shared {
 }
 
 pub fn breaker_policy(cfg: &Config) -> BreakerPolicy {
-    let b = &cfg.breaker;
-    BreakerPolicy {
-        enabled: b.enabled,
-        consecutive_failures: b.consecutive_failures,
-        open_for: b.open_for,
-        max_open_for: b.max_open_for,
-        half_open_probes: b.half_open_probes,
-    }
+    cfg.breaker.policy
 }

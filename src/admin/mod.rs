@@ -8,11 +8,13 @@
 //! - `POST /api/reload`: re-read the config file (like SIGHUP). Token required.
 //! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live. Token required.
 //! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
+//! - `/api/breakers*`, `/api/chaos*`: see `resilience.rs`.
 //!
 //! When `admin.token` is set, every state-changing endpoint requires
 //! `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod auth;
+mod resilience;
 
 use crate::balancing::StrategyKind;
 use crate::lifecycle::reload;
@@ -43,6 +45,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/reload", post(reload_config))
         .route("/api/strategy", post(set_strategy))
         .route("/api/workers/{id}/drain", post(drain_worker))
+        .merge(resilience::router())
         .with_state(state)
 }
 
@@ -57,6 +60,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .metrics
         .workers_crash_looping
         .set(crash_looping as i64);
+    let res = s.shared.config().resilience.clone();
+    s.shared.metrics.resilience.refresh(&res, &s.shared.pool);
     let body = s.shared.metrics.render(&s.shared.pool);
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

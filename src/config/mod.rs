@@ -6,11 +6,13 @@
 mod duration;
 mod error;
 mod file;
+mod resilience_file;
 mod validate;
 
 pub use duration::{parse_duration, Dur};
 pub use error::{locate, ConfigError, ConfigIssue};
 pub use file::*;
+pub use resilience_file::*;
 pub use validate::*;
 
 use std::path::Path;

@@ -7,6 +7,7 @@
 //! headers) → logging (record the outcome once: breaker, balancer, metrics, access log).
 
 pub mod headers;
+mod resilience;
 
 use crate::balancing::consistent_hash::fnv1a;
 use crate::balancing::queue::QueueRejection;
@@ -14,6 +15,7 @@ use crate::balancing::{InflightGuard, SelectError, SelectLimits};
 use crate::config::Config;
 use crate::config::HashKey;
 use crate::observe::access_log;
+use crate::resilience::classify::Outcome;
 use crate::state::Shared;
 use async_trait::async_trait;
 use pingora_core::prelude::*;
@@ -47,6 +49,8 @@ pub struct RequestCtx {
     counted: bool,
     /// Why drover itself answered 503 (no backend, queue full or timed out).
     reject: Option<&'static str>,
+    /// Route, bulkhead slot, route breaker permit, deadline (`proxy/resilience.rs`).
+    res: resilience::ResCtx,
 }
 
 fn hash_key(session: &Session, key: &HashKey) -> u64 {
@@ -86,6 +90,7 @@ impl ProxyHttp for DroverProxy {
             request_id: None,
             counted: false,
             reject: None,
+            res: Default::default(),
         }
     }
 
@@ -101,7 +106,7 @@ impl ProxyHttp for DroverProxy {
             }
             ctx.request_id = Some(id);
         }
-        Ok(false)
+        self.resilience_request(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -110,6 +115,9 @@ impl ProxyHttp for DroverProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.tries += 1;
+        if let Some(peer) = self.resilience_before_select(ctx).await? {
+            return Ok(peer);
+        }
         let cfg = self.shared.config.load();
         let key = if self.shared.pool.selector().needs_key() {
             hash_key(session, &cfg.balancing.hash_key)
@@ -134,9 +142,11 @@ impl ProxyHttp for DroverProxy {
                 ));
             }
         };
-        let peer = Box::new(guard.backend().peer.clone());
+        let mut peer = Box::new(guard.backend().peer.clone());
         ctx.guard = Some(guard);
         ctx.upstream_start = Some(Instant::now());
+        self.resilience_after_select(session, ctx, &mut peer)
+            .await?;
         Ok(peer)
     }
 
@@ -152,9 +162,12 @@ impl ProxyHttp for DroverProxy {
             .upstream_errors
             .with_label_values(&["connect"])
             .inc();
-        self.settle_failed_attempt(ctx);
+        self.settle_failed_attempt(
+            ctx,
+            Outcome::from_error(&e).unwrap_or(Outcome::ConnectError),
+        );
         // Nothing reached the worker, so any method is safe to send elsewhere.
-        if ctx.tries <= self.shared.config.load().proxy.retries {
+        if ctx.tries <= self.shared.config.load().proxy.retries && self.resilience_may_retry(ctx) {
             self.shared.metrics.retries.inc();
             e.set_retry(true);
         }
@@ -175,7 +188,7 @@ impl ProxyHttp for DroverProxy {
             .upstream_errors
             .with_label_values(&["proxy"])
             .inc();
-        self.settle_failed_attempt(ctx);
+        self.settle_failed_attempt(ctx, Outcome::from_error(&e).unwrap_or(Outcome::Reset));
         // A worker that died mid-request (kill -9) took an idempotent request with it;
         // resend it elsewhere unless the client already saw part of a response or the
         // request body could not be buffered for replay.
@@ -183,7 +196,8 @@ impl ProxyHttp for DroverProxy {
         let retry = idempotent
             && !ctx.response_started
             && !session.as_ref().retry_buffer_truncated()
-            && ctx.tries <= self.shared.config.load().proxy.retries;
+            && ctx.tries <= self.shared.config.load().proxy.retries
+            && self.resilience_may_retry(ctx);
         if retry {
             self.shared.metrics.retries.inc();
         }
@@ -277,8 +291,8 @@ impl ProxyHttp for DroverProxy {
         let mut worker_id = None;
         if let Some(mut guard) = ctx.guard.take() {
             let upstream_elapsed = ctx.upstream_start.map(|s| s.elapsed()).unwrap_or(elapsed);
-            let success = e.is_none() && status != 0 && status < 500;
-            guard.finish(success, upstream_elapsed);
+            let success =
+                Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, success);
             if let Some(h) = b.metrics.get() {
@@ -291,6 +305,7 @@ impl ProxyHttp for DroverProxy {
             backend_name = Some(b.name.clone());
             worker_id = b.worker_id;
         }
+        self.resilience_done(ctx, e, status);
         if self.shared.config.load().logging.access_log {
             let req = session.req_header();
             let client = session
@@ -363,10 +378,10 @@ impl DroverProxy {
 
     /// Records a failed attempt on the current backend and remembers it so a retry goes
     /// elsewhere.
-    fn settle_failed_attempt(&self, ctx: &mut RequestCtx) {
+    fn settle_failed_attempt(&self, ctx: &mut RequestCtx, outcome: Outcome) {
         if let Some(mut guard) = ctx.guard.take() {
             let elapsed = ctx.upstream_start.map(|s| s.elapsed()).unwrap_or_default();
-            guard.finish(false, elapsed);
+            guard.finish(outcome, elapsed);
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, false);
             if let Some(h) = b.metrics.get() {
