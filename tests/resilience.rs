@@ -207,10 +207,10 @@ fn half_open_admits_at_most_k_probes_closes_on_recovery_and_reopens_on_a_failed_
         to_worker_0, 2,
         "HALF_OPEN admits exactly K = 2 of 50 concurrent requests"
     );
-    assert_eq!(
-        breaker(&d, "worker-0")["state"],
-        "closed",
-        "2 probes succeeded"
+    assert!(
+        wait_until(Duration::from_secs(2), || breaker(&d, "worker-0")["state"]
+            == "closed"),
+        "2 probes succeeded, so it closed"
     );
     std::fs::remove_file(file(&dir, "slow-0")).unwrap();
 
