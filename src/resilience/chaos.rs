@@ -3,7 +3,8 @@
 //!
 //! Faults are installed through the admin API (token required, and only with
 //! `chaos.enabled: true`). The data plane pays one relaxed atomic load per request
-//! while no fault is installed; with faults, an `ArcSwap` load and a short scan.
+//! until a fault is first installed (and again after `clear`); with faults, an
+//! `ArcSwap` load and a short scan.
 //! Every injected fault is counted (`drover_chaos_injected_total{kind,target}`) and
 //! logged on the `chaos` log target, so a drill never looks like a real incident.
 
@@ -196,14 +197,14 @@ impl Chaos {
         if !self.active.load(Ordering::Relaxed) {
             return None;
         }
+        // Expired faults stay in the list (skipped) until the next `add` or `clear`;
+        // clearing `active` here could race with a concurrent `add` and hide its fault.
         let faults = self.faults.load();
         let now = Instant::now();
-        let mut live = false;
         for f in faults.iter() {
             if f.until <= now {
                 continue;
             }
-            live = true;
             let hit = match &f.target {
                 Target::All => true,
                 Target::Route(r) => route == Some(r.as_str()),
@@ -212,10 +213,6 @@ impl Chaos {
             if hit && unit < f.share {
                 return Some((f.kind, f.label.clone()));
             }
-        }
-        if !live {
-            // Everything expired: go back to the one-load fast path.
-            self.active.store(false, Ordering::Relaxed);
         }
         None
     }
