@@ -8,6 +8,11 @@
 //!   weights cycle 1, 2, 3; every backend has a latency sample, as in steady state.
 //! - `breaker/*`: a closed breaker's `try_acquire` + `record`, for a success and for a
 //!   failure that stays below the trip threshold (the lock-free fast path).
+//! - `breaker/closed/*` also with the default rolling window (failure_ratio) and
+//!   without it; the failure case pays the full rule evaluation (window scan).
+//! - `rate_limit/check/*`: one limiter decision for 1024 rotating clients (allowed) and
+//!   for one client over its limit (denied). `retry_budget/on_request`: counting a
+//!   request in the budget window (includes reading the clock).
 //! - `access_log/format/typical`: formatting one JSON access-log line.
 //! - `headers/*`: `strip_internal_request` on 8 ordinary headers (none internal, the
 //!   common case) and with one `x-drover-` header added; `request_id` when the client
@@ -26,6 +31,9 @@ use drover::balancing::{Backend, BackendState, Pool, StrategyKind};
 use drover::observe::access_log::{self, AccessRecord};
 use drover::proxy::headers;
 use drover::resilience::breaker::{Breaker, BreakerPolicy};
+use drover::resilience::classify::{Classifier, Outcome};
+use drover::resilience::rate_limit::{LimitKey, RateLimiter, RatePolicy};
+use drover::resilience::retry::{BudgetPolicy, RetryBudget};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::hint::black_box;
@@ -48,6 +56,12 @@ fn default_breaker_policy() -> BreakerPolicy {
         open_for: Duration::from_secs(5),
         max_open_for: Duration::from_secs(60),
         half_open_probes: 1,
+        failure_ratio: 0.5,
+        slow_call_ratio: 0.0,
+        slow_call_duration: Duration::from_secs(1),
+        min_requests: 20,
+        window: Duration::from_secs(10),
+        failure_on: Classifier::default(),
     }
 }
 
@@ -101,23 +115,76 @@ fn select(c: &mut Criterion) {
 
 fn breaker(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker");
+    let ok = Outcome::Status(200);
+    let lat = Duration::from_millis(2);
     let closed = Breaker::new(default_breaker_policy());
     group.bench_function("closed/acquire_record_success", |b| {
         b.iter(|| {
             let mut permit = closed.try_acquire().expect("closed breaker admits");
-            closed.record(&mut permit, black_box(true));
+            closed.record(&mut permit, black_box(ok), lat)
         })
     });
-    // A threshold no benchmark run can reach, so every failure stays on the closed path.
+    let consecutive_only = Breaker::new(BreakerPolicy {
+        failure_ratio: 0.0,
+        ..default_breaker_policy()
+    });
+    group.bench_function("closed/acquire_record_success_no_window", |b| {
+        b.iter(|| {
+            let mut permit = consecutive_only
+                .try_acquire()
+                .expect("closed breaker admits");
+            consecutive_only.record(&mut permit, black_box(ok), lat)
+        })
+    });
+    // Thresholds no benchmark run can reach, so every failure stays on the closed path
+    // and pays the full rule evaluation (a window scan).
     let never_trips = Breaker::new(BreakerPolicy {
         consecutive_failures: u32::MAX,
+        min_requests: u32::MAX,
         ..default_breaker_policy()
     });
     group.bench_function("closed/acquire_record_failure", |b| {
         b.iter(|| {
             let mut permit = never_trips.try_acquire().expect("closed breaker admits");
-            never_trips.record(&mut permit, black_box(false));
+            never_trips.record(&mut permit, black_box(Outcome::Status(503)), lat)
         })
+    });
+    group.finish();
+}
+
+fn resilience(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate_limit");
+    let keys: Vec<u64> = (0..KEYS as u64).map(|k| fnv1a(&k.to_le_bytes())).collect();
+    let limiter = |rps: f64| {
+        RateLimiter::new(RatePolicy {
+            requests_per_second: rps,
+            burst: 20,
+            key: LimitKey::ClientIp,
+            slots: 65536,
+        })
+    };
+    let roomy = limiter(1e6);
+    let mut i = 0usize;
+    group.bench_function("check/allow_1024_clients", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            roomy.check(black_box(keys[i & (KEYS - 1)]))
+        })
+    });
+    let tight = limiter(0.001);
+    for _ in 0..100 {
+        tight.check(keys[0]);
+    }
+    group.bench_function("check/deny", |b| b.iter(|| tight.check(black_box(keys[0]))));
+    group.finish();
+    let mut group = c.benchmark_group("retry_budget");
+    let budget = RetryBudget::new(BudgetPolicy {
+        ratio: 0.2,
+        min_per_second: 10,
+        window: Duration::from_secs(10),
+    });
+    group.bench_function("on_request", |b| {
+        b.iter(|| budget.on_request(black_box(std::time::Instant::now())))
     });
     group.finish();
 }
@@ -250,6 +317,7 @@ criterion_group!(
     benches,
     select,
     breaker,
+    resilience,
     access_log,
     header_hygiene,
     hashing,

@@ -33,6 +33,8 @@ pub struct Shared {
     pub auto_reason: std::sync::Mutex<String>,
     /// Sticky sessions, when `sessions.enabled` at start.
     pub sessions: std::sync::OnceLock<Arc<crate::sessions::SessionService>>,
+    /// Faults installed through the chaos admin endpoints.
+    pub chaos: crate::resilience::chaos::Chaos,
     next_backend_id: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl Shared {
             config.balancing.strategy.initial(),
             config.balancing.panic_threshold,
         );
+        pool.set_max_ejected_share(config.resilience.max_ejected_share);
         let metrics = Metrics::new();
         metrics.config_version.set(1);
         Arc::new(Shared {
@@ -56,6 +59,7 @@ impl Shared {
             auto_strategy: AtomicBool::new(auto),
             auto_reason: std::sync::Mutex::new(String::new()),
             sessions: std::sync::OnceLock::new(),
+            chaos: Default::default(),
             next_backend_id: AtomicU64::new(1),
         })
     }
@@ -93,12 +97,5 @@ impl Shared {
 }
 
 pub fn breaker_policy(cfg: &Config) -> BreakerPolicy {
-    let b = &cfg.breaker;
-    BreakerPolicy {
-        enabled: b.enabled,
-        consecutive_failures: b.consecutive_failures,
-        open_for: b.open_for,
-        max_open_for: b.max_open_for,
-        half_open_probes: b.half_open_probes,
-    }
+    cfg.breaker.policy
 }

@@ -11,12 +11,14 @@
 //! - `GET /api/config`, `POST /api/deploy`, `POST /api/rollback`, `POST /api/workers/restart`:
 //!   see `operations.rs`.
 //! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
+//! - `/api/breakers*`, `/api/chaos*`: see `resilience.rs`.
 //!
 //! When `admin.token` is set, every state-changing endpoint requires
 //! `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod auth;
 mod operations;
+mod resilience;
 mod sessions;
 
 use crate::balancing::StrategyKind;
@@ -53,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/reload", post(reload_config))
         .route("/api/strategy", post(set_strategy))
         .route("/api/workers/{id}/drain", post(drain_worker))
+        .merge(resilience::router())
         .with_state(state)
 }
 
@@ -67,6 +70,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .metrics
         .workers_crash_looping
         .set(crash_looping as i64);
+    let res = s.shared.config().resilience.clone();
+    s.shared.metrics.resilience.refresh(&res, &s.shared.pool);
     let body = s.shared.metrics.render(&s.shared.pool);
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

@@ -5,7 +5,9 @@
 //! switching strategy (or rebuilding the eligible set) loses nothing; Pingora's own
 //! selectors are rebuilt on every update and drop such state (pingora issue #269).
 
-use crate::resilience::breaker::{Breaker, Permit};
+use crate::resilience::breaker::Breaker;
+pub use crate::resilience::breaker::Permit;
+use crate::resilience::classify::Outcome;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -311,15 +313,17 @@ impl InflightGuard {
     }
 
     /// Reports the request's outcome to the backend's breaker and latency estimate.
-    pub fn finish(&mut self, success: bool, latency: Duration) {
+    /// Returns whether it succeeded by the breaker's `failure_on` rule.
+    pub fn finish(&mut self, outcome: Outcome, latency: Duration) -> bool {
         let b = &self.backend;
-        if success {
-            b.observe_latency(latency);
-        } else {
+        let failure = b.breaker.record(&mut self.permit, outcome, latency);
+        if failure {
             b.record_failure();
             b.observe_latency(latency.max(ERROR_PENALTY));
+        } else {
+            b.observe_latency(latency);
         }
-        b.breaker.record(&mut self.permit, success);
+        !failure
     }
 }
 

@@ -96,6 +96,9 @@ pub struct Selector {
     pub backends: Vec<Arc<Backend>>,
     /// True when too few backends are healthy and traffic spreads over all of them.
     pub panic: bool,
+    /// True when breakers would eject more than `max_ejected_share` of the backends in
+    /// rotation: open breakers are ignored and traffic spreads over all of them.
+    pub breakers_capped: bool,
     algorithm: Algorithm,
     /// Ring for sticky sessions whatever the strategy; built on first use per snapshot.
     affinity: std::sync::OnceLock<consistent_hash::Ring>,
@@ -121,6 +124,7 @@ impl Selector {
             kind,
             backends,
             panic,
+            breakers_capped: false,
             algorithm,
             affinity: std::sync::OnceLock::new(),
         }
@@ -165,6 +169,8 @@ pub struct Pool {
     /// Below this share of healthy backends, spread over all (Envoy's panic threshold).
     panic_threshold: Mutex<f64>,
     in_panic: AtomicBool,
+    /// Most share of in-rotation backends breakers may eject (1.0 = no cap).
+    max_ejected_share: Mutex<f64>,
     pub queue: Arc<queue::QueueSignal>,
 }
 
@@ -193,6 +199,7 @@ impl Pool {
             rebuild: Mutex::new(()),
             panic_threshold: Mutex::new(panic_threshold),
             in_panic: AtomicBool::new(false),
+            max_ejected_share: Mutex::new(1.0),
             queue: Arc::new(queue::QueueSignal::default()),
         }
     }
@@ -249,6 +256,13 @@ impl Pool {
         self.refresh();
     }
 
+    pub fn set_max_ejected_share(&self, share: f64) {
+        if let Ok(mut s) = self.max_ejected_share.lock() {
+            *s = share;
+        }
+        self.refresh();
+    }
+
     pub fn in_panic(&self) -> bool {
         self.in_panic.load(Ordering::Relaxed)
     }
@@ -256,9 +270,10 @@ impl Pool {
     /// Recomputes the eligible set if any backend's health or breaker changed.
     pub fn refresh(&self) {
         let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let (eligible, panic) = self.eligible();
+        let (eligible, panic, capped) = self.eligible();
         let cur = self.selector.load();
         let same = cur.panic == panic
+            && cur.breakers_capped == capped
             && cur.backends.len() == eligible.len()
             && cur
                 .backends
@@ -270,7 +285,8 @@ impl Pool {
         }
     }
 
-    fn eligible(&self) -> (Vec<Arc<Backend>>, bool) {
+    /// (eligible backends, panic mode, breaker ejection capped).
+    fn eligible(&self) -> (Vec<Arc<Backend>>, bool, bool) {
         let members = self.members.load();
         let serving: Vec<_> = members
             .iter()
@@ -280,11 +296,20 @@ impl Pool {
             })
             .cloned()
             .collect();
-        let healthy: Vec<_> = serving
+        let rotation: Vec<_> = serving
             .iter()
-            .filter(|b| b.in_rotation() && b.breaker.admits_traffic())
+            .filter(|b| b.in_rotation())
             .cloned()
             .collect();
+        let admitting: Vec<_> = rotation
+            .iter()
+            .filter(|b| b.breaker.admits_traffic())
+            .cloned()
+            .collect();
+        let max_ejected = self.max_ejected_share.lock().map(|s| *s).unwrap_or(1.0);
+        let ejected = rotation.len() - admitting.len();
+        let capped = ejected > 0 && ejected as f64 > max_ejected * rotation.len() as f64;
+        let healthy = if capped { rotation } else { admitting };
         let threshold = self.panic_threshold.lock().map(|t| *t).unwrap_or(0.5);
         let share = if serving.is_empty() {
             1.0
@@ -292,15 +317,21 @@ impl Pool {
             healthy.len() as f64 / serving.len() as f64
         };
         if share < threshold && !serving.is_empty() {
-            (serving, true)
+            (serving, true, capped)
         } else {
-            (healthy, false)
+            (healthy, false, capped)
         }
     }
 
     fn rebuild_locked(&self, kind: Option<StrategyKind>) {
         let kind = kind.unwrap_or_else(|| self.selector.load().kind);
-        let (eligible, panic) = self.eligible();
+        let (eligible, panic, capped) = self.eligible();
+        if capped && !self.selector.load().breakers_capped {
+            log::warn!(
+                "breakers: more than the allowed share of backends would be ejected; ignoring open breakers and balancing over all {}",
+                eligible.len()
+            );
+        }
         let was = self.in_panic.swap(panic, Ordering::Relaxed);
         if panic && !was {
             log::warn!(
@@ -311,8 +342,19 @@ impl Pool {
         } else if was && !panic {
             log::info!("balancing: panic mode over");
         }
-        self.selector
-            .store(Arc::new(Selector::new(kind, eligible, panic)));
+        let mut sel = Selector::new(kind, eligible, panic);
+        sel.breakers_capped = capped;
+        self.selector.store(Arc::new(sel));
+    }
+
+    /// The breaker's permit; when open breakers are ignored (ejection cap, panic mode),
+    /// an untracked permit instead of a refusal.
+    fn permit(sel: &Selector, b: &Backend) -> Option<backend::Permit> {
+        let p = b.breaker.try_acquire();
+        if p.is_none() && (sel.breakers_capped || sel.panic) {
+            return Some(backend::Permit::none());
+        }
+        p
     }
 
     /// Picks a backend for a request and takes an in-flight slot on it. `key` feeds
@@ -407,14 +449,14 @@ impl Pool {
                     continue;
                 }
             }
-            if let Some(permit) = b.breaker.try_acquire() {
+            if let Some(permit) = Self::permit(sel, b) {
                 b.count_selection(sel.kind.index());
                 return Ok(b.begin(permit));
             }
         }
         // Slow start only shapes the share; it never turns a request away.
         if let Some(b) = throttled {
-            if let Some(permit) = b.breaker.try_acquire() {
+            if let Some(permit) = Self::permit(sel, b) {
                 b.count_selection(sel.kind.index());
                 return Ok(b.begin(permit));
             }

@@ -36,6 +36,9 @@ pub struct FileConfig {
     pub sessions: SessionsFile,
     pub circuit_breaker: CircuitBreakerFile,
     pub logging: LoggingFile,
+    pub routes: Vec<super::RouteFile>,
+    pub rate_limit: super::RateLimitFile,
+    pub chaos: super::ChaosFile,
 }
 
 impl Default for FileConfig {
@@ -55,6 +58,9 @@ impl Default for FileConfig {
             sessions: SessionsFile::default(),
             circuit_breaker: CircuitBreakerFile::default(),
             logging: LoggingFile::default(),
+            routes: Vec::new(),
+            rate_limit: super::RateLimitFile::default(),
+            chaos: super::ChaosFile::default(),
         }
     }
 }
@@ -251,6 +257,11 @@ pub struct ProxyFile {
     pub keepalive_pool_size: usize,
     /// Idle upstream connections are closed after this long.
     pub keepalive_timeout: Dur,
+    /// Upper bound on a request's time to its response headers, retries and backoff
+    /// included; 0s = none.
+    pub total_timeout: Dur,
+    pub retry_backoff: super::RetryBackoffFile,
+    pub retry_budget: super::RetryBudgetFile,
 }
 
 impl Default for ProxyFile {
@@ -261,6 +272,9 @@ impl Default for ProxyFile {
             read_timeout: Dur::secs(60),
             keepalive_pool_size: 1024,
             keepalive_timeout: Dur::secs(60),
+            total_timeout: Dur::secs(0),
+            retry_backoff: super::RetryBackoffFile::default(),
+            retry_budget: super::RetryBudgetFile::default(),
         }
     }
 }
@@ -292,6 +306,20 @@ pub struct CircuitBreakerFile {
     pub max_open_for: Dur,
     /// Probe requests allowed at once while half-open.
     pub half_open_probes: u32,
+    /// Open when failures / requests over `window` reach this (0 = rule off)...
+    pub failure_ratio: f64,
+    /// ...or when calls slower than `slow_call_duration` reach this share (0 = off)...
+    pub slow_call_ratio: f64,
+    pub slow_call_duration: Dur,
+    /// ...once the window holds at least this many requests.
+    pub min_requests: u32,
+    pub window: Dur,
+    /// Outcomes that count as failures: connect_error, timeout, reset, 4xx, 5xx, or a
+    /// status such as 429.
+    pub failure_on: Vec<String>,
+    /// Never eject more than this share of the workers by breaker; beyond it, balance
+    /// over all of them rather than concentrate the load on the rest.
+    pub max_ejected_share: f64,
 }
 
 impl Default for CircuitBreakerFile {
@@ -302,6 +330,15 @@ impl Default for CircuitBreakerFile {
             open_for: Dur::secs(5),
             max_open_for: Dur::secs(60),
             half_open_probes: 1,
+            failure_ratio: 0.5,
+            slow_call_ratio: 0.0,
+            slow_call_duration: Dur::secs(1),
+            min_requests: 20,
+            window: Dur::secs(10),
+            failure_on: crate::resilience::classify::DEFAULT_FAILURE_ON
+                .map(String::from)
+                .to_vec(),
+            max_ejected_share: 0.5,
         }
     }
 }

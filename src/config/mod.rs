@@ -8,6 +8,7 @@ mod duration;
 mod edge;
 mod error;
 mod file;
+mod resilience_file;
 mod sessions;
 mod validate;
 
@@ -16,6 +17,7 @@ pub use duration::{parse_duration, Dur};
 pub use edge::*;
 pub use error::{locate, ConfigError, ConfigIssue};
 pub use file::*;
+pub use resilience_file::*;
 pub use sessions::*;
 pub use validate::*;
 

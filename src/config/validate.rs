@@ -29,6 +29,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub sessions: super::sessions::SessionsConfig,
     pub logging: LoggingConfig,
+    /// Routes, rate limits, retry pacing and budget (`crate::resilience::config`).
+    pub resilience: std::sync::Arc<crate::resilience::config::Resilience>,
     /// The parsed file, kept to show the running config (`/api/config`).
     pub file: FileConfig,
 }
@@ -163,13 +165,15 @@ pub struct ProxyConfig {
     pub keepalive_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
     pub enabled: bool,
     pub consecutive_failures: u32,
     pub open_for: Duration,
     pub max_open_for: Duration,
     pub half_open_probes: u32,
+    /// Every rule of `circuit_breaker`, validated (what worker breakers are built from).
+    pub policy: crate::resilience::breaker::BreakerPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,25 +438,9 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     }
 
     let cb = &file.circuit_breaker;
-    c.range_u32(
-        "circuit_breaker.consecutive_failures",
-        cb.consecutive_failures,
-        1,
-        10_000,
-    );
-    c.range_u32(
-        "circuit_breaker.half_open_probes",
-        cb.half_open_probes,
-        1,
-        1000,
-    );
-    c.positive("circuit_breaker.open_for", cb.open_for.0);
-    if cb.max_open_for.0 < cb.open_for.0 {
-        c.fail(
-            "circuit_breaker.max_open_for",
-            "must be at least `open_for`",
-        );
-    }
+    let breaker_policy =
+        crate::resilience::config::breaker_policy(cb, "circuit_breaker", &mut c.issues);
+    let resilience = crate::resilience::config::build(&file, &mut c.issues);
 
     let level = match file.logging.level.to_ascii_lowercase().as_str() {
         "off" => log::LevelFilter::Off,
@@ -573,12 +561,14 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             open_for: cb.open_for.0,
             max_open_for: cb.max_open_for.0,
             half_open_probes: cb.half_open_probes,
+            policy: breaker_policy,
         },
         sessions,
         logging: LoggingConfig {
             level,
             access_log: file.logging.access_log,
         },
+        resilience: std::sync::Arc::new(resilience),
         file,
     })
 }

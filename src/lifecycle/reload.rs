@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// Returns the new config version, or why the file was rejected.
 pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64, String> {
-    let new = match config::load(&shared.config_path) {
+    let mut new = match config::load(&shared.config_path) {
         Ok(c) => c,
         Err(e) => {
             shared
@@ -47,6 +47,10 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         || old.workers.args != new.workers.args
         || old.workers.env != new.workers.env;
     let count = new.workers.count;
+    crate::resilience::config::adopt(&mut new, &old);
+    shared
+        .pool
+        .set_max_ejected_share(new.resilience.max_ejected_share);
     let level = new.logging.level;
     let new = Arc::new(new);
     shared.config.store(new.clone());

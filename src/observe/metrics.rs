@@ -46,6 +46,7 @@ pub struct Metrics {
     pub queue_rejected: IntCounterVec,
     backend_selections: IntCounterVec,
     breaker_seen: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
+    pub resilience: crate::resilience::metrics::ResilienceMetrics,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -303,6 +304,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             breaker_seen: Default::default(),
+            resilience: crate::resilience::metrics::ResilienceMetrics::new(&r),
             registry: r,
         };
         for reason in ["full", "timeout"] {

@@ -8,6 +8,7 @@
 
 pub mod forwarded;
 pub mod headers;
+mod resilience;
 
 use crate::balancing::consistent_hash::fnv1a;
 use crate::balancing::queue::QueueRejection;
@@ -15,6 +16,7 @@ use crate::balancing::{InflightGuard, SelectError, SelectLimits};
 use crate::config::Config;
 use crate::config::HashKey;
 use crate::observe::access_log;
+use crate::resilience::classify::Outcome;
 use crate::sessions::SessionCtx;
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -53,6 +55,8 @@ pub struct RequestCtx {
     session: Option<SessionCtx>,
     /// The client's address (the TCP peer, or what a trusted proxy reported).
     client_ip: Option<std::net::IpAddr>,
+    /// Route, bulkhead slot, route breaker permit, deadline (`proxy/resilience.rs`).
+    res: resilience::ResCtx,
 }
 
 fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
@@ -96,6 +100,7 @@ impl ProxyHttp for DroverProxy {
             reject: None,
             session: None,
             client_ip: None,
+            res: Default::default(),
         }
     }
 
@@ -120,6 +125,10 @@ impl ProxyHttp for DroverProxy {
             let client = forwarded::client_ip(&cfg.forwarded, peer, session.req_header());
             forwarded::apply(&cfg.forwarded, session.req_header_mut(), peer, client);
             ctx.client_ip = Some(client);
+        }
+        // Rate limits, bulkheads and route breakers answer before any session work.
+        if self.resilience_request(session, ctx).await? {
+            return Ok(true);
         }
         if let Some(sessions) = self.shared.sessions.get() {
             sessions.strip_client_headers(session.req_header_mut());
@@ -147,6 +156,9 @@ impl ProxyHttp for DroverProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.tries += 1;
+        if let Some(peer) = self.resilience_before_select(ctx).await? {
+            return Ok(peer);
+        }
         let cfg = self.shared.config.load();
         let key = if self.shared.pool.selector().needs_key() {
             hash_key(session, ctx, &cfg.balancing.hash_key)
@@ -171,9 +183,11 @@ impl ProxyHttp for DroverProxy {
                 ));
             }
         };
-        let peer = Box::new(guard.backend().peer.clone());
+        let mut peer = Box::new(guard.backend().peer.clone());
         ctx.guard = Some(guard);
         ctx.upstream_start = Some(Instant::now());
+        self.resilience_after_select(session, ctx, &mut peer)
+            .await?;
         Ok(peer)
     }
 
@@ -189,9 +203,12 @@ impl ProxyHttp for DroverProxy {
             .upstream_errors
             .with_label_values(&["connect"])
             .inc();
-        self.settle_failed_attempt(ctx);
+        self.settle_failed_attempt(
+            ctx,
+            Outcome::from_error(&e).unwrap_or(Outcome::ConnectError),
+        );
         // Nothing reached the worker, so any method is safe to send elsewhere.
-        if ctx.tries <= self.shared.config.load().proxy.retries {
+        if ctx.tries <= self.shared.config.load().proxy.retries && self.resilience_may_retry(ctx) {
             self.shared.metrics.retries.inc();
             e.set_retry(true);
         }
@@ -212,7 +229,7 @@ impl ProxyHttp for DroverProxy {
             .upstream_errors
             .with_label_values(&["proxy"])
             .inc();
-        self.settle_failed_attempt(ctx);
+        self.settle_failed_attempt(ctx, Outcome::from_error(&e).unwrap_or(Outcome::Reset));
         // A worker that died mid-request (kill -9) took an idempotent request with it;
         // resend it elsewhere unless the client already saw part of a response or the
         // request body could not be buffered for replay.
@@ -220,7 +237,8 @@ impl ProxyHttp for DroverProxy {
         let retry = idempotent
             && !ctx.response_started
             && !session.as_ref().retry_buffer_truncated()
-            && ctx.tries <= self.shared.config.load().proxy.retries;
+            && ctx.tries <= self.shared.config.load().proxy.retries
+            && self.resilience_may_retry(ctx);
         if retry {
             self.shared.metrics.retries.inc();
         }
@@ -251,7 +269,10 @@ impl ProxyHttp for DroverProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
-                ErrorSource::Upstream => 502,
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::ConnectTimedout => 504,
+                    _ => 502,
+                },
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
@@ -320,8 +341,8 @@ impl ProxyHttp for DroverProxy {
         let mut worker_id = None;
         if let Some(mut guard) = ctx.guard.take() {
             let upstream_elapsed = ctx.upstream_start.map(|s| s.elapsed()).unwrap_or(elapsed);
-            let success = e.is_none() && status != 0 && status < 500;
-            guard.finish(success, upstream_elapsed);
+            let success =
+                Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, success);
             if let Some(h) = b.metrics.get() {
@@ -334,6 +355,7 @@ impl ProxyHttp for DroverProxy {
             backend_name = Some(b.name.clone());
             worker_id = b.worker_id;
         }
+        self.resilience_done(ctx, e, status);
         if self.shared.config.load().logging.access_log {
             let req = session.req_header();
             let client = match ctx.client_ip {
@@ -433,10 +455,10 @@ impl DroverProxy {
 
     /// Records a failed attempt on the current backend and remembers it so a retry goes
     /// elsewhere.
-    fn settle_failed_attempt(&self, ctx: &mut RequestCtx) {
+    fn settle_failed_attempt(&self, ctx: &mut RequestCtx, outcome: Outcome) {
         if let Some(mut guard) = ctx.guard.take() {
             let elapsed = ctx.upstream_start.map(|s| s.elapsed()).unwrap_or_default();
-            guard.finish(false, elapsed);
+            guard.finish(outcome, elapsed);
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, false);
             if let Some(h) = b.metrics.get() {

@@ -1,3 +1,15 @@
-//! Resilience: keeping traffic off backends that are failing.
+//! Resilience: keeping traffic off what is failing and keeping drover serving anyway.
+//!
+//! - `breaker`: circuit breaker state machine (per worker and per route).
+//! - `classify`: what counts as a failure.
+//! - `window`: lock-free rolling window of counts (breaker ratios, retry budget).
 
 pub mod breaker;
+pub mod chaos;
+pub mod classify;
+pub mod config;
+pub mod metrics;
+pub mod rate_limit;
+pub mod retry;
+pub mod routes;
+pub mod window;

@@ -156,6 +156,7 @@ impl SessionService {
             open_for: Duration::from_millis(500),
             max_open_for: Duration::from_secs(5),
             half_open_probes: 1,
+            ..BreakerPolicy::disabled()
         });
         store_breaker.set_name("session-store");
         let metrics = metrics::SessionMetrics::new(registry);
@@ -272,14 +273,16 @@ impl SessionService {
         };
         let start = Instant::now();
         let r = call.await;
-        self.metrics
-            .store_duration
-            .observe(start.elapsed().as_secs_f64());
+        let took = start.elapsed();
+        self.metrics.store_duration.observe(took.as_secs_f64());
+        let now = Instant::now();
         match &r {
             // A lock held elsewhere is the store working as intended.
-            Ok(_) | Err(StoreError::Locked) => self.store_breaker.record(&mut permit, true),
+            Ok(_) | Err(StoreError::Locked) => {
+                self.store_breaker.record_at(&mut permit, false, took, now)
+            }
             Err(e) => {
-                self.store_breaker.record(&mut permit, false);
+                self.store_breaker.record_at(&mut permit, true, took, now);
                 if !matches!(e, StoreError::Timeout) {
                     log::warn!("sessions: {e}");
                 }

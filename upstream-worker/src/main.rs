@@ -11,7 +11,9 @@
 //! - `HEALTH_FAIL_FILE`: while this file exists, `/health` answers 503.
 //! - `SLOW_FILE`: while this file exists, every request but `/health` first
 //!   sleeps the number of milliseconds written in it (latency chaos for tests).
-//! - `{id}` in either path is replaced by `WORKER_ID`.
+//! - `FAIL_FILE`: while this file exists, every request but `/health` answers 500
+//!   (a worker that is up and healthy-looking but failing: breaker tests).
+//! - `{id}` in any of these paths is replaced by `WORKER_ID`.
 //! - `DROVER_PARENT_PID`: exit when the parent changes (orphan backstop).
 //! - `WORKER_VERSION`: echoed in `X-Worker-Version` on every response.
 //!
@@ -96,6 +98,7 @@ struct Config {
     threads: usize,
     health_fail_file: Option<PathBuf>,
     slow_file: Option<PathBuf>,
+    fail_file: Option<PathBuf>,
     parent_pid: Option<u32>,
 }
 
@@ -126,6 +129,7 @@ impl Config {
             threads: parsed("WORKER_THREADS", 1)?,
             health_fail_file: var("HEALTH_FAIL_FILE").map(|f| per_worker_path(&f, &id_text)),
             slow_file: var("SLOW_FILE").map(|f| per_worker_path(&f, &id_text)),
+            fail_file: var("FAIL_FILE").map(|f| per_worker_path(&f, &id_text)),
             parent_pid: match var("DROVER_PARENT_PID") {
                 Some(_) => Some(parsed("DROVER_PARENT_PID", 0)?),
                 None => None,
@@ -178,6 +182,7 @@ async fn serve(config: Config) -> i32 {
         config.id,
         config.health_fail_file,
         config.slow_file,
+        config.fail_file,
         config.threads > 1,
     )));
     let pid = std::process::id();

@@ -43,6 +43,7 @@ pub struct Worker {
     hello: Bytes,
     health_fail_file: Option<PathBuf>,
     slow_file: Option<PathBuf>,
+    fail_file: Option<PathBuf>,
     multi_thread: bool,
 }
 
@@ -51,6 +52,7 @@ impl Worker {
         id: u64,
         health_fail_file: Option<PathBuf>,
         slow_file: Option<PathBuf>,
+        fail_file: Option<PathBuf>,
         multi_thread: bool,
     ) -> Self {
         // Leaked once per process so every response clones a static header
@@ -66,6 +68,7 @@ impl Worker {
             hello: Bytes::from_static(leak(format!("hello from worker {id}\n")).as_bytes()),
             health_fail_file,
             slow_file,
+            fail_file,
             multi_thread,
         }
     }
@@ -99,6 +102,13 @@ async fn route(w: &'static Worker, req: Request<Incoming>) -> Resp {
             let ms = ms.trim().parse::<u64>().unwrap_or(0).min(MAX_MS);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+    }
+    if path != "/health" && w.fail_file.as_ref().is_some_and(|f| f.exists()) {
+        drain(body).await;
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from_static(b"failing (FAIL_FILE)\n"),
+        );
     }
     if path == "/echo" {
         return echo(w, &parts, body).await;

@@ -1,0 +1,220 @@
+//! Admin endpoints of the resilience features (merged into the admin router).
+//!
+//! - `GET /api/breakers`: every breaker (workers `worker-N`, routes `route:NAME`) with
+//!   state, reason of the last trip, time left open, window counts; the retry budget.
+//! - `POST /api/breakers/{name}/{open|close|reset}`: force a breaker. Token required.
+//! - `GET /api/chaos`: installed faults. `POST /api/chaos/faults` installs one, e.g.
+//!   `{"target": {"worker": 1}, "kind": "error", "status": 500, "share": 0.5,
+//!   "duration_s": 30}` (kinds: `latency` + `ms`, `error` + `status`, `reset`; targets:
+//!   `{"route": NAME}`, `{"worker": ID}`, `"all"`). `DELETE /api/chaos/faults` clears
+//!   them. `POST /api/chaos/workers/{id}/kill` SIGKILLs a worker (the supervisor
+//!   restarts it). Chaos endpoints need the token and `chaos.enabled: true`.
+
+use super::{denied, AdminState};
+use crate::resilience::breaker::{Breaker, Force};
+use crate::resilience::chaos::FaultSpec;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub fn router() -> Router<AdminState> {
+    Router::new()
+        .route("/api/breakers", get(list_breakers))
+        .route("/api/breakers/{name}/{action}", post(force_breaker))
+        .route("/api/chaos", get(list_faults))
+        .route("/api/chaos/faults", post(add_fault).delete(clear_faults))
+        .route("/api/chaos/workers/{id}/kill", post(kill_worker))
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "ok": false, "error": msg.into() }))).into_response()
+}
+
+fn describe(name: &str, scope: &str, b: &Breaker) -> Value {
+    let s = b.snapshot();
+    json!({
+        "name": name,
+        "scope": scope,
+        "state": s.state.as_str(),
+        "enabled": b.policy().enabled,
+        "trips_in_a_row": s.trips_in_a_row,
+        "open_remaining_ms": s.open_remaining.map(|d| d.as_millis() as u64),
+        "last_trip_reason": s.last_reason.map(|r| r.to_string()),
+        "consecutive_failures": s.consecutive_failures,
+        "window": { "requests": s.window.total, "failures": s.window.a, "slow": s.window.b },
+        "probes_in_flight": s.probes_inflight,
+    })
+}
+
+/// Every breaker by the name the API and metrics use.
+fn find(s: &AdminState, name: &str) -> Option<Arc<Breaker>> {
+    if let Some(route) = name.strip_prefix("route:") {
+        let cfg = s.shared.config();
+        return cfg.resilience.routes.by_name(route)?.breaker.clone();
+    }
+    None
+}
+
+async fn list_breakers(State(s): State<AdminState>) -> Json<Value> {
+    let cfg = s.shared.config();
+    let mut out: Vec<Value> = s
+        .shared
+        .pool
+        .members()
+        .iter()
+        .map(|b| describe(&b.name, "worker", &b.breaker))
+        .collect();
+    for r in cfg.resilience.routes.iter() {
+        if let Some(b) = &r.breaker {
+            out.push(describe(&format!("route:{}", r.name), "route", b));
+        }
+    }
+    let (requests, retries, allowed) = cfg.resilience.budget.usage(Instant::now());
+    let sel = s.shared.pool.selector();
+    Json(json!({
+        "breakers": out,
+        "ejection_capped": sel.breakers_capped,
+        "retry_budget": { "requests": requests, "retries": retries, "allowed": allowed },
+    }))
+}
+
+async fn force_breaker(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = denied(&s, &headers) {
+        return r;
+    }
+    let action = match action.parse::<Force>() {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let members = s.shared.pool.members();
+    let done = if let Some(b) = members.iter().find(|b| *b.name == name) {
+        b.breaker.force(action);
+        describe(&name, "worker", &b.breaker)
+    } else if let Some(b) = find(&s, &name) {
+        b.force(action);
+        describe(&name, "route", &b)
+    } else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no breaker `{name}`; see GET /api/breakers"),
+        );
+    };
+    s.shared.pool.refresh();
+    log::warn!("admin: breaker {name}: {action:?}");
+    Json(json!({ "ok": true, "breaker": done })).into_response()
+}
+
+fn chaos_denied(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    if let Some(r) = denied(s, headers) {
+        return Some(r);
+    }
+    if !s.shared.config().resilience.chaos_enabled {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "chaos is disabled; set `chaos.enabled: true` and reload",
+        ));
+    }
+    None
+}
+
+async fn list_faults(State(s): State<AdminState>) -> Json<Value> {
+    let faults: Vec<Value> = s
+        .shared
+        .chaos
+        .list()
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
+            v["remaining_s"] = json!(f.remaining().as_secs_f64());
+            v
+        })
+        .collect();
+    Json(json!({
+        "enabled": s.shared.config().resilience.chaos_enabled,
+        "faults": faults,
+    }))
+}
+
+async fn add_fault(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = chaos_denied(&s, &headers) {
+        return r;
+    }
+    let spec: FaultSpec = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be a fault like {{\"target\": {{\"worker\": 0}}, \"kind\": \"error\", \"status\": 500, \"share\": 0.5}}: {e}"),
+            )
+        }
+    };
+    match s.shared.chaos.add(spec) {
+        Ok(id) => (StatusCode::CREATED, Json(json!({ "ok": true, "id": id }))).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn clear_faults(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = chaos_denied(&s, &headers) {
+        return r;
+    }
+    let n = s.shared.chaos.clear();
+    Json(json!({ "ok": true, "cleared": n })).into_response()
+}
+
+async fn kill_worker(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = chaos_denied(&s, &headers) {
+        return r;
+    }
+    let Ok(id) = id.parse::<usize>() else {
+        return error(StatusCode::BAD_REQUEST, "worker id must be a number");
+    };
+    let pid = s
+        .supervisor
+        .status()
+        .iter()
+        .find(|w| w.id == id)
+        .and_then(|w| w.pid);
+    let Some(pid) = pid else {
+        return error(StatusCode::NOT_FOUND, format!("no running worker {id}"));
+    };
+    let Ok(raw) = i32::try_from(pid) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "pid out of range");
+    };
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGKILL,
+    ) {
+        Ok(()) => {
+            s.shared
+                .metrics
+                .resilience
+                .chaos_injected
+                .with_label_values(&["kill", &format!("worker-{id}")])
+                .inc();
+            log::warn!(target: "chaos", "chaos: killed worker-{id} (pid {pid})");
+            Json(json!({ "ok": true, "worker": id, "pid": pid })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("kill {pid}: {e}"),
+        ),
+    }
+}

@@ -1,0 +1,384 @@
+//! The hooks' entry points into `crate::resilience`: each `ProxyHttp` hook calls one
+//! function here in a line or two; the decisions themselves live in `resilience::*`.
+//!
+//! Per request, in order: route match → rate limit (429) → bulkhead (503) → route
+//! breaker (fallback) in `request_filter`; backoff and deadline before a backend is
+//! picked; per-route timeouts and chaos after; the retry budget when a hook considers a
+//! retry; the route breaker's outcome in `logging`.
+
+use super::{DroverProxy, RequestCtx};
+use crate::balancing::consistent_hash::fnv1a;
+use crate::resilience::breaker::{Breaker, Permit};
+use crate::resilience::chaos::FaultKind;
+use crate::resilience::classify::Outcome;
+use crate::resilience::rate_limit::{Decision, LimitKey, RateLimiter};
+use crate::resilience::routes::{request_host, BulkheadSlot, Fallback, Route, RouteLimit};
+use bytes::Bytes;
+use pingora_core::prelude::*;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A route breaker's permit, given back if the request ends without an outcome.
+struct RoutePermit {
+    breaker: Arc<Breaker>,
+    permit: Permit,
+}
+
+impl Drop for RoutePermit {
+    fn drop(&mut self) {
+        self.breaker.release(&mut self.permit);
+    }
+}
+
+/// Resilience state of one request.
+#[derive(Default)]
+pub struct ResCtx {
+    route: Option<Arc<Route>>,
+    _slot: Option<BulkheadSlot>,
+    permit: Option<RoutePermit>,
+    /// The route is tripped and has fallback upstreams: proxy there instead.
+    fallback_upstream: bool,
+    deadline: Option<Instant>,
+}
+
+impl ResCtx {
+    pub fn route_name(&self) -> Option<&str> {
+        self.route.as_deref().map(|r| &*r.name)
+    }
+}
+
+/// `client` is the address `forwarded.rs` settled on (the peer unless a trusted proxy
+/// reported another), so a client cannot dodge its limit with a forged header.
+fn limit_key(session: &Session, client: Option<std::net::IpAddr>, key: &LimitKey) -> u64 {
+    let ip = || match client {
+        Some(std::net::IpAddr::V4(v4)) => fnv1a(&v4.octets()),
+        Some(std::net::IpAddr::V6(v6)) => fnv1a(&v6.octets()),
+        None => 0,
+    };
+    match key {
+        LimitKey::ClientIp => ip(),
+        LimitKey::Header(name) => match session.req_header().headers.get(name) {
+            Some(v) => fnv1a(v.as_bytes()),
+            None => ip(),
+        },
+        LimitKey::All => 0,
+    }
+}
+
+/// Whole seconds for Retry-After / RateLimit-Reset, rounded up, at least 1.
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_nanos().div_ceil(1_000_000_000) as u64).max(1)
+}
+
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    extra: &[(&'static str, String)],
+    body: Bytes,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + extra.len() + 2))?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    for (k, v) in headers {
+        resp.insert_header(k.clone(), v.clone())?;
+    }
+    for (k, v) in extra {
+        resp.insert_header(*k, v.as_str())?;
+    }
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+async fn too_many(
+    session: &mut Session,
+    l: &RateLimiter,
+    retry_after: Duration,
+    reset: Duration,
+) -> Result<()> {
+    let extra = [
+        ("Retry-After", ceil_secs(retry_after).to_string()),
+        ("RateLimit-Limit", l.policy.burst.to_string()),
+        ("RateLimit-Remaining", "0".to_string()),
+        ("RateLimit-Reset", ceil_secs(reset).to_string()),
+        ("Cache-Control", "private, no-store".to_string()),
+    ];
+    respond(
+        session,
+        429,
+        &[],
+        &extra,
+        Bytes::from_static(b"rate limit exceeded\n"),
+    )
+    .await
+}
+
+async fn unavailable(session: &mut Session, why: &'static str) -> Result<()> {
+    let extra = [("Retry-After", "1".to_string())];
+    respond(
+        session,
+        503,
+        &[],
+        &extra,
+        Bytes::from_static(why.as_bytes()),
+    )
+    .await
+}
+
+impl DroverProxy {
+    /// `request_filter`: route match, rate limit, bulkhead, route breaker. `Ok(true)`
+    /// when drover answered the request itself.
+    pub(super) async fn resilience_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let cfg = self.shared.config.load();
+        let res = &cfg.resilience;
+        let m = &self.shared.metrics.resilience;
+        let route = if res.routes.is_empty() {
+            None
+        } else {
+            let req = session.req_header();
+            res.routes.find(request_host(req), req.uri.path()).cloned()
+        };
+        let (limiter, scope) = match route.as_deref().map(|r| (&r.rate_limit, &*r.name)) {
+            Some((RouteLimit::On(l), name)) => (Some(l), name),
+            Some((RouteLimit::Off, _)) => (None, ""),
+            _ => (res.rate_limit.as_ref(), "global"),
+        };
+        if let Some(l) = limiter {
+            if let Decision::Deny { retry_after, reset } =
+                l.check(limit_key(session, ctx.client_ip, &l.policy.key))
+            {
+                m.rate_limited.with_label_values(&[scope]).inc();
+                too_many(session, l, retry_after, reset).await?;
+                return Ok(true);
+            }
+        }
+        res.budget.on_request(ctx.start);
+        let Some(route) = route else {
+            ctx.res.deadline = res.total_timeout.map(|d| ctx.start + d);
+            return Ok(false);
+        };
+        ctx.res.deadline = route
+            .total_timeout
+            .or(res.total_timeout)
+            .map(|d| ctx.start + d);
+        if route.max_concurrent > 0 {
+            match route.enter() {
+                Some(slot) => ctx.res._slot = Some(slot),
+                None => {
+                    m.route_rejected
+                        .with_label_values(&[&route.name, "bulkhead"])
+                        .inc();
+                    unavailable(session, "route at max_concurrent\n").await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if let Some(b) = &route.breaker {
+            match b.try_acquire() {
+                Some(permit) => {
+                    ctx.res.permit = Some(RoutePermit {
+                        breaker: b.clone(),
+                        permit,
+                    })
+                }
+                None => {
+                    let answered = self.route_fallback(session, &route).await?;
+                    ctx.res.fallback_upstream = !answered;
+                    ctx.res.route = Some(route);
+                    return Ok(answered);
+                }
+            }
+        }
+        ctx.res.route = Some(route);
+        Ok(false)
+    }
+
+    /// A tripped route: answer from the static fallback (true), or mark the request for
+    /// the fallback upstreams (false), or 503 when there is no fallback (true).
+    async fn route_fallback(&self, session: &mut Session, route: &Route) -> Result<bool> {
+        let m = &self.shared.metrics.resilience;
+        route
+            .state
+            .fallbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &route.fallback {
+            Some(
+                f @ Fallback::Static {
+                    status,
+                    headers,
+                    body,
+                },
+            ) => {
+                m.route_fallback
+                    .with_label_values(&[&route.name, f.kind()])
+                    .inc();
+                respond(session, *status, headers, &[], body.clone()).await?;
+                Ok(true)
+            }
+            Some(f @ Fallback::Upstreams { .. }) => {
+                m.route_fallback
+                    .with_label_values(&[&route.name, f.kind()])
+                    .inc();
+                Ok(false)
+            }
+            None => {
+                m.route_rejected
+                    .with_label_values(&[&route.name, "breaker_open"])
+                    .inc();
+                unavailable(session, "route circuit open\n").await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// `upstream_peer`, before a backend is picked: the fallback upstream of a tripped
+    /// route, the total deadline, and backoff before a retry.
+    pub(super) async fn resilience_before_select(
+        &self,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Box<HttpPeer>>> {
+        if ctx.res.fallback_upstream {
+            let peer = ctx
+                .res
+                .route
+                .as_ref()
+                .and_then(|r| r.fallback.as_ref())
+                .and_then(|f| f.next_peer());
+            if let Some(p) = peer {
+                return Ok(Some(Box::new(p.clone())));
+            }
+        }
+        if ctx.tries > 1 {
+            let backoff = self.shared.config.load().resilience.backoff;
+            let mut d = backoff.delay(ctx.tries - 1, rand::random::<f64>());
+            if let Some(dl) = ctx.res.deadline {
+                d = d.min(dl.saturating_duration_since(Instant::now()));
+            }
+            if !d.is_zero() {
+                self.shared
+                    .metrics
+                    .resilience
+                    .retry_backoff
+                    .inc_by(d.as_secs_f64());
+                tokio::time::sleep(d).await;
+            }
+        }
+        if ctx.res.deadline.is_some_and(|dl| Instant::now() >= dl) {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "total timeout reached",
+            ));
+        }
+        Ok(None)
+    }
+
+    /// `upstream_peer`, once a backend is picked: per-route timeouts capped by the
+    /// deadline, then chaos.
+    pub(super) async fn resilience_after_select(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        peer: &mut HttpPeer,
+    ) -> Result<()> {
+        if let Some(r) = &ctx.res.route {
+            if r.connect_timeout.is_some() {
+                peer.options.connection_timeout = r.connect_timeout;
+            }
+            if r.read_timeout.is_some() {
+                peer.options.read_timeout = r.read_timeout;
+            }
+        }
+        if let Some(dl) = ctx.res.deadline {
+            let left = dl.saturating_duration_since(Instant::now());
+            let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
+            peer.options.connection_timeout = cap(peer.options.connection_timeout);
+            peer.options.read_timeout = cap(peer.options.read_timeout);
+        }
+        let worker = ctx.guard.as_ref().and_then(|g| g.backend().worker_id);
+        let Some((fault, label)) =
+            self.shared
+                .chaos
+                .pick(ctx.res.route_name(), worker, rand::random::<f64>())
+        else {
+            return Ok(());
+        };
+        if !self.shared.config.load().resilience.chaos_enabled {
+            return Ok(());
+        }
+        self.shared
+            .metrics
+            .resilience
+            .chaos_injected
+            .with_label_values(&[fault.label(), &label])
+            .inc();
+        log::info!(
+            target: "chaos",
+            "chaos: injected {} on {label} (request {})",
+            fault.label(),
+            ctx.request_id.as_deref().unwrap_or("-")
+        );
+        match fault {
+            FaultKind::Latency { ms } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            }
+            FaultKind::Error { status } => {
+                self.settle_failed_attempt(ctx, Outcome::Status(status));
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "chaos: injected error",
+                ))
+            }
+            FaultKind::Reset => {
+                self.settle_failed_attempt(ctx, Outcome::Reset);
+                let mut e = Error::explain(ErrorType::ConnectionClosed, "chaos: injected reset");
+                e.esource = pingora_core::ErrorSource::Upstream;
+                let retry = session.req_header().method.is_idempotent()
+                    && ctx.tries <= self.shared.config.load().proxy.retries
+                    && self.resilience_may_retry(ctx);
+                if retry {
+                    self.shared.metrics.retries.inc();
+                }
+                e.set_retry(retry);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a retry the hook considers may happen: within the deadline and the
+    /// retry budget (which it then draws from). Counts refusals.
+    pub(super) fn resilience_may_retry(&self, ctx: &RequestCtx) -> bool {
+        let m = &self.shared.metrics.resilience;
+        let now = Instant::now();
+        if ctx.res.deadline.is_some_and(|dl| now >= dl) {
+            m.retries_denied.with_label_values(&["deadline"]).inc();
+            return false;
+        }
+        if !self.shared.config.load().resilience.budget.try_retry(now) {
+            m.retries_denied.with_label_values(&["budget"]).inc();
+            return false;
+        }
+        true
+    }
+
+    /// `logging`: the request's final outcome goes to its route's breaker.
+    pub(super) fn resilience_done(&self, ctx: &mut RequestCtx, e: Option<&Error>, status: u16) {
+        if let Some(mut p) = ctx.res.permit.take() {
+            if let Some(o) = Outcome::of_request(e, status) {
+                p.breaker.record(&mut p.permit, o, ctx.start.elapsed());
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Per-client rate limiting with bounded memory: GCRA (a token bucket kept as one
+//! timestamp) in a fixed table of atomic slots.
+//!
+//! Each client key hashes to two candidate slots; a slot is one `u64` holding a 16-bit
+//! fingerprint of the key and the bucket's "theoretical arrival time" (TAT, µs). The
+//! table never grows: `max_clients` slots × 8 bytes, allocated once. Under a flood of
+//! distinct clients:
+//! - a slot whose TAT has passed holds a full bucket, which is exactly what a new client
+//!   starts with, so it is reclaimed without losing anything;
+//! - a client whose two slots both hold *active* buckets of other clients shares the
+//!   emptier one. Sharing errs on the side of limiting (two clients spend one budget),
+//!   never of letting a client through: an active bucket is never reset by someone
+//!   else, so flooding with new keys cannot clear a limited client's state.
+//!
+//! No lock: a decision is a load and a compare-exchange on one slot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What identifies a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    /// A request header (an API key); requests without it are keyed by client IP.
+    Header(http::HeaderName),
+    /// Everyone shares one bucket (a route-wide limit).
+    All,
+}
+
+impl std::str::FromStr for LimitKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "client_ip" => Ok(LimitKey::ClientIp),
+            "all" => Ok(LimitKey::All),
+            _ => match s.strip_prefix("header:") {
+                Some(h) => http::HeaderName::from_bytes(h.as_bytes())
+                    .map(LimitKey::Header)
+                    .map_err(|_| format!("`{h}` is not a valid header name")),
+                None => Err(format!(
+                    "`{s}` is not a rate-limit key; accepted: client_ip, header:NAME, all"
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatePolicy {
+    pub requests_per_second: f64,
+    /// Bucket size: requests a client may send at once.
+    pub burst: u32,
+    pub key: LimitKey,
+    /// Table slots (a power of two).
+    pub slots: usize,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow {
+        remaining: u32,
+    },
+    Deny {
+        /// Until one more request would be allowed.
+        retry_after: Duration,
+        /// Until the bucket is full again.
+        reset: Duration,
+    },
+}
+
+const TAT_BITS: u32 = 48;
+const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
+
+pub struct RateLimiter {
+    pub policy: RatePolicy,
+    /// Emission interval (1 / rate) and tolerance (burst × interval), in µs.
+    interval: u64,
+    tolerance: u64,
+    base: Instant,
+    slots: Box<[AtomicU64]>,
+    mask: u64,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// splitmix64's finalizer: spreads FNV's weaker bits over the whole word so the slot
+/// index and the fingerprint are independent.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+impl RateLimiter {
+    pub fn new(policy: RatePolicy) -> Self {
+        let n = policy.slots.max(1).next_power_of_two();
+        let interval = (1e6 / policy.requests_per_second.max(1e-6)).max(1.0) as u64;
+        RateLimiter {
+            interval,
+            tolerance: interval.saturating_mul(policy.burst.max(1) as u64),
+            base: Instant::now(),
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            mask: n as u64 - 1,
+            policy,
+        }
+    }
+
+    /// Memory held by the table (fixed at creation).
+    pub fn table_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<AtomicU64>()
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn check(&self, key_hash: u64) -> Decision {
+        self.check_at(key_hash, Instant::now())
+    }
+
+    /// Decides for the client whose key hashes to `key_hash`, at time `now`.
+    pub fn check_at(&self, key_hash: u64, now: Instant) -> Decision {
+        let h = mix(key_hash);
+        let fp = (h >> TAT_BITS) | 1; // never 0, so an empty slot matches nobody
+        let i1 = (h & self.mask) as usize;
+        let i2 = ((h >> 24) & self.mask) as usize;
+        let now_us = now.saturating_duration_since(self.base).as_micros() as u64 + 1;
+        for _ in 0..8 {
+            let (a, b) = (
+                self.slots[i1].load(Ordering::Acquire),
+                self.slots[i2].load(Ordering::Acquire),
+            );
+            // Own slot first; else a free one (never used, or its bucket refilled);
+            // else share the one closest to full.
+            let (idx, cur, own) = if a >> TAT_BITS == fp {
+                (i1, a, true)
+            } else if b >> TAT_BITS == fp {
+                (i2, b, true)
+            } else if a & TAT_MASK <= now_us {
+                (i1, a, false)
+            } else if b & TAT_MASK <= now_us {
+                (i2, b, false)
+            } else if a & TAT_MASK <= b & TAT_MASK {
+                (i1, a, true)
+            } else {
+                (i2, b, true)
+            };
+            let tat = if own {
+                (cur & TAT_MASK).max(now_us)
+            } else {
+                now_us
+            };
+            let next = tat + self.interval;
+            let ahead = next - now_us;
+            if ahead > self.tolerance {
+                let retry = ahead - self.tolerance;
+                return Decision::Deny {
+                    retry_after: Duration::from_micros(retry),
+                    reset: Duration::from_micros(tat - now_us),
+                };
+            }
+            let owner = if own { cur >> TAT_BITS } else { fp };
+            let value = owner << TAT_BITS | (next & TAT_MASK);
+            if self.slots[idx]
+                .compare_exchange(cur, value, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Decision::Allow {
+                    remaining: ((self.tolerance - ahead) / self.interval) as u32,
+                };
+            }
+        }
+        // Lost eight races in a row on the same slots: heavy contention on one key.
+        Decision::Deny {
+            retry_after: Duration::from_micros(self.interval),
+            reset: Duration::from_micros(self.tolerance),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rps: f64, burst: u32, slots: usize) -> RateLimiter {
+        RateLimiter::new(RatePolicy {
+            requests_per_second: rps,
+            burst,
+            key: LimitKey::ClientIp,
+            slots,
+        })
+    }
+
+    #[test]
+    fn burst_then_sustained_rate_with_retry_after() {
+        let l = limiter(10.0, 5, 1024);
+        let t0 = l.base + Duration::from_secs(1);
+        for left in (0..5).rev() {
+            assert_eq!(l.check_at(7, t0), Decision::Allow { remaining: left });
+        }
+        match l.check_at(7, t0) {
+            Decision::Deny { retry_after, reset } => {
+                assert_eq!(retry_after, Duration::from_millis(100));
+                assert_eq!(reset, Duration::from_millis(500));
+            }
+            d => panic!("{d:?}"),
+        }
+        // One interval later exactly one more request fits.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(l.check_at(7, t1), Decision::Allow { remaining: 0 });
+        assert!(matches!(l.check_at(7, t1), Decision::Deny { .. }));
+        // Another client is unaffected.
+        assert_eq!(l.check_at(8, t1), Decision::Allow { remaining: 4 });
+    }
+
+    #[test]
+    fn flood_of_distinct_clients_keeps_memory_fixed_and_cannot_clear_a_limited_client() {
+        let l = limiter(1.0, 2, 4096);
+        let bytes = l.table_bytes();
+        assert_eq!(bytes, 4096 * 8);
+        let t0 = l.base + Duration::from_secs(1);
+        let heavy = 0xdead_beef;
+        assert!(matches!(l.check_at(heavy, t0), Decision::Allow { .. }));
+        assert!(matches!(l.check_at(heavy, t0), Decision::Allow { .. }));
+        assert!(matches!(l.check_at(heavy, t0), Decision::Deny { .. }));
+        // A million distinct clients, one request each, in the same instant.
+        let mut allowed = 0u32;
+        for k in 0..1_000_000u64 {
+            if matches!(l.check_at(k, t0), Decision::Allow { .. }) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(l.table_bytes(), bytes, "no growth");
+        // Every slot holds at most `burst` requests' worth of one instant.
+        assert!(allowed as usize <= 4096 * 2, "{allowed}");
+        assert!(
+            matches!(l.check_at(heavy, t0), Decision::Deny { .. }),
+            "the flood did not reset the limited client's bucket"
+        );
+        // Once buckets refill, slots are reclaimed and new clients get a full burst.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(
+            l.check_at(12_345_678_901, later),
+            Decision::Allow { remaining: 1 }
+        );
+        assert!(matches!(l.check_at(heavy, later), Decision::Allow { .. }));
+    }
+
+    #[test]
+    fn concurrent_clients_never_exceed_the_burst() {
+        let l = std::sync::Arc::new(limiter(0.001, 50, 64));
+        let t0 = l.base + Duration::from_secs(1);
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|_| matches!(l.check_at(1, t0), Decision::Allow { .. }))
+                        .count()
+                })
+            })
+            .collect();
+        let total: usize = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 50);
+    }
+
+    #[test]
+    fn parses_keys() {
+        assert_eq!("client_ip".parse::<LimitKey>(), Ok(LimitKey::ClientIp));
+        assert_eq!("all".parse::<LimitKey>(), Ok(LimitKey::All));
+        assert!(matches!(
+            "header:x-api-key".parse::<LimitKey>(),
+            Ok(LimitKey::Header(_))
+        ));
+        assert!("cookie:x".parse::<LimitKey>().is_err());
+    }
+}
