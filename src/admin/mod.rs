@@ -8,11 +8,14 @@
 //! - `POST /api/reload`: re-read the config file (like SIGHUP). Token required.
 //! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live. Token required.
 //! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
+//! - `/dashboard`, `/api/live`, `/api/stream`, `/api/history`, `/api/events`,
+//!   `/api/alerts`: observability, listed in `observe.rs`.
 //!
 //! When `admin.token` is set, every state-changing endpoint requires
 //! `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod auth;
+pub mod observe;
 
 use crate::balancing::StrategyKind;
 use crate::lifecycle::reload;
@@ -43,6 +46,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/reload", post(reload_config))
         .route("/api/strategy", post(set_strategy))
         .route("/api/workers/{id}/drain", post(drain_worker))
+        .merge(observe::routes())
         .with_state(state)
 }
 
@@ -135,6 +139,8 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "in_flight": shared.metrics.in_flight.get(),
         "workers": workers,
         "backends": backends,
+        "latency": observe::latency_status(&s),
+        "scaling": s.shared.observe.alerts.scaling(),
     }))
 }
 

@@ -22,6 +22,8 @@ use tokio::sync::watch;
 const REFRESH_TICK: Duration = Duration::from_millis(100);
 /// `strategy: auto` re-decides every 2 s (20 ticks).
 const AUTO_EVERY_TICKS: u64 = 20;
+/// Percentile windows, history, resources and alerts are sampled every second (10 ticks).
+const OBSERVE_EVERY_TICKS: u64 = 10;
 
 /// One decision of `strategy: auto`; switches and logs only when the choice changes.
 fn auto_strategy_step(shared: &Shared) {
@@ -118,6 +120,7 @@ async fn run(
     });
 
     let ticker_shared = shared.clone();
+    let ticker_supervisor = supervisor.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH_TICK);
         let mut n: u64 = 0;
@@ -127,6 +130,10 @@ async fn run(
             n += 1;
             if n.is_multiple_of(AUTO_EVERY_TICKS) {
                 auto_strategy_step(&ticker_shared);
+            }
+            if n.is_multiple_of(OBSERVE_EVERY_TICKS) {
+                let slots = ticker_supervisor.status();
+                ticker_shared.observe.sample(&ticker_shared, &slots);
             }
         }
     });

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub queue_rejected: IntCounterVec,
     backend_selections: IntCounterVec,
     breaker_seen: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
+    /// HDR latency recorders behind the sliding-window percentiles (`observe::latency`).
+    pub latency: super::latency::Recorders,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -64,6 +66,7 @@ pub struct BackendHandles {
     pub failures: IntCounter,
     pub duration: Histogram,
     pub selections: [IntCounter; 6],
+    pub latency: std::sync::Arc<super::latency::Recorder>,
 }
 
 impl Metrics {
@@ -76,6 +79,7 @@ impl Metrics {
                 self.backend_selections
                     .with_label_values(&[name, k.as_str()])
             }),
+            latency: self.latency.for_backend(name),
         }
     }
 
@@ -303,6 +307,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             breaker_seen: Default::default(),
+            latency: Default::default(),
             registry: r,
         };
         for reason in ["full", "timeout"] {

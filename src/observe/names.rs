@@ -27,3 +27,12 @@ pub const QUEUE_LENGTH: &str = "drover_queue_length";
 pub const QUEUE_WAIT_SECONDS: &str = "drover_queue_wait_seconds";
 pub const QUEUE_REJECTED_TOTAL: &str = "drover_queue_rejected_total";
 pub const BACKEND_SELECTIONS_TOTAL: &str = "drover_backend_selections_total";
+// Sliding-window percentiles, resources and alerts (observe::live, observe::alerts).
+pub const REQUEST_DURATION_PERCENTILE_SECONDS: &str = "drover_request_duration_percentile_seconds";
+pub const BACKEND_DURATION_PERCENTILE_SECONDS: &str =
+    "drover_backend_request_duration_percentile_seconds";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "drover_process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "drover_process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "drover_process_open_fds";
+pub const HISTORY_SERIES: &str = "drover_history_series";
+pub const OBSERVE_EVENTS_TOTAL: &str = "drover_events_total";

@@ -273,6 +273,7 @@ impl ProxyHttp for DroverProxy {
         let elapsed = ctx.start.elapsed();
         m.status_class(status).inc();
         m.duration.observe(elapsed.as_secs_f64());
+        m.latency.overall.record(elapsed);
         let mut backend_name: Option<Arc<str>> = None;
         let mut worker_id = None;
         if let Some(mut guard) = ctx.guard.take() {
@@ -284,6 +285,7 @@ impl ProxyHttp for DroverProxy {
             if let Some(h) = b.metrics.get() {
                 h.requests.inc();
                 h.duration.observe(upstream_elapsed.as_secs_f64());
+                h.latency.record(upstream_elapsed);
                 if !success {
                     h.failures.inc();
                 }
