@@ -111,7 +111,7 @@ async fn history(State(s): State<AdminState>, Query(q): Query<HistoryQuery>) -> 
         let names: Vec<&str> = h.names().collect();
         return Json(json!({ "metrics": names })).into_response();
     };
-    let range = match q.range.as_deref().map(parse_duration).transpose() {
+    let range = match q.range.as_deref().map(parse_range).transpose() {
         Ok(r) => r.unwrap_or(Duration::from_secs(900)),
         Err(e) => return bad_request(format!("range: {e}")),
     };
@@ -137,6 +137,14 @@ async fn history(State(s): State<AdminState>, Query(q): Query<HistoryQuery>) -> 
             )
                 .into_response()
         }
+    }
+}
+
+/// A config duration (`90s`, `15m`, `6h`) or whole days (`7d`).
+fn parse_range(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        _ => parse_duration(text),
     }
 }
 

@@ -108,10 +108,10 @@ impl Ring {
         let len = self.values.len() as u64;
         let last = now / self.step;
         let n = (range / self.step).clamp(1, len);
-        let Some(head) = self.head else {
-            return Vec::new();
-        };
         let first = last.saturating_sub(n - 1);
+        let Some(head) = self.head else {
+            return (first..=last).map(|slot| (slot * self.step, None)).collect();
+        };
         (first..=last)
             .map(|slot| {
                 let v = if slot <= head && head - slot < len {

@@ -36,13 +36,9 @@ pub const WINDOWS: [(&str, Window); 3] = [
     ("1m", Window::OneMinute),
     ("5m", Window::FiveMinutes),
 ];
-/// The quantiles reported, with their names.
-pub const QUANTILES: [(&str, f64); 4] = [
-    ("0.5", 0.5),
-    ("0.95", 0.95),
-    ("0.99", 0.99),
-    ("0.999", 0.999),
-];
+/// The quantiles reported, with their `percentile` label values. (Not `quantile`: that
+/// label is reserved for summaries, and promtool rejects it on gauges.)
+pub const QUANTILES: [(&str, f64); 4] = [("50", 0.5), ("95", 0.95), ("99", 0.99), ("99.9", 0.999)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {

@@ -97,7 +97,7 @@ impl Gauges {
                         REQUEST_DURATION_PERCENTILE_SECONDS,
                         "Request duration percentile over a sliding window (HDR histogram, <1% error)",
                     ),
-                    &["window", "quantile"],
+                    &["window", "percentile"],
                 )
                 .expect("valid metric"),
             ),
@@ -108,7 +108,7 @@ impl Gauges {
                         BACKEND_DURATION_PERCENTILE_SECONDS,
                         "Upstream response time percentile per backend over a sliding window",
                     ),
-                    &["backend", "window", "quantile"],
+                    &["backend", "window", "percentile"],
                 )
                 .expect("valid metric"),
             ),
@@ -461,10 +461,12 @@ impl Observer {
             st.prev_invalid_reloads = invalid;
         }
         let strategy = shared.pool.strategy();
-        if let Some(prev) = st.prev_strategy {
-            if prev != strategy {
-                self.event("strategy", format!("strategy {prev} -> {strategy}"));
-            }
+        // Before the first sample the strategy is the one the config started with.
+        let prev = st
+            .prev_strategy
+            .unwrap_or_else(|| shared.config().balancing.strategy.initial());
+        if prev != strategy {
+            self.event("strategy", format!("strategy {prev} -> {strategy}"));
         }
         st.prev_strategy = Some(strategy);
     }
