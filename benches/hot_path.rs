@@ -132,6 +132,7 @@ fn access_log(c: &mut Criterion) {
         request_id: "9f86d081884c7d65",
         tries: 1,
         error: None,
+        trace: None,
     };
     c.bench_function("access_log/format/typical", |b| {
         b.iter(|| access_log::format(black_box(&record)))

@@ -188,3 +188,67 @@ fn events_record_restarts_reloads_and_strategy_switches() {
     assert!(metric_value(&text, "drover_events_total{kind=\"restart\"}") >= 1.0);
     assert_eq!(metric_value(&text, "drover_events_total{kind=\"reload\"}"), 1.0);
 }
+
+fn access_line(d: &Drover, needle: &str) -> Option<Value> {
+    d.log()
+        .lines()
+        .filter_map(|l| l.find("{\"time\"").map(|i| &l[i..]))
+        .filter(|l| l.contains(needle))
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+#[test]
+fn traceparent_is_continued_or_started_and_logged_with_the_request_id() {
+    let d = Drover::start(1, "");
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = request(
+        &d.agent,
+        "GET",
+        &d.url("/echo"),
+        &[("traceparent", incoming), ("x-request-id", "trace-test-1")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let echo: Value = serde_json::from_str(&r.body).unwrap();
+    let sent = echo["headers"]["traceparent"].as_str().unwrap().to_string();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "drover's own span");
+    assert_eq!(parts[3], "01", "flags kept");
+    let mut line = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        line = access_line(&d, "trace-test-1");
+        line.is_some()
+    }));
+    let line = line.unwrap();
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["span_id"], parts[2]);
+    assert_eq!(line["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(line["request_id"], "trace-test-1");
+
+    // No (or a malformed) traceparent: drover starts a trace and logs it.
+    let r = request(
+        &d.agent,
+        "GET",
+        &d.url("/echo"),
+        &[("traceparent", "00-bogus"), ("x-request-id", "trace-test-2")],
+        None,
+    )
+    .unwrap();
+    let echo: Value = serde_json::from_str(&r.body).unwrap();
+    let sent = echo["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert_eq!(sent.len(), 55, "{sent}");
+    assert!(sent.ends_with("-00"));
+    let mut line = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        line = access_line(&d, "trace-test-2");
+        line.is_some()
+    }));
+    let line = line.unwrap();
+    assert_eq!(line["trace_id"].as_str().unwrap(), &sent[3..35]);
+    assert_eq!(line["span_id"].as_str().unwrap(), &sent[36..52]);
+    assert!(line.get("parent_span_id").is_none(), "{line}");
+}

@@ -10,3 +10,4 @@ pub mod live;
 pub mod metrics;
 pub mod names;
 pub mod procstat;
+pub mod trace;

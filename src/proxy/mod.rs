@@ -14,6 +14,7 @@ use crate::balancing::{InflightGuard, SelectError, SelectLimits};
 use crate::config::Config;
 use crate::config::HashKey;
 use crate::observe::access_log;
+use crate::observe::trace::TraceContext;
 use crate::state::Shared;
 use async_trait::async_trait;
 use pingora_core::prelude::*;
@@ -47,6 +48,8 @@ pub struct RequestCtx {
     counted: bool,
     /// Why drover itself answered 503 (no backend, queue full or timed out).
     reject: Option<&'static str>,
+    /// W3C trace context: continued or started in request_filter, logged at the end.
+    trace: Option<TraceContext>,
 }
 
 fn hash_key(session: &Session, key: &HashKey) -> u64 {
@@ -86,6 +89,7 @@ impl ProxyHttp for DroverProxy {
             request_id: None,
             counted: false,
             reject: None,
+            trace: None,
         }
     }
 
@@ -101,6 +105,9 @@ impl ProxyHttp for DroverProxy {
             }
             ctx.request_id = Some(id);
         }
+        let trace = TraceContext::from_request(req);
+        trace.apply(req);
+        ctx.trace = Some(trace);
         Ok(false)
     }
 
@@ -312,6 +319,7 @@ impl ProxyHttp for DroverProxy {
                 request_id: ctx.request_id.as_deref().unwrap_or(""),
                 tries: ctx.tries,
                 error: err.as_deref(),
+                trace: ctx.trace.as_ref(),
             });
             log::info!(target: "access", "{line}");
         }
