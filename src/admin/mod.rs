@@ -61,7 +61,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .metrics
         .workers_crash_looping
         .set(crash_looping as i64);
-    let body = s.shared.metrics.render(&s.shared.pool);
+    let mut body = s.shared.metrics.render(&s.shared.pool);
+    body.push_str(&s.shared.observe.custom.render());
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         body,

@@ -159,7 +159,7 @@ async fn events(State(s): State<AdminState>) -> Response {
 async fn alerts(State(s): State<AdminState>) -> Response {
     let a = &s.shared.observe.alerts;
     Json(json!({
-        "alerts": a.active(),
+        "alerts": a.rules(),
         "slos": a.slo_status(),
         "scaling": a.scaling(),
     }))

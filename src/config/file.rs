@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub sessions: SessionsFile,
     pub circuit_breaker: CircuitBreakerFile,
     pub logging: LoggingFile,
+    /// Alert rules, webhook and SLOs (`config/observability.rs`).
+    pub observability: super::observability::ObservabilityFile,
 }
 
 impl Default for FileConfig {
@@ -52,6 +54,7 @@ impl Default for FileConfig {
             sessions: SessionsFile::default(),
             circuit_breaker: CircuitBreakerFile::default(),
             logging: LoggingFile::default(),
+            observability: Default::default(),
         }
     }
 }

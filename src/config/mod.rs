@@ -6,6 +6,7 @@
 mod duration;
 mod error;
 mod file;
+pub mod observability;
 mod validate;
 
 pub use duration::{parse_duration, Dur};

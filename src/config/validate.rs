@@ -27,6 +27,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub breaker: BreakerConfig,
     pub logging: LoggingConfig,
+    pub observability: super::observability::ObservabilityConfig,
     /// The parsed file, kept to show the running config (`/api/config`).
     pub file: FileConfig,
 }
@@ -473,6 +474,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let observability = super::observability::validate(&file.observability, &mut c.issues);
+
     let runtime_dir = match &file.runtime_dir {
         Some(d) => relative_to(source, d),
         None => {
@@ -549,6 +552,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             level,
             access_log: file.logging.access_log,
         },
+        observability,
         file,
     })
 }

@@ -262,6 +262,17 @@ impl Windows {
         }
     }
 
+    /// Samples of the last completed second slower than `threshold`.
+    pub fn last_second_above(&self, threshold: Duration) -> u64 {
+        match self.seconds.back() {
+            Some(Some(h)) => {
+                let us = (threshold.as_micros() as u64).clamp(1, MAX_MICROS);
+                h.len() - h.count_between(0, us)
+            }
+            _ => 0,
+        }
+    }
+
     /// Bytes held by histograms (for the memory ceiling).
     pub fn memory_bytes(&self) -> usize {
         let one = std::mem::size_of::<u32>() * self.spare.distinct_values();

@@ -176,6 +176,8 @@ struct SamplerState {
 
 pub struct Observer {
     pub events: Events,
+    /// Worker-reported metrics (`X-Drover-Metric` response header).
+    pub custom: super::custom::CustomMetrics,
     pub history: Mutex<History>,
     pub alerts: super::alerts::Alerts,
     state: Mutex<SamplerState>,
@@ -192,8 +194,9 @@ impl Observer {
     pub fn new(metrics: &super::metrics::Metrics) -> Self {
         Observer {
             events: Events::default(),
+            custom: Default::default(),
             history: Mutex::new(History::new()),
-            alerts: super::alerts::Alerts::default(),
+            alerts: super::alerts::Alerts::new(&metrics.registry),
             state: Mutex::new(SamplerState {
                 overall: Windows::new(metrics.latency.overall.clone()),
                 backends: BTreeMap::new(),
@@ -259,6 +262,16 @@ impl Observer {
             scratch,
             ..
         } = &mut *st;
+        let slow: Vec<u64> = shared
+            .config()
+            .observability
+            .slos
+            .iter()
+            .map(|s| match s.kind {
+                crate::config::observability::SloKind::Latency(t) => overall.last_second_above(t),
+                crate::config::observability::SloKind::Availability => 0,
+            })
+            .collect();
         let overall_p = overall.percentiles(scratch);
         let last_second = overall.last_second();
         let mut backend_p = BTreeMap::new();
@@ -398,7 +411,18 @@ impl Observer {
             self.gauges.history_series.set(h.len() as i64);
         }
 
-        self.alerts.evaluate(shared, &published, slots, now);
+        self.alerts.evaluate(
+            shared,
+            &super::alerts::Sample {
+                published: &published,
+                slots,
+                total: d_total,
+                errors: d_errors,
+                slow: &slow,
+                latency_count: last_second.count,
+            },
+            now,
+        );
         let live = self.live_snapshot(shared, slots, &published);
         *lock(&self.published) = published;
         *lock(&self.live) = Arc::from(live.to_string());

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod alerts;
+pub mod custom;
 pub mod events;
 pub mod history;
 pub mod latency;
@@ -11,3 +12,4 @@ pub mod metrics;
 pub mod names;
 pub mod procstat;
 pub mod trace;
+pub mod webhook;

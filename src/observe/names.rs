@@ -36,3 +36,7 @@ pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "drover_process_resident_memory_
 pub const PROCESS_OPEN_FDS: &str = "drover_process_open_fds";
 pub const HISTORY_SERIES: &str = "drover_history_series";
 pub const OBSERVE_EVENTS_TOTAL: &str = "drover_events_total";
+pub const ALERT_STATE: &str = "drover_alert_state";
+pub const ALERT_NOTIFICATIONS_TOTAL: &str = "drover_alert_notifications_total";
+pub const SLO_ERROR_BUDGET_REMAINING: &str = "drover_slo_error_budget_remaining";
+pub const SLO_BURN_RATE: &str = "drover_slo_burn_rate";
