@@ -1,8 +1,8 @@
 //! The dashboard in a real headless Chromium, driven over the DevTools protocol.
 
-mod common;
 #[path = "support/cdp.rs"]
 mod cdp;
+mod common;
 
 use common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,9 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
         .eval("document.querySelectorAll('#workers tbody tr[data-worker]').length")
         .unwrap();
     assert_eq!(rows, 2, "one row per worker");
-    let idle_rps = page.eval("document.getElementById('rps').textContent").unwrap();
+    let idle_rps = page
+        .eval("document.getElementById('rps').textContent")
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(d.url("/delay?ms=5"), 4, stop.clone(), 1_000_000);
@@ -51,13 +53,18 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
         last.as_f64().unwrap() >= first.as_f64().unwrap() + 3.0,
         "at least one update a second: {first} -> {last}"
     );
-    assert!(seen.len() >= 2, "numbers did not change: {seen:?} (idle {idle_rps})");
+    assert!(
+        seen.len() >= 2,
+        "numbers did not change: {seen:?} (idle {idle_rps})"
+    );
     let worker_rps = page
         .eval("[...document.querySelectorAll('#workers tbody td.rps')].map(td => parseFloat(td.textContent))")
         .unwrap();
     let worker_rps: Vec<f64> = serde_json::from_value(worker_rps).unwrap();
     assert!(worker_rps.iter().all(|r| *r > 0.0), "{worker_rps:?}");
-    let p99 = page.eval("document.getElementById('p99').textContent").unwrap();
+    let p99 = page
+        .eval("document.getElementById('p99').textContent")
+        .unwrap();
     assert!(p99.as_str().unwrap().ends_with("ms"), "{p99}");
 
     // Switch the strategy from the page (token from the URL fragment).
@@ -83,7 +90,11 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
     std::thread::sleep(Duration::from_secs(3));
     let png = page.screenshot_png().unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(png.len() > 20_000, "screenshot too small: {} bytes", png.len());
+    assert!(
+        png.len() > 20_000,
+        "screenshot too small: {} bytes",
+        png.len()
+    );
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&out, &png).unwrap();
     if let Some(p) = std::env::var_os("DROVER_SCREENSHOT") {
@@ -109,7 +120,8 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
     assert_eq!(d.status()["strategy"], "least_connections");
 
     // Without WebSocket the page polls /api/live instead.
-    page.navigate(&d.admin_url("/dashboard?transport=poll")).unwrap();
+    page.navigate(&d.admin_url("/dashboard?transport=poll"))
+        .unwrap();
     page.wait_for(
         "Number(document.body.dataset.updates) >= 2 && document.getElementById('conn').textContent === 'polling'",
         Duration::from_secs(20),

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 fn run_load(d: &Drover, path: &str, threads: usize, n: usize) {
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, why) = load(d.url(path), threads, stop, n / threads).join().unwrap();
+    let (ok, failed, why) = load(d.url(path), threads, stop, n / threads)
+        .join()
+        .unwrap();
     assert_eq!(failed, 0, "{why:?}");
     assert_eq!(ok, n / threads * threads);
 }
@@ -74,16 +76,26 @@ fn metrics_pass_promtool_or_the_strict_parser_and_include_process_resources() {
             &text,
             &format!("drover_process_resident_memory_bytes{{process=\"{p}\"}}"),
         );
-        let fds = metric_value(&text, &format!("drover_process_open_fds{{process=\"{p}\"}}"));
+        let fds = metric_value(
+            &text,
+            &format!("drover_process_open_fds{{process=\"{p}\"}}"),
+        );
         assert!(rss > 1e6, "{p} rss {rss}");
         assert!(fds >= 3.0, "{p} fds {fds}");
         assert!(
-            text.contains(&format!("drover_process_cpu_seconds_total{{process=\"{p}\"}}")),
+            text.contains(&format!(
+                "drover_process_cpu_seconds_total{{process=\"{p}\"}}"
+            )),
             "{p}"
         );
     }
     // drover did work: some CPU was counted.
-    assert!(metric_value(&text, "drover_process_cpu_seconds_total{process=\"drover\"}") > 0.0);
+    assert!(
+        metric_value(
+            &text,
+            "drover_process_cpu_seconds_total{process=\"drover\"}"
+        ) > 0.0
+    );
 
     let problems = promtext::check(&text);
     assert!(problems.is_empty(), "{problems:#?}");
@@ -135,7 +147,10 @@ fn history_serves_each_tier_and_rejects_bad_queries() {
     assert_eq!(v["step_seconds"], 1);
     let pts = v["points"].as_array().unwrap();
     assert_eq!(pts.len(), 60);
-    let busy = pts.iter().filter(|p| p[1].as_f64().unwrap_or(0.0) > 5.0).count();
+    let busy = pts
+        .iter()
+        .filter(|p| p[1].as_f64().unwrap_or(0.0) > 5.0)
+        .count();
     assert!(busy >= 2, "{v}");
     let (_, v) = get("metric=p99&range=1h");
     assert_eq!(v["step_seconds"], 10);
@@ -158,7 +173,14 @@ fn history_serves_each_tier_and_rejects_bad_queries() {
         .iter()
         .filter_map(|n| n.as_str())
         .collect();
-    for n in ["rps", "error_ratio", "p50", "p95", "p99", "backend_in_flight/worker-1"] {
+    for n in [
+        "rps",
+        "error_ratio",
+        "p50",
+        "p95",
+        "p99",
+        "backend_in_flight/worker-1",
+    ] {
         assert!(names.contains(&n), "{names:?}");
     }
     assert_eq!(get("metric=nope").0, 404);
@@ -186,7 +208,10 @@ fn events_record_restarts_reloads_and_strategy_switches() {
     assert!(ok, "{ev}");
     let text = d.metrics();
     assert!(metric_value(&text, "drover_events_total{kind=\"restart\"}") >= 1.0);
-    assert_eq!(metric_value(&text, "drover_events_total{kind=\"reload\"}"), 1.0);
+    assert_eq!(
+        metric_value(&text, "drover_events_total{kind=\"reload\"}"),
+        1.0
+    );
 }
 
 fn access_line(d: &Drover, needle: &str) -> Option<Value> {
@@ -234,7 +259,10 @@ fn traceparent_is_continued_or_started_and_logged_with_the_request_id() {
         &d.agent,
         "GET",
         &d.url("/echo"),
-        &[("traceparent", "00-bogus"), ("x-request-id", "trace-test-2")],
+        &[
+            ("traceparent", "00-bogus"),
+            ("x-request-id", "trace-test-2"),
+        ],
         None,
     )
     .unwrap();

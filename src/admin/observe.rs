@@ -51,7 +51,10 @@ async fn dashboard() -> Response {
 
 fn json_text(body: std::sync::Arc<str>) -> Response {
     (
-        [("content-type", "application/json"), ("cache-control", "no-store")],
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ],
         body.to_string(),
     )
         .into_response()

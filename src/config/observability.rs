@@ -290,7 +290,10 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
     for (i, s) in file.slos.iter().enumerate() {
         let f = |k: &str| format!("observability.slos[{i}].{k}");
         if !valid_name(&s.name) {
-            fail(f("name"), "must be 1-64 characters of A-Z a-z 0-9 _ -".into());
+            fail(
+                f("name"),
+                "must be 1-64 characters of A-Z a-z 0-9 _ -".into(),
+            );
         }
         if file.slos[..i].iter().any(|o| o.name == s.name) {
             fail(f("name"), format!("`{}` is defined twice", s.name));
@@ -298,7 +301,10 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         if !(s.objective > 0.0 && s.objective < 1.0) {
             fail(
                 f("objective"),
-                format!("{} is out of range; accepted: between 0 and 1 (e.g. 0.999)", s.objective),
+                format!(
+                    "{} is out of range; accepted: between 0 and 1 (e.g. 0.999)",
+                    s.objective
+                ),
             );
         }
         if s.window.0 < Duration::from_secs(3600) || s.window.0 > MAX_SLO_WINDOW {
@@ -308,7 +314,10 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
             ("availability", None) => SloKind::Availability,
             ("latency", Some(t)) if !t.0.is_zero() => SloKind::Latency(t.0),
             ("latency", _) => {
-                fail(f("threshold"), "a latency SLO needs a threshold, e.g. `250ms`".into());
+                fail(
+                    f("threshold"),
+                    "a latency SLO needs a threshold, e.g. `250ms`".into(),
+                );
                 SloKind::Availability
             }
             ("availability", Some(_)) => {
@@ -340,16 +349,17 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
     for (i, r) in a.rules.iter().enumerate() {
         let f = |k: &str| format!("observability.alerts.rules[{i}].{k}");
         if !valid_name(&r.name) {
-            fail(f("name"), "must be 1-64 characters of A-Z a-z 0-9 _ -".into());
+            fail(
+                f("name"),
+                "must be 1-64 characters of A-Z a-z 0-9 _ -".into(),
+            );
         }
         if a.rules[..i].iter().any(|o| o.name == r.name) {
             fail(f("name"), format!("`{}` is defined twice", r.name));
         }
         let expr_ok = match r.expr.split_once(':') {
             None => ALERT_METRICS.contains(&r.expr.as_str()),
-            Some((m, slo)) => {
-                SLO_METRICS.contains(&m) && file.slos.iter().any(|s| s.name == slo)
-            }
+            Some((m, slo)) => SLO_METRICS.contains(&m) && file.slos.iter().any(|s| s.name == slo),
         };
         if !expr_ok {
             fail(
@@ -381,7 +391,10 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
             fail(f("threshold"), "must be a finite number".into());
         }
         if r.summary.len() > 512 || r.severity.len() > 64 {
-            fail(f("summary"), "summary at most 512, severity at most 64 characters".into());
+            fail(
+                f("summary"),
+                "summary at most 512, severity at most 64 characters".into(),
+            );
         }
         rules.push(AlertRule {
             name: r.name.clone(),
@@ -422,7 +435,10 @@ mod tests {
         );
         assert!(issues.is_empty(), "{issues:?}");
         let w = c.alerts.webhook.unwrap();
-        assert_eq!((w.host.as_str(), w.port, w.path.as_str()), ("127.0.0.1", 9093, "/api/v2/alerts"));
+        assert_eq!(
+            (w.host.as_str(), w.port, w.path.as_str()),
+            ("127.0.0.1", 9093, "/api/v2/alerts")
+        );
         assert_eq!(c.alerts.rules[0].for_, Duration::from_secs(30));
         assert_eq!(c.alerts.rules[1].op, CompareOp::Ge);
         assert_eq!(c.slos[1].kind, SloKind::Latency(Duration::from_millis(250)));

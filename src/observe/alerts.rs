@@ -470,7 +470,9 @@ impl Alerts {
                             .is_some_and(|b| b.in_rotation())
                     })
                     .count() as f64,
-                "workers_crash_looping" => s.slots.iter().filter(|w| w.crash_looping).count() as f64,
+                "workers_crash_looping" => {
+                    s.slots.iter().filter(|w| w.crash_looping).count() as f64
+                }
                 "breakers_open" => members
                     .iter()
                     .filter(|b| !b.breaker.admits_traffic())
@@ -589,7 +591,10 @@ impl Alerts {
     }
 
     pub fn notifications(&self, result: &str) -> u64 {
-        self.metrics.notifications.with_label_values(&[result]).get()
+        self.metrics
+            .notifications
+            .with_label_values(&[result])
+            .get()
     }
 }
 
@@ -682,11 +687,17 @@ mod tests {
         assert_eq!(r.state, AlertState::Pending);
         // No data keeps the state.
         assert_eq!(r.step(None, for_, s(29), 0.0), None);
-        assert_eq!(r.step(Some(true), for_, s(30), 30.0), Some(Transition::Fired));
+        assert_eq!(
+            r.step(Some(true), for_, s(30), 30.0),
+            Some(Transition::Fired)
+        );
         assert_eq!(r.state, AlertState::Firing);
         assert_eq!(r.fired_at, Some(30.0));
         assert_eq!(r.step(Some(true), for_, s(40), 0.0), None);
-        assert_eq!(r.step(Some(false), for_, s(41), 0.0), Some(Transition::Resolved));
+        assert_eq!(
+            r.step(Some(false), for_, s(41), 0.0),
+            Some(Transition::Resolved)
+        );
         assert_eq!(r.state, AlertState::Resolved);
         assert_eq!(r.step(Some(false), for_, s(42), 0.0), None);
         assert_eq!(r.state, AlertState::Resolved);
@@ -733,13 +744,24 @@ mod tests {
         for _ in 0..600 {
             slo.push_second(Counts { total: 100, bad: 1 });
         }
-        assert!((slo.burn_rate(5) - 1.0).abs() < 1e-9, "{}", slo.burn_rate(5));
+        assert!(
+            (slo.burn_rate(5) - 1.0).abs() < 1e-9,
+            "{}",
+            slo.burn_rate(5)
+        );
         assert!((slo.budget_remaining() - 0.0).abs() < 1e-9);
         // 5 minutes at 10% errors: the short window burns 10x, the hour ~4x.
         for _ in 0..300 {
-            slo.push_second(Counts { total: 100, bad: 10 });
+            slo.push_second(Counts {
+                total: 100,
+                bad: 10,
+            });
         }
-        assert!((slo.burn_rate(5) - 10.0).abs() < 1e-9, "{}", slo.burn_rate(5));
+        assert!(
+            (slo.burn_rate(5) - 10.0).abs() < 1e-9,
+            "{}",
+            slo.burn_rate(5)
+        );
         let hour = (600.0 * 1.0 + 300.0 * 10.0) / 900.0;
         assert!((slo.burn_rate(60) - hour).abs() < 1e-9);
         assert!(slo.budget_remaining() < 0.0);

@@ -83,8 +83,15 @@ impl CustomMetrics {
         let mut out = String::new();
         for (name, per) in series.iter() {
             let full = format!("{PREFIX}{name}");
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# HELP {full} Reported by workers in the {HEADER} header");
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {full} Reported by workers in the {HEADER} header"
+            );
             let _ = writeln!(out, "# TYPE {full} {kind}");
             for (backend, v) in per {
                 let mut label = String::new();
@@ -104,7 +111,11 @@ impl CustomMetrics {
             "# HELP drover_worker_metrics_rejected_total Worker-reported metric values dropped (bad name or value, or over the caps)"
         );
         let _ = writeln!(out, "# TYPE drover_worker_metrics_rejected_total counter");
-        let _ = writeln!(out, "drover_worker_metrics_rejected_total {}", self.rejected());
+        let _ = writeln!(
+            out,
+            "drover_worker_metrics_rejected_total {}",
+            self.rejected()
+        );
         out
     }
 }
@@ -121,7 +132,10 @@ mod tests {
         c.ingest("worker-0", b"queue_depth=9");
         c.ingest("worker-0", b"Bad-Name=1, x=notanumber, neg_total=-1");
         let text = c.render();
-        assert!(text.contains("# TYPE drover_worker_queue_depth gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE drover_worker_queue_depth gauge"),
+            "{text}"
+        );
         assert!(text.contains("drover_worker_queue_depth{backend=\"worker-0\"} 9"));
         assert!(text.contains("drover_worker_queue_depth{backend=\"worker-1\"} 3"));
         assert!(text.contains("# TYPE drover_worker_jobs_done_total counter"));

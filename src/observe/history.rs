@@ -110,7 +110,9 @@ impl Ring {
         let n = (range / self.step).clamp(1, len);
         let first = last.saturating_sub(n - 1);
         let Some(head) = self.head else {
-            return (first..=last).map(|slot| (slot * self.step, None)).collect();
+            return (first..=last)
+                .map(|slot| (slot * self.step, None))
+                .collect();
         };
         (first..=last)
             .map(|slot| {
@@ -309,9 +311,16 @@ mod tests {
             one.push("rps", Rollup::Mean, t0 + t, 1.0);
         }
         assert_eq!(one.memory_bytes(), POINTS_PER_SERIES * 4);
-        let week = one.query("rps", t0 + 7 * 24 * 3600 - 1, 7 * 24 * 3600).unwrap();
+        let week = one
+            .query("rps", t0 + 7 * 24 * 3600 - 1, 7 * 24 * 3600)
+            .unwrap();
         assert_eq!(week.step_seconds, 60);
         assert_eq!(week.points.len(), 10_080);
-        assert!(week.points.iter().rev().skip(1).all(|(_, v)| *v == Some(1.0)));
+        assert!(week
+            .points
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|(_, v)| *v == Some(1.0)));
     }
 }

@@ -466,6 +466,9 @@ mod tests {
         let names = r.backends();
         assert_eq!(names.len(), MAX_BACKEND_RECORDERS + 1);
         assert!(names.iter().any(|(n, _)| &**n == OVERFLOW_NAME));
-        assert!(Arc::ptr_eq(&r.for_backend("flood-999"), &r.for_backend("flood-998")));
+        assert!(Arc::ptr_eq(
+            &r.for_backend("flood-999"),
+            &r.for_backend("flood-998")
+        ));
     }
 }

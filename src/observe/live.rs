@@ -400,13 +400,23 @@ impl Observer {
             h.push("in_flight", Rollup::Mean, ts, in_flight as f64);
             if let Some(d) = published.processes.get("drover") {
                 h.push("drover_cpu_cores", Rollup::Mean, ts, d.cpu_cores);
-                h.push("drover_rss_bytes", Rollup::Max, ts, d.stats.rss_bytes as f64);
+                h.push(
+                    "drover_rss_bytes",
+                    Rollup::Max,
+                    ts,
+                    d.stats.rss_bytes as f64,
+                );
             }
             for (name, v) in &published.backend_rps {
                 h.push(&format!("backend_rps/{name}"), Rollup::Mean, ts, *v);
             }
             for (name, v) in &backend_inflight {
-                h.push(&format!("backend_in_flight/{name}"), Rollup::Mean, ts, *v as f64);
+                h.push(
+                    &format!("backend_in_flight/{name}"),
+                    Rollup::Mean,
+                    ts,
+                    *v as f64,
+                );
             }
             self.gauges.history_series.set(h.len() as i64);
         }

@@ -22,7 +22,10 @@ pub struct TraceContext {
 
 fn hex_u128(s: &[u8]) -> Option<u128> {
     // from_str_radix accepts a leading '+', which W3C does not.
-    if !s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
+    if !s
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
         return None;
     }
     u128::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
@@ -158,6 +161,9 @@ mod tests {
         let b = TraceContext::from_request(&req);
         assert_eq!(a.parent_id, None);
         assert_ne!(a.trace_id, b.trace_id);
-        assert_eq!(parse(a.header_value().as_bytes()).map(|p| p.0), Some(a.trace_id));
+        assert_eq!(
+            parse(a.header_value().as_bytes()).map(|p| p.0),
+            Some(a.trace_id)
+        );
     }
 }

@@ -69,7 +69,9 @@ pub fn payload(n: &Notification) -> serde_json::Value {
     });
     let fingerprint = format!(
         "{:016x}",
-        crate::balancing::consistent_hash::fnv1a(format!("{}{}", n.rule.name, n.instance).as_bytes())
+        crate::balancing::consistent_hash::fnv1a(
+            format!("{}{}", n.rule.name, n.instance).as_bytes()
+        )
     );
     json!({
         "version": "4",
@@ -111,7 +113,10 @@ impl Sender {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.results.with_label_values(&["dropped"]).inc();
-            log::warn!("alert webhook: {MAX_IN_FLIGHT} deliveries pending; dropping one for {}", n.rule.name);
+            log::warn!(
+                "alert webhook: {MAX_IN_FLIGHT} deliveries pending; dropping one for {}",
+                n.rule.name
+            );
             return;
         }
         let body = payload(&n).to_string();

@@ -206,10 +206,15 @@ impl ProxyHttp for DroverProxy {
     ) -> Result<()> {
         ctx.response_started = true;
         if let (Some(v), Some(g)) = (
-            upstream_response.headers.get(crate::observe::custom::HEADER),
+            upstream_response
+                .headers
+                .get(crate::observe::custom::HEADER),
             &ctx.guard,
         ) {
-            self.shared.observe.custom.ingest(&g.backend().name, v.as_bytes());
+            self.shared
+                .observe
+                .custom
+                .ingest(&g.backend().name, v.as_bytes());
         }
         headers::strip_internal_response(upstream_response);
         Ok(())

@@ -201,7 +201,10 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
             _ => return Err(format!("bad base64 byte {c}")),
         } as u32)
     };
-    let bytes: Vec<u8> = s.bytes().filter(|b| *b != b'=' && !b.is_ascii_whitespace()).collect();
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|b| *b != b'=' && !b.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         let mut n = 0u32;

@@ -95,7 +95,8 @@ fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, f64), Stri
     let value = parts.next().ok_or("no value")?;
     let value = parse_value(value).ok_or_else(|| format!("bad value `{value}`"))?;
     if let Some(ts) = parts.next() {
-        ts.parse::<i64>().map_err(|_| format!("bad timestamp `{ts}`"))?;
+        ts.parse::<i64>()
+            .map_err(|_| format!("bad timestamp `{ts}`"))?;
     }
     if parts.next().is_some() {
         return Err("trailing fields".into());
@@ -112,13 +113,14 @@ pub fn check(text: &str) -> Vec<String> {
     let mut current: Option<String> = None;
     let mut series: HashSet<String> = HashSet::new();
     // Histogram: family → labels-without-le → (buckets (le, count), count)
-    let mut hist: HashMap<String, HashMap<String, (Vec<(f64, f64)>, Option<f64>)>> =
-        HashMap::new();
+    let mut hist: HashMap<String, HashMap<String, (Vec<(f64, f64)>, Option<f64>)>> = HashMap::new();
     let family_of = |name: &str, types: &HashMap<String, String>| -> String {
         for suffix in ["_bucket", "_sum", "_count"] {
             if let Some(base) = name.strip_suffix(suffix) {
-                if matches!(types.get(base).map(|s| s.as_str()), Some("histogram" | "summary"))
-                {
+                if matches!(
+                    types.get(base).map(|s| s.as_str()),
+                    Some("histogram" | "summary")
+                ) {
                     return base.to_string();
                 }
             }
@@ -224,7 +226,10 @@ pub fn check(text: &str) -> Vec<String> {
             p("counter value must be >= 0".into());
         }
         if ty == "histogram" {
-            let le = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.clone());
+            let le = labels
+                .iter()
+                .find(|(k, _)| k == "le")
+                .map(|(_, v)| v.clone());
             let rest: Vec<_> = keyed.iter().filter(|(k, _)| k != "le").cloned().collect();
             let entry = hist
                 .entry(family.clone())
@@ -255,7 +260,9 @@ pub fn check(text: &str) -> Vec<String> {
             if last.0 != f64::INFINITY {
                 problems.push(format!("{family}{labels}: no +Inf bucket"));
             } else if count != Some(last.1) {
-                problems.push(format!("{family}{labels}: _count differs from the +Inf bucket"));
+                problems.push(format!(
+                    "{family}{labels}: _count differs from the +Inf bucket"
+                ));
             }
         }
     }
@@ -267,8 +274,8 @@ pub fn promtool() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("PROMTOOL") {
         return Some(p.into());
     }
-    let unpacked = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/promtool/usr/bin/promtool");
+    let unpacked =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/promtool/usr/bin/promtool");
     if unpacked.exists() {
         return Some(unpacked);
     }
