@@ -14,10 +14,12 @@ use std::time::Duration;
 
 /// A local Alertmanager stand-in: answers 500 to the first `fail_first` posts, 200 after;
 /// keeps every (status answered, body).
-fn receiver(fail_first: usize) -> (u16, Arc<Mutex<Vec<(u16, Value)>>>) {
+type Received = Arc<Mutex<Vec<(u16, Value)>>>;
+
+fn receiver(fail_first: usize) -> (u16, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let got: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
+    let got: Received = Arc::default();
     let seen = got.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {

@@ -149,13 +149,13 @@ impl Percentiles {
 pub struct Windows {
     recorder: Arc<Recorder>,
     /// Newest last; `None` for a second without samples.
-    seconds: std::collections::VecDeque<Option<Box<Histogram<u32>>>>,
-    tens: std::collections::VecDeque<Option<Box<Histogram<u32>>>>,
+    seconds: std::collections::VecDeque<Option<Histogram<u32>>>,
+    tens: std::collections::VecDeque<Option<Histogram<u32>>>,
     /// The seconds of the 10-second slot being filled.
-    current_ten: Option<Box<Histogram<u32>>>,
+    current_ten: Option<Histogram<u32>>,
     seconds_in_ten: u32,
     /// Recycled histograms, so a steady state allocates nothing.
-    free: Vec<Box<Histogram<u32>>>,
+    free: Vec<Histogram<u32>>,
     spare: Histogram<u32>,
     /// Samples in the last completed second.
     pub last_second_count: u64,
@@ -179,11 +179,11 @@ impl Windows {
         &self.recorder
     }
 
-    fn take(&mut self) -> Box<Histogram<u32>> {
-        self.free.pop().unwrap_or_else(|| Box::new(new_histogram()))
+    fn take(&mut self) -> Histogram<u32> {
+        self.free.pop().unwrap_or_else(new_histogram)
     }
 
-    fn give(&mut self, h: Option<Box<Histogram<u32>>>) {
+    fn give(&mut self, h: Option<Histogram<u32>>) {
         if let Some(mut h) = h {
             h.reset();
             // Never keep more spares than slots could ever need.
@@ -207,7 +207,7 @@ impl Windows {
                 self.current_ten = Some(self.take());
             }
             if let Some(t) = self.current_ten.as_mut() {
-                let _ = t.add(&*h);
+                let _ = t.add(&h);
             }
             Some(h)
         };
@@ -231,9 +231,9 @@ impl Windows {
     /// Merges the slots of `window` into `out` (reset first).
     pub fn merge(&self, window: Window, out: &mut Histogram<u32>) {
         out.reset();
-        let add = |out: &mut Histogram<u32>, h: &Option<Box<Histogram<u32>>>| {
+        let add = |out: &mut Histogram<u32>, h: &Option<Histogram<u32>>| {
             if let Some(h) = h {
-                let _ = out.add(&**h);
+                let _ = out.add(h);
             }
         };
         match window {

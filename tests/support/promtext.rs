@@ -3,6 +3,7 @@
 //! contiguous families, no duplicate series, histogram bucket consistency, and promtool's
 //! naming lints (counters end in `_total`, only counters do, no `quantile` label outside
 //! summaries, base units).
+#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,7 +30,11 @@ fn parse_value(v: &str) -> Option<f64> {
 }
 
 /// Parses `name{a="b",...} value`; returns (name, labels, value).
-fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, f64), String> {
+type Labels = Vec<(String, String)>;
+/// Per histogram family, per label set without `le`: (buckets as (le, count), _count).
+type Histograms = HashMap<String, HashMap<String, (Vec<(f64, f64)>, Option<f64>)>>;
+
+fn parse_sample(line: &str) -> Result<(String, Labels, f64), String> {
     let (name_end, has_labels) = match line.find(['{', ' ']) {
         Some(i) => (i, line.as_bytes()[i] == b'{'),
         None => return Err("no value".into()),
@@ -113,7 +118,7 @@ pub fn check(text: &str) -> Vec<String> {
     let mut current: Option<String> = None;
     let mut series: HashSet<String> = HashSet::new();
     // Histogram: family → labels-without-le → (buckets (le, count), count)
-    let mut hist: HashMap<String, HashMap<String, (Vec<(f64, f64)>, Option<f64>)>> = HashMap::new();
+    let mut hist: Histograms = HashMap::new();
     let family_of = |name: &str, types: &HashMap<String, String>| -> String {
         for suffix in ["_bucket", "_sum", "_count"] {
             if let Some(base) = name.strip_suffix(suffix) {
