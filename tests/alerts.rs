@@ -212,6 +212,7 @@ fn slo_budget_and_burn_rates_count_errors_and_slow_requests() {
     assert!(metric_value(&text, "drover_slo_error_budget_remaining{slo=\"fast\"}") < 0.0);
     let problems = promtext::check(&text);
     assert!(problems.is_empty(), "{problems:#?}");
+    promtext::promtool_check(&text).unwrap();
 }
 
 #[test]
@@ -247,8 +248,10 @@ fn worker_reported_metrics_are_exported_and_never_reach_the_client() {
         ),
         3.0
     );
-    let problems = promtext::check(&d.metrics());
+    let text = d.metrics();
+    let problems = promtext::check(&text);
     assert!(problems.is_empty(), "{problems:#?}");
+    promtext::promtool_check(&text).unwrap();
 }
 
 #[test]

@@ -310,3 +310,34 @@ fn strict_parser_rejects_what_promtool_rejects() {
         assert!(!check(bad).is_empty(), "accepted: {bad}");
     }
 }
+
+/// Runs `promtool check metrics` on `text` when promtool is installed; `Ok(false)` when it
+/// is not (then only [`check`] applies), `Err` with its output when it rejects the text.
+pub fn promtool_check(text: &str) -> Result<bool, String> {
+    use std::io::Write;
+    let Some(tool) = promtool() else {
+        return Ok(false);
+    };
+    let mut child = std::process::Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", tool.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(true)
+    } else {
+        Err(format!(
+            "promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
