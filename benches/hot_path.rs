@@ -21,6 +21,10 @@
 //! - `sessions/*`: cookie encode and verify (HMAC-SHA256), sealing and opening 64 bytes
 //!   of session data (ChaCha20-Poly1305), and a memory-store get + set of one record
 //!   in a store of 100,000 sessions.
+//! - `observe/*`: recording one latency into an HDR window recorder (single thread, and
+//!   with a second thread recording into the same recorder, and while a harvester swaps
+//!   the shards as the once-a-second sampler does); `trace/*`: continuing an incoming
+//!   `traceparent` and writing drover's into the request.
 //!
 //! The bench uses mimalloc, as the drover binary does, so allocation costs match.
 //! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 2`.
@@ -202,6 +206,7 @@ fn access_log(c: &mut Criterion) {
         request_id: "9f86d081884c7d65",
         tries: 1,
         error: None,
+        trace: None,
     };
     c.bench_function("access_log/format/typical", |b| {
         b.iter(|| access_log::format(black_box(&record)))
@@ -313,8 +318,69 @@ fn sessions(c: &mut Criterion) {
     group.finish();
 }
 
+fn observe(c: &mut Criterion) {
+    use drover::observe::latency::{Recorder, Windows};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut group = c.benchmark_group("observe");
+    let rec = Arc::new(Recorder::new());
+    let mut i = 0u64;
+    group.bench_function("latency_record/1_thread", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(7919);
+            rec.record(black_box(Duration::from_micros(200 + (i & 0xffff))))
+        })
+    });
+    // Another data-plane thread records into the same recorder (a different shard), and a
+    // harvester swaps shards out as fast as it can (the sampler does it once a second).
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (rec, stop) = (rec.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut windows = Windows::new(rec.clone());
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                rec.record(Duration::from_micros(300));
+                n += 1;
+                if n.is_multiple_of(100_000) {
+                    windows.tick();
+                }
+            }
+        })
+    };
+    group.bench_function("latency_record/2_threads_with_harvest", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(7919);
+            rec.record(black_box(Duration::from_micros(200 + (i & 0xffff))))
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = other.join();
+    group.finish();
+
+    let mut group = c.benchmark_group("trace");
+    let mut req = ordinary_request();
+    req.insert_header(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .expect("valid header");
+    group.bench_function("continue_and_apply", |b| {
+        b.iter_batched_ref(
+            || req.clone(),
+            |r| {
+                let t = drover::observe::trace::TraceContext::from_request(r);
+                t.apply(r);
+                t.span_id
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    observe,
     select,
     breaker,
     resilience,

@@ -23,6 +23,8 @@ pub struct Shared {
     pub version: AtomicU64,
     pub pool: Pool,
     pub metrics: Metrics,
+    /// Percentile windows, history, events, alerts (`observe::live`), sampled each second.
+    pub observe: crate::observe::live::Observer,
     /// Set when shutdown starts: `/readyz` answers 503 and workers are not restarted.
     pub shutting_down: AtomicBool,
     pub started: Instant,
@@ -48,12 +50,14 @@ impl Shared {
         pool.set_max_ejected_share(config.resilience.max_ejected_share);
         let metrics = Metrics::new();
         metrics.config_version.set(1);
+        let observe = crate::observe::live::Observer::new(&metrics);
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             config_path,
             version: AtomicU64::new(1),
             pool,
             metrics,
+            observe,
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
             auto_strategy: AtomicBool::new(auto),

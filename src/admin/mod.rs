@@ -12,11 +12,14 @@
 //!   see `operations.rs`.
 //! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
 //! - `/api/breakers*`, `/api/chaos*`: see `resilience.rs`.
+//! - `/dashboard`, `/api/live`, `/api/stream`, `/api/history`, `/api/events`,
+//!   `/api/alerts`: observability, listed in `observe.rs`.
 //!
 //! When `admin.token` is set, every state-changing endpoint requires
 //! `Authorization: Bearer <token>`, compared in constant time.
 
 pub mod auth;
+pub mod observe;
 mod operations;
 mod resilience;
 mod sessions;
@@ -56,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/strategy", post(set_strategy))
         .route("/api/workers/{id}/drain", post(drain_worker))
         .merge(resilience::router())
+        .merge(observe::routes())
         .with_state(state)
 }
 
@@ -72,7 +76,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .set(crash_looping as i64);
     let res = s.shared.config().resilience.clone();
     s.shared.metrics.resilience.refresh(&res, &s.shared.pool);
-    let body = s.shared.metrics.render(&s.shared.pool);
+    let mut body = s.shared.metrics.render(&s.shared.pool);
+    body.push_str(&s.shared.observe.custom.render());
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -157,6 +162,8 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "deploy": s.supervisor.deploy_status(),
         "image": image,
         "previous_image": s.supervisor.previous_image().map(|i| i.version.clone()),
+        "latency": observe::latency_status(&s),
+        "scaling": s.shared.observe.alerts.scaling(),
     }))
 }
 

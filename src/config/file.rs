@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub routes: Vec<super::RouteFile>,
     pub rate_limit: super::RateLimitFile,
     pub chaos: super::ChaosFile,
+    /// Alert rules, webhook and SLOs (`config/observability.rs`).
+    pub observability: super::observability::ObservabilityFile,
 }
 
 impl Default for FileConfig {
@@ -61,6 +63,7 @@ impl Default for FileConfig {
             routes: Vec::new(),
             rate_limit: super::RateLimitFile::default(),
             chaos: super::ChaosFile::default(),
+            observability: Default::default(),
         }
     }
 }

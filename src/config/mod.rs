@@ -8,6 +8,7 @@ mod duration;
 mod edge;
 mod error;
 mod file;
+pub mod observability;
 mod resilience_file;
 mod sessions;
 mod validate;

@@ -31,6 +31,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Routes, rate limits, retry pacing and budget (`crate::resilience::config`).
     pub resilience: std::sync::Arc<crate::resilience::config::Resilience>,
+    pub observability: super::observability::ObservabilityConfig,
     /// The parsed file, kept to show the running config (`/api/config`).
     pub file: FileConfig,
 }
@@ -458,6 +459,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let observability = super::observability::validate(&file.observability, &mut c.issues);
+
     let runtime_dir = match &file.runtime_dir {
         Some(d) => relative_to(source, d),
         None => {
@@ -569,6 +572,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             access_log: file.logging.access_log,
         },
         resilience: std::sync::Arc::new(resilience),
+        observability,
         file,
     })
 }

@@ -24,6 +24,8 @@ const REFRESH_TICK: Duration = Duration::from_millis(100);
 const AUTO_EVERY_TICKS: u64 = 20;
 /// A shared session store is counted (bounded SCAN) every 10 s (100 ticks).
 const SHARED_STATS_EVERY_TICKS: u64 = 100;
+/// Percentile windows, history, resources and alerts are sampled every second (10 ticks).
+const OBSERVE_EVERY_TICKS: u64 = 10;
 
 /// One decision of `strategy: auto`; switches and logs only when the choice changes.
 fn auto_strategy_step(shared: &Shared) {
@@ -208,6 +210,10 @@ async fn run(
             }
             if n.is_multiple_of(AUTO_EVERY_TICKS) {
                 auto_strategy_step(&ticker_shared);
+            }
+            if n.is_multiple_of(OBSERVE_EVERY_TICKS) {
+                let slots = ticker_supervisor.status();
+                ticker_shared.observe.sample(&ticker_shared, &slots);
             }
         }
     });

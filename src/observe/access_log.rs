@@ -17,6 +17,8 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     pub tries: u32,
     pub error: Option<&'a str>,
+    /// W3C trace ids (`observe::trace`): trace, drover's span, the caller's span.
+    pub trace: Option<&'a super::trace::TraceContext>,
 }
 
 pub fn escape_into(out: &mut String, s: &str) {
@@ -63,6 +65,16 @@ pub fn format(r: &AccessRecord<'_>) -> String {
     );
     escape_into(&mut out, r.request_id);
     out.push('"');
+    if let Some(t) = r.trace {
+        let _ = write!(
+            out,
+            ",\"trace_id\":\"{:032x}\",\"span_id\":\"{:016x}\"",
+            t.trace_id, t.span_id
+        );
+        if let Some(p) = t.parent_id {
+            let _ = write!(out, ",\"parent_span_id\":\"{p:016x}\"");
+        }
+    }
     if let Some(e) = r.error {
         out.push_str(",\"error\":\"");
         escape_into(&mut out, e);
@@ -90,11 +102,20 @@ mod tests {
             request_id: "abc",
             tries: 1,
             error: Some("x\u{1}"),
+            trace: Some(&crate::observe::trace::TraceContext {
+                trace_id: 0xab,
+                parent_id: Some(0xcd),
+                span_id: 0xef,
+                flags: 1,
+            }),
         });
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\n");
         assert_eq!(v["status"], 200);
         assert_eq!(v["worker_id"], 1);
         assert_eq!(v["error"], "x\u{1}");
+        assert_eq!(v["trace_id"], format!("{:032x}", 0xab));
+        assert_eq!(v["span_id"], "00000000000000ef");
+        assert_eq!(v["parent_span_id"], "00000000000000cd");
     }
 }

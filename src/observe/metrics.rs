@@ -47,6 +47,8 @@ pub struct Metrics {
     backend_selections: IntCounterVec,
     breaker_seen: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
     pub resilience: crate::resilience::metrics::ResilienceMetrics,
+    /// HDR latency recorders behind the sliding-window percentiles (`observe::latency`).
+    pub latency: super::latency::Recorders,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -65,6 +67,7 @@ pub struct BackendHandles {
     pub failures: IntCounter,
     pub duration: Histogram,
     pub selections: [IntCounter; 6],
+    pub latency: std::sync::Arc<super::latency::Recorder>,
 }
 
 impl Metrics {
@@ -77,6 +80,7 @@ impl Metrics {
                 self.backend_selections
                     .with_label_values(&[name, k.as_str()])
             }),
+            latency: self.latency.for_backend(name),
         }
     }
 
@@ -305,6 +309,7 @@ impl Metrics {
             ),
             breaker_seen: Default::default(),
             resilience: crate::resilience::metrics::ResilienceMetrics::new(&r),
+            latency: Default::default(),
             registry: r,
         };
         for reason in ["full", "timeout"] {

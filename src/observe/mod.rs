@@ -1,5 +1,15 @@
-//! Observability: metric names and registry, the access log.
+//! Observability: metric names and registry, the access log, latency windows, history,
+//! resource sampling, events, alerts and tracing.
 
 pub mod access_log;
+pub mod alerts;
+pub mod custom;
+pub mod events;
+pub mod history;
+pub mod latency;
+pub mod live;
 pub mod metrics;
 pub mod names;
+pub mod procstat;
+pub mod trace;
+pub mod webhook;

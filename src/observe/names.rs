@@ -52,3 +52,16 @@ pub const RATE_LIMIT_TABLE_BYTES: &str = "drover_rate_limit_table_bytes";
 pub const RETRIES_DENIED_TOTAL: &str = "drover_retries_denied_total";
 pub const RETRY_BACKOFF_SECONDS_TOTAL: &str = "drover_retry_backoff_seconds_total";
 pub const CHAOS_INJECTED_TOTAL: &str = "drover_chaos_injected_total";
+// Sliding-window percentiles, resources and alerts (observe::live, observe::alerts).
+pub const REQUEST_DURATION_PERCENTILE_SECONDS: &str = "drover_request_duration_percentile_seconds";
+pub const BACKEND_DURATION_PERCENTILE_SECONDS: &str =
+    "drover_backend_request_duration_percentile_seconds";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "drover_process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "drover_process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "drover_process_open_fds";
+pub const HISTORY_SERIES: &str = "drover_history_series";
+pub const OBSERVE_EVENTS_TOTAL: &str = "drover_events_total";
+pub const ALERT_STATE: &str = "drover_alert_state";
+pub const ALERT_NOTIFICATIONS_TOTAL: &str = "drover_alert_notifications_total";
+pub const SLO_ERROR_BUDGET_REMAINING: &str = "drover_slo_error_budget_remaining";
+pub const SLO_BURN_RATE: &str = "drover_slo_burn_rate";

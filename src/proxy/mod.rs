@@ -16,6 +16,7 @@ use crate::balancing::{InflightGuard, SelectError, SelectLimits};
 use crate::config::Config;
 use crate::config::HashKey;
 use crate::observe::access_log;
+use crate::observe::trace::TraceContext;
 use crate::resilience::classify::Outcome;
 use crate::sessions::SessionCtx;
 use crate::state::Shared;
@@ -57,6 +58,8 @@ pub struct RequestCtx {
     client_ip: Option<std::net::IpAddr>,
     /// Route, bulkhead slot, route breaker permit, deadline (`proxy/resilience.rs`).
     res: resilience::ResCtx,
+    /// W3C trace context: continued or started in request_filter, logged at the end.
+    trace: Option<TraceContext>,
 }
 
 fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
@@ -101,6 +104,7 @@ impl ProxyHttp for DroverProxy {
             session: None,
             client_ip: None,
             res: Default::default(),
+            trace: None,
         }
     }
 
@@ -116,6 +120,9 @@ impl ProxyHttp for DroverProxy {
             }
             ctx.request_id = Some(id);
         }
+        let trace = TraceContext::from_request(req);
+        trace.apply(req);
+        ctx.trace = Some(trace);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -256,6 +263,17 @@ impl ProxyHttp for DroverProxy {
         if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ctx.session.as_mut()) {
             sessions.on_response(s, upstream_response).await;
         }
+        if let (Some(v), Some(g)) = (
+            upstream_response
+                .headers
+                .get(crate::observe::custom::HEADER),
+            &ctx.guard,
+        ) {
+            self.shared
+                .observe
+                .custom
+                .ingest(&g.backend().name, v.as_bytes());
+        }
         headers::strip_internal_response(upstream_response);
         Ok(())
     }
@@ -337,6 +355,7 @@ impl ProxyHttp for DroverProxy {
         let elapsed = ctx.start.elapsed();
         m.status_class(status).inc();
         m.duration.observe(elapsed.as_secs_f64());
+        m.latency.overall.record(elapsed);
         let mut backend_name: Option<Arc<str>> = None;
         let mut worker_id = None;
         if let Some(mut guard) = ctx.guard.take() {
@@ -348,6 +367,7 @@ impl ProxyHttp for DroverProxy {
             if let Some(h) = b.metrics.get() {
                 h.requests.inc();
                 h.duration.observe(upstream_elapsed.as_secs_f64());
+                h.latency.record(upstream_elapsed);
                 if !success {
                     h.failures.inc();
                 }
@@ -378,6 +398,7 @@ impl ProxyHttp for DroverProxy {
                 request_id: ctx.request_id.as_deref().unwrap_or(""),
                 tries: ctx.tries,
                 error: err.as_deref(),
+                trace: ctx.trace.as_ref(),
             });
             log::info!(target: "access", "{line}");
         }

@@ -1,0 +1,466 @@
+//! The `observability:` section: alert rules, their webhook, and SLOs. File types,
+//! validation and the runtime types live together here so the shared config files only
+//! gain one field each.
+
+use super::duration::Dur;
+use super::error::ConfigIssue;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Most alert rules and SLOs accepted (each is evaluated every second and labels metrics).
+pub const MAX_RULES: usize = 100;
+pub const MAX_SLOS: usize = 16;
+/// Longest SLO window: one point per minute is kept for it.
+pub const MAX_SLO_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What an alert rule may compare. Latencies are seconds, ratios 0..1.
+pub const ALERT_METRICS: &[&str] = &[
+    "rps",
+    "rps_1m",
+    "error_ratio",
+    "error_ratio_1m",
+    "error_ratio_5m",
+    "p50_10s",
+    "p95_10s",
+    "p99_10s",
+    "p999_10s",
+    "p50_1m",
+    "p95_1m",
+    "p99_1m",
+    "p999_1m",
+    "p99_5m",
+    "in_flight",
+    "queue_length",
+    "workers_healthy",
+    "workers_down",
+    "workers_crash_looping",
+    "breakers_open",
+];
+/// Per-SLO metrics, written `NAME:SLO` (e.g. `burn_rate_1h:availability`).
+pub const SLO_METRICS: &[&str] = &[
+    "burn_rate_5m",
+    "burn_rate_30m",
+    "burn_rate_1h",
+    "burn_rate_6h",
+    "error_budget_remaining",
+];
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityFile {
+    pub alerts: AlertsFile,
+    /// Service level objectives; their burn rates can be alerted on.
+    pub slos: Vec<SloFile>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsFile {
+    /// Alertmanager-compatible webhook (`http://host:port/path`); null = log and
+    /// dashboard only.
+    pub webhook: Option<String>,
+    /// Extra delivery attempts after a failed one (backoff 500 ms, doubling).
+    pub webhook_retries: u32,
+    /// Timeout of one delivery attempt.
+    pub webhook_timeout: Dur,
+    pub rules: Vec<AlertRuleFile>,
+}
+
+impl Default for AlertsFile {
+    fn default() -> Self {
+        AlertsFile {
+            webhook: None,
+            webhook_retries: 3,
+            webhook_timeout: Dur::secs(2),
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleFile {
+    pub name: String,
+    /// One of [`ALERT_METRICS`], or `METRIC:SLO` with one of [`SLO_METRICS`].
+    pub expr: String,
+    /// `>`, `>=`, `<`, `<=`, `==` or `!=`.
+    #[serde(default = "default_op")]
+    pub op: String,
+    pub threshold: f64,
+    /// How long the condition must hold before the alert fires (pending until then).
+    #[serde(rename = "for", default = "zero")]
+    pub for_: Dur,
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    #[serde(default)]
+    pub summary: String,
+}
+
+fn default_op() -> String {
+    ">".into()
+}
+fn zero() -> Dur {
+    Dur::secs(0)
+}
+fn default_severity() -> String {
+    "warning".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloFile {
+    pub name: String,
+    /// `availability` (bad = 5xx or failed) or `latency` (bad = slower than `threshold`).
+    pub kind: String,
+    /// Share of good requests, e.g. 0.999.
+    pub objective: f64,
+    /// For `latency`: the duration a good request stays under.
+    #[serde(default)]
+    pub threshold: Option<Dur>,
+    /// Error-budget window (at most 720h).
+    #[serde(default = "default_slo_window")]
+    pub window: Dur,
+}
+
+fn default_slo_window() -> Dur {
+    Dur(Duration::from_secs(30 * 24 * 3600))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl CompareOp {
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            CompareOp::Gt => value > threshold,
+            CompareOp::Ge => value >= threshold,
+            CompareOp::Lt => value < threshold,
+            CompareOp::Le => value <= threshold,
+            CompareOp::Eq => value == threshold,
+            CompareOp::Ne => value != threshold,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Eq => "==",
+            CompareOp::Ne => "!=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub name: String,
+    pub expr: String,
+    pub op: CompareOp,
+    pub threshold: f64,
+    pub for_: Duration,
+    pub severity: String,
+    pub summary: String,
+}
+
+/// Where webhook notifications go (plain HTTP; put a TLS-terminating relay in front for
+/// HTTPS receivers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    pub webhook: Option<WebhookTarget>,
+    pub webhook_retries: u32,
+    pub webhook_timeout: Duration,
+    pub rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SloKind {
+    Availability,
+    /// Good requests finish within this long.
+    Latency(Duration),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloConfig {
+    pub name: String,
+    pub kind: SloKind,
+    pub objective: f64,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservabilityConfig {
+    pub alerts: AlertsConfig,
+    pub slos: Vec<SloConfig>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Parses `http://host:port/path`.
+pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("`{url}` must start with http:// (use a local relay for HTTPS receivers)")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port in `{url}`"))?,
+        ),
+        None => (authority, 80),
+    };
+    if host.is_empty() || host.contains(['@', ' ']) {
+        return Err(format!("`{url}` has no valid host"));
+    }
+    if path.contains([' ', '\r', '\n']) {
+        return Err(format!("`{url}` has an invalid path"));
+    }
+    Ok(WebhookTarget {
+        url: url.to_string(),
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// Validates the section; problems are appended to `issues`.
+pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> ObservabilityConfig {
+    let mut fail = |field: String, message: String| {
+        issues.push(ConfigIssue {
+            field,
+            line: None,
+            message,
+        })
+    };
+    let a = &file.alerts;
+    let webhook = match &a.webhook {
+        Some(url) => match parse_webhook(url) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                fail("observability.alerts.webhook".into(), e);
+                None
+            }
+        },
+        None => None,
+    };
+    if a.webhook_retries > 20 {
+        fail(
+            "observability.alerts.webhook_retries".into(),
+            format!("{} is out of range; accepted: 0 to 20", a.webhook_retries),
+        );
+    }
+    if a.webhook_timeout.0.is_zero() {
+        fail(
+            "observability.alerts.webhook_timeout".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    let mut slos = Vec::new();
+    if file.slos.len() > MAX_SLOS {
+        fail(
+            "observability.slos".into(),
+            format!("at most {MAX_SLOS} SLOs"),
+        );
+    }
+    for (i, s) in file.slos.iter().enumerate() {
+        let f = |k: &str| format!("observability.slos[{i}].{k}");
+        if !valid_name(&s.name) {
+            fail(
+                f("name"),
+                "must be 1-64 characters of A-Z a-z 0-9 _ -".into(),
+            );
+        }
+        if file.slos[..i].iter().any(|o| o.name == s.name) {
+            fail(f("name"), format!("`{}` is defined twice", s.name));
+        }
+        if !(s.objective > 0.0 && s.objective < 1.0) {
+            fail(
+                f("objective"),
+                format!(
+                    "{} is out of range; accepted: between 0 and 1 (e.g. 0.999)",
+                    s.objective
+                ),
+            );
+        }
+        if s.window.0 < Duration::from_secs(3600) || s.window.0 > MAX_SLO_WINDOW {
+            fail(f("window"), "accepted: 1h to 720h".into());
+        }
+        let kind = match (s.kind.as_str(), s.threshold) {
+            ("availability", None) => SloKind::Availability,
+            ("latency", Some(t)) if !t.0.is_zero() => SloKind::Latency(t.0),
+            ("latency", _) => {
+                fail(
+                    f("threshold"),
+                    "a latency SLO needs a threshold, e.g. `250ms`".into(),
+                );
+                SloKind::Availability
+            }
+            ("availability", Some(_)) => {
+                fail(f("threshold"), "only latency SLOs take a threshold".into());
+                SloKind::Availability
+            }
+            (other, _) => {
+                fail(
+                    f("kind"),
+                    format!("`{other}` is not a kind; accepted: availability, latency"),
+                );
+                SloKind::Availability
+            }
+        };
+        slos.push(SloConfig {
+            name: s.name.clone(),
+            kind,
+            objective: s.objective,
+            window: s.window.0,
+        });
+    }
+    let mut rules = Vec::new();
+    if a.rules.len() > MAX_RULES {
+        fail(
+            "observability.alerts.rules".into(),
+            format!("at most {MAX_RULES} rules"),
+        );
+    }
+    for (i, r) in a.rules.iter().enumerate() {
+        let f = |k: &str| format!("observability.alerts.rules[{i}].{k}");
+        if !valid_name(&r.name) {
+            fail(
+                f("name"),
+                "must be 1-64 characters of A-Z a-z 0-9 _ -".into(),
+            );
+        }
+        if a.rules[..i].iter().any(|o| o.name == r.name) {
+            fail(f("name"), format!("`{}` is defined twice", r.name));
+        }
+        let expr_ok = match r.expr.split_once(':') {
+            None => ALERT_METRICS.contains(&r.expr.as_str()),
+            Some((m, slo)) => SLO_METRICS.contains(&m) && file.slos.iter().any(|s| s.name == slo),
+        };
+        if !expr_ok {
+            fail(
+                f("expr"),
+                format!(
+                    "`{}` is not a metric; accepted: {}, or METRIC:SLO with METRIC one of {} and SLO a name under observability.slos",
+                    r.expr,
+                    ALERT_METRICS.join(", "),
+                    SLO_METRICS.join(", ")
+                ),
+            );
+        }
+        let op = match r.op.as_str() {
+            ">" => CompareOp::Gt,
+            ">=" => CompareOp::Ge,
+            "<" => CompareOp::Lt,
+            "<=" => CompareOp::Le,
+            "==" => CompareOp::Eq,
+            "!=" => CompareOp::Ne,
+            other => {
+                fail(
+                    f("op"),
+                    format!("`{other}` is not a comparison; accepted: >, >=, <, <=, ==, !="),
+                );
+                CompareOp::Gt
+            }
+        };
+        if !r.threshold.is_finite() {
+            fail(f("threshold"), "must be a finite number".into());
+        }
+        if r.summary.len() > 512 || r.severity.len() > 64 {
+            fail(
+                f("summary"),
+                "summary at most 512, severity at most 64 characters".into(),
+            );
+        }
+        rules.push(AlertRule {
+            name: r.name.clone(),
+            expr: r.expr.clone(),
+            op,
+            threshold: r.threshold,
+            for_: r.for_.0,
+            severity: r.severity.clone(),
+            summary: r.summary.clone(),
+        });
+    }
+    ObservabilityConfig {
+        alerts: AlertsConfig {
+            webhook,
+            webhook_retries: a.webhook_retries,
+            webhook_timeout: a.webhook_timeout.0,
+            rules,
+        },
+        slos,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> (ObservabilityConfig, Vec<ConfigIssue>) {
+        let file: ObservabilityFile = serde_yaml::from_str(yaml).unwrap();
+        let mut issues = Vec::new();
+        let c = validate(&file, &mut issues);
+        (c, issues)
+    }
+
+    #[test]
+    fn accepts_rules_slos_and_a_webhook() {
+        let (c, issues) = check(
+            "alerts:\n  webhook: http://127.0.0.1:9093/api/v2/alerts\n  rules:\n  - name: slow\n    expr: p99_1m\n    threshold: 0.25\n    for: 30s\n  - name: burn\n    expr: burn_rate_1h:avail\n    op: '>='\n    threshold: 14.4\nslos:\n- name: avail\n  kind: availability\n  objective: 0.999\n- name: fast\n  kind: latency\n  objective: 0.99\n  threshold: 250ms\n  window: 24h\n",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let w = c.alerts.webhook.unwrap();
+        assert_eq!(
+            (w.host.as_str(), w.port, w.path.as_str()),
+            ("127.0.0.1", 9093, "/api/v2/alerts")
+        );
+        assert_eq!(c.alerts.rules[0].for_, Duration::from_secs(30));
+        assert_eq!(c.alerts.rules[1].op, CompareOp::Ge);
+        assert_eq!(c.slos[1].kind, SloKind::Latency(Duration::from_millis(250)));
+        assert_eq!(c.slos[0].window, MAX_SLO_WINDOW);
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        let (_, issues) = check(
+            "alerts:\n  webhook: https://x/\n  rules:\n  - name: a\n    expr: p42\n    op: '=~'\n    threshold: 1\n  - name: a\n    expr: burn_rate_1h:nope\n    threshold: 1\nslos:\n- name: s\n  kind: latency\n  objective: 1.5\n",
+        );
+        let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
+        for f in [
+            "observability.alerts.webhook",
+            "observability.alerts.rules[0].expr",
+            "observability.alerts.rules[0].op",
+            "observability.alerts.rules[1].name",
+            "observability.alerts.rules[1].expr",
+            "observability.slos[0].objective",
+            "observability.slos[0].threshold",
+        ] {
+            assert!(fields.contains(&f), "{f} missing in {fields:?}");
+        }
+    }
+}

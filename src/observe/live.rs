@@ -1,0 +1,572 @@
+//! The once-a-second sampler and what it publishes.
+//!
+//! The control thread's ticker calls [`Observer::sample`] every second. It harvests the
+//! latency recorders into their windows, turns counters into rates, reads `/proc` for
+//! drover and each worker, notices events (restarts, breaker trips, reloads, strategy
+//! switches) by comparing with the previous second, feeds the history store, evaluates
+//! alerts, and publishes one JSON snapshot that `/api/live`, `/api/stream` and the
+//! dashboard serve. Nothing here runs on the request path.
+
+use super::events::{unix_now, Events};
+use super::history::{History, Rollup};
+use super::latency::{new_histogram, Percentiles, Windows, QUANTILES, WINDOWS};
+use super::names::*;
+use super::procstat::{self, ProcStats};
+use crate::balancing::StrategyKind;
+use crate::state::Shared;
+use crate::supervisor::SlotStatus;
+use hdrhistogram::Histogram;
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Events shown on the dashboard.
+const LIVE_EVENTS: usize = 20;
+
+/// Latency percentiles of one recorder, per window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyWindows {
+    #[serde(rename = "10s")]
+    pub ten_seconds: Percentiles,
+    #[serde(rename = "1m")]
+    pub one_minute: Percentiles,
+    #[serde(rename = "5m")]
+    pub five_minutes: Percentiles,
+}
+
+impl From<[Percentiles; 3]> for LatencyWindows {
+    fn from(p: [Percentiles; 3]) -> Self {
+        LatencyWindows {
+            ten_seconds: p[0],
+            one_minute: p[1],
+            five_minutes: p[2],
+        }
+    }
+}
+
+/// What the last sample computed; read by `/api/status`, alerts and the dashboard.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Published {
+    pub time: f64,
+    pub rps: f64,
+    pub error_ratio: f64,
+    pub in_flight: i64,
+    pub latency: LatencyWindows,
+    pub backends: BTreeMap<String, LatencyWindows>,
+    /// Last completed second, overall.
+    pub last_second: Percentiles,
+    pub processes: BTreeMap<String, ProcessSample>,
+    pub backend_rps: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProcessSample {
+    pub pid: u32,
+    #[serde(flatten)]
+    pub stats: ProcStats,
+    /// CPU used over the last second, in cores (1.0 = one core busy).
+    pub cpu_cores: f64,
+}
+
+struct Gauges {
+    overall: GaugeVec,
+    backend: GaugeVec,
+    cpu: prometheus::CounterVec,
+    rss: GaugeVec,
+    fds: GaugeVec,
+    history_series: IntGauge,
+    events: IntCounterVec,
+}
+
+impl Gauges {
+    fn register(r: &Registry) -> Self {
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric registered twice");
+            c
+        }
+        Gauges {
+            overall: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        REQUEST_DURATION_PERCENTILE_SECONDS,
+                        "Request duration percentile over a sliding window (HDR histogram, <1% error)",
+                    ),
+                    &["window", "percentile"],
+                )
+                .expect("valid metric"),
+            ),
+            backend: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        BACKEND_DURATION_PERCENTILE_SECONDS,
+                        "Upstream response time percentile per backend over a sliding window",
+                    ),
+                    &["backend", "window", "percentile"],
+                )
+                .expect("valid metric"),
+            ),
+            cpu: reg(
+                r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        PROCESS_CPU_SECONDS_TOTAL,
+                        "CPU time used by drover and by each worker slot (user + system)",
+                    ),
+                    &["process"],
+                )
+                .expect("valid metric"),
+            ),
+            rss: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(PROCESS_RESIDENT_MEMORY_BYTES, "Resident memory per process"),
+                    &["process"],
+                )
+                .expect("valid metric"),
+            ),
+            fds: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(PROCESS_OPEN_FDS, "Open file descriptors per process"),
+                    &["process"],
+                )
+                .expect("valid metric"),
+            ),
+            history_series: reg(
+                r,
+                IntGauge::new(HISTORY_SERIES, "Series held by the in-memory history store")
+                    .expect("valid metric"),
+            ),
+            events: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(OBSERVE_EVENTS_TOTAL, "Notable events by kind"),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
+/// State the sampler carries from one second to the next.
+struct SamplerState {
+    overall: Windows,
+    backends: BTreeMap<Arc<str>, Windows>,
+    scratch: Histogram<u32>,
+    last: Option<Instant>,
+    prev_total: u64,
+    prev_errors: u64,
+    prev_backend_requests: HashMap<u64, u64>,
+    /// Per process name: (pid, cpu seconds) at the last sample.
+    prev_cpu: HashMap<String, (u32, f64)>,
+    prev_slots: HashMap<usize, (u64, bool)>,
+    prev_breakers: HashMap<u64, (u64, u64)>,
+    prev_version: u64,
+    prev_invalid_reloads: u64,
+    prev_strategy: Option<StrategyKind>,
+}
+
+pub struct Observer {
+    pub events: Events,
+    /// Worker-reported metrics (`X-Drover-Metric` response header).
+    pub custom: super::custom::CustomMetrics,
+    pub history: Mutex<History>,
+    pub alerts: super::alerts::Alerts,
+    state: Mutex<SamplerState>,
+    published: Mutex<Arc<Published>>,
+    live: Mutex<Arc<str>>,
+    gauges: Gauges,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Observer {
+    pub fn new(metrics: &super::metrics::Metrics) -> Self {
+        Observer {
+            events: Events::default(),
+            custom: Default::default(),
+            history: Mutex::new(History::new()),
+            alerts: super::alerts::Alerts::new(&metrics.registry),
+            state: Mutex::new(SamplerState {
+                overall: Windows::new(metrics.latency.overall.clone()),
+                backends: BTreeMap::new(),
+                scratch: new_histogram(),
+                last: None,
+                prev_total: 0,
+                prev_errors: 0,
+                prev_backend_requests: HashMap::new(),
+                prev_cpu: HashMap::new(),
+                prev_slots: HashMap::new(),
+                prev_breakers: HashMap::new(),
+                prev_version: 1,
+                prev_invalid_reloads: 0,
+                prev_strategy: None,
+            }),
+            published: Mutex::new(Arc::new(Published::default())),
+            live: Mutex::new(Arc::from("{}")),
+            gauges: Gauges::register(&metrics.registry),
+        }
+    }
+
+    /// The last published sample.
+    pub fn published(&self) -> Arc<Published> {
+        lock(&self.published).clone()
+    }
+
+    /// The last dashboard snapshot, as JSON text.
+    pub fn live_json(&self) -> Arc<str> {
+        lock(&self.live).clone()
+    }
+
+    /// Records an event: ring, counter and log.
+    pub fn event(&self, kind: &'static str, message: String) {
+        log::info!(target: "event", "{kind}: {message}");
+        self.gauges.events.with_label_values(&[kind]).inc();
+        self.events.push(kind, message);
+    }
+
+    /// One sample; call once a second from the control thread.
+    pub fn sample(&self, shared: &Shared, slots: &[SlotStatus]) {
+        let now = Instant::now();
+        let t = unix_now();
+        let mut st = lock(&self.state);
+        let dt = st
+            .last
+            .map(|l| now.duration_since(l).as_secs_f64())
+            .unwrap_or(1.0)
+            .max(0.001);
+        st.last = Some(now);
+        let m = &shared.metrics;
+
+        // Latency windows.
+        st.overall.tick();
+        for (name, rec) in m.latency.backends() {
+            st.backends
+                .entry(name)
+                .or_insert_with(|| Windows::new(rec))
+                .tick();
+        }
+        let SamplerState {
+            overall,
+            backends,
+            scratch,
+            ..
+        } = &mut *st;
+        let slow: Vec<u64> = shared
+            .config()
+            .observability
+            .slos
+            .iter()
+            .map(|s| match s.kind {
+                crate::config::observability::SloKind::Latency(t) => overall.last_second_above(t),
+                crate::config::observability::SloKind::Availability => 0,
+            })
+            .collect();
+        let overall_p = overall.percentiles(scratch);
+        let last_second = overall.last_second();
+        let mut backend_p = BTreeMap::new();
+        self.gauges.backend.reset();
+        for (name, w) in backends.iter() {
+            let p = w.percentiles(scratch);
+            for ((wname, _), wp) in WINDOWS.iter().zip(p.iter()) {
+                if wp.count == 0 {
+                    continue;
+                }
+                for (qname, q) in QUANTILES {
+                    self.gauges
+                        .backend
+                        .with_label_values(&[&**name, wname, qname])
+                        .set(wp.quantile(q));
+                }
+            }
+            backend_p.insert(name.to_string(), LatencyWindows::from(p));
+        }
+        self.gauges.overall.reset();
+        for ((wname, _), wp) in WINDOWS.iter().zip(overall_p.iter()) {
+            if wp.count == 0 {
+                continue;
+            }
+            for (qname, q) in QUANTILES {
+                self.gauges
+                    .overall
+                    .with_label_values(&[wname, qname])
+                    .set(wp.quantile(q));
+            }
+        }
+
+        // Rates.
+        let by_class: Vec<u64> = m.requests_by_class.iter().map(|c| c.get()).collect();
+        let total: u64 = by_class.iter().sum();
+        let errors = by_class[0] + by_class[5];
+        let d_total = total.saturating_sub(st.prev_total);
+        let d_errors = errors.saturating_sub(st.prev_errors);
+        st.prev_total = total;
+        st.prev_errors = errors;
+        let rps = d_total as f64 / dt;
+        let error_ratio = if d_total > 0 {
+            d_errors as f64 / d_total as f64
+        } else {
+            0.0
+        };
+        let members = shared.pool.members();
+        let mut backend_rps: BTreeMap<String, f64> = BTreeMap::new();
+        let mut backend_inflight: BTreeMap<String, u32> = BTreeMap::new();
+        let mut seen = HashMap::with_capacity(members.len());
+        for b in members.iter() {
+            let r = b.requests();
+            let prev = st.prev_backend_requests.get(&b.id).copied().unwrap_or(0);
+            seen.insert(b.id, r);
+            *backend_rps.entry(b.name.to_string()).or_default() +=
+                r.saturating_sub(prev) as f64 / dt;
+            *backend_inflight.entry(b.name.to_string()).or_default() += b.inflight();
+        }
+        st.prev_backend_requests = seen;
+
+        // Processes.
+        let mut processes = BTreeMap::new();
+        let mut sample_process = |st: &mut SamplerState, name: String, pid: Option<u32>| {
+            let Some(stats) = procstat::read(pid) else {
+                return;
+            };
+            let pid = pid.unwrap_or(std::process::id());
+            let prev = st.prev_cpu.insert(name.clone(), (pid, stats.cpu_seconds));
+            // A new pid in the slot starts from zero CPU: count all of it.
+            let delta = match prev {
+                Some((p, c)) if p == pid => (stats.cpu_seconds - c).max(0.0),
+                Some(_) => stats.cpu_seconds,
+                None => stats.cpu_seconds,
+            };
+            self.gauges.cpu.with_label_values(&[&name]).inc_by(delta);
+            self.gauges
+                .rss
+                .with_label_values(&[&name])
+                .set(stats.rss_bytes as f64);
+            self.gauges
+                .fds
+                .with_label_values(&[&name])
+                .set(stats.open_fds as f64);
+            let cpu_cores = if prev.is_some() { delta / dt } else { 0.0 };
+            processes.insert(
+                name,
+                ProcessSample {
+                    pid,
+                    stats,
+                    cpu_cores,
+                },
+            );
+        };
+        sample_process(&mut st, "drover".into(), None);
+        for s in slots {
+            if let Some(pid) = s.pid {
+                sample_process(&mut st, format!("worker-{}", s.id), Some(pid));
+            }
+        }
+
+        self.notice_events(&mut st, shared, slots, &members);
+        drop(st);
+
+        let in_flight = m.in_flight.get();
+        let published = Arc::new(Published {
+            time: t,
+            rps,
+            error_ratio,
+            in_flight,
+            latency: overall_p.into(),
+            backends: backend_p,
+            last_second,
+            processes,
+            backend_rps,
+        });
+
+        {
+            let ts = t as u64;
+            let mut h = lock(&self.history);
+            h.push("rps", Rollup::Mean, ts, rps);
+            h.push("error_ratio", Rollup::Mean, ts, error_ratio);
+            let nan = |p: &Percentiles, v: f64| if p.count == 0 { f64::NAN } else { v };
+            h.push("p50", Rollup::Max, ts, nan(&last_second, last_second.p50));
+            h.push("p95", Rollup::Max, ts, nan(&last_second, last_second.p95));
+            h.push("p99", Rollup::Max, ts, nan(&last_second, last_second.p99));
+            h.push("in_flight", Rollup::Mean, ts, in_flight as f64);
+            if let Some(d) = published.processes.get("drover") {
+                h.push("drover_cpu_cores", Rollup::Mean, ts, d.cpu_cores);
+                h.push(
+                    "drover_rss_bytes",
+                    Rollup::Max,
+                    ts,
+                    d.stats.rss_bytes as f64,
+                );
+            }
+            for (name, v) in &published.backend_rps {
+                h.push(&format!("backend_rps/{name}"), Rollup::Mean, ts, *v);
+            }
+            for (name, v) in &backend_inflight {
+                h.push(
+                    &format!("backend_in_flight/{name}"),
+                    Rollup::Mean,
+                    ts,
+                    *v as f64,
+                );
+            }
+            self.gauges.history_series.set(h.len() as i64);
+        }
+
+        self.alerts.evaluate(
+            shared,
+            &super::alerts::Sample {
+                published: &published,
+                slots,
+                total: d_total,
+                errors: d_errors,
+                slow: &slow,
+                latency_count: last_second.count,
+            },
+            now,
+        );
+        let live = self.live_snapshot(shared, slots, &published);
+        *lock(&self.published) = published;
+        *lock(&self.live) = Arc::from(live.to_string());
+    }
+
+    fn notice_events(
+        &self,
+        st: &mut SamplerState,
+        shared: &Shared,
+        slots: &[SlotStatus],
+        members: &[Arc<crate::balancing::Backend>],
+    ) {
+        for s in slots {
+            let (restarts, looping) = st.prev_slots.get(&s.id).copied().unwrap_or((0, false));
+            if s.restarts > restarts {
+                self.event(
+                    "restart",
+                    format!(
+                        "worker-{} restarted ({} restarts; last exit: {})",
+                        s.id,
+                        s.restarts,
+                        s.last_exit.as_deref().unwrap_or("?")
+                    ),
+                );
+            }
+            if s.crash_looping && !looping {
+                self.event("crash_loop", format!("worker-{} is crash-looping", s.id));
+            }
+            st.prev_slots.insert(s.id, (s.restarts, s.crash_looping));
+        }
+        let mut seen = HashMap::with_capacity(members.len());
+        for b in members {
+            let opened = b.breaker.counts.opened.load(Ordering::Relaxed);
+            let closed = b.breaker.counts.closed.load(Ordering::Relaxed);
+            let (po, pc) = st.prev_breakers.get(&b.id).copied().unwrap_or((0, 0));
+            if opened > po {
+                self.event("breaker", format!("{}: circuit breaker opened", b.name));
+            }
+            if closed > pc {
+                self.event("breaker", format!("{}: circuit breaker closed", b.name));
+            }
+            seen.insert(b.id, (opened, closed));
+        }
+        st.prev_breakers = seen;
+        let version = shared.version.load(Ordering::Relaxed);
+        if version != st.prev_version {
+            self.event("reload", format!("config reloaded: version {version}"));
+            st.prev_version = version;
+        }
+        let invalid = shared
+            .metrics
+            .config_reloads
+            .with_label_values(&["invalid"])
+            .get();
+        if invalid > st.prev_invalid_reloads {
+            self.event(
+                "reload",
+                "config reload rejected: the file is invalid (running config kept)".into(),
+            );
+            st.prev_invalid_reloads = invalid;
+        }
+        let strategy = shared.pool.strategy();
+        // Before the first sample the strategy is the one the config started with.
+        let prev = st
+            .prev_strategy
+            .unwrap_or_else(|| shared.config().balancing.strategy.initial());
+        if prev != strategy {
+            self.event("strategy", format!("strategy {prev} -> {strategy}"));
+        }
+        st.prev_strategy = Some(strategy);
+    }
+
+    fn live_snapshot(&self, shared: &Shared, slots: &[SlotStatus], p: &Published) -> Value {
+        let members = shared.pool.members();
+        let workers: Vec<Value> = slots
+            .iter()
+            .map(|w| {
+                let name = format!("worker-{}", w.id);
+                let b = w
+                    .backend_id
+                    .and_then(|id| members.iter().find(|b| b.id == id));
+                let proc_ = p.processes.get(&name);
+                json!({
+                    "id": w.id,
+                    "name": name,
+                    "pid": w.pid,
+                    "phase": w.phase,
+                    "state": b.map(|b| b.state().as_str()).unwrap_or("down"),
+                    "healthy": b.map(|b| b.in_rotation()).unwrap_or(false),
+                    "in_flight": b.map(|b| b.inflight()).unwrap_or(0),
+                    "rps": p.backend_rps.get(&name).copied().unwrap_or(0.0),
+                    "p99": p.backends.get(&name).map(|l| l.ten_seconds.p99),
+                    "breaker": b.map(|b| b.breaker.state().as_str()).unwrap_or("closed"),
+                    "restarts": w.restarts,
+                    "crash_looping": w.crash_looping,
+                    "cpu_cores": proc_.map(|s| s.cpu_cores),
+                    "rss_bytes": proc_.map(|s| s.stats.rss_bytes),
+                    "open_fds": proc_.map(|s| s.stats.open_fds),
+                })
+            })
+            .collect();
+        let remotes: Vec<Value> = members
+            .iter()
+            .filter(|b| b.worker_id.is_none())
+            .map(|b| {
+                json!({
+                    "name": &*b.name,
+                    "state": b.state().as_str(),
+                    "in_flight": b.inflight(),
+                    "rps": p.backend_rps.get(&*b.name).copied().unwrap_or(0.0),
+                    "breaker": b.breaker.state().as_str(),
+                })
+            })
+            .collect();
+        json!({
+            "time": p.time,
+            "rps": p.rps,
+            "error_ratio": p.error_ratio,
+            "in_flight": p.in_flight,
+            "latency": p.latency,
+            "last_second": p.last_second,
+            "strategy": shared.pool.strategy().as_str(),
+            "strategy_auto": shared.auto_strategy.load(Ordering::Relaxed),
+            "strategies": StrategyKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "config_version": shared.version.load(Ordering::Relaxed),
+            "queue_length": shared.pool.queue.len(),
+            "panic_mode": shared.pool.in_panic(),
+            "drover": p.processes.get("drover"),
+            "workers": workers,
+            "upstreams": remotes,
+            "events": self.events.recent(LIVE_EVENTS),
+            "alerts": self.alerts.active(),
+            "slos": self.alerts.slo_status(),
+            "scaling": self.alerts.scaling(),
+        })
+    }
+}

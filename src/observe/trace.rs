@@ -1,0 +1,169 @@
+//! W3C Trace Context (`traceparent`) propagation.
+//!
+//! drover is one hop of the trace: it continues a valid incoming `traceparent` (same trace
+//! id and flags) or starts a new trace, gives itself a fresh span id, and sends the worker
+//! a `traceparent` naming drover's span as the parent. `tracestate` passes through
+//! untouched. The ids go into the access log so a request can be followed from the
+//! client's trace to the worker's. Spans are not exported (no collector dependency).
+
+use pingora_http::RequestHeader;
+
+pub const TRACEPARENT: &str = "traceparent";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The caller's span, when the trace was continued.
+    pub parent_id: Option<u64>,
+    /// drover's span: the parent the worker sees.
+    pub span_id: u64,
+    pub flags: u8,
+}
+
+fn hex_u128(s: &[u8]) -> Option<u128> {
+    // from_str_radix accepts a leading '+', which W3C does not.
+    if !s
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return None;
+    }
+    u128::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let v = rand::random::<u64>();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// Parses a `traceparent` value: `(trace id, parent span id, flags)`, or `None` if invalid
+/// (W3C: lowercase hex, version `ff` invalid, all-zero ids invalid; a future version may
+/// append fields after the flags).
+pub fn parse(value: &[u8]) -> Option<(u128, u64, u8)> {
+    if value.len() < 55 {
+        return None;
+    }
+    let version = hex_u128(&value[0..2])? as u8;
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let trace = hex_u128(&value[3..35])?;
+    let parent = hex_u128(&value[36..52])? as u64;
+    let flags = hex_u128(&value[53..55])? as u8;
+    if trace == 0 || parent == 0 {
+        return None;
+    }
+    Some((trace, parent, flags))
+}
+
+impl TraceContext {
+    /// Continues the request's trace, or starts one.
+    pub fn from_request(req: &RequestHeader) -> Self {
+        let incoming = req
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|v| parse(v.as_bytes()));
+        match incoming {
+            Some((trace_id, parent, flags)) => TraceContext {
+                trace_id,
+                parent_id: Some(parent),
+                span_id: nonzero_u64(),
+                flags,
+            },
+            None => TraceContext {
+                trace_id: loop {
+                    let v = rand::random::<u128>();
+                    if v != 0 {
+                        break v;
+                    }
+                },
+                parent_id: None,
+                span_id: nonzero_u64(),
+                // Not sampled: drover records no spans of its own.
+                flags: 0,
+            },
+        }
+    }
+
+    /// The `traceparent` sent to the worker (version 00, drover's span as parent).
+    pub fn header_value(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
+    }
+
+    /// Replaces the request's `traceparent` with drover's.
+    pub fn apply(&self, req: &mut RequestHeader) {
+        let _ = req.insert_header(TRACEPARENT, self.header_value());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_the_spec_example_and_rejects_invalid_values() {
+        assert_eq!(
+            parse(SAMPLE.as_bytes()),
+            Some((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1))
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse(bad.as_bytes()), None, "{bad}");
+        }
+        // A future version may carry more fields.
+        assert!(parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-abc").is_some());
+    }
+
+    #[test]
+    fn continues_an_incoming_trace_with_a_new_span() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(TRACEPARENT, SAMPLE).unwrap();
+        let t = TraceContext::from_request(&req);
+        assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(t.parent_id, Some(0x00f067aa0ba902b7));
+        assert_ne!(t.span_id, 0x00f067aa0ba902b7);
+        t.apply(&mut req);
+        let sent = req.headers.get(TRACEPARENT).unwrap().to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(sent.ends_with("-01"));
+        assert_eq!(parse(sent.as_bytes()).unwrap().1, t.span_id);
+    }
+
+    #[test]
+    fn starts_a_trace_when_none_or_an_invalid_one_arrives() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(TRACEPARENT, "garbage").unwrap();
+        let a = TraceContext::from_request(&req);
+        let b = TraceContext::from_request(&req);
+        assert_eq!(a.parent_id, None);
+        assert_ne!(a.trace_id, b.trace_id);
+        assert_eq!(
+            parse(a.header_value().as_bytes()).map(|p| p.0),
+            Some(a.trace_id)
+        );
+    }
+}

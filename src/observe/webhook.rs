@@ -1,0 +1,222 @@
+//! Alert notifications to an Alertmanager-compatible webhook (its `version: "4"` JSON),
+//! with retries.
+//!
+//! A plain HTTP/1.1 POST on a tokio TcpStream: one request per connection, a 2xx answer
+//! is delivery. Failed attempts are retried `retries` times with a backoff of 500 ms
+//! doubling. At most [`MAX_IN_FLIGHT`] deliveries run at once; more are dropped and
+//! counted, so a dead receiver cannot pile up tasks.
+
+use crate::config::observability::{AlertRule, WebhookTarget};
+use prometheus::IntCounterVec;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const MAX_IN_FLIGHT: usize = 64;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Notification {
+    pub rule: AlertRule,
+    pub firing: bool,
+    pub value: f64,
+    /// Unix seconds.
+    pub starts_at: f64,
+    pub ends_at: Option<f64>,
+    /// drover's data-plane address, the `instance` label.
+    pub instance: String,
+    /// Admin address, for links back.
+    pub admin: String,
+}
+
+/// RFC 3339 UTC time from unix seconds (civil-from-days; no date crate needed).
+pub fn rfc3339(unix: f64) -> String {
+    let secs = unix.max(0.0) as i64;
+    let millis = ((unix.max(0.0) - secs as f64) * 1000.0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The Alertmanager webhook body for one alert.
+pub fn payload(n: &Notification) -> serde_json::Value {
+    let status = if n.firing { "firing" } else { "resolved" };
+    let labels = json!({
+        "alertname": n.rule.name,
+        "severity": n.rule.severity,
+        "instance": n.instance,
+        "job": "drover",
+    });
+    let annotations = json!({
+        "summary": n.rule.summary,
+        "description": format!("{} {} {} (value {})", n.rule.expr, n.rule.op.as_str(), n.rule.threshold, n.value),
+        "value": format!("{}", n.value),
+    });
+    let fingerprint = format!(
+        "{:016x}",
+        crate::balancing::consistent_hash::fnv1a(
+            format!("{}{}", n.rule.name, n.instance).as_bytes()
+        )
+    );
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{}\"}}", n.rule.name),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "drover",
+        "groupLabels": { "alertname": n.rule.name },
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": format!("http://{}/dashboard", n.admin),
+        "alerts": [{
+            "status": status,
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": rfc3339(n.starts_at),
+            "endsAt": n.ends_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+            "generatorURL": format!("http://{}/api/alerts", n.admin),
+            "fingerprint": fingerprint,
+        }],
+    })
+}
+
+pub struct Sender {
+    in_flight: Arc<AtomicUsize>,
+    results: IntCounterVec,
+}
+
+impl Sender {
+    pub fn new(results: IntCounterVec) -> Self {
+        Sender {
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            results,
+        }
+    }
+
+    /// Delivers in the background (on the calling tokio runtime: the control thread).
+    pub fn send(&self, target: WebhookTarget, n: Notification, retries: u32, timeout: Duration) {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.results.with_label_values(&["dropped"]).inc();
+            log::warn!(
+                "alert webhook: {MAX_IN_FLIGHT} deliveries pending; dropping one for {}",
+                n.rule.name
+            );
+            return;
+        }
+        let body = payload(&n).to_string();
+        let in_flight = self.in_flight.clone();
+        let results = self.results.clone();
+        let name = n.rule.name.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
+        rt.spawn(async move {
+            let mut backoff = FIRST_BACKOFF;
+            let mut last_err = String::new();
+            let mut delivered = false;
+            for attempt in 0..=retries {
+                if attempt > 0 {
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                }
+                match tokio::time::timeout(timeout, post(&target, &body)).await {
+                    Ok(Ok(())) => {
+                        delivered = true;
+                        break;
+                    }
+                    Ok(Err(e)) => last_err = e,
+                    Err(_) => last_err = format!("timed out after {timeout:?}"),
+                }
+                log::warn!(
+                    "alert webhook {}: attempt {} for {name} failed: {last_err}",
+                    target.url,
+                    attempt + 1
+                );
+            }
+            if delivered {
+                results.with_label_values(&["delivered"]).inc();
+            } else {
+                results.with_label_values(&["failed"]).inc();
+                log::error!(
+                    "alert webhook {}: giving up on {name} after {} attempts: {last_err}",
+                    target.url,
+                    retries + 1
+                );
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// One POST; Ok on a 2xx status.
+async fn post(t: &WebhookTarget, body: &str) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: drover\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        t.path,
+        t.host,
+        t.port,
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.write_all(body.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        let n = s
+            .read(&mut buf[got..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let line = std::str::from_utf8(&buf[..got]).unwrap_or("");
+    let code: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+    if (200..300).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("status {code}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400.5), "2000-02-29T00:00:00.500Z");
+        assert_eq!(rfc3339(1_700_000_000.0), "2023-11-14T22:13:20.000Z");
+    }
+}

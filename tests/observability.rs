@@ -1,0 +1,260 @@
+//! Observability end to end: sliding-window percentiles, /metrics validity, history,
+//! resource metrics, events.
+
+mod common;
+#[path = "support/promtext.rs"]
+mod promtext;
+
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn run_load(d: &Drover, path: &str, threads: usize, n: usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, why) = load(d.url(path), threads, stop, n / threads)
+        .join()
+        .unwrap();
+    assert_eq!(failed, 0, "{why:?}");
+    assert_eq!(ok, n / threads * threads);
+}
+
+#[test]
+fn window_percentiles_follow_a_known_delay_in_status_and_metrics() {
+    let d = Drover::start(2, "");
+    run_load(&d, "/delay?ms=30", 4, 200);
+    let mut status = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            status = d.status();
+            status["latency"]["overall"]["10s"]["count"].as_u64() == Some(200)
+        }),
+        "{status}"
+    );
+    let w = &status["latency"]["overall"]["10s"];
+    let p50 = w["p50"].as_f64().unwrap();
+    let p99 = w["p99"].as_f64().unwrap();
+    // Every request waited 30 ms in the worker; loopback adds little.
+    assert!((0.030..0.5).contains(&p50), "{w}");
+    assert!(p99 >= p50 && p99 < 2.0, "{w}");
+    assert_eq!(status["latency"]["overall"]["1m"]["count"], 200);
+    let backends = &status["latency"]["backends"];
+    let per: u64 = ["worker-0", "worker-1"]
+        .iter()
+        .map(|b| backends[b]["10s"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(per, 200, "{backends}");
+    assert!(backends["worker-0"]["10s"]["p50"].as_f64().unwrap() >= 0.030);
+    let text = d.metrics();
+    let m99 = metric_value(
+        &text,
+        "drover_request_duration_percentile_seconds{percentile=\"99\",window=\"10s\"}",
+    );
+    assert!(m99 >= 0.030, "{m99}");
+    let b50 = metric_value(
+        &text,
+        "drover_backend_request_duration_percentile_seconds{backend=\"worker-1\",percentile=\"50\",window=\"1m\"}",
+    );
+    assert!(b50 >= 0.030, "{b50}");
+}
+
+#[test]
+fn metrics_pass_promtool_or_the_strict_parser_and_include_process_resources() {
+    let d = Drover::start(2, "");
+    run_load(&d, "/", 2, 100);
+    let _ = d.get("/status?code=503");
+    assert!(wait_until(Duration::from_secs(5), || {
+        metric_value(
+            &d.metrics(),
+            "drover_process_resident_memory_bytes{process=\"worker-1\"}",
+        ) > 0.0
+    }));
+    let text = d.metrics();
+    for p in ["drover", "worker-0", "worker-1"] {
+        let rss = metric_value(
+            &text,
+            &format!("drover_process_resident_memory_bytes{{process=\"{p}\"}}"),
+        );
+        let fds = metric_value(
+            &text,
+            &format!("drover_process_open_fds{{process=\"{p}\"}}"),
+        );
+        assert!(rss > 1e6, "{p} rss {rss}");
+        assert!(fds >= 3.0, "{p} fds {fds}");
+        assert!(
+            text.contains(&format!(
+                "drover_process_cpu_seconds_total{{process=\"{p}\"}}"
+            )),
+            "{p}"
+        );
+    }
+    // drover did work: some CPU was counted.
+    assert!(
+        metric_value(
+            &text,
+            "drover_process_cpu_seconds_total{process=\"drover\"}"
+        ) > 0.0
+    );
+
+    let problems = promtext::check(&text);
+    assert!(problems.is_empty(), "{problems:#?}");
+    match promtext::promtool_check(&text) {
+        Ok(true) => eprintln!("promtool accepted /metrics"),
+        Ok(false) => eprintln!("promtool not installed: validated with the strict parser only"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn history_serves_each_tier_and_rejects_bad_queries() {
+    let d = Drover::start(2, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = load(d.url("/"), 2, stop.clone(), 1_000_000);
+    std::thread::sleep(Duration::from_millis(3500));
+    stop.store(true, Ordering::Relaxed);
+    let (_, failed, _) = h.join().unwrap();
+    assert_eq!(failed, 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let get = |q: &str| {
+        let r = d.admin_get(&format!("/api/history?{q}"));
+        (r.status, serde_json::from_str::<Value>(&r.body).unwrap())
+    };
+    let (s, v) = get("metric=rps&range=1m");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["step_seconds"], 1);
+    let pts = v["points"].as_array().unwrap();
+    assert_eq!(pts.len(), 60);
+    let busy = pts
+        .iter()
+        .filter(|p| p[1].as_f64().unwrap_or(0.0) > 5.0)
+        .count();
+    assert!(busy >= 2, "{v}");
+    let (_, v) = get("metric=p99&range=1h");
+    assert_eq!(v["step_seconds"], 10);
+    assert_eq!(v["points"].as_array().unwrap().len(), 360);
+    let (_, v) = get("metric=error_ratio&range=7d");
+    assert_eq!(v["step_seconds"], 60);
+    assert_eq!(v["points"].as_array().unwrap().len(), 10_080);
+    let (s, v) = get("metric=backend_rps&backend=worker-0&range=30s");
+    assert_eq!(s, 200);
+    assert!(v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p[1].as_f64().unwrap_or(0.0) > 1.0));
+    let (s, v) = get("");
+    assert_eq!(s, 200);
+    let names: Vec<&str> = v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    for n in [
+        "rps",
+        "error_ratio",
+        "p50",
+        "p95",
+        "p99",
+        "backend_in_flight/worker-1",
+    ] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    assert_eq!(get("metric=nope").0, 404);
+    assert_eq!(get("metric=rps&range=abc").0, 400);
+    assert_eq!(get("metric=rps&range=30d").0, 400);
+}
+
+#[test]
+fn events_record_restarts_reloads_and_strategy_switches() {
+    let d = Drover::start(2, "");
+    let _ = d.get("/crash");
+    assert!(d
+        .admin_post("/api/strategy", "{\"strategy\":\"random\"}")
+        .body
+        .contains("\"ok\":true"));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut ev = Value::Null;
+    let ok = wait_until(Duration::from_secs(10), || {
+        ev = serde_json::from_str(&d.admin_get("/api/events").body).unwrap();
+        let text = ev.to_string();
+        text.contains("\"kind\":\"restart\"")
+            && text.contains("strategy round_robin -> random")
+            && text.contains("config reloaded: version 2")
+    });
+    assert!(ok, "{ev}");
+    let text = d.metrics();
+    assert!(metric_value(&text, "drover_events_total{kind=\"restart\"}") >= 1.0);
+    assert_eq!(
+        metric_value(&text, "drover_events_total{kind=\"reload\"}"),
+        1.0
+    );
+}
+
+fn access_line(d: &Drover, needle: &str) -> Option<Value> {
+    d.log()
+        .lines()
+        .filter_map(|l| l.find("{\"time\"").map(|i| &l[i..]))
+        .filter(|l| l.contains(needle))
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+#[test]
+fn traceparent_is_continued_or_started_and_logged_with_the_request_id() {
+    let d = Drover::start(1, "");
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = request(
+        &d.agent,
+        "GET",
+        &d.url("/echo"),
+        &[("traceparent", incoming), ("x-request-id", "trace-test-1")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let echo: Value = serde_json::from_str(&r.body).unwrap();
+    let sent = echo["headers"]["traceparent"].as_str().unwrap().to_string();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "drover's own span");
+    assert_eq!(parts[3], "01", "flags kept");
+    let mut line = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        line = access_line(&d, "trace-test-1");
+        line.is_some()
+    }));
+    let line = line.unwrap();
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["span_id"], parts[2]);
+    assert_eq!(line["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(line["request_id"], "trace-test-1");
+
+    // No (or a malformed) traceparent: drover starts a trace and logs it.
+    let r = request(
+        &d.agent,
+        "GET",
+        &d.url("/echo"),
+        &[
+            ("traceparent", "00-bogus"),
+            ("x-request-id", "trace-test-2"),
+        ],
+        None,
+    )
+    .unwrap();
+    let echo: Value = serde_json::from_str(&r.body).unwrap();
+    let sent = echo["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert_eq!(sent.len(), 55, "{sent}");
+    assert!(sent.ends_with("-00"));
+    let mut line = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        line = access_line(&d, "trace-test-2");
+        line.is_some()
+    }));
+    let line = line.unwrap();
+    assert_eq!(line["trace_id"].as_str().unwrap(), &sent[3..35]);
+    assert_eq!(line["span_id"].as_str().unwrap(), &sent[36..52]);
+    assert!(line.get("parent_span_id").is_none(), "{line}");
+}
