@@ -56,3 +56,81 @@ pub fn validate_forwarded(f: &ForwardedFile) -> Result<ForwardedConfig, Vec<Conf
         Err(issues)
     }
 }
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Request line plus headers, in bytes; more answers 431.
+    pub max_header_bytes: usize,
+    /// Request headers; more answers 431.
+    pub max_headers: usize,
+    /// Request body, in bytes (declared or streamed); more answers 413.
+    pub max_body_bytes: u64,
+    /// Longest wait for each read of a request body from a client; a client trickling
+    /// slower (slowloris on the body) gets 408.
+    pub client_body_timeout: super::duration::Dur,
+    /// Requests being handled at once; more answer 503 at once rather than queueing
+    /// without bound. 0 = no limit.
+    pub max_in_flight: u64,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            client_body_timeout: super::duration::Dur::secs(30),
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub client_body_timeout: std::time::Duration,
+    pub max_in_flight: u64,
+}
+
+/// Pingora itself refuses more than 256 headers or 1 MiB of them (without a 431).
+const PINGORA_MAX_HEADERS: usize = 256;
+const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
+
+pub fn validate_limits(f: &LimitsFile) -> Result<LimitsConfig, Vec<ConfigIssue>> {
+    let mut issues = Vec::new();
+    let mut fail = |field: &str, message: String| {
+        issues.push(ConfigIssue {
+            field: format!("limits.{field}"),
+            line: None,
+            message,
+        })
+    };
+    if f.max_header_bytes < 1024 || f.max_header_bytes > PINGORA_MAX_HEADER_BYTES {
+        fail(
+            "max_header_bytes",
+            format!("out of range; accepted: 1024 to {PINGORA_MAX_HEADER_BYTES}"),
+        );
+    }
+    if f.max_headers == 0 || f.max_headers > PINGORA_MAX_HEADERS {
+        fail(
+            "max_headers",
+            format!("out of range; accepted: 1 to {PINGORA_MAX_HEADERS}"),
+        );
+    }
+    if f.client_body_timeout.0.is_zero() {
+        fail("client_body_timeout", "must be greater than zero".into());
+    }
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    Ok(LimitsConfig {
+        max_header_bytes: f.max_header_bytes,
+        max_headers: f.max_headers,
+        max_body_bytes: f.max_body_bytes,
+        client_body_timeout: f.client_body_timeout.0,
+        max_in_flight: f.max_in_flight,
+    })
+}

@@ -25,6 +25,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub proxy: ProxyConfig,
     pub forwarded: super::edge::ForwardedConfig,
+    pub limits: super::edge::LimitsConfig,
     pub shutdown_grace: Duration,
     pub breaker: BreakerConfig,
     pub sessions: super::sessions::SessionsConfig,
@@ -468,6 +469,13 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let limits = match super::edge::validate_limits(&file.limits) {
+        Ok(l) => Some(l),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
     let forwarded = match super::edge::validate_forwarded(&file.forwarded) {
         Ok(f) => Some(f),
         Err(mut issues) => {
@@ -498,8 +506,14 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     if !c.issues.is_empty() {
         return Err(c.issues);
     }
-    let (Some(listen), Some(admin_listen), Some(sessions), Some(autoscale), Some(forwarded)) =
-        (listen, admin_listen, sessions, autoscale, forwarded)
+    let (
+        Some(listen),
+        Some(admin_listen),
+        Some(sessions),
+        Some(autoscale),
+        Some(forwarded),
+        Some(limits),
+    ) = (listen, admin_listen, sessions, autoscale, forwarded, limits)
     else {
         return Err(c.issues);
     };
@@ -557,6 +571,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             keepalive_timeout: p.keepalive_timeout.0,
         },
         forwarded,
+        limits,
         shutdown_grace: file.shutdown.grace_period.0,
         breaker: BreakerConfig {
             enabled: cb.enabled,

@@ -8,6 +8,7 @@
 
 pub mod forwarded;
 pub mod headers;
+pub mod limits;
 mod resilience;
 
 use crate::balancing::consistent_hash::fnv1a;
@@ -31,11 +32,44 @@ use std::time::Instant;
 
 pub struct DroverProxy {
     shared: Arc<Shared>,
+    /// `drover_limit_rejections_total{limit}`, one handle per limit.
+    limit_rejections: [prometheus::IntCounter; 5],
 }
 
 impl DroverProxy {
     pub fn new(shared: Arc<Shared>) -> Self {
-        DroverProxy { shared }
+        let vec = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                crate::observe::names::LIMIT_REJECTIONS_TOTAL,
+                "Requests refused by an edge limit (431, 413, 408, 503), by limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        let _ = shared.metrics.registry.register(Box::new(vec.clone()));
+        // The last is counted where Pingora reports a client's read timeout (fail_to_proxy).
+        let limit_rejections = [
+            "header_bytes",
+            "header_count",
+            "body_bytes",
+            "in_flight",
+            "body_timeout",
+        ]
+        .map(|l| vec.with_label_values(&[l]));
+        DroverProxy {
+            shared,
+            limit_rejections,
+        }
+    }
+
+    fn count_limit(&self, v: limits::Violation) {
+        let i = match v {
+            limits::Violation::HeaderBytes => 0,
+            limits::Violation::HeaderCount => 1,
+            limits::Violation::BodyBytes => 2,
+            limits::Violation::InFlight => 3,
+        };
+        self.limit_rejections[i].inc();
     }
 }
 
@@ -56,6 +90,9 @@ pub struct RequestCtx {
     session: Option<SessionCtx>,
     /// The client's address (the TCP peer, or what a trusted proxy reported).
     client_ip: Option<std::net::IpAddr>,
+    /// Request body bytes seen so far, and the limit on them.
+    body_bytes: u64,
+    max_body_bytes: u64,
     /// Route, bulkhead slot, route breaker permit, deadline (`proxy/resilience.rs`).
     res: resilience::ResCtx,
     /// W3C trace context: continued or started in request_filter, logged at the end.
@@ -103,6 +140,8 @@ impl ProxyHttp for DroverProxy {
             reject: None,
             session: None,
             client_ip: None,
+            body_bytes: 0,
+            max_body_bytes: u64::MAX,
             res: Default::default(),
             trace: None,
         }
@@ -111,6 +150,19 @@ impl ProxyHttp for DroverProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.shared.metrics.in_flight.inc();
         ctx.counted = true;
+        {
+            let cfg = self.shared.config.load();
+            let in_flight = self.shared.metrics.in_flight.get();
+            if let Some(v) = limits::check_request(&cfg.limits, session.req_header(), in_flight) {
+                self.count_limit(v);
+                let _ = session.respond_error(v.status()).await;
+                return Ok(true);
+            }
+            session
+                .as_mut()
+                .set_read_timeout(Some(cfg.limits.client_body_timeout));
+            ctx.max_body_bytes = cfg.limits.max_body_bytes;
+        }
         let req = session.req_header_mut();
         headers::strip_internal_request(req);
         if self.shared.config.load().logging.access_log {
@@ -143,6 +195,26 @@ impl ProxyHttp for DroverProxy {
             ctx.session = Some(sessions.begin(session.req_header(), client).await);
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > ctx.max_body_bytes {
+                self.count_limit(limits::Violation::BodyBytes);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than limits.max_body_bytes",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -293,6 +365,11 @@ impl ProxyHttp for DroverProxy {
                 },
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // A client too slow sending its body (limits.client_body_timeout).
+                    ErrorType::ReadTimedout => {
+                        self.limit_rejections[4].inc();
+                        408
+                    }
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
