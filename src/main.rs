@@ -35,6 +35,11 @@ struct Cli {
     /// exits 1 (like `nginx -t`).
     #[arg(short = 't', long = "test")]
     test: bool,
+    /// Graceful binary upgrade: start workers, wait until they are healthy, then take the
+    /// listening socket over from the drover running with the same `runtime_dir` (its pid
+    /// file says which) and tell it to drain and exit. No connection is refused.
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cfg);
-    match run(cfg, cli.config) {
+    match run(cfg, cli.config, cli.upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -62,6 +67,53 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Upgrade: waits (bounded by `workers.health_timeout`) until this process's workers are
+/// healthy, so it never takes connections it cannot serve, then has the old process
+/// send its listening socket (SIGQUIT) while `bootstrap` waits for it, and merges the
+/// old process's session snapshot once it has exited.
+fn take_over_from(shared: &Arc<Shared>, old: i32) {
+    let cfg = shared.config();
+    let want = cfg
+        .workers
+        .count
+        .max(usize::from(!cfg.upstreams.is_empty()));
+    let deadline = std::time::Instant::now() + cfg.workers.health_timeout;
+    while std::time::Instant::now() < deadline {
+        let healthy = shared
+            .pool
+            .members()
+            .iter()
+            .filter(|b| b.in_rotation())
+            .count();
+        if healthy >= want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    log::info!("upgrade: workers ready; asking drover pid {old} to hand over its listener");
+    let old_pid = nix::unistd::Pid::from_raw(old);
+    std::thread::spawn(move || {
+        // bootstrap() is listening on the upgrade socket by then.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Err(e) = nix::sys::signal::kill(old_pid, nix::sys::signal::Signal::SIGQUIT) {
+            log::error!("upgrade: cannot signal pid {old}: {e}");
+        }
+    });
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let grace = shared.config().shutdown_grace + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline && nix::sys::signal::kill(old_pid, None).is_ok()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        log::info!("upgrade: previous drover (pid {old}) has exited");
+        if let Some(s) = shared.sessions.get() {
+            s.finish_handover();
+        }
+    });
 }
 
 fn init_logging(cfg: &Config) {
@@ -74,21 +126,37 @@ fn init_logging(cfg: &Config) {
     let _ = b.try_init();
 }
 
-fn run(cfg: Config, path: PathBuf) -> Result<(), String> {
-    // Bind-check both addresses first so a taken port is a clear error, not a panic deep
-    // inside Pingora after workers were already forked.
-    let admin = std::net::TcpListener::bind(cfg.admin.listen)
-        .map_err(|e| format!("cannot listen on admin.listen {}: {e}", cfg.admin.listen))?;
-    drop(
-        std::net::TcpListener::bind(cfg.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?,
-    );
+fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.runtime_dir).map_err(|e| {
         format!(
             "cannot create runtime_dir {}: {e}",
             cfg.runtime_dir.display()
         )
     })?;
+    let pid_file = cfg.runtime_dir.join("drover.pid");
+    let (admin, old_pid) = if upgrade {
+        let old = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), None).is_ok())
+            .ok_or_else(|| {
+                format!(
+                    "--upgrade: no running drover found through {}",
+                    pid_file.display()
+                )
+            })?;
+        (control::AdminBind::Later(cfg.admin.listen), Some(old))
+    } else {
+        // Bind-check both addresses first so a taken port is a clear error, not a panic
+        // deep inside Pingora after workers were already forked.
+        let admin = std::net::TcpListener::bind(cfg.admin.listen)
+            .map_err(|e| format!("cannot listen on admin.listen {}: {e}", cfg.admin.listen))?;
+        drop(
+            std::net::TcpListener::bind(cfg.listen)
+                .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?,
+        );
+        (control::AdminBind::Bound(admin), None)
+    };
 
     let conf = ServerConf {
         threads: cfg.threads,
@@ -115,12 +183,28 @@ fn run(cfg: Config, path: PathBuf) -> Result<(), String> {
         .map_err(|e| format!("sessions: {e}"))?;
         let _ = shared.sessions.set(Arc::new(svc));
     }
+    if old_pid.is_some() {
+        if let Some(s) = shared.sessions.get() {
+            s.begin_handover();
+        }
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(ShutdownKind::None);
     let control = control::start(shared.clone(), admin, shutdown_rx)
         .map_err(|e| format!("cannot start control thread: {e}"))?;
 
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = old_pid.map(|old| {
+        take_over_from(&shared, old);
+        pingora_core::server::configuration::Opt {
+            upgrade: true,
+            ..Default::default()
+        }
+    });
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // On upgrade this receives the listening socket from the old process.
     server.bootstrap();
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write {}: {e}", pid_file.display());
+    }
     let mut proxy =
         pingora_proxy::http_proxy_service(&server.configuration, DroverProxy::new(shared));
     proxy.add_tcp(&listen.to_string());

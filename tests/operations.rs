@@ -248,3 +248,86 @@ fn autoscale_adds_workers_under_load_and_removes_them_when_idle() {
     assert!(d.metric("drover_autoscale_decisions_total{direction=\"up\"}") >= 1.0);
     assert!(d.metric("drover_autoscale_decisions_total{direction=\"down\"}") >= 2.0);
 }
+
+#[test]
+fn graceful_binary_upgrade_hands_the_listener_over_without_failed_requests() {
+    let mut d = Drover::start_with(2, "sessions:\n  enabled: true\n", Some(TOKEN));
+    // A session on the old process, to be found on the new one.
+    let first = d.get("/session/incr").unwrap();
+    let cookie = first
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = d.get_with("/session/incr", &[("cookie", &cookie)]).unwrap();
+    assert!(r.body.contains("\"counter\":2"), "{}", r.body);
+    let old_pid = d.pid();
+    let new_log = d.dir.path().join("drover-new.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = common::load(d.url("/delay?ms=2"), 4, stop.clone(), 1_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::File::create(&new_log).unwrap();
+    let mut new = std::process::Command::new(common::drover_bin())
+        .arg("-u")
+        .arg("-c")
+        .arg(&d.config_path)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The old process drains and exits by itself once the new one has the listener.
+    let code = d.wait_exit(Duration::from_secs(40));
+    let new_text = || std::fs::read_to_string(&new_log).unwrap_or_default();
+    assert_eq!(
+        code,
+        Some(0),
+        "old drover did not exit cleanly:\n{}\nnew:\n{}",
+        d.log(),
+        new_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, _, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed during the upgrade: {:?}\nnew:\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        new_text()
+    );
+    assert!(ok > 100, "too little load: {ok}");
+    // The new process serves, on the same port, with its own workers and the admin plane.
+    let r = d.get("/").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            common::request(&common::agent(), "GET", &d.admin_url("/readyz"), &[], None)
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        }),
+        "admin plane not taken over:\n{}",
+        new_text()
+    );
+    assert!(
+        !common::process_alive(old_pid as u32),
+        "old drover still running"
+    );
+    // The memory-store session came across through the snapshot.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || new_text()
+            .contains("sessions: merged")),
+        "{}",
+        new_text()
+    );
+    let r = d.get_with("/session/incr", &[("cookie", &cookie)]).unwrap();
+    assert!(
+        r.body.contains("\"counter\":3"),
+        "session lost across the upgrade: {}",
+        r.body
+    );
+    let _ = new.kill();
+    let _ = new.wait();
+}

@@ -24,6 +24,8 @@ const REFRESH_TICK: Duration = Duration::from_millis(100);
 const AUTO_EVERY_TICKS: u64 = 20;
 /// A shared session store is counted (bounded SCAN) every 10 s (100 ticks).
 const SHARED_STATS_EVERY_TICKS: u64 = 100;
+/// Pingora's `CLOSE_TIMEOUT` after sending the listening sockets, plus a margin.
+const UPGRADE_CLOSE_TIMEOUT: Duration = Duration::from_millis(5500);
 /// Percentile windows, history, resources and alerts are sampled every second (10 ticks).
 const OBSERVE_EVERY_TICKS: u64 = 10;
 
@@ -89,15 +91,37 @@ fn autoscale_step(
     }
 }
 
+fn admin_listener_addr(shared: &Shared) -> std::net::SocketAddr {
+    shared.config.load().admin.listen
+}
+
+async fn bind_with_retry(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    for _ in 0..600 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            log::info!("admin plane on {addr}");
+            return Some(l);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 pub struct ControlHandle {
     pub thread: std::thread::JoinHandle<()>,
 }
 
 /// Starts the control thread and returns once SIGHUP is handled and the admin listener
 /// is serving, so no signal or request can arrive before drover is ready for it.
+/// The admin listener: bound by `main` (a normal start), or bound here once the old
+/// process of a graceful upgrade has let go of the address.
+pub enum AdminBind {
+    Bound(std::net::TcpListener),
+    Later(std::net::SocketAddr),
+}
+
 pub fn start(
     shared: Arc<Shared>,
-    admin_listener: std::net::TcpListener,
+    admin_listener: AdminBind,
     shutdown: watch::Receiver<ShutdownKind>,
 ) -> std::io::Result<ControlHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -125,7 +149,7 @@ pub fn start(
 
 async fn run(
     shared: Arc<Shared>,
-    admin_listener: std::net::TcpListener,
+    admin_listener: AdminBind,
     mut shutdown: watch::Receiver<ShutdownKind>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -136,16 +160,22 @@ async fn run(
             return;
         }
     };
-    let listener = match admin_listener
-        .set_nonblocking(true)
-        .and_then(|_| tokio::net::TcpListener::from_std(admin_listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("admin listener: {e}")));
-            return;
+    let listener = match admin_listener {
+        AdminBind::Bound(l) => {
+            match l
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpListener::from_std(l))
+            {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("admin listener: {e}")));
+                    return;
+                }
+            }
         }
+        AdminBind::Later(_) => None,
     };
+    let admin_addr = admin_listener_addr(&shared);
     let supervisor = Supervisor::new(shared.clone());
     let cfg = shared.config();
     crate::balancing::backend::set_latency_decay(cfg.balancing.latency_decay);
@@ -165,8 +195,24 @@ async fn run(
     });
     let mut admin_shutdown = shutdown.clone();
     tokio::spawn(async move {
+        let listener = match listener {
+            Some(l) => l,
+            // Upgrade: the old process releases the address when it gets SIGQUIT.
+            None => match bind_with_retry(admin_addr).await {
+                Some(l) => l,
+                None => {
+                    log::error!(
+                        "admin plane: {admin_addr} still taken after 60 s; running without it"
+                    );
+                    return;
+                }
+            },
+        };
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = admin_shutdown.wait_for(|k| *k == ShutdownKind::Fast).await;
+            // An upgrade hands the admin address to the new process at once.
+            let _ = admin_shutdown
+                .wait_for(|k| matches!(*k, ShutdownKind::Fast | ShutdownKind::Upgrade))
+                .await;
         });
         if let Err(e) = serve.await {
             log::error!("admin server stopped: {e}");
@@ -258,7 +304,13 @@ async fn run(
     };
     shared.shutting_down.store(true, Ordering::Release);
     super::notify::stopping();
-    if kind == ShutdownKind::Graceful {
+    if kind == ShutdownKind::Upgrade {
+        // Pingora hands the listening socket over, keeps accepting for its close timeout
+        // (5 s) while the new process starts accepting too, then stops: requests
+        // accepted until then are served here before the drain below.
+        tokio::time::sleep(UPGRADE_CLOSE_TIMEOUT).await;
+    }
+    if matches!(kind, ShutdownKind::Graceful | ShutdownKind::Upgrade) {
         let grace = shared.config().shutdown_grace;
         let deadline = Instant::now() + grace;
         // Let Pingora close its listeners and requests already read get counted.
@@ -275,7 +327,7 @@ async fn run(
             log::info!("shutdown: all in-flight requests finished");
         }
     }
-    if kind == ShutdownKind::Graceful {
+    if matches!(kind, ShutdownKind::Graceful | ShutdownKind::Upgrade) {
         if let Some(sessions) = shared.sessions.get() {
             sessions.save_snapshot();
         }

@@ -18,6 +18,9 @@ pub enum ShutdownKind {
     Graceful,
     /// SIGINT: stop now.
     Fast,
+    /// SIGQUIT: a new drover takes the listening socket over (graceful upgrade); serve
+    /// what was accepted, then stop like a graceful shutdown.
+    Upgrade,
 }
 
 pub struct DroverSignals {
@@ -49,7 +52,7 @@ impl ShutdownSignalWatch for DroverSignals {
             }
             _ = quit.recv() => {
                 log::info!("SIGQUIT: graceful upgrade: handing listening sockets to the new process");
-                let _ = self.notify.send(ShutdownKind::Graceful);
+                let _ = self.notify.send(ShutdownKind::Upgrade);
                 ShutdownSignal::GracefulUpgrade
             }
         }

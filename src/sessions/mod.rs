@@ -81,6 +81,10 @@ pub struct SessionService {
     generated_secret: Option<Vec<u8>>,
     generated_data_key: Option<[u8; 32]>,
     last_stats: std::sync::Mutex<(u64, u64)>,
+    /// During a graceful upgrade (memory store), sessions of the old process are not
+    /// here until its snapshot is merged: a genuine cookie without a record then means
+    /// "not yet", not "gone", and must not be replaced by a fresh session.
+    handover: std::sync::atomic::AtomicBool,
 }
 
 /// Per-request session state, kept in the proxy's request context.
@@ -178,6 +182,7 @@ impl SessionService {
             generated_secret,
             generated_data_key,
             last_stats: std::sync::Mutex::new((0, 0)),
+            handover: std::sync::atomic::AtomicBool::new(false),
         };
         svc.policy.store(Arc::new(svc.build_policy(cfg)));
         Ok(svc)
@@ -386,6 +391,10 @@ impl SessionService {
                 policy,
                 done: false,
             },
+            None if self.handover.load(std::sync::atomic::Ordering::Acquire) => {
+                drop(local);
+                self.unavailable(policy, id)
+            }
             None => {
                 // Expired, evicted or undecryptable: a genuine cookie for a session that is
                 // gone gets a fresh session (its lock is released by dropping it).
@@ -606,6 +615,32 @@ impl SessionService {
 
     pub fn store_up(&self) -> bool {
         self.store_breaker.state() == CircuitState::Closed
+    }
+
+    /// Upgrade: until [`SessionService::finish_handover`], unknown sessions are
+    /// "unavailable" rather than replaced.
+    pub fn begin_handover(&self) {
+        if matches!(self.backing, Backing::Memory(_)) {
+            self.handover
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Upgrade: the old process has exited; merge the snapshot it wrote.
+    pub fn finish_handover(&self) {
+        if let Backing::Memory(m) = &self.backing {
+            if let Some(path) = &self.policy.load().cfg.snapshot_path {
+                match m.merge_snapshot(path, now_ms()) {
+                    Ok(n) => log::info!(
+                        "sessions: merged {n} sessions from the previous process ({})",
+                        path.display()
+                    ),
+                    Err(e) => log::warn!("sessions: no snapshot from the previous process: {e}"),
+                }
+            }
+        }
+        self.handover
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Writes the memory store's snapshot (graceful shutdown).

@@ -326,6 +326,16 @@ impl MemoryStore {
     /// caller starts empty. The file is removed after loading so an old snapshot is
     /// never loaded twice (e.g. after a crash).
     pub fn load_snapshot(&self, path: &Path, now: u64) -> std::io::Result<usize> {
+        self.load_snapshot_into(path, now, false)
+    }
+
+    /// Like [`MemoryStore::load_snapshot`], but records this store already holds win
+    /// (they are newer: written after the snapshot's process handed over).
+    pub fn merge_snapshot(&self, path: &Path, now: u64) -> std::io::Result<usize> {
+        self.load_snapshot_into(path, now, true)
+    }
+
+    fn load_snapshot_into(&self, path: &Path, now: u64, merge: bool) -> std::io::Result<usize> {
         let mut bytes = Vec::new();
         std::fs::File::open(path)?.read_to_end(&mut bytes)?;
         let bad = || std::io::Error::other(format!("{} is not a session snapshot", path.display()));
@@ -348,8 +358,9 @@ impl MemoryStore {
             }
             let record = Record::decode(&rest[..len]).ok_or_else(bad)?;
             rest = &rest[len..];
-            if expires_ms > now {
-                let id = SessionId(id);
+            let id = SessionId(id);
+            let keep_ours = merge && self.shard(&id).map.contains_key(&id.0);
+            if expires_ms > now && !keep_ours {
                 self.set_now(&id, record, Duration::from_millis(expires_ms - now), now);
                 n += 1;
             }
