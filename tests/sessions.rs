@@ -97,6 +97,21 @@ fn sessions_stick_for_200_requests_and_new_sessions_spread() {
             .unwrap_or(false)
     });
     assert!(per_worker_total, "{}", sessions_api(&d));
+    // The dashboard's live feed shows the same per-worker counts.
+    let live_total = wait_until(Duration::from_secs(5), || {
+        let live: serde_json::Value =
+            serde_json::from_str(&d.admin_get("/api/live").body).unwrap_or_default();
+        live["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter_map(|w| w["sessions"].as_u64())
+                    .sum::<u64>()
+                    == 31
+            })
+            .unwrap_or(false)
+    });
+    assert!(live_total, "{}", d.admin_get("/api/live").body);
     assert!(d.metric("drover_sessions_active") >= 31.0);
 }
 

@@ -507,6 +507,7 @@ impl Observer {
 
     fn live_snapshot(&self, shared: &Shared, slots: &[SlotStatus], p: &Published) -> Value {
         let members = shared.pool.members();
+        let sessions = shared.sessions.get().map(|s| s.per_worker());
         let workers: Vec<Value> = slots
             .iter()
             .map(|w| {
@@ -527,6 +528,7 @@ impl Observer {
                     "p99": p.backends.get(&name).map(|l| l.ten_seconds.p99),
                     "breaker": b.map(|b| b.breaker.state().as_str()).unwrap_or("closed"),
                     "restarts": w.restarts,
+                    "sessions": sessions.as_ref().map(|m| m.get(&name).copied().unwrap_or(0)),
                     "crash_looping": w.crash_looping,
                     "cpu_cores": proc_.map(|s| s.cpu_cores),
                     "rss_bytes": proc_.map(|s| s.stats.rss_bytes),

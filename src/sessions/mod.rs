@@ -85,6 +85,8 @@ pub struct SessionService {
     /// here until its snapshot is merged: a genuine cookie without a record then means
     /// "not yet", not "gone", and must not be replaced by a fresh session.
     handover: std::sync::atomic::AtomicBool,
+    /// Sessions per backend as last counted (sweeper cycle or shared-store scan).
+    per_worker_cache: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Per-request session state, kept in the proxy's request context.
@@ -183,6 +185,7 @@ impl SessionService {
             generated_data_key,
             last_stats: std::sync::Mutex::new((0, 0)),
             handover: std::sync::atomic::AtomicBool::new(false),
+            per_worker_cache: std::sync::Mutex::new(Default::default()),
         };
         svc.policy.store(Arc::new(svc.build_policy(cfg)));
         Ok(svc)
@@ -593,6 +596,21 @@ impl SessionService {
                 .with_label_values(&[w])
                 .set(*n as i64);
         }
+        self.cache_per_worker(st);
+    }
+
+    fn cache_per_worker(&self, st: &StoreStats) {
+        if let Ok(mut pw) = self.per_worker_cache.lock() {
+            pw.clone_from(&st.per_worker);
+        }
+    }
+
+    /// Sessions per backend name, as last counted (for the dashboard).
+    pub fn per_worker(&self) -> std::collections::BTreeMap<String, u64> {
+        self.per_worker_cache
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// Whole-store statistics for `/api/sessions` (bounded work on Redis).
@@ -601,6 +619,7 @@ impl SessionService {
             Backing::Memory(m) => Ok(m.stats_now()),
             Backing::Redis(r) => {
                 let st = self.guarded(r.stats()).await?;
+                self.cache_per_worker(&st);
                 self.metrics.active.set(st.active as i64);
                 for (w, n) in &st.per_worker {
                     self.metrics
