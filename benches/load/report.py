@@ -14,7 +14,7 @@ Subcommands (run.sh is the only caller; the interface is not stable):
   lua COOKIES_FILE                print a wrk script sending those Cookie headers in turn
 
 RUNS_TSV columns (tab-separated, no header):
-  scenario  target  round  wrk_output_file  cpu_ticks|-  clk_tck  note
+  scenario  target  round  wrk_output_file  cpu_ticks|-  clk_tck  note  user_ticks|-  syscalls|-
 """
 
 import json
@@ -142,9 +142,11 @@ def cmd_table(args):
             line = line.rstrip("\n")
             if not line:
                 continue
-            scenario, target, rnd, path, ticks, clk, note = (line.split("\t") + [""] * 7)[:7]
+            scenario, target, rnd, path, ticks, clk, note, uticks, sysc = (
+                line.split("\t") + [""] * 9)[:9]
             rows.append({"scenario": scenario, "target": target, "round": int(rnd),
-                         "wrk": parse_wrk(path), "ticks": ticks, "clk": clk, "note": note})
+                         "wrk": parse_wrk(path), "ticks": ticks, "clk": clk, "note": note,
+                         "uticks": uticks, "syscalls": sysc})
 
     env = os.environ
     ncpu, model = machine_info()
@@ -170,8 +172,10 @@ def cmd_table(args):
         print()
         print(f"#### Scenario `{scenario}`" + (f": {desc}" if desc else ""))
         print()
-        print("| target | median req/s | p50 | p99 | CPU µs/req | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        with_sys = any(r["syscalls"] not in ("", "-") for r in srows)
+        print("| target | median req/s | p50 | p99 | CPU µs/req | user µs/req | "
+              + ("syscalls/req | " if with_sys else "") + "errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if with_sys else "") + "---: |")
         summary = {}
         for t in targets:
             trows = sorted((r for r in srows if r["target"] == t), key=lambda r: r["round"])
@@ -180,6 +184,9 @@ def cmd_table(args):
             p50 = median([r["wrk"]["p50"] for r in good])
             p99 = median([r["wrk"]["p99"] for r in good])
             cpu = median([cpu_us_per_req(r["ticks"], r["clk"], r["wrk"]["requests"]) for r in good])
+            ucpu = median([cpu_us_per_req(r["uticks"], r["clk"], r["wrk"]["requests"]) for r in good])
+            sysc = median([int(r["syscalls"]) / r["wrk"]["requests"] for r in good
+                           if r["syscalls"].isdigit() and r["wrk"]["requests"]])
             non2xx = sum(r["wrk"]["non2xx"] for r in trows)
             sock = sum(r["wrk"]["socket"] for r in trows)
             failed = len(trows) - len(good)
@@ -190,7 +197,10 @@ def cmd_table(args):
                 err += f"; {failed} run(s) unparsable"
             summary[t] = {"rps": rps, "cpu": cpu, "per_round": [r["wrk"]["rps"] for r in trows]}
             cpu_txt = fmt(cpu, 1) if t != "direct" else "n/a"
-            print(f"| {t} | {fmt(rps, 0)} | {fmt_ms(p50)} | {fmt_ms(p99)} | {cpu_txt} | {err} |")
+            ucpu_txt = fmt(ucpu, 1) if t != "direct" else "n/a"
+            sys_txt = ((fmt(sysc, 2) if t != "direct" else "n/a") + " | ") if with_sys else ""
+            print(f"| {t} | {fmt(rps, 0)} | {fmt_ms(p50)} | {fmt_ms(p99)} | {cpu_txt} | "
+                  f"{ucpu_txt} | {sys_txt}{err} |")
         print()
         print("Ratios (same run):")
         print()

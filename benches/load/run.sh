@@ -42,6 +42,7 @@ OUT=
 PORT_BASE=
 KILL_SETTLE=2
 SESSION_COOKIES=256
+SYSCALLS=
 VARIANT_NAMES=()
 VARIANT_FILES=()
 
@@ -82,6 +83,8 @@ Options:
                        redis-server is started on a free loopback port and its URL filled in.
                        The report adds NAME/drover and NAME/nginx ratios.
   --session-cookies N  sessions per wrk run in the sessions scenario (default 256)
+  --syscalls           count each proxy's system calls per request during every run
+                       (perf stat -e raw_syscalls:sys_enter; needs linux-perf and tracefs)
   --out DIR            keep raw wrk outputs, rendered configs, logs and summary.md in DIR
                        (default: a temp dir that is removed at exit)
   --port-base P        ports P (drover), P+1 (nginx), P+2 (haproxy), P+3.. (variants),
@@ -121,6 +124,7 @@ while [[ $# -gt 0 ]]; do
         shift 2
         ;;
     --session-cookies) need_arg "$@"; SESSION_COOKIES=$2; shift 2 ;;
+    --syscalls) SYSCALLS=1; shift ;;
     --out) need_arg "$@"; OUT=$2; shift 2 ;;
     --port-base) need_arg "$@"; PORT_BASE=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -180,6 +184,11 @@ for b in "$DROVER_BIN" "$WORKER_BIN"; do
     [[ -x $b ]] || die "release binary missing: $b
 Build it: (cd $REPO && cargo build --release --workspace)"
 done
+if [[ -n $SYSCALLS ]]; then
+    command -v perf >/dev/null || die "--syscalls needs perf: apt-get install linux-perf"
+    perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 ||
+        die "--syscalls: perf cannot count raw_syscalls:sys_enter here (tracefs or permissions)"
+fi
 if [[ -n $NEED_REDIS ]]; then
     command -v redis-server >/dev/null || die "a --variant needs @REDIS_URL@ but redis-server is not installed: apt-get install redis-server"
 fi
@@ -582,16 +591,17 @@ target_pids() {
     *) echo "${T_PID[$1]}" ;;
     esac
 }
-# Sum of utime+stime (clock ticks) over the given PIDs, from /proc/PID/stat.
+# Sums of utime+stime and of utime (clock ticks) over the given PIDs, from /proc/PID/stat.
 cpu_ticks() {
-    local total=0 pid s f
+    local total=0 user=0 pid s f
     for pid; do
         s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         s=${s##*) }
         read -r -a f <<<"$s"
         total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
     done
-    echo "$total"
+    echo "$total $user"
 }
 check_alive() {
     local t=$1 pid
@@ -713,7 +723,15 @@ for scenario in "${SCENARIO_LIST[@]}"; do
             outf=$RAW/$scenario-$t-r$round.txt
             pids=$(target_pids "$t")
             before=-
-            [[ -n $pids ]] && before=$(cpu_ticks $pids)
+            [[ -n $pids ]] && read -r before before_u < <(cpu_ticks $pids)
+            perf_out=
+            if [[ -n $SYSCALLS && -n $pids ]]; then
+                perf_out=$RAW/$scenario-$t-r$round.syscalls
+                perf stat -x, -e raw_syscalls:sys_enter -p "$(echo $pids | tr ' ' ,)" -o "$perf_out" \
+                    -- sleep "$DURATION" >/dev/null 2>&1 &
+                perf_pid=$!
+                STARTED_PIDS+=("$perf_pid")
+            fi
             note=
             killer=
             if [[ $scenario == kill9 ]]; then
@@ -733,15 +751,24 @@ for scenario in "${SCENARIO_LIST[@]}"; do
             fi
             run_wrk "$outf" "$conns" "$DURATION" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
             ticks=-
+            uticks=-
             if [[ -n $pids ]]; then
-                after=$(cpu_ticks $pids)
+                read -r after after_u < <(cpu_ticks $pids)
                 ticks=$((after - before))
+                uticks=$((after_u - before_u))
+            fi
+            syscalls=-
+            if [[ -n $perf_out ]]; then
+                wait "$perf_pid" 2>/dev/null || true
+                forget_pid "$perf_pid"
+                syscalls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$perf_out" 2>/dev/null)
+                [[ $syscalls =~ ^[0-9]+$ ]] || syscalls=-
             fi
             if [[ -n $killer ]]; then
                 wait "$killer" 2>/dev/null || true
                 forget_pid "$killer"
             fi
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$t" "$round" "$outf" "$ticks" "$CLK_TCK" "$note" >>"$RUNS_TSV"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$t" "$round" "$outf" "$ticks" "$CLK_TCK" "$note" "$uticks" "$syscalls" >>"$RUNS_TSV"
             log "  round $round $t: $(python3 "$REPORT" line "$outf" "$ticks" "$CLK_TCK")"
             if [[ $scenario == kill9 ]]; then
                 restart_worker "$victim"
