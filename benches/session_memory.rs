@@ -54,5 +54,7 @@ fn main() {
         took.as_nanos() as f64 / n as f64
     );
     let (per, _) = fill(n, 64);
-    println!("memory store: {n} sessions with 64 bytes of data: {per:.0} bytes resident per session");
+    println!(
+        "memory store: {n} sessions with 64 bytes of data: {per:.0} bytes resident per session"
+    );
 }
