@@ -6,9 +6,15 @@ Subcommands (run.sh is the only caller; the interface is not stable):
   table RUNS_TSV                  the Markdown summary of every run in RUNS_TSV
   drover-healthy                  exit 0 if the /api/status JSON on stdin shows every
                                   backend healthy (and at least one backend)
+  merge BASE EXTRA                print BASE with EXTRA's top-level YAML blocks replacing
+                                  BASE's blocks of the same key (others appended)
+  cookies URL N                   GET URL N times without cookies on one keep-alive
+                                  connection; print each response's first Set-Cookie pair
+                                  (name=value), one per line; exit 3 if none is set
+  lua COOKIES_FILE                print a wrk script sending those Cookie headers in turn
 
 RUNS_TSV columns (tab-separated, no header):
-  scenario  target  round  wrk_output_file  cpu_ticks|-  clk_tck  note
+  scenario  target  round  wrk_output_file  cpu_ticks|-  clk_tck  note  user_ticks|-  syscalls|-
 """
 
 import json
@@ -20,7 +26,18 @@ import sys
 from datetime import datetime, timezone
 
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
-TARGET_ORDER = ["direct", "drover", "nginx", "haproxy"]
+# Top-level config keys the harness owns: an extra/variant file may not replace them.
+PROTECTED_KEYS = {"listen", "admin", "runtime_dir", "upstreams"}
+TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)[ \t]*:")
+
+
+def variants():
+    return [v for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v]
+
+
+def target_order():
+    # drover variants sit right after drover.
+    return ["direct", "drover"] + variants() + ["nginx", "haproxy"]
 
 
 def to_ms(text):
@@ -125,9 +142,11 @@ def cmd_table(args):
             line = line.rstrip("\n")
             if not line:
                 continue
-            scenario, target, rnd, path, ticks, clk, note = (line.split("\t") + [""] * 7)[:7]
+            scenario, target, rnd, path, ticks, clk, note, uticks, sysc = (
+                line.split("\t") + [""] * 9)[:9]
             rows.append({"scenario": scenario, "target": target, "round": int(rnd),
-                         "wrk": parse_wrk(path), "ticks": ticks, "clk": clk, "note": note})
+                         "wrk": parse_wrk(path), "ticks": ticks, "clk": clk, "note": note,
+                         "uticks": uticks, "syscalls": sysc})
 
     env = os.environ
     ncpu, model = machine_info()
@@ -146,14 +165,17 @@ def cmd_table(args):
             scenarios.append(r["scenario"])
     for scenario in scenarios:
         srows = [r for r in rows if r["scenario"] == scenario]
+        order = target_order()
         targets = sorted({r["target"] for r in srows},
-                         key=lambda t: TARGET_ORDER.index(t) if t in TARGET_ORDER else 99)
+                         key=lambda t: order.index(t) if t in order else 99)
         desc = env.get(f"BENCH_DESC_{scenario}", "")
         print()
         print(f"#### Scenario `{scenario}`" + (f": {desc}" if desc else ""))
         print()
-        print("| target | median req/s | p50 | p99 | CPU µs/req | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        with_sys = any(r["syscalls"] not in ("", "-") for r in srows)
+        print("| target | median req/s | p50 | p99 | CPU µs/req | user µs/req | "
+              + ("syscalls/req | " if with_sys else "") + "errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if with_sys else "") + "---: |")
         summary = {}
         for t in targets:
             trows = sorted((r for r in srows if r["target"] == t), key=lambda r: r["round"])
@@ -162,6 +184,9 @@ def cmd_table(args):
             p50 = median([r["wrk"]["p50"] for r in good])
             p99 = median([r["wrk"]["p99"] for r in good])
             cpu = median([cpu_us_per_req(r["ticks"], r["clk"], r["wrk"]["requests"]) for r in good])
+            ucpu = median([cpu_us_per_req(r["uticks"], r["clk"], r["wrk"]["requests"]) for r in good])
+            sysc = median([int(r["syscalls"]) / r["wrk"]["requests"] for r in good
+                           if r["syscalls"].isdigit() and r["wrk"]["requests"]])
             non2xx = sum(r["wrk"]["non2xx"] for r in trows)
             sock = sum(r["wrk"]["socket"] for r in trows)
             failed = len(trows) - len(good)
@@ -172,13 +197,19 @@ def cmd_table(args):
                 err += f"; {failed} run(s) unparsable"
             summary[t] = {"rps": rps, "cpu": cpu, "per_round": [r["wrk"]["rps"] for r in trows]}
             cpu_txt = fmt(cpu, 1) if t != "direct" else "n/a"
-            print(f"| {t} | {fmt(rps, 0)} | {fmt_ms(p50)} | {fmt_ms(p99)} | {cpu_txt} | {err} |")
+            ucpu_txt = fmt(ucpu, 1) if t != "direct" else "n/a"
+            sys_txt = ((fmt(sysc, 2) if t != "direct" else "n/a") + " | ") if with_sys else ""
+            print(f"| {t} | {fmt(rps, 0)} | {fmt_ms(p50)} | {fmt_ms(p99)} | {cpu_txt} | "
+                  f"{ucpu_txt} | {sys_txt}{err} |")
         print()
         print("Ratios (same run):")
         print()
         pairs = [("req/s", "rps", "drover", "nginx"), ("req/s", "rps", "drover", "haproxy"),
                  ("req/s", "rps", "drover", "direct"), ("CPU µs/req", "cpu", "drover", "nginx"),
                  ("CPU µs/req", "cpu", "drover", "haproxy")]
+        for v in variants():
+            pairs += [("req/s", "rps", v, "drover"), ("CPU µs/req", "cpu", v, "drover"),
+                      ("req/s", "rps", v, "nginx")]
         any_ratio = False
         for label, key, a, b in pairs:
             va = summary.get(a, {}).get(key)
@@ -209,11 +240,104 @@ def cmd_drover_healthy(_args):
     return 1
 
 
+def yaml_blocks(text):
+    """(key or None, lines) per top-level block; a block runs until the next top-level key."""
+    blocks = [(None, [])]
+    for line in text.splitlines():
+        m = TOP_KEY.match(line)
+        if m:
+            blocks.append((m.group(1), [line]))
+        else:
+            blocks[-1][1].append(line)
+    return blocks
+
+
+def cmd_merge(args):
+    with open(args[0], encoding="utf-8") as f:
+        base = yaml_blocks(f.read())
+    with open(args[1], encoding="utf-8") as f:
+        extra = yaml_blocks(f.read())
+    extra_keys = {k: lines for k, lines in extra if k is not None}
+    bad = sorted(PROTECTED_KEYS & extra_keys.keys())
+    if bad:
+        print(f"{args[1]}: the harness sets these top-level keys itself: {', '.join(bad)}",
+              file=sys.stderr)
+        return 1
+    out = []
+    for k, lines in base:
+        if k in extra_keys:
+            out.append(f"# ---- `{k}` replaced from {args[1]}")
+            out.extend(extra_keys.pop(k))
+        else:
+            out.extend(lines)
+    if extra_keys:
+        out.append(f"# ---- appended from {args[1]}")
+        for k, lines in extra:
+            if k in extra_keys:
+                out.extend(lines)
+    print("\n".join(out))
+    return 0
+
+
+COOKIE_PAIR = re.compile(r"^[A-Za-z0-9_.-]+=[!#-+\--:<-\[\]-~]*$")
+
+
+def cmd_cookies(args):
+    import http.client
+    from urllib.parse import urlsplit
+    url, n = urlsplit(args[0]), int(args[1])
+    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=5)
+    path = url.path or "/"
+    for i in range(n):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        cookie = resp.getheader("Set-Cookie")
+        if not cookie:
+            if i == 0:
+                return 3
+            print(f"response {i + 1} of {n} set no cookie", file=sys.stderr)
+            return 1
+        pair = cookie.split(";", 1)[0].strip()
+        if not COOKIE_PAIR.match(pair):
+            print(f"unexpected Set-Cookie {cookie!r}", file=sys.stderr)
+            return 1
+        print(pair)
+    return 0
+
+
+def cmd_lua(args):
+    with open(args[0], encoding="utf-8") as f:
+        cookies = [c.strip() for c in f if c.strip()]
+    if not cookies or not all(COOKIE_PAIR.match(c) for c in cookies):
+        print(f"{args[0]}: no usable cookies", file=sys.stderr)
+        return 1
+    body = ",\n".join(f'  "{c}"' for c in cookies)
+    print(f"""-- generated by benches/load/report.py: one Cookie header per request, in turn
+local cookies = {{
+{body}
+}}
+local reqs = {{}}
+local i = 0
+init = function(args)
+  for k, c in ipairs(cookies) do
+    reqs[k] = wrk.format(nil, nil, {{ ["Cookie"] = c }})
+  end
+end
+request = function()
+  i = i + 1
+  if i > #reqs then i = 1 end
+  return reqs[i]
+end""")
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    cmd = {"line": cmd_line, "table": cmd_table, "drover-healthy": cmd_drover_healthy}.get(argv[1])
+    cmd = {"line": cmd_line, "table": cmd_table, "drover-healthy": cmd_drover_healthy,
+           "merge": cmd_merge, "cookies": cmd_cookies, "lua": cmd_lua}.get(argv[1])
     if cmd is None:
         print(f"unknown subcommand {argv[1]!r}", file=sys.stderr)
         return 2

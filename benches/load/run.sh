@@ -8,6 +8,8 @@
 #   benches/load/run.sh --scenario body64k      64 KiB responses
 #   benches/load/run.sh --scenario conns1000    1000 client connections
 #   benches/load/run.sh --scenario kill9        kill -9 a worker mid-run, count errors
+#   benches/load/run.sh --scenario plain,sessions --variant sessions-memory --variant sessions-redis
+#                                               drover plain vs drover+sessions in one run
 #   benches/load/run.sh --help                  every option
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true # bash 5.2: keep '&' literal in ${x//a/b}
@@ -20,7 +22,8 @@ DROVER_BIN=${DROVER_BIN:-$REPO/target/release/drover}
 WORKER_BIN=${WORKER_BIN:-$REPO/target/release/upstream-worker}
 
 ALL_TARGETS=(direct drover nginx haproxy)
-ALL_SCENARIOS=(plain body64k conns1000 kill9)
+ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions)
+MAX_VARIANTS=5
 STRATEGIES=(round_robin random least_connections weighted_round_robin latency consistent_hash)
 
 # ---------------------------------------------------------------- options
@@ -38,6 +41,10 @@ DROVER_EXTRA=
 OUT=
 PORT_BASE=
 KILL_SETTLE=2
+SESSION_COOKIES=256
+SYSCALLS=
+VARIANT_NAMES=()
+VARIANT_FILES=()
 
 usage() {
     cat <<EOF
@@ -50,7 +57,9 @@ Progress goes to stderr; the Markdown summary goes to stdout.
 Options:
   --scenario LIST      comma-separated: plain (GET /), body64k (GET /bytes?n=65536),
                        conns1000 (GET / with 1000 connections), kill9 (kill -9 one worker
-                       half-way through every proxied run; report errors). Default: plain
+                       half-way through every proxied run; report errors), sessions (GET /
+                       with a Cookie header rotating over --session-cookies sessions; the
+                       same headers for every target). Default: plain
   --targets LIST       comma-separated subset of direct,drover,nginx,haproxy (default: all;
                        nginx/haproxy are skipped with a note if not installed)
   --rounds N           interleaved rounds A B C D A B C D ... (default 3)
@@ -63,13 +72,23 @@ Options:
   --drover-config FILE drover config template used instead of templates/drover.yaml.tmpl.
                        Must contain @LISTEN@ and @ADMIN_LISTEN@; @UPSTREAMS@, @STRATEGY@
                        and @RUNTIME_DIR@ are filled in too if present.
-  --drover-extra FILE  YAML appended to the drover config (e.g. proxy:, health_check:,
-                       sessions:). Its top-level keys must not already be in the config
-                       (the default template sets listen, threads, runtime_dir, admin,
-                       workers, upstreams, balancing, circuit_breaker, logging).
+  --drover-extra FILE  YAML merged into every drover config (e.g. proxy:, health_check:):
+                       each top-level block in FILE replaces the config's block of the
+                       same key or is appended. listen, admin, runtime_dir and upstreams
+                       belong to the harness and cannot be replaced.
+  --variant NAME[=FILE] (repeatable, at most $MAX_VARIANTS) one more drover target labelled NAME,
+                       on its own ports: the drover config plus FILE merged in the same way
+                       (FILE defaults to templates/NAME.yaml, e.g. sessions-memory,
+                       sessions-redis). If FILE contains @REDIS_URL@, a throw-away
+                       redis-server is started on a free loopback port and its URL filled in.
+                       The report adds NAME/drover and NAME/nginx ratios.
+  --session-cookies N  sessions per wrk run in the sessions scenario (default 256)
+  --syscalls           count each proxy's system calls per request during every run
+                       (perf stat -e raw_syscalls:sys_enter; needs linux-perf and tracefs)
   --out DIR            keep raw wrk outputs, rendered configs, logs and summary.md in DIR
                        (default: a temp dir that is removed at exit)
-  --port-base P        ports P (drover), P+1 (nginx), P+2 (haproxy), P+9 (drover admin),
+  --port-base P        ports P (drover), P+1 (nginx), P+2 (haproxy), P+3.. (variants),
+                       P+9 (drover admin), P+10.. (variant admins), P+15 (redis),
                        P+20.. (workers). Default: first free block of 18080, 18180, ...
   -h, --help           this text
 
@@ -98,6 +117,14 @@ while [[ $# -gt 0 ]]; do
     --warmup) need_arg "$@"; WARMUP=$2; shift 2 ;;
     --drover-config) need_arg "$@"; DROVER_CONFIG=$2; shift 2 ;;
     --drover-extra) need_arg "$@"; DROVER_EXTRA=$2; shift 2 ;;
+    --variant)
+        need_arg "$@"
+        VARIANT_NAMES+=("${2%%=*}")
+        if [[ $2 == *=* ]]; then VARIANT_FILES+=("${2#*=}"); else VARIANT_FILES+=("$TEMPLATES/$2.yaml"); fi
+        shift 2
+        ;;
+    --session-cookies) need_arg "$@"; SESSION_COOKIES=$2; shift 2 ;;
+    --syscalls) SYSCALLS=1; shift ;;
     --out) need_arg "$@"; OUT=$2; shift 2 ;;
     --port-base) need_arg "$@"; PORT_BASE=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -136,6 +163,18 @@ for t in "${TARGET_REQ[@]}"; do
 done
 [[ -f $DROVER_CONFIG ]] || die "--drover-config: no such file: $DROVER_CONFIG"
 [[ -z $DROVER_EXTRA || -f $DROVER_EXTRA ]] || die "--drover-extra: no such file: $DROVER_EXTRA"
+is_uint "$SESSION_COOKIES" && ((SESSION_COOKIES >= 1 && SESSION_COOKIES <= 100000)) ||
+    die "--session-cookies must be 1..100000"
+((${#VARIANT_NAMES[@]} <= MAX_VARIANTS)) || die "at most $MAX_VARIANTS --variant options"
+NEED_REDIS=
+for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
+    v=${VARIANT_NAMES[i]}
+    [[ $v =~ ^[a-z][a-z0-9_-]{0,30}$ ]] || die "--variant name '$v' must be lowercase letters, digits, - or _"
+    contains "$v" "${ALL_TARGETS[@]}" && die "--variant name '$v' is a built-in target"
+    for ((j = 0; j < i; j++)); do [[ ${VARIANT_NAMES[j]} != "$v" ]] || die "--variant '$v' given twice"; done
+    [[ -f ${VARIANT_FILES[i]} ]] || die "--variant $v: no such file: ${VARIANT_FILES[i]}"
+    grep -q '@REDIS_URL@' "${VARIANT_FILES[i]}" && NEED_REDIS=1
+done
 
 # ---------------------------------------------------------------- prerequisites
 command -v wrk >/dev/null || die "wrk not found. Install it: apt-get install wrk (Debian/Ubuntu)"
@@ -145,6 +184,14 @@ for b in "$DROVER_BIN" "$WORKER_BIN"; do
     [[ -x $b ]] || die "release binary missing: $b
 Build it: (cd $REPO && cargo build --release --workspace)"
 done
+if [[ -n $SYSCALLS ]]; then
+    command -v perf >/dev/null || die "--syscalls needs perf: apt-get install linux-perf"
+    perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 ||
+        die "--syscalls: perf cannot count raw_syscalls:sys_enter here (tracefs or permissions)"
+fi
+if [[ -n $NEED_REDIS ]]; then
+    command -v redis-server >/dev/null || die "a --variant needs @REDIS_URL@ but redis-server is not installed: apt-get install redis-server"
+fi
 
 SKIPPED=()
 TARGET_LIST=()
@@ -175,9 +222,17 @@ for t in "${TARGET_REQ[@]}"; do
         continue
     fi
     TARGET_LIST+=("$t")
+    # Variants run right after drover.
+    [[ $t == drover ]] && TARGET_LIST+=("${VARIANT_NAMES[@]}")
 done
+contains drover "${TARGET_REQ[@]}" || TARGET_LIST+=("${VARIANT_NAMES[@]}")
 ((${#TARGET_LIST[@]})) || die "no target left to run"
 has_target() { contains "$1" "${TARGET_LIST[@]}"; }
+# drover-like targets: drover itself and its variants.
+DROVERS=()
+for t in "${TARGET_LIST[@]}"; do
+    [[ $t == drover ]] || contains "$t" "${VARIANT_NAMES[@]}" && DROVERS+=("$t")
+done
 
 # ---------------------------------------------------------------- process tracking
 STARTED_PIDS=() # direct children of this shell that we started
@@ -237,7 +292,7 @@ cleanup() {
         if [[ -n $OUT && -d $OUT ]]; then
             mkdir -p "$OUT/logs" "$OUT/configs"
             cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
-            cp "$WORK"/drover.yaml "$WORK"/nginx.conf "$WORK"/haproxy.cfg "$OUT/configs/" 2>/dev/null || true
+            cp "$WORK"/drover*.yaml "$WORK"/nginx.conf "$WORK"/haproxy.cfg "$WORK"/*.lua "$OUT/configs/" 2>/dev/null || true
         fi
         rm -rf "$WORK"
     fi
@@ -315,6 +370,11 @@ port_busy() {
 block_free() {
     local b=$1 i
     for p in "$b" $((b + 1)) $((b + 2)) $((b + 9)); do port_busy "$p" && return 1; done
+    for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
+        port_busy $((b + 3 + i)) && return 1
+        port_busy $((b + 10 + i)) && return 1
+    done
+    [[ -z $NEED_REDIS ]] || ! port_busy $((b + 15)) || return 1
     for ((i = 0; i < WORKERS; i++)); do port_busy $((b + 20 + i)) && return 1; done
     return 0
 }
@@ -330,8 +390,20 @@ DROVER_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
 HAPROXY_PORT=$((PORT_BASE + 2))
 ADMIN_PORT=$((PORT_BASE + 9))
+REDIS_PORT=$((PORT_BASE + 15))
 WORKER_PORTS=()
 for ((i = 0; i < WORKERS; i++)); do WORKER_PORTS+=($((PORT_BASE + 20 + i))); done
+# Per drover-like target: listen port, admin port, pid, rendered config.
+declare -A T_PORT T_ADMIN T_PID T_CONF
+T_PORT[drover]=$DROVER_PORT
+T_ADMIN[drover]=$ADMIN_PORT
+T_CONF[drover]=$WORK/drover.yaml
+for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
+    v=${VARIANT_NAMES[i]}
+    T_PORT[$v]=$((PORT_BASE + 3 + i))
+    T_ADMIN[$v]=$((PORT_BASE + 10 + i))
+    T_CONF[$v]=$WORK/drover-$v.yaml
+done
 
 # Overall bound: if something hangs anyway, the watchdog ends the script (and cleanup
 # runs). Every wrk run has its own timeout as well.
@@ -345,7 +417,9 @@ LIMIT=$((2 * EST + 60))
     kill -TERM $$
 ) &
 STARTED_PIDS+=("$!")
-log "ports: drover $DROVER_PORT (admin $ADMIN_PORT), nginx $NGINX_PORT, haproxy $HAPROXY_PORT, workers ${WORKER_PORTS[*]}; time limit ${LIMIT}s"
+vports=""
+for v in "${VARIANT_NAMES[@]}"; do vports+=", $v ${T_PORT[$v]} (admin ${T_ADMIN[$v]})"; done
+log "ports: drover $DROVER_PORT (admin $ADMIN_PORT)$vports, nginx $NGINX_PORT, haproxy $HAPROXY_PORT, workers ${WORKER_PORTS[*]}${NEED_REDIS:+, redis $REDIS_PORT}; time limit ${LIMIT}s"
 
 # render TEMPLATE OUT KEY VALUE [KEY VALUE ...]: replaces every @KEY@ with VALUE.
 render() {
@@ -362,33 +436,40 @@ render() {
 # ---------------------------------------------------------------- configs
 # Rendered and checked before anything starts, so a bad config fails fast.
 
-# drover
+# drover and its variants
 DROVER_PID=
-if has_target drover; then
+if ((${#DROVERS[@]})); then
     grep -q '@LISTEN@' "$DROVER_CONFIG" && grep -q '@ADMIN_LISTEN@' "$DROVER_CONFIG" ||
         die "$DROVER_CONFIG must contain the @LISTEN@ and @ADMIN_LISTEN@ placeholders"
     grep -q '@UPSTREAMS@' "$DROVER_CONFIG" ||
         log "warning: $DROVER_CONFIG has no @UPSTREAMS@: drover will not use the shared workers"
     upstreams=""
     for p in "${WORKER_PORTS[@]}"; do upstreams+="  - address: 127.0.0.1:$p"$'\n'; done
-    render "$DROVER_CONFIG" "$WORK/drover.yaml" \
-        LISTEN "127.0.0.1:$DROVER_PORT" ADMIN_LISTEN "127.0.0.1:$ADMIN_PORT" \
-        RUNTIME_DIR "$WORK/run" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
-    if [[ -n $DROVER_EXTRA ]]; then
-        top_keys() { grep -oE '^[A-Za-z_][A-Za-z0-9_]*[[:space:]]*:' "$1" | tr -d ' \t:' | sort -u; }
-        clash=$(comm -12 <(top_keys "$WORK/drover.yaml") <(top_keys "$DROVER_EXTRA") | tr '\n' ' ')
-        [[ -z $clash ]] || die "--drover-extra $DROVER_EXTRA repeats top-level key(s) already in the config: $clash"
-        {
-            echo
-            echo "# ---- appended from --drover-extra $DROVER_EXTRA"
-            cat "$DROVER_EXTRA"
-        } >>"$WORK/drover.yaml"
-    fi
-    if ! "$DROVER_BIN" -t -c "$WORK/drover.yaml" >"$WORK/drover-check.log" 2>&1; then
-        cat "$WORK/drover-check.log" >&2
-        die "drover rejected the generated config (above)"
-    fi
 fi
+# merge_into CONF FILE: FILE's top-level blocks replace CONF's (report.py merge).
+merge_into() {
+    python3 "$REPORT" merge "$1" "$2" >"$1.merged" || die "cannot merge $2 into the drover config"
+    mv "$1.merged" "$1"
+}
+for t in "${DROVERS[@]}"; do
+    conf=${T_CONF[$t]}
+    mkdir -p "$WORK/run-$t"
+    render "$DROVER_CONFIG" "$conf" \
+        LISTEN "127.0.0.1:${T_PORT[$t]}" ADMIN_LISTEN "127.0.0.1:${T_ADMIN[$t]}" \
+        RUNTIME_DIR "$WORK/run-$t" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
+    [[ -z $DROVER_EXTRA ]] || merge_into "$conf" "$DROVER_EXTRA"
+    if [[ $t != drover ]]; then
+        for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
+            [[ ${VARIANT_NAMES[i]} == "$t" ]] || continue
+            render "${VARIANT_FILES[i]}" "$WORK/variant-$t.yaml" REDIS_URL "redis://127.0.0.1:$REDIS_PORT/"
+            merge_into "$conf" "$WORK/variant-$t.yaml"
+        done
+    fi
+    if ! "$DROVER_BIN" -t -c "$conf" >"$WORK/drover-$t-check.log" 2>&1; then
+        cat "$WORK/drover-$t-check.log" >&2
+        die "drover rejected the generated config for $t (above; kept with --out)"
+    fi
+done
 
 # nginx
 NGINX_PID=
@@ -438,26 +519,43 @@ start_worker() {
 }
 for ((i = 0; i < WORKERS; i++)); do start_worker "$i"; done
 
-# ---------------------------------------------------------------- proxies
-if has_target drover; then
-    start_bg drover "$WORK/drover.log" "$DROVER_BIN" -c "$WORK/drover.yaml"
-    DROVER_PID=$LAST_PID
-    wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" 15 "$DROVER_PID" "$WORK/drover.log"
-    wait_http "http://127.0.0.1:$DROVER_PORT/" 10 "$DROVER_PID" "$WORK/drover.log"
-fi
-
-# Waits (bounded) until drover's admin API shows every backend healthy.
-drover_wait_healthy() {
-    [[ -n $DROVER_PID ]] || return 0
-    local i
+# ---------------------------------------------------------------- redis (for variants)
+if [[ -n $NEED_REDIS ]]; then
+    mkdir -p "$WORK/redis"
+    start_bg redis-server "$WORK/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save "" --appendonly no --dir "$WORK/redis" --protected-mode yes
+    REDIS_PID=$LAST_PID
     for ((i = 0; i < 100; i++)); do
-        if curl -fsS --max-time 1 "http://127.0.0.1:$ADMIN_PORT/api/status" 2>/dev/null |
-            python3 "$REPORT" drover-healthy; then
-            return 0
-        fi
+        (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
+        kill -0 "$REDIS_PID" 2>/dev/null || { tail_log "$WORK/redis.log"; die "redis-server exited"; }
         sleep 0.1
     done
-    log "warning: drover does not report every backend healthy after 10s"
+fi
+
+# ---------------------------------------------------------------- proxies
+for t in "${DROVERS[@]}"; do
+    logf=$WORK/drover.log
+    [[ $t == drover ]] || logf=$WORK/drover-$t.log
+    start_bg "$t" "$logf" "$DROVER_BIN" -c "${T_CONF[$t]}"
+    T_PID[$t]=$LAST_PID
+    [[ $t == drover ]] && DROVER_PID=$LAST_PID
+    wait_http "http://127.0.0.1:${T_ADMIN[$t]}/readyz" 15 "$LAST_PID" "$logf"
+    wait_http "http://127.0.0.1:${T_PORT[$t]}/" 10 "$LAST_PID" "$logf"
+done
+
+# Waits (bounded) until every drover's admin API shows every backend healthy.
+drover_wait_healthy() {
+    local i t
+    for t in "${DROVERS[@]}"; do
+        for ((i = 0; i < 100; i++)); do
+            if curl -fsS --max-time 1 "http://127.0.0.1:${T_ADMIN[$t]}/api/status" 2>/dev/null |
+                python3 "$REPORT" drover-healthy; then
+                break
+            fi
+            sleep 0.1
+        done
+        ((i < 100)) || log "warning: $t does not report every backend healthy after 10s"
+    done
 }
 drover_wait_healthy
 
@@ -479,29 +577,31 @@ CLK_TCK=$(getconf CLK_TCK)
 target_url() {
     case $1 in
     direct) echo "http://127.0.0.1:${WORKER_PORTS[0]}" ;;
-    drover) echo "http://127.0.0.1:$DROVER_PORT" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT" ;;
     haproxy) echo "http://127.0.0.1:$HAPROXY_PORT" ;;
+    *) echo "http://127.0.0.1:${T_PORT[$1]}" ;;
     esac
 }
 # PIDs whose CPU time is charged to a target: nginx is master + workers.
 target_pids() {
     case $1 in
-    drover) echo "$DROVER_PID" ;;
     nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" 2>/dev/null || true) ;;
     haproxy) echo "$HAPROXY_PID" ;;
+    direct) ;;
+    *) echo "${T_PID[$1]}" ;;
     esac
 }
-# Sum of utime+stime (clock ticks) over the given PIDs, from /proc/PID/stat.
+# Sums of utime+stime and of utime (clock ticks) over the given PIDs, from /proc/PID/stat.
 cpu_ticks() {
-    local total=0 pid s f
+    local total=0 user=0 pid s f
     for pid; do
         s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         s=${s##*) }
         read -r -a f <<<"$s"
         total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
     done
-    echo "$total"
+    echo "$total $user"
 }
 check_alive() {
     local t=$1 pid
@@ -510,11 +610,12 @@ check_alive() {
     done
 }
 
-# run_wrk OUTFILE CONNS SECONDS URL
+# run_wrk OUTFILE CONNS SECONDS URL [LUA_SCRIPT]
 run_wrk() {
-    local outf=$1 conns=$2 secs=$3 url=$4 threads=1
+    local outf=$1 conns=$2 secs=$3 url=$4 threads=1 script=()
+    [[ -z ${5:-} ]] || script=(-s "$5")
     if ! timeout --foreground -k 5 $((secs + 30)) \
-        wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$url" >"$outf" 2>&1; then
+        wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "${script[@]}" "$url" >"$outf" 2>&1; then
         log "warning: wrk exited non-zero (see $outf)"
     fi
 }
@@ -531,6 +632,48 @@ scenario_conns() {
 export BENCH_DESC_plain="GET / (small body)"
 export BENCH_DESC_body64k="GET /bytes?n=65536 (64 KiB body)"
 export BENCH_DESC_conns1000="GET / with 1000 connections"
+export BENCH_DESC_sessions="GET / with one of $SESSION_COOKIES session cookies per request, in turn (the same headers to every target; each sessions variant gets cookies it issued itself)"
+
+# sessions scenario: one wrk script per target. A target that sets a cookie (a drover
+# with sessions on) gets SESSION_COOKIES cookies it issued; every other target is sent
+# the first such set (ignored there), so all targets see requests of the same shape.
+declare -A T_LUA
+prepare_session_scripts() {
+    local t rc first=
+    for t in "${TARGET_LIST[@]}"; do
+        rc=0
+        python3 "$REPORT" cookies "$(target_url "$t")/" "$SESSION_COOKIES" >"$WORK/cookies-$t.txt" || rc=$?
+        case $rc in
+        0)
+            log "  sessions: $SESSION_COOKIES cookies issued by $t"
+            [[ -n $first ]] || first=$WORK/cookies-$t.txt
+            python3 "$REPORT" lua "$WORK/cookies-$t.txt" >"$WORK/sessions-$t.lua" || die "cannot write the wrk script for $t"
+            T_LUA[$t]=$WORK/sessions-$t.lua
+            if [[ -n ${T_ADMIN[$t]:-} ]]; then
+                log "  sessions on $t: $(curl -fsS --max-time 2 "http://127.0.0.1:${T_ADMIN[$t]}/api/sessions" 2>/dev/null |
+                    python3 -c 'import json,sys; d=json.load(sys.stdin); print("store", d.get("store"), "active", d.get("active"), "per worker", d.get("per_worker"))' 2>/dev/null || echo "(no /api/sessions)")"
+            fi
+            ;;
+        3) ;;
+        *) die "collecting session cookies from $t failed" ;;
+        esac
+    done
+    if [[ -z $first ]]; then
+        # No target issues cookies: same-shape placeholders (54-character values).
+        first=$WORK/cookies-placeholder.txt
+        python3 -c "import sys
+for i in range(int(sys.argv[1])): print('drover_session=%054d' % i)" "$SESSION_COOKIES" >"$first"
+        log "  sessions: no target sets a session cookie (no --variant with sessions?); sending placeholders"
+    fi
+    for t in "${TARGET_LIST[@]}"; do
+        [[ -n ${T_LUA[$t]:-} ]] && continue
+        python3 "$REPORT" lua "$first" >"$WORK/sessions-$t.lua" || die "cannot write the wrk script for $t"
+        T_LUA[$t]=$WORK/sessions-$t.lua
+    done
+}
+scenario_script() {
+    if [[ $1 == sessions ]]; then echo "${T_LUA[$2]}"; fi
+}
 export BENCH_DESC_kill9="GET /, worker $((WORKERS - 1)) killed with SIGKILL half-way through each proxied run and restarted before the next run; errors are what wrk saw (non-2xx + socket errors); req/s here is not a throughput figure"
 
 # True once PID has exited (gone, or a zombie not yet reaped).
@@ -568,10 +711,11 @@ for scenario in "${SCENARIO_LIST[@]}"; do
         ((${#targets[@]})) || { log "kill9: no proxy target selected, skipping"; continue; }
     fi
     log "scenario $scenario: GET $path, $conns connections, ${DURATION}s x $ROUNDS rounds, targets ${targets[*]}"
+    [[ $scenario != sessions ]] || prepare_session_scripts
     if ((WARMUP > 0)); then
         for t in "${targets[@]}"; do
             log "  warm-up $t (${WARMUP}s)"
-            run_wrk "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(target_url "$t")$path"
+            run_wrk "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
         done
     fi
     for ((round = 1; round <= ROUNDS; round++)); do
@@ -579,7 +723,15 @@ for scenario in "${SCENARIO_LIST[@]}"; do
             outf=$RAW/$scenario-$t-r$round.txt
             pids=$(target_pids "$t")
             before=-
-            [[ -n $pids ]] && before=$(cpu_ticks $pids)
+            [[ -n $pids ]] && read -r before before_u < <(cpu_ticks $pids)
+            perf_out=
+            if [[ -n $SYSCALLS && -n $pids ]]; then
+                perf_out=$RAW/$scenario-$t-r$round.syscalls
+                perf stat -x, -e raw_syscalls:sys_enter -p "$(echo $pids | tr ' ' ,)" -o "$perf_out" \
+                    -- sleep "$DURATION" >/dev/null 2>&1 &
+                perf_pid=$!
+                STARTED_PIDS+=("$perf_pid")
+            fi
             note=
             killer=
             if [[ $scenario == kill9 ]]; then
@@ -597,17 +749,26 @@ for scenario in "${SCENARIO_LIST[@]}"; do
                 STARTED_PIDS+=("$killer")
                 note="killed worker $victim (pid $vpid) at ${half}s"
             fi
-            run_wrk "$outf" "$conns" "$DURATION" "$(target_url "$t")$path"
+            run_wrk "$outf" "$conns" "$DURATION" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
             ticks=-
+            uticks=-
             if [[ -n $pids ]]; then
-                after=$(cpu_ticks $pids)
+                read -r after after_u < <(cpu_ticks $pids)
                 ticks=$((after - before))
+                uticks=$((after_u - before_u))
+            fi
+            syscalls=-
+            if [[ -n $perf_out ]]; then
+                wait "$perf_pid" 2>/dev/null || true
+                forget_pid "$perf_pid"
+                syscalls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$perf_out" 2>/dev/null)
+                [[ $syscalls =~ ^[0-9]+$ ]] || syscalls=-
             fi
             if [[ -n $killer ]]; then
                 wait "$killer" 2>/dev/null || true
                 forget_pid "$killer"
             fi
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$t" "$round" "$outf" "$ticks" "$CLK_TCK" "$note" >>"$RUNS_TSV"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$t" "$round" "$outf" "$ticks" "$CLK_TCK" "$note" "$uticks" "$syscalls" >>"$RUNS_TSV"
             log "  round $round $t: $(python3 "$REPORT" line "$outf" "$ticks" "$CLK_TCK")"
             if [[ $scenario == kill9 ]]; then
                 restart_worker "$victim"
@@ -627,14 +788,20 @@ export BENCH_VERSIONS="drover $git_rev; $wrk_v${NGINX_PID:+; $nginx_v}${HAPROXY_
 conns_txt="-c$CONNECTIONS"
 contains conns1000 "${SCENARIO_LIST[@]}" && conns_txt+=" (conns1000: -c1000)"
 setup="wrk -t1 $conns_txt --latency, ${DURATION}s per run, $ROUNDS interleaved round(s), ${WARMUP}s warm-up per target; $WORKERS upstream-workers shared by all targets"
-if [[ -n $DROVER_PID ]]; then
+if ((${#DROVERS[@]})); then
     setup+="; drover threads 1, strategy $STRATEGY"
     [[ $DROVER_CONFIG == "$TEMPLATES/drover.yaml.tmpl" ]] || setup+=", config $DROVER_CONFIG"
     [[ -z $DROVER_EXTRA ]] || setup+=", extra $DROVER_EXTRA"
+    for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
+        setup+="; variant ${VARIANT_NAMES[i]} = drover + ${VARIANT_FILES[i]#"$REPO"/}"
+    done
+    [[ -z $NEED_REDIS ]] || setup+=" (redis-server $(redis-server --version | grep -oE 'v=[0-9.]+' | cut -c3-) on loopback, no persistence)"
 fi
 [[ -z $NGINX_PID ]] || setup+="; nginx 1 worker, least_conn"
 [[ -z $HAPROXY_PID ]] || setup+="; HAProxy nbthread 1, leastconn"
 export BENCH_SETUP="$setup; medians over rounds, errors summed"
+BENCH_VARIANTS=$(IFS=,; echo "${VARIANT_NAMES[*]}")
+export BENCH_VARIANTS
 if ((${#SKIPPED[@]})); then
     BENCH_SKIPPED=$(IFS=';'; echo "${SKIPPED[*]}")
     export BENCH_SKIPPED

@@ -9,10 +9,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 pub const INTERNAL_PREFIX: &[u8] = b"x-drover-";
 pub const REQUEST_ID: &str = "x-request-id";
 
-fn is_internal(name: &http::HeaderName) -> bool {
-    let n = name.as_str().as_bytes();
-    n.len() >= INTERNAL_PREFIX.len()
-        && n[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+/// `HeaderName` is always lower case, so a plain prefix test is case-insensitive.
+pub fn is_internal(name: &http::HeaderName) -> bool {
+    name.as_str().as_bytes().starts_with(INTERNAL_PREFIX)
 }
 
 /// Names of the internal headers present; `None` (no allocation) in the common case.

@@ -22,6 +22,7 @@ use crate::resilience::classify::Outcome;
 use crate::sessions::SessionCtx;
 use crate::state::Shared;
 use async_trait::async_trait;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::*;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType};
@@ -126,6 +127,10 @@ fn hash_key(session: &Session, ctx: &RequestCtx, key: &HashKey) -> u64 {
 #[async_trait]
 impl ProxyHttp for DroverProxy {
     type CTX = RequestCtx;
+
+    /// No downstream modules: Pingora's default adds a disabled compression module whose
+    /// per-request context and filter calls drover never uses (measured in PERFORMANCE.md).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -384,6 +389,9 @@ impl ProxyHttp for DroverProxy {
             if let Ok(mut resp) = ResponseHeader::build(code, Some(4)) {
                 let _ = resp.insert_header("Content-Length", body.len().to_string());
                 let _ = resp.insert_header("Cache-Control", "private, no-store");
+                // The connection is not reused after an error (below): say so, so clients
+                // do not send their next request on a socket about to close.
+                let _ = resp.insert_header("Connection", "close");
                 if retry_after {
                     let _ = resp.insert_header("Retry-After", "1");
                 }
@@ -429,14 +437,19 @@ impl ProxyHttp for DroverProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let elapsed = ctx.start.elapsed();
+        // One clock read for both the total and the upstream time.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(ctx.start);
         m.status_class(status).inc();
         m.duration.observe(elapsed.as_secs_f64());
         m.latency.overall.record(elapsed);
         let mut backend_name: Option<Arc<str>> = None;
         let mut worker_id = None;
         if let Some(mut guard) = ctx.guard.take() {
-            let upstream_elapsed = ctx.upstream_start.map(|s| s.elapsed()).unwrap_or(elapsed);
+            let upstream_elapsed = ctx
+                .upstream_start
+                .map(|s| now.saturating_duration_since(s))
+                .unwrap_or(elapsed);
             let success =
                 Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
             let b = guard.backend();

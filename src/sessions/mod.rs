@@ -62,6 +62,41 @@ pub struct Policy {
     pub cfg: SessionsConfig,
     codec: CookieCodec,
     sealer: Option<Sealer>,
+    wire: WireNames,
+}
+
+/// Header names prepared once per policy for the per-request path.
+struct WireNames {
+    /// Names to insert into the upstream request, as the bytes Pingora writes for a
+    /// `HeaderName` (lower case): cloning a `Bytes` is a reference count, while inserting
+    /// a `HeaderName` copies its name into a new allocation on every request.
+    id: bytes::Bytes,
+    state: bytes::Bytes,
+    data: bytes::Bytes,
+    /// Configured names that the `x-drover-` rule does not already strip from client
+    /// requests; empty with the default names, so stripping costs nothing then.
+    extra_strip: Vec<http::HeaderName>,
+}
+
+impl WireNames {
+    fn new(cfg: &SessionsConfig) -> Self {
+        let wire = |h: &http::HeaderName| bytes::Bytes::copy_from_slice(h.as_str().as_bytes());
+        WireNames {
+            id: wire(&cfg.id_header),
+            state: wire(&cfg.state_header),
+            data: wire(&cfg.data_header),
+            extra_strip: [
+                &cfg.data_header,
+                &cfg.id_header,
+                &cfg.state_header,
+                &cfg.update_header,
+            ]
+            .into_iter()
+            .filter(|h| !crate::proxy::headers::is_internal(h))
+            .cloned()
+            .collect(),
+        }
+    }
 }
 
 enum Backing {
@@ -172,6 +207,7 @@ impl SessionService {
                 cfg: cfg.clone(),
                 codec: CookieCodec::new(&[], cfg.ttl),
                 sealer: None,
+                wire: WireNames::new(cfg),
             }),
             backing,
             locks: (0..LOCK_STRIPES)
@@ -207,6 +243,7 @@ impl SessionService {
             cfg: cfg.clone(),
             codec: CookieCodec::new(&secrets, cfg.ttl),
             sealer,
+            wire: WireNames::new(cfg),
         }
     }
 
@@ -244,12 +281,7 @@ impl SessionService {
     /// the `x-drover-` rule does not already cover).
     pub fn strip_client_headers(&self, req: &mut RequestHeader) {
         let p = self.policy.load();
-        for h in [
-            &p.cfg.data_header,
-            &p.cfg.id_header,
-            &p.cfg.state_header,
-            &p.cfg.update_header,
-        ] {
+        for h in &p.wire.extra_strip {
             if req.headers.contains_key(h) {
                 req.remove_header(h);
             }
@@ -350,12 +382,17 @@ impl SessionService {
         };
         let wait = policy.cfg.lock_timeout;
         let started = Instant::now();
-        let local = match tokio::time::timeout(wait, self.stripe(&id).lock_owned()).await {
+        let stripe = self.stripe(&id);
+        // Uncontended (the usual case): no timer is armed.
+        let local = match stripe.clone().try_lock_owned() {
             Ok(g) => g,
-            Err(_) => {
-                self.metrics.lock_timeouts.inc();
-                return self.unavailable(policy, id);
-            }
+            Err(_) => match tokio::time::timeout(wait, stripe.lock_owned()).await {
+                Ok(g) => g,
+                Err(_) => {
+                    self.metrics.lock_timeouts.inc();
+                    return self.unavailable(policy, id);
+                }
+            },
         };
         let (token, found) = match &self.backing {
             Backing::Memory(m) => (None, m.get_now(&id, now)),
@@ -457,12 +494,15 @@ impl SessionService {
 
     /// Adds the session headers to the request going to the worker.
     pub fn annotate_request(&self, s: &SessionCtx, req: &mut RequestHeader) {
-        let cfg = &s.policy.cfg;
-        let _ = req.insert_header(cfg.id_header.clone(), s.id.hex());
-        let _ = req.insert_header(cfg.state_header.clone(), s.state.as_str());
+        let w = &s.policy.wire;
+        let _ = req.insert_header(w.id.clone(), s.id.hex());
+        let _ = req.insert_header(
+            w.state.clone(),
+            http::HeaderValue::from_static(s.state.as_str()),
+        );
         if let Some(d) = &s.data {
             if let Ok(v) = http::HeaderValue::from_bytes(d) {
-                let _ = req.insert_header(cfg.data_header.clone(), v);
+                let _ = req.insert_header(w.data.clone(), v);
             }
         }
     }

@@ -188,3 +188,42 @@ async fn migration_repins_only_when_told() {
     assert_eq!(svc.preference(&s).pinned.as_deref(), Some("worker-1"));
     assert_eq!(svc.metrics.migrated.get(), 1);
 }
+
+#[tokio::test]
+async fn custom_header_names_are_stripped_from_clients_and_sent_to_workers() {
+    let mut c = cfg();
+    c.id_header = http::HeaderName::from_static("session-id");
+    c.state_header = http::HeaderName::from_static("session-state");
+    let svc = service(&c);
+    // Only the names outside the `x-drover-` rule need a per-request check.
+    assert_eq!(
+        svc.policy.load().wire.extra_strip,
+        vec![c.id_header.clone(), c.state_header.clone()]
+    );
+    let mut req = request(None);
+    req.insert_header("Session-Id", "forged").unwrap();
+    req.insert_header("Session-State", "existing").unwrap();
+    req.insert_header("X-Keep", "1").unwrap();
+    svc.strip_client_headers(&mut req);
+    assert!(req.headers.get("session-id").is_none());
+    assert!(req.headers.get("session-state").is_none());
+    assert_eq!(req.headers.get("x-keep").unwrap(), "1");
+
+    let s = svc.begin(&req, 0).await;
+    let mut up = request(None);
+    svc.annotate_request(&s, &mut up);
+    assert_eq!(up.headers.get("session-id").unwrap(), s.id.hex().as_str());
+    assert_eq!(up.headers.get("session-state").unwrap(), "new");
+    // On the wire the names are written as configured (lower case), once each.
+    let mut wire = Vec::new();
+    up.header_to_h1_wire(&mut wire);
+    let wire = String::from_utf8(wire).unwrap();
+    assert_eq!(wire.matches("session-id: ").count(), 1, "{wire}");
+    assert_eq!(wire.matches("session-state: new").count(), 1, "{wire}");
+}
+
+#[test]
+fn default_header_names_need_no_extra_stripping() {
+    let svc = service(&cfg());
+    assert!(svc.policy.load().wire.extra_strip.is_empty());
+}
