@@ -608,3 +608,32 @@ fn chaos_killing_a_worker_every_two_seconds_under_steady_get_load_loses_nothing(
         kills as f64
     );
 }
+
+#[test]
+fn clients_hanging_up_mid_request_never_trip_a_worker_breaker() {
+    use std::io::Write;
+    let d = Drover::start(
+        2,
+        "circuit_breaker:\n  consecutive_failures: 3\n  failure_ratio: 0.0\n",
+    );
+    // Twenty clients send a request and hang up before the (slow) answer.
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        s.write_all(b"GET /delay?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let m = d.metrics();
+    for w in ["worker-0", "worker-1"] {
+        let opened = common::metric_value(
+            &m,
+            &format!("drover_circuit_breaker_transitions_total{{backend=\"{w}\",to=\"open\"}}"),
+        );
+        assert_eq!(opened, 0.0, "{w}'s breaker opened because clients hung up");
+    }
+    for _ in 0..10 {
+        assert_eq!(d.get("/").unwrap().status, 200);
+    }
+}

@@ -308,6 +308,14 @@ impl ProxyHttp for DroverProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        if e.esource() == &ErrorSource::Downstream {
+            // The client went away (or sent garbage): nothing to blame the backend for,
+            // and nobody to retry for. Dropping the guard frees the slot and the breaker
+            // permit without recording a result.
+            ctx.guard = None;
+            e.set_retry(false);
+            return e;
+        }
         self.shared
             .metrics
             .upstream_errors
