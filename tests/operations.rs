@@ -175,14 +175,17 @@ fn a_deploy_whose_workers_fail_health_checks_is_aborted_and_moves_no_traffic() {
 #[test]
 fn mutating_operations_refuse_missing_or_wrong_tokens_and_config_is_redacted() {
     let d = Drover::start_with(1, "", Some(TOKEN));
-    let agent = common::agent();
     for path in [
         "/api/deploy",
         "/api/rollback",
         "/api/workers/restart",
         "/api/reload",
     ] {
+        // A fresh connection each: a server may close one after refusing a request whose
+        // body it did not read, and a pooled POST is not retried by the client.
+        let agent = common::agent();
         let none = common::request(&agent, "POST", &d.admin_url(path), &[], Some("{}")).unwrap();
+        let agent = common::agent();
         assert_eq!(none.status, 401, "{path} without token");
         let wrong = common::request(
             &agent,

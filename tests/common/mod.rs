@@ -421,8 +421,22 @@ pub fn workers_yaml(count: usize, extra_worker_keys: &str) -> String {
 }
 
 impl Drop for Drover {
+    /// Stops drover the way an operator would (SIGTERM: drain, stop workers, exit), so
+    /// every test also exercises shutdown and coverage tools see the binary's profile;
+    /// SIGKILL if it has not exited within 10 s.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
