@@ -334,3 +334,29 @@ fn graceful_binary_upgrade_hands_the_listener_over_without_failed_requests() {
     let _ = new.kill();
     let _ = new.wait();
 }
+
+#[test]
+fn shipped_example_configs_pass_drover_t() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "conf/drover.yaml",
+        "conf/examples/multi-node/drover-a.yaml",
+        "conf/examples/multi-node/drover-b.yaml",
+    ] {
+        let out = std::process::Command::new(common::drover_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(root.join(file))
+            .env("SESSION_SECRET", "0123456789abcdef0123456789abcdef0123")
+            .env("SESSION_DATA_KEY", "00".repeat(32))
+            .env("DROVER_ADMIN_TOKEN", "example-token-0123456789")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
