@@ -45,6 +45,10 @@ pub fn worker_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-q", "-p", "upstream-worker"]);
+        // Into the same target dir as drover (coverage tools build elsewhere).
+        if let Some(target_dir) = path.parent().and_then(|p| p.parent()) {
+            cmd.arg("--target-dir").arg(target_dir);
+        }
         if path.to_string_lossy().contains("/release/") {
             cmd.arg("--release");
         }
