@@ -100,7 +100,8 @@ pub struct RequestCtx {
     trace: Option<TraceContext>,
 }
 
-fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
+/// The hash of a client address used by IP hashing, sticky fallback and rate limits.
+pub(crate) fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
     match ip {
         Some(std::net::IpAddr::V4(v4)) => fnv1a(&v4.octets()),
         Some(std::net::IpAddr::V6(v6)) => fnv1a(&v6.octets()),
@@ -155,22 +156,21 @@ impl ProxyHttp for DroverProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.shared.metrics.in_flight.inc();
         ctx.counted = true;
-        {
-            let cfg = self.shared.config.load();
-            let in_flight = self.shared.metrics.in_flight.get();
-            if let Some(v) = limits::check_request(&cfg.limits, session.req_header(), in_flight) {
-                self.count_limit(v);
-                let _ = session.respond_error(v.status()).await;
-                return Ok(true);
-            }
-            session
-                .as_mut()
-                .set_read_timeout(Some(cfg.limits.client_body_timeout));
-            ctx.max_body_bytes = cfg.limits.max_body_bytes;
+        // One load of the running config for the whole hook.
+        let cfg = self.shared.config.load();
+        let in_flight = self.shared.metrics.in_flight.get();
+        if let Some(v) = limits::check_request(&cfg.limits, session.req_header(), in_flight) {
+            self.count_limit(v);
+            let _ = session.respond_error(v.status()).await;
+            return Ok(true);
         }
+        session
+            .as_mut()
+            .set_read_timeout(Some(cfg.limits.client_body_timeout));
+        ctx.max_body_bytes = cfg.limits.max_body_bytes;
         let req = session.req_header_mut();
         headers::strip_internal_request(req);
-        if self.shared.config.load().logging.access_log {
+        if cfg.logging.access_log {
             let (id, fresh) = headers::request_id(req);
             if fresh {
                 let _ = req.insert_header(headers::REQUEST_ID, id.as_str());
@@ -185,11 +185,11 @@ impl ProxyHttp for DroverProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         if let Some(peer) = peer {
-            let cfg = self.shared.config.load();
             let client = forwarded::client_ip(&cfg.forwarded, peer, session.req_header());
             forwarded::apply(&cfg.forwarded, session.req_header_mut(), peer, client);
             ctx.client_ip = Some(client);
         }
+        drop(cfg);
         // Rate limits, bulkheads and route breakers answer before any session work.
         if self.resilience_request(session, ctx).await? {
             return Ok(true);

@@ -54,11 +54,7 @@ impl ResCtx {
 /// `client` is the address `forwarded.rs` settled on (the peer unless a trusted proxy
 /// reported another), so a client cannot dodge its limit with a forged header.
 fn limit_key(session: &Session, client: Option<std::net::IpAddr>, key: &LimitKey) -> u64 {
-    let ip = || match client {
-        Some(std::net::IpAddr::V4(v4)) => fnv1a(&v4.octets()),
-        Some(std::net::IpAddr::V6(v6)) => fnv1a(&v6.octets()),
-        None => 0,
-    };
+    let ip = || super::ip_hash(client);
     match key {
         LimitKey::ClientIp => ip(),
         LimitKey::Header(name) => match session.req_header().headers.get(name) {
