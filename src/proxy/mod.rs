@@ -10,13 +10,15 @@ pub mod forwarded;
 pub mod headers;
 pub mod limits;
 mod resilience;
+mod steps;
+
+pub use steps::LocalResponse;
 
 use crate::balancing::consistent_hash::fnv1a;
 use crate::balancing::queue::QueueRejection;
 use crate::balancing::{InflightGuard, SelectError, SelectLimits};
 use crate::config::Config;
 use crate::config::HashKey;
-use crate::observe::access_log;
 use crate::observe::trace::TraceContext;
 use crate::resilience::classify::Outcome;
 use crate::sessions::SessionCtx;
@@ -31,6 +33,9 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Cloned once per data-plane app (Pingora's `HttpProxy` and the HTTP/1 fast path share
+/// the same hooks); the clone is two reference counts.
+#[derive(Clone)]
 pub struct DroverProxy {
     shared: Arc<Shared>,
     /// `drover_limit_rejections_total{limit}`, one handle per limit.
@@ -109,8 +114,7 @@ pub(crate) fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
     }
 }
 
-fn hash_key(session: &Session, ctx: &RequestCtx, key: &HashKey) -> u64 {
-    let req = session.req_header();
+fn hash_key(req: &RequestHeader, ctx: &RequestCtx, key: &HashKey) -> u64 {
     match key {
         HashKey::ClientIp => ip_hash(ctx.client_ip),
         HashKey::Path => fnv1a(req.uri.path().as_bytes()),
@@ -154,52 +158,19 @@ impl ProxyHttp for DroverProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.shared.metrics.in_flight.inc();
-        ctx.counted = true;
-        // One load of the running config for the whole hook.
-        let cfg = self.shared.config.load();
-        let in_flight = self.shared.metrics.in_flight.get();
-        if let Some(v) = limits::check_request(&cfg.limits, session.req_header(), in_flight) {
-            self.count_limit(v);
-            let _ = session.respond_error(v.status()).await;
-            return Ok(true);
-        }
-        session
-            .as_mut()
-            .set_read_timeout(Some(cfg.limits.client_body_timeout));
-        ctx.max_body_bytes = cfg.limits.max_body_bytes;
-        let req = session.req_header_mut();
-        headers::strip_internal_request(req);
-        if cfg.logging.access_log {
-            let (id, fresh) = headers::request_id(req);
-            if fresh {
-                let _ = req.insert_header(headers::REQUEST_ID, id.as_str());
-            }
-            ctx.request_id = Some(id);
-        }
-        let trace = TraceContext::from_request(req);
-        trace.apply(req);
-        ctx.trace = Some(trace);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if let Some(peer) = peer {
-            let client = forwarded::client_ip(&cfg.forwarded, peer, session.req_header());
-            forwarded::apply(&cfg.forwarded, session.req_header_mut(), peer, client);
-            ctx.client_ip = Some(client);
+        let body_timeout = self.shared.config.load().limits.client_body_timeout;
+        session.as_mut().set_read_timeout(Some(body_timeout));
+        match self.admit(session.req_header_mut(), peer, ctx).await? {
+            Some(answer) => {
+                answer.write_to(session).await?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        drop(cfg);
-        // Rate limits, bulkheads and route breakers answer before any session work.
-        if self.resilience_request(session, ctx).await? {
-            return Ok(true);
-        }
-        if let Some(sessions) = self.shared.sessions.get() {
-            sessions.strip_client_headers(session.req_header_mut());
-            let client = ip_hash(ctx.client_ip);
-            ctx.session = Some(sessions.begin(session.req_header(), client).await);
-        }
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -239,40 +210,7 @@ impl ProxyHttp for DroverProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.tries += 1;
-        if let Some(peer) = self.resilience_before_select(ctx).await? {
-            return Ok(peer);
-        }
-        let cfg = self.shared.config.load();
-        let key = if self.shared.pool.selector().needs_key() {
-            hash_key(session, ctx, &cfg.balancing.hash_key)
-        } else {
-            0
-        };
-        // Release the previous attempt's slot before taking a new one.
-        ctx.guard = None;
-        let limits = SelectLimits {
-            max_inflight: cfg.balancing.max_inflight_per_backend,
-            slow_start: cfg.balancing.slow_start,
-        };
-        let guard = match self.try_select(key, ctx, limits) {
-            Ok(g) => g,
-            Err(SelectError::AllBusy) => self.wait_in_queue(key, ctx, limits, &cfg).await?,
-            Err(SelectError::NoBackend) => {
-                self.shared.metrics.no_backend.inc();
-                ctx.reject = Some("no backend available");
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    "no backend available",
-                ));
-            }
-        };
-        let mut peer = Box::new(guard.backend().peer.clone());
-        ctx.guard = Some(guard);
-        ctx.upstream_start = Some(Instant::now());
-        self.resilience_after_select(session, ctx, &mut peer)
-            .await?;
-        Ok(peer)
+        self.pick_peer(session.req_header(), ctx).await
     }
 
     fn fail_to_connect(
@@ -282,20 +220,8 @@ impl ProxyHttp for DroverProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.shared
-            .metrics
-            .upstream_errors
-            .with_label_values(&["connect"])
-            .inc();
-        self.settle_failed_attempt(
-            ctx,
-            Outcome::from_error(&e).unwrap_or(Outcome::ConnectError),
-        );
-        // Nothing reached the worker, so any method is safe to send elsewhere.
-        if ctx.tries <= self.shared.config.load().proxy.retries && self.resilience_may_retry(ctx) {
-            self.shared.metrics.retries.inc();
-            e.set_retry(true);
-        }
+        let retry = self.connect_failed(ctx, &e);
+        e.set_retry(retry);
         e
     }
 
@@ -316,24 +242,8 @@ impl ProxyHttp for DroverProxy {
             e.set_retry(false);
             return e;
         }
-        self.shared
-            .metrics
-            .upstream_errors
-            .with_label_values(&["proxy"])
-            .inc();
-        self.settle_failed_attempt(ctx, Outcome::from_error(&e).unwrap_or(Outcome::Reset));
-        // A worker that died mid-request (kill -9) took an idempotent request with it;
-        // resend it elsewhere unless the client already saw part of a response or the
-        // request body could not be buffered for replay.
-        let idempotent = session.req_header().method.is_idempotent();
-        let retry = idempotent
-            && !ctx.response_started
-            && !session.as_ref().retry_buffer_truncated()
-            && ctx.tries <= self.shared.config.load().proxy.retries
-            && self.resilience_may_retry(ctx);
-        if retry {
-            self.shared.metrics.retries.inc();
-        }
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let retry = self.proxy_failed(ctx, &e, session.req_header(), replayable);
         e.set_retry(retry);
         e
     }
@@ -344,22 +254,7 @@ impl ProxyHttp for DroverProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.response_started = true;
-        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ctx.session.as_mut()) {
-            sessions.on_response(s, upstream_response).await;
-        }
-        if let (Some(v), Some(g)) = (
-            upstream_response
-                .headers
-                .get(crate::observe::custom::HEADER),
-            &ctx.guard,
-        ) {
-            self.shared
-                .observe
-                .custom
-                .ingest(&g.backend().name, v.as_bytes());
-        }
-        headers::strip_internal_response(upstream_response);
+        self.on_upstream_response(upstream_response, ctx).await;
         Ok(())
     }
 
@@ -434,72 +329,14 @@ impl ProxyHttp for DroverProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let (Some(sessions), Some(mut s)) = (self.shared.sessions.get(), ctx.session.take()) {
-            sessions.finish(&mut s).await;
-        }
-        let m = &self.shared.metrics;
-        if ctx.counted {
-            m.in_flight.dec();
-        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        // One clock read for both the total and the upstream time.
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(ctx.start);
-        m.status_class(status).inc();
-        m.duration.observe(elapsed.as_secs_f64());
-        m.latency.overall.record(elapsed);
-        let mut backend_name: Option<Arc<str>> = None;
-        let mut worker_id = None;
-        if let Some(mut guard) = ctx.guard.take() {
-            let upstream_elapsed = ctx
-                .upstream_start
-                .map(|s| now.saturating_duration_since(s))
-                .unwrap_or(elapsed);
-            let success =
-                Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
-            let b = guard.backend();
-            self.shared.pool.selector().feedback(b.id, success);
-            if let Some(h) = b.metrics.get() {
-                h.requests.inc();
-                h.duration.observe(upstream_elapsed.as_secs_f64());
-                h.latency.record(upstream_elapsed);
-                if !success {
-                    h.failures.inc();
-                }
-            }
-            backend_name = Some(b.name.clone());
-            worker_id = b.worker_id;
-        }
-        self.resilience_done(ctx, e, status);
-        if self.shared.config.load().logging.access_log {
-            let req = session.req_header();
-            let client = match ctx.client_ip {
-                Some(ip) => ip.to_string(),
-                None => session
-                    .client_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            };
-            let err = e.map(|e| e.to_string());
-            let line = access_log::format(&access_log::AccessRecord {
-                client: &client,
-                method: req.method.as_str(),
-                path: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-                status,
-                backend: backend_name.as_deref().unwrap_or("-"),
-                worker_id,
-                latency_ms: elapsed.as_secs_f64() * 1000.0,
-                bytes: session.body_bytes_sent(),
-                request_id: ctx.request_id.as_deref().unwrap_or(""),
-                tries: ctx.tries,
-                error: err.as_deref(),
-                trace: ctx.trace.as_ref(),
-            });
-            log::info!(target: "access", "{line}");
-        }
+        let sent = session.body_bytes_sent();
+        let client = session.client_addr().cloned();
+        self.finish(session.req_header(), client.as_ref(), status, sent, e, ctx)
+            .await;
     }
 }
 

@@ -6,7 +6,7 @@
 //! picked; per-route timeouts and chaos after; the retry budget when a hook considers a
 //! retry; the route breaker's outcome in `logging`.
 
-use super::{DroverProxy, RequestCtx};
+use super::{DroverProxy, LocalResponse, RequestCtx};
 use crate::balancing::consistent_hash::fnv1a;
 use crate::resilience::breaker::{Breaker, Permit};
 use crate::resilience::chaos::FaultKind;
@@ -17,8 +17,7 @@ use bytes::Bytes;
 use pingora_core::prelude::*;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType};
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,11 +52,11 @@ impl ResCtx {
 
 /// `client` is the address `forwarded.rs` settled on (the peer unless a trusted proxy
 /// reported another), so a client cannot dodge its limit with a forged header.
-fn limit_key(session: &Session, client: Option<std::net::IpAddr>, key: &LimitKey) -> u64 {
+fn limit_key(req: &RequestHeader, client: Option<std::net::IpAddr>, key: &LimitKey) -> u64 {
     let ip = || super::ip_hash(client);
     match key {
         LimitKey::ClientIp => ip(),
-        LimitKey::Header(name) => match session.req_header().headers.get(name) {
+        LimitKey::Header(name) => match req.headers.get(name) {
             Some(v) => fnv1a(v.as_bytes()),
             None => ip(),
         },
@@ -70,36 +69,28 @@ fn ceil_secs(d: Duration) -> u64 {
     (d.as_nanos().div_ceil(1_000_000_000) as u64).max(1)
 }
 
-async fn respond(
-    session: &mut Session,
+fn local(
     status: u16,
     headers: &[(http::HeaderName, http::HeaderValue)],
     extra: &[(&'static str, String)],
     body: Bytes,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + extra.len() + 2))?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
+) -> Result<LocalResponse> {
+    let mut header = pingora_http::ResponseHeader::build(status, Some(headers.len() + extra.len() + 2))?;
+    header.insert_header("Content-Length", body.len().to_string())?;
     for (k, v) in headers {
-        resp.insert_header(k.clone(), v.clone())?;
+        header.insert_header(k.clone(), v.clone())?;
     }
     for (k, v) in extra {
-        resp.insert_header(*k, v.as_str())?;
+        header.insert_header(*k, v.as_str())?;
     }
-    session
-        .write_response_header(Box::new(resp), body.is_empty())
-        .await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    Ok(LocalResponse {
+        header,
+        body,
+        close: false,
+    })
 }
 
-async fn too_many(
-    session: &mut Session,
-    l: &RateLimiter,
-    retry_after: Duration,
-    reset: Duration,
-) -> Result<()> {
+fn too_many(l: &RateLimiter, retry_after: Duration, reset: Duration) -> Result<LocalResponse> {
     let extra = [
         ("Retry-After", ceil_secs(retry_after).to_string()),
         ("RateLimit-Limit", l.policy.burst.to_string()),
@@ -107,43 +98,33 @@ async fn too_many(
         ("RateLimit-Reset", ceil_secs(reset).to_string()),
         ("Cache-Control", "private, no-store".to_string()),
     ];
-    respond(
-        session,
+    local(
         429,
         &[],
         &extra,
         Bytes::from_static(b"rate limit exceeded\n"),
     )
-    .await
 }
 
-async fn unavailable(session: &mut Session, why: &'static str) -> Result<()> {
+fn unavailable(why: &'static str) -> Result<LocalResponse> {
     let extra = [("Retry-After", "1".to_string())];
-    respond(
-        session,
-        503,
-        &[],
-        &extra,
-        Bytes::from_static(why.as_bytes()),
-    )
-    .await
+    local(503, &[], &extra, Bytes::from_static(why.as_bytes()))
 }
 
 impl DroverProxy {
-    /// `request_filter`: route match, rate limit, bulkhead, route breaker. `Ok(true)`
-    /// when drover answered the request itself.
-    pub(super) async fn resilience_request(
+    /// `request_filter`: route match, rate limit, bulkhead, route breaker. `Some` when
+    /// drover answers the request itself.
+    pub(super) fn resilience_request(
         &self,
-        session: &mut Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
-    ) -> Result<bool> {
+    ) -> Result<Option<LocalResponse>> {
         let cfg = self.shared.config.load();
         let res = &cfg.resilience;
         let m = &self.shared.metrics.resilience;
         let route = if res.routes.is_empty() {
             None
         } else {
-            let req = session.req_header();
             res.routes.find(request_host(req), req.uri.path()).cloned()
         };
         let (limiter, scope) = match route.as_deref().map(|r| (&r.rate_limit, &*r.name)) {
@@ -153,17 +134,16 @@ impl DroverProxy {
         };
         if let Some(l) = limiter {
             if let Decision::Deny { retry_after, reset } =
-                l.check(limit_key(session, ctx.client_ip, &l.policy.key))
+                l.check(limit_key(req, ctx.client_ip, &l.policy.key))
             {
                 m.rate_limited.with_label_values(&[scope]).inc();
-                too_many(session, l, retry_after, reset).await?;
-                return Ok(true);
+                return too_many(l, retry_after, reset).map(Some);
             }
         }
         res.budget.on_request(ctx.start);
         let Some(route) = route else {
             ctx.res.deadline = res.total_timeout.map(|d| ctx.start + d);
-            return Ok(false);
+            return Ok(None);
         };
         ctx.res.deadline = route
             .total_timeout
@@ -176,8 +156,7 @@ impl DroverProxy {
                     m.route_rejected
                         .with_label_values(&[&route.name, "bulkhead"])
                         .inc();
-                    unavailable(session, "route at max_concurrent\n").await?;
-                    return Ok(true);
+                    return unavailable("route at max_concurrent\n").map(Some);
                 }
             }
         }
@@ -190,20 +169,20 @@ impl DroverProxy {
                     })
                 }
                 None => {
-                    let answered = self.route_fallback(session, &route).await?;
-                    ctx.res.fallback_upstream = !answered;
+                    let answer = self.route_fallback(&route)?;
+                    ctx.res.fallback_upstream = answer.is_none();
                     ctx.res.route = Some(route);
-                    return Ok(answered);
+                    return Ok(answer);
                 }
             }
         }
         ctx.res.route = Some(route);
-        Ok(false)
+        Ok(None)
     }
 
-    /// A tripped route: answer from the static fallback (true), or mark the request for
-    /// the fallback upstreams (false), or 503 when there is no fallback (true).
-    async fn route_fallback(&self, session: &mut Session, route: &Route) -> Result<bool> {
+    /// A tripped route: answer from the static fallback, or go to the fallback upstreams
+    /// (`None`), or 503 when there is no fallback.
+    fn route_fallback(&self, route: &Route) -> Result<Option<LocalResponse>> {
         let m = &self.shared.metrics.resilience;
         route
             .state
@@ -220,21 +199,19 @@ impl DroverProxy {
                 m.route_fallback
                     .with_label_values(&[&route.name, f.kind()])
                     .inc();
-                respond(session, *status, headers, &[], body.clone()).await?;
-                Ok(true)
+                local(*status, headers, &[], body.clone()).map(Some)
             }
             Some(f @ Fallback::Upstreams { .. }) => {
                 m.route_fallback
                     .with_label_values(&[&route.name, f.kind()])
                     .inc();
-                Ok(false)
+                Ok(None)
             }
             None => {
                 m.route_rejected
                     .with_label_values(&[&route.name, "breaker_open"])
                     .inc();
-                unavailable(session, "route circuit open\n").await?;
-                Ok(true)
+                unavailable("route circuit open\n").map(Some)
             }
         }
     }
@@ -284,7 +261,7 @@ impl DroverProxy {
     /// deadline, then chaos.
     pub(super) async fn resilience_after_select(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
         peer: &mut HttpPeer,
     ) -> Result<()> {
@@ -341,7 +318,7 @@ impl DroverProxy {
                 self.settle_failed_attempt(ctx, Outcome::Reset);
                 let mut e = Error::explain(ErrorType::ConnectionClosed, "chaos: injected reset");
                 e.esource = pingora_core::ErrorSource::Upstream;
-                let retry = session.req_header().method.is_idempotent()
+                let retry = req.method.is_idempotent()
                     && ctx.tries <= self.shared.config.load().proxy.retries
                     && self.resilience_may_retry(ctx);
                 if retry {
