@@ -205,8 +205,12 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         log::warn!("cannot write {}: {e}", pid_file.display());
     }
-    let mut proxy =
-        pingora_proxy::http_proxy_service(&server.configuration, DroverProxy::new(shared));
+    let drover = DroverProxy::new(shared);
+    let pingora = pingora_proxy::http_proxy(&server.configuration, drover.clone());
+    let mut proxy = pingora_core::services::listening::Service::new(
+        "drover HTTP/1 proxy".to_string(),
+        drover::proxy::h1::H1App::new(drover, pingora),
+    );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     server.run(RunArgs {

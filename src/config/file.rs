@@ -267,6 +267,9 @@ pub struct ProxyFile {
     pub total_timeout: Dur,
     pub retry_backoff: super::RetryBackoffFile,
     pub retry_budget: super::RetryBudgetFile,
+    /// Serve bodyless HTTP/1.1 requests with drover's own engine instead of Pingora's
+    /// generic proxy path (same steps, a fraction of the CPU; docs/PERFORMANCE.md).
+    pub fast_path: bool,
 }
 
 impl Default for ProxyFile {
@@ -280,6 +283,7 @@ impl Default for ProxyFile {
             total_timeout: Dur::secs(0),
             retry_backoff: super::RetryBackoffFile::default(),
             retry_budget: super::RetryBudgetFile::default(),
+            fast_path: true,
         }
     }
 }

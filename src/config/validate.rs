@@ -165,6 +165,7 @@ pub struct ProxyConfig {
     pub read_timeout: Duration,
     pub keepalive_pool_size: usize,
     pub keepalive_timeout: Duration,
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -569,6 +570,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             read_timeout: p.read_timeout.0,
             keepalive_pool_size: p.keepalive_pool_size,
             keepalive_timeout: p.keepalive_timeout.0,
+            fast_path: p.fast_path,
         },
         forwarded,
         limits,

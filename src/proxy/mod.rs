@@ -9,6 +9,7 @@
 pub mod forwarded;
 pub mod headers;
 pub mod limits;
+pub mod h1;
 mod resilience;
 mod steps;
 
@@ -199,9 +200,7 @@ impl ProxyHttp for DroverProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), &ctx.session) {
-            sessions.annotate_request(s, upstream_request);
-        }
+        self.prepare_upstream_request(upstream_request, ctx);
         Ok(())
     }
 
@@ -264,48 +263,10 @@ impl ProxyHttp for DroverProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream => match e.etype() {
-                    ErrorType::ReadTimedout | ErrorType::ConnectTimedout => 504,
-                    _ => 502,
-                },
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    // A client too slow sending its body (limits.client_body_timeout).
-                    ErrorType::ReadTimedout => {
-                        self.limit_rejections[4].inc();
-                        408
-                    }
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = self.failure_status(e);
         if code > 0 {
-            let retry_after = ctx.reject.is_some() && code == 503;
-            let body: &'static [u8] = match ctx.reject {
-                Some(why) if code == 503 => why.as_bytes(),
-                _ => b"",
-            };
-            if let Ok(mut resp) = ResponseHeader::build(code, Some(4)) {
-                let _ = resp.insert_header("Content-Length", body.len().to_string());
-                let _ = resp.insert_header("Cache-Control", "private, no-store");
-                // The connection is not reused after an error (below): say so, so clients
-                // do not send their next request on a socket about to close.
-                let _ = resp.insert_header("Connection", "close");
-                if retry_after {
-                    let _ = resp.insert_header("Retry-After", "1");
-                }
-                let _ = session
-                    .write_response_header(Box::new(resp), body.is_empty())
-                    .await;
-                if !body.is_empty() {
-                    let _ = session
-                        .write_response_body(Some(bytes::Bytes::from_static(body)), true)
-                        .await;
-                }
+            if let Ok(answer) = LocalResponse::failure(code, ctx.reject) {
+                let _ = answer.write_to(session).await;
             }
         }
         FailToProxy {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use pingora_core::prelude::*;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType};
+use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::net::IpAddr;
@@ -44,6 +44,30 @@ impl LocalResponse {
         })
     }
 
+    /// The answer to a request that failed with `code` (see `failure_status`). A 503
+    /// that drover chose itself (`reject`) says why and when to come back. The connection
+    /// is not reused after an error: the header says so, so clients do not send their
+    /// next request on a socket about to close.
+    pub fn failure(code: u16, reject: Option<&'static str>) -> Result<Self> {
+        let retry_after = reject.is_some() && code == 503;
+        let body: &'static [u8] = match reject {
+            Some(why) if code == 503 => why.as_bytes(),
+            _ => b"",
+        };
+        let mut header = ResponseHeader::build(code, Some(4))?;
+        header.insert_header("Content-Length", body.len().to_string())?;
+        header.insert_header("Cache-Control", "private, no-store")?;
+        header.insert_header("Connection", "close")?;
+        if retry_after {
+            header.insert_header("Retry-After", "1")?;
+        }
+        Ok(LocalResponse {
+            header,
+            body: Bytes::from_static(body),
+            close: true,
+        })
+    }
+
     /// Writes the answer through Pingora's session.
     pub async fn write_to(self, session: &mut Session) -> Result<()> {
         if self.close {
@@ -61,6 +85,30 @@ impl LocalResponse {
 }
 
 impl DroverProxy {
+    /// The status a failed request answers with; 0 when the client is gone (nobody to
+    /// answer). Counts clients too slow sending their body.
+    pub(crate) fn failure_status(&self, e: &Error) -> u16 {
+        match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::ConnectTimedout => 504,
+                    _ => 502,
+                },
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // A client too slow sending its body (limits.client_body_timeout).
+                    ErrorType::ReadTimedout => {
+                        self.limit_rejections[4].inc();
+                        408
+                    }
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        }
+    }
+
     /// Everything before a backend is chosen: edge limits, internal-header stripping,
     /// request id, trace context, forwarding headers, rate limits, bulkheads, route
     /// breakers, and the session. `Some` when drover answers the request itself.
@@ -149,6 +197,13 @@ impl DroverProxy {
         ctx.upstream_start = Some(Instant::now());
         self.resilience_after_select(req, ctx, &mut peer).await?;
         Ok(peer)
+    }
+
+    /// The request as the backend sees it: the session's headers added.
+    pub(crate) fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) {
+        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), &ctx.session) {
+            sessions.annotate_request(s, req);
+        }
     }
 
     /// The connection to the chosen backend failed. Records it and says whether to try
