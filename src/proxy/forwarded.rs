@@ -87,7 +87,7 @@ pub fn client_ip(cfg: &ForwardedConfig, peer: IpAddr, req: &RequestHeader) -> Ip
 /// Rewrites the forwarding headers of the request going to the worker.
 pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, client: IpAddr) {
     let from_trusted = trusted(cfg, peer);
-    let peer_text = peer.to_string();
+    let peer_text = ip_text(peer);
     if !from_trusted {
         for h in [
             X_FORWARDED_FOR,
@@ -112,7 +112,7 @@ pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, clien
         .and_then(|v| v.to_str().ok())
     {
         Some(prior) if from_trusted => format!("{prior}, {peer_text}"),
-        _ => peer_text.clone(),
+        _ => peer_text.to_string(),
     };
     let _ = req.insert_header(X_FORWARDED_FOR, xff);
     if from_trusted {
@@ -132,12 +132,83 @@ pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, clien
             let _ = req.insert_header(X_FORWARDED_HOST, host);
         }
     }
-    let _ = req.insert_header(X_REAL_IP, client.to_string());
+    if client == peer {
+        let _ = req.insert_header(X_REAL_IP, peer_text.as_str());
+    } else {
+        let _ = req.insert_header(X_REAL_IP, ip_text(client).as_str());
+    }
+}
+
+/// An address as text without the formatting machinery (this runs on every request).
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn ip_text(ip: IpAddr) -> IpText {
+    let mut t = IpText {
+        buf: [0; 45],
+        len: 0,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    t.buf[t.len] = b'.';
+                    t.len += 1;
+                }
+                if octet >= 100 {
+                    t.buf[t.len] = b'0' + octet / 100;
+                    t.len += 1;
+                }
+                if octet >= 10 {
+                    t.buf[t.len] = b'0' + octet / 10 % 10;
+                    t.len += 1;
+                }
+                t.buf[t.len] = b'0' + octet % 10;
+                t.len += 1;
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut t.buf[..]);
+            let _ = write!(cursor, "{v6}");
+            t.len = cursor.position() as usize;
+        }
+    }
+    t
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.199.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip).as_str(), ip.to_string());
+        }
+    }
 
     fn cfg(trusted: &[&str]) -> ForwardedConfig {
         ForwardedConfig {

@@ -10,6 +10,7 @@ use crate::proxy::headers::INTERNAL_PREFIX;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method};
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::mem::MaybeUninit;
 
 /// Header slots parsed on the stack; a message with more goes to Pingora's path.
 pub const MAX_HEADERS: usize = 128;
@@ -60,9 +61,9 @@ pub enum ParsedRequest {
 /// split off `buf` (header values point into them); what follows (a pipelined request)
 /// stays in `buf`.
 pub fn parse_request(buf: &mut BytesMut) -> ParsedRequest {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return ParsedRequest::Partial,
         Err(_) => return ParsedRequest::Delegate,
@@ -100,37 +101,52 @@ pub fn parse_request(buf: &mut BytesMut) -> ParsedRequest {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return ParsedRequest::Delegate;
     };
+    // Header values will point into the head's bytes once they are split off the buffer,
+    // so remember where each field is.
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let path_at = offset(path.as_bytes());
-    let mut fields: [(usize, usize, usize, usize); MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let path_at = (at(path.as_bytes()), path.len() as u32);
+    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut count = 0;
     for h in req.headers.iter() {
         if is_hop_by_hop(h.name.as_bytes()) {
             continue;
         }
-        let (ns, nl) = offset(h.name.as_bytes());
-        let (vs, vl) = offset(h.value);
-        fields[count] = (ns, nl, vs, vl);
+        fields[count] = (
+            at(h.name.as_bytes()),
+            h.name.len() as u32,
+            at(h.value),
+            h.value.len() as u32,
+        );
         count += 1;
     }
     let head = buf.split_to(len).freeze();
-    let path = &head[path_at.0..path_at.0 + path_at.1];
-    let Ok(mut header) = RequestHeader::build_no_case(method, path, Some(count)) else {
+    let range = |start: u32, len: u32| start as usize..(start + len) as usize;
+    let Ok(uri) = http::Uri::from_maybe_shared(head.slice(range(path_at.0, path_at.1))) else {
         return ParsedRequest::Delegate;
     };
+    // Built as `http` parts, not with `RequestHeader::append_header`, which re-parses
+    // and title-cases every name; the steps insert a few more headers, hence the spare.
+    let mut headers = http::HeaderMap::with_capacity(count + 8);
     for &(ns, nl, vs, vl) in &fields[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[ns..ns + nl]) else {
+        let Ok(name) = HeaderName::from_bytes(&head[range(ns, nl)]) else {
             return ParsedRequest::Delegate;
         };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(range(vs, vl))) else {
             return ParsedRequest::Delegate;
         };
-        if header.append_header(name, value).is_err() {
+        if headers.try_append(name, value).is_err() {
             return ParsedRequest::Delegate;
         }
     }
-    ParsedRequest::Fast(Box::new(Request { header, keep_alive }))
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers = headers;
+    ParsedRequest::Fast(Box::new(Request {
+        header: RequestHeader::from(parts),
+        keep_alive,
+    }))
 }
 
 /// Writes the request head for a worker (HTTP/1.1, keep-alive is the default).
@@ -182,9 +198,11 @@ pub enum ResponseError {
 /// Parses a response head at the start of `buf`. `head_request`: the request was HEAD,
 /// so the response has no body whatever its headers say.
 pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, ResponseError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp, buf, &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(ResponseError::Partial),
         Err(_) => return Err(ResponseError::Invalid),
@@ -250,9 +268,11 @@ pub fn forward_response_head(
     out: &mut BytesMut,
     mut on_internal: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), ResponseError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    match resp.parse(head) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp, head, &mut slots,
+    ) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(ResponseError::Invalid),
     }
@@ -291,9 +311,11 @@ fn itoa_u16(code: u16) -> String {
 /// Builds a `ResponseHeader` from a worker's head (hop-by-hop headers dropped), for the
 /// steps that edit responses.
 pub fn build_response(head: &[u8]) -> Result<ResponseHeader, ResponseError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    match resp.parse(head) {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp, head, &mut slots,
+    ) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(ResponseError::Invalid),
     }
