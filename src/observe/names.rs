@@ -66,3 +66,4 @@ pub const ALERT_NOTIFICATIONS_TOTAL: &str = "drover_alert_notifications_total";
 pub const SLO_ERROR_BUDGET_REMAINING: &str = "drover_slo_error_budget_remaining";
 pub const SLO_BURN_RATE: &str = "drover_slo_burn_rate";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "drover_limit_rejections_total";
+pub const HTTP1_ENGINE_REQUESTS_TOTAL: &str = "drover_http1_engine_requests_total";

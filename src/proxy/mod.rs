@@ -7,9 +7,9 @@
 //! headers) → logging (record the outcome once: breaker, balancer, metrics, access log).
 
 pub mod forwarded;
+pub mod h1;
 pub mod headers;
 pub mod limits;
-pub mod h1;
 mod resilience;
 mod steps;
 

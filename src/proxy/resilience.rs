@@ -75,7 +75,8 @@ fn local(
     extra: &[(&'static str, String)],
     body: Bytes,
 ) -> Result<LocalResponse> {
-    let mut header = pingora_http::ResponseHeader::build(status, Some(headers.len() + extra.len() + 2))?;
+    let mut header =
+        pingora_http::ResponseHeader::build(status, Some(headers.len() + extra.len() + 2))?;
     header.insert_header("Content-Length", body.len().to_string())?;
     for (k, v) in headers {
         header.insert_header(k.clone(), v.clone())?;

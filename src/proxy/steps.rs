@@ -214,10 +214,7 @@ impl DroverProxy {
             .upstream_errors
             .with_label_values(&["connect"])
             .inc();
-        self.settle_failed_attempt(
-            ctx,
-            Outcome::from_error(e).unwrap_or(Outcome::ConnectError),
-        );
+        self.settle_failed_attempt(ctx, Outcome::from_error(e).unwrap_or(Outcome::ConnectError));
         let retry =
             ctx.tries <= self.shared.config.load().proxy.retries && self.resilience_may_retry(ctx);
         if retry {
@@ -265,8 +262,7 @@ impl DroverProxy {
         if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ctx.session.as_mut()) {
             sessions.on_response(s, resp).await;
         }
-        if let (Some(v), Some(g)) = (resp.headers.get(crate::observe::custom::HEADER), &ctx.guard)
-        {
+        if let (Some(v), Some(g)) = (resp.headers.get(crate::observe::custom::HEADER), &ctx.guard) {
             self.shared
                 .observe
                 .custom

@@ -200,9 +200,9 @@ pub enum ResponseError {
 pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp, buf, &mut slots,
-    ) {
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(ResponseError::Partial),
         Err(_) => return Err(ResponseError::Invalid),
@@ -270,9 +270,9 @@ pub fn forward_response_head(
 ) -> Result<(), ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp, head, &mut slots,
-    ) {
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, head, &mut slots)
+    {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(ResponseError::Invalid),
     }
@@ -313,9 +313,9 @@ fn itoa_u16(code: u16) -> String {
 pub fn build_response(head: &[u8]) -> Result<ResponseHeader, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp, head, &mut slots,
-    ) {
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, head, &mut slots)
+    {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(ResponseError::Invalid),
     }
@@ -403,10 +403,11 @@ impl ChunkedScanner {
                     b'\n' => self.end_size_line(),
                     _ => return Err(ResponseError::Invalid),
                 },
-                Chunk::Extension => match b {
-                    b'\n' => self.end_size_line(),
-                    _ => {}
-                },
+                Chunk::Extension => {
+                    if b == b'\n' {
+                        self.end_size_line();
+                    }
+                }
                 Chunk::SizeLf => match b {
                     b'\n' => self.end_size_line(),
                     _ => return Err(ResponseError::Invalid),
@@ -496,14 +497,21 @@ mod tests {
         let ParsedRequest::Fast(r) = parse_request(&mut buf) else {
             panic!("not fast")
         };
-        assert_eq!(&buf[..], b"GET /next", "the pipelined rest stays in the buffer");
+        assert_eq!(
+            &buf[..],
+            b"GET /next",
+            "the pipelined rest stays in the buffer"
+        );
         assert!(r.keep_alive);
         assert_eq!(r.header.uri.path_and_query().unwrap().as_str(), "/a?b=1");
         assert_eq!(r.header.headers.len(), 2);
         assert!(r.header.headers.get("connection").is_none());
         let mut out = BytesMut::new();
         write_request(&r.header, &mut out);
-        assert_eq!(&out[..], b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n\r\n");
+        assert_eq!(
+            &out[..],
+            b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n\r\n"
+        );
     }
 
     #[test]
@@ -515,13 +523,19 @@ mod tests {
     #[test]
     fn anything_but_a_plain_bodyless_request_goes_to_pingora() {
         assert!(delegated("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"));
-        assert!(delegated("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(delegated(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
         assert!(delegated("GET / HTTP/1.0\r\n\r\n"));
-        assert!(delegated("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"));
+        assert!(delegated(
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        ));
         assert!(delegated("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
         assert!(delegated("GET http://a/ HTTP/1.1\r\n\r\n"));
         assert!(delegated("CONNECT a:443 HTTP/1.1\r\n\r\n"));
-        assert!(delegated("GET / HTTP/1.1\r\nConnection: close, x-secret\r\n\r\n"));
+        assert!(delegated(
+            "GET / HTTP/1.1\r\nConnection: close, x-secret\r\n\r\n"
+        ));
         assert!(delegated("G@T / HTTP/1.1\r\n\r\n"));
         assert!(matches!(
             parse_request(&mut BytesMut::from("GET / HTTP/1.1\r\nHost: a")),
@@ -533,28 +547,47 @@ mod tests {
     fn response_framing_follows_rfc_9112() {
         let p = |raw: &str, head: bool| parse_response(raw.as_bytes(), head).unwrap();
         let r = p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
-        assert_eq!((r.framing, r.reusable, r.len), (Framing::Length(5), true, 38));
-        let r = p("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
+        assert_eq!(
+            (r.framing, r.reusable, r.len),
+            (Framing::Length(5), true, 38)
+        );
+        let r = p(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        );
         assert_eq!(r.framing, Framing::Chunked);
         let r = p("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
         let r = p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
         assert_eq!(r.framing, Framing::Empty);
-        let r = p("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false);
+        let r = p(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
         assert_eq!(r.framing, Framing::Empty);
-        let r = p("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", false);
+        let r = p(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
+            false,
+        );
         assert!(!r.reusable);
         let r = p("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
         assert!(!r.reusable);
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).err(),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            )
+            .err(),
             Some(ResponseError::Invalid)
         );
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).err(),
             Some(ResponseError::Invalid)
         );
-        assert_eq!(parse_response(b"HTTP/1.1 200", false).err(), Some(ResponseError::Partial));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200", false).err(),
+            Some(ResponseError::Partial)
+        );
     }
 
     #[test]
@@ -562,8 +595,10 @@ mod tests {
         let head = b"HTTP/1.1 201 Made\r\nConnection: keep-alive\r\nX-Drover-Metric: a=1\r\nX-A: b\r\nContent-Length: 0\r\n\r\n";
         let mut out = BytesMut::new();
         let mut seen = Vec::new();
-        forward_response_head(head, true, &mut out, |n, v| seen.push((n.to_vec(), v.to_vec())))
-            .unwrap();
+        forward_response_head(head, true, &mut out, |n, v| {
+            seen.push((n.to_vec(), v.to_vec()))
+        })
+        .unwrap();
         assert_eq!(
             &out[..],
             b"HTTP/1.1 201 Made\r\nX-A: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -25,8 +25,8 @@ use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_core::upstreams::peer::Peer;
+use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::RequestHeader;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use std::net::SocketAddr;
@@ -47,11 +47,31 @@ const CLIENT_READ: usize = 4096;
 pub struct H1App {
     drover: DroverProxy,
     pingora: Arc<HttpProxy<DroverProxy>>,
+    /// `drover_http1_engine_requests_total{engine="fast"}` and `{engine="pingora"}`:
+    /// how much of the traffic the fast path serves.
+    served_fast: prometheus::IntCounter,
+    served_by_pingora: prometheus::IntCounter,
 }
 
 impl H1App {
     pub fn new(drover: DroverProxy, pingora: HttpProxy<DroverProxy>) -> Self {
+        let vec = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                crate::observe::names::HTTP1_ENGINE_REQUESTS_TOTAL,
+                "HTTP/1 requests by the engine that served them: drover's fast path, or \
+                 Pingora's proxy (request bodies, upgrades, HTTP/1.0, proxy.fast_path off)",
+            ),
+            &["engine"],
+        )
+        .expect("valid metric");
+        let _ = drover
+            .shared
+            .metrics
+            .registry
+            .register(Box::new(vec.clone()));
         H1App {
+            served_fast: vec.with_label_values(&["fast"]),
+            served_by_pingora: vec.with_label_values(&["pingora"]),
             drover,
             pingora: Arc::new(pingora),
         }
@@ -59,7 +79,12 @@ impl H1App {
 
     /// Serves one request through Pingora's path and returns the connection when it can
     /// carry another request.
-    async fn delegate(&self, stream: Box<L4Stream>, shutdown: &ShutdownWatch) -> Option<Box<L4Stream>> {
+    async fn delegate(
+        &self,
+        stream: Box<L4Stream>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Box<L4Stream>> {
+        self.served_by_pingora.inc();
         let mut session = pingora_core::protocols::http::ServerSession::new_http1(stream);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let reused = self.pingora.process_new_http(session, shutdown).await?;
@@ -70,7 +95,11 @@ impl H1App {
 
 #[async_trait]
 impl ServerApp for H1App {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         if !stream.as_any().is::<L4Stream>() {
             return self.pingora.process_new(stream, shutdown).await;
         }
@@ -180,12 +209,15 @@ impl Conn<'_> {
     /// Serves one bodyless request with the shared steps.
     async fn serve(&mut self, req: codec::Request, shutdown: &ShutdownWatch) -> Next {
         let drover = &self.app.drover;
+        self.app.served_fast.inc();
         let mut ctx: RequestCtx = drover.new_ctx();
         let mut header = req.header;
         let peer_ip = self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         match drover.admit(&mut header, peer_ip, &mut ctx).await {
             Ok(None) => {}
-            Ok(Some(answer)) => return self.answer(&header, answer, &mut ctx, req.keep_alive).await,
+            Ok(Some(answer)) => {
+                return self.answer(&header, answer, &mut ctx, req.keep_alive).await
+            }
             Err(e) => return self.fail(&header, &e, &mut ctx).await,
         }
         let keep_alive = req.keep_alive && !*shutdown.borrow();
@@ -197,13 +229,24 @@ impl Conn<'_> {
                 next
             }
             Err(Failure::Before(e)) => self.fail(&header, &e, &mut ctx).await,
-            Err(Failure::During { status, sent, error }) => {
+            Err(Failure::During {
+                status,
+                sent,
+                error,
+            }) => {
                 if error.esource() == &ErrorSource::Downstream {
                     // The client went away: nothing to blame the backend for.
                     ctx.guard = None;
                 }
                 drover
-                    .finish(&header, self.peer.as_ref(), status, sent, Some(&error), &mut ctx)
+                    .finish(
+                        &header,
+                        self.peer.as_ref(),
+                        status,
+                        sent,
+                        Some(&error),
+                        &mut ctx,
+                    )
                     .await;
                 Next::Close
             }
@@ -303,7 +346,11 @@ impl Conn<'_> {
             // fresh one without counting against the backend.
             let mut fresh_only = false;
             let attempt = loop {
-                let pooled = if fresh_only { None } else { pool::take(&addr, max_idle) };
+                let pooled = if fresh_only {
+                    None
+                } else {
+                    pool::take(&addr, max_idle)
+                };
                 let reused = pooled.is_some();
                 let mut up = match pooled {
                     Some(c) => c,
@@ -359,8 +406,8 @@ impl Conn<'_> {
         let head_bytes = &up.buf[..head.len];
         let mut status = head.status;
         if ctx.session.is_some() {
-            let mut resp = codec::build_response(head_bytes)
-                .map_err(|_| Failure::Before(bad_response()))?;
+            let mut resp =
+                codec::build_response(head_bytes).map_err(|_| Failure::Before(bad_response()))?;
             drover.on_upstream_response(&mut resp, ctx).await;
             status = resp.status.as_u16();
             codec::write_response(&resp, close, &mut self.out);
@@ -396,11 +443,15 @@ impl Conn<'_> {
                     up.buf.advance(take);
                     left -= take as u64;
                     sent += take;
-                    self.write_out().await.map_err(|e| during(status, sent, e))?;
+                    self.write_out()
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
                     if left == 0 {
                         break;
                     }
-                    read_upstream(&mut up, read_timeout).await.map_err(|e| during(status, sent, e))?;
+                    read_upstream(&mut up, read_timeout)
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
                 }
                 head.reusable && up.buf.is_empty()
             }
@@ -414,11 +465,15 @@ impl Conn<'_> {
                     self.out.extend_from_slice(&up.buf[..take]);
                     up.buf.advance(take);
                     sent += take;
-                    self.write_out().await.map_err(|e| during(status, sent, e))?;
+                    self.write_out()
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
                     if end.is_some() {
                         break;
                     }
-                    read_upstream(&mut up, read_timeout).await.map_err(|e| during(status, sent, e))?;
+                    read_upstream(&mut up, read_timeout)
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
                 }
                 head.reusable && up.buf.is_empty()
             }
@@ -427,7 +482,9 @@ impl Conn<'_> {
                     sent += up.buf.len();
                     self.out.extend_from_slice(&up.buf);
                     up.buf.clear();
-                    self.write_out().await.map_err(|e| during(status, sent, e))?;
+                    self.write_out()
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
                     match read_upstream(&mut up, read_timeout).await {
                         Ok(()) => {}
                         Err(e) if e.etype() == &ErrorType::ConnectionClosed => break,
@@ -440,7 +497,11 @@ impl Conn<'_> {
         if reusable {
             pool::put(addr, up, cap);
         }
-        Ok((status, sent, if close { Next::Close } else { Next::KeepAlive }))
+        Ok((
+            status,
+            sent,
+            if close { Next::Close } else { Next::KeepAlive },
+        ))
     }
 }
 
@@ -462,7 +523,10 @@ enum Failure {
 }
 
 fn bad_response() -> Box<Error> {
-    let mut e = Error::explain(ErrorType::InvalidHTTPHeader, "invalid response from the worker");
+    let mut e = Error::explain(
+        ErrorType::InvalidHTTPHeader,
+        "invalid response from the worker",
+    );
     e.esource = ErrorSource::Upstream;
     e
 }
@@ -478,13 +542,17 @@ fn upstream_error(e: std::io::Error) -> Box<Error> {
     e
 }
 
-async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<pool::UpstreamConn, Box<Error>> {
+async fn connect(
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<pool::UpstreamConn, Box<Error>> {
     let connecting = TcpStream::connect(addr);
     let stream = match timeout {
         Some(t) => match tokio::time::timeout(t, connecting).await {
             Ok(r) => r,
             Err(_) => {
-                let mut e = Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"));
+                let mut e =
+                    Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"));
                 e.esource = ErrorSource::Upstream;
                 return Err(e);
             }
@@ -536,7 +604,10 @@ async fn exchange(
             Some(t) => match tokio::time::timeout(t, read).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let mut e = Error::explain(ErrorType::ReadTimedout, "waiting for the worker's response");
+                    let mut e = Error::explain(
+                        ErrorType::ReadTimedout,
+                        "waiting for the worker's response",
+                    );
                     e.esource = ErrorSource::Upstream;
                     return Err((e, false));
                 }
