@@ -5,16 +5,17 @@
 //! untrusted address is the client (what nginx's `real_ip_recursive` does). Headers from
 //! an untrusted peer are replaced, never extended, so a client cannot plant an address.
 
+use super::headers::HeaderEdits;
 use crate::config::ForwardedConfig;
-use http::header::HOST;
+use http::header::{FORWARDED, HOST};
+use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-pub const X_REAL_IP: &str = "x-real-ip";
-pub const FORWARDED: &str = "forwarded";
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 fn trusted(cfg: &ForwardedConfig, ip: IpAddr) -> bool {
     cfg.trusted.iter().any(|n| n.contains(&ip))
@@ -36,7 +37,7 @@ fn parse_hop(text: &str) -> Option<IpAddr> {
 /// The hops a trusted proxy reported, oldest first.
 fn reported_hops(req: &RequestHeader) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
-    for v in req.headers.get_all(X_FORWARDED_FOR) {
+    for v in req.headers.get_all(&X_FORWARDED_FOR) {
         let Ok(s) = v.to_str() else {
             hops.push(None);
             continue;
@@ -86,56 +87,76 @@ pub fn client_ip(cfg: &ForwardedConfig, peer: IpAddr, req: &RequestHeader) -> Ip
 
 /// Rewrites the forwarding headers of the request going to the worker.
 pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, client: IpAddr) {
+    let mut edits = HeaderEdits::default();
+    edit(cfg, req, peer, client, &mut edits);
+    edits.apply(req);
+}
+
+/// The forwarding headers' changes, decided from the request as the client sent it.
+pub fn edit(
+    cfg: &ForwardedConfig,
+    req: &RequestHeader,
+    peer: IpAddr,
+    client: IpAddr,
+    edits: &mut HeaderEdits,
+) {
     let from_trusted = trusted(cfg, peer);
-    let peer_text = ip_text(peer);
+    let h = &req.headers;
     if !from_trusted {
-        for h in [
+        for name in [
             X_FORWARDED_FOR,
             X_FORWARDED_PROTO,
             X_FORWARDED_HOST,
             FORWARDED,
         ] {
-            if req.headers.contains_key(h) {
-                req.remove_header(h);
+            if h.contains_key(&name) {
+                edits.remove(name);
             }
         }
     }
     if !cfg.headers {
-        if req.headers.contains_key(X_REAL_IP) {
-            req.remove_header(X_REAL_IP);
+        if h.contains_key(&X_REAL_IP) {
+            edits.remove(X_REAL_IP);
         }
         return;
     }
-    let xff = match req
-        .headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) if from_trusted => format!("{prior}, {peer_text}"),
-        _ => peer_text.to_string(),
+    let peer_text = ip_text(peer);
+    let text = |s: &str| HeaderValue::from_str(s).ok();
+    let prior = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let xff = match prior(&X_FORWARDED_FOR) {
+        Some(prior) if from_trusted => text(&format!("{prior}, {peer_text}")),
+        _ => text(peer_text.as_str()),
     };
-    let _ = req.insert_header(X_FORWARDED_FOR, xff);
+    if let Some(v) = xff {
+        edits.insert(X_FORWARDED_FOR, v);
+    }
     if from_trusted {
-        if let Some(prior) = req.headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
+        if let Some(prior) = prior(&FORWARDED) {
             let hop = match peer {
                 IpAddr::V4(_) => format!("{prior}, for={peer_text}"),
                 IpAddr::V6(_) => format!("{prior}, for=\"[{peer_text}]\""),
             };
-            let _ = req.insert_header(FORWARDED, hop);
+            if let Some(v) = text(&hop) {
+                edits.insert(FORWARDED, v);
+            }
         }
     }
-    if !req.headers.contains_key(X_FORWARDED_PROTO) {
-        let _ = req.insert_header(X_FORWARDED_PROTO, "http");
+    // An untrusted peer's own values were removed above: drover states what it saw.
+    if !from_trusted || !h.contains_key(&X_FORWARDED_PROTO) {
+        edits.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !req.headers.contains_key(X_FORWARDED_HOST) {
-        if let Some(host) = req.headers.get(HOST).cloned() {
-            let _ = req.insert_header(X_FORWARDED_HOST, host);
+    if !from_trusted || !h.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = h.get(HOST) {
+            edits.insert(X_FORWARDED_HOST, host.clone());
         }
     }
-    if client == peer {
-        let _ = req.insert_header(X_REAL_IP, peer_text.as_str());
+    let real_ip = if client == peer {
+        text(peer_text.as_str())
     } else {
-        let _ = req.insert_header(X_REAL_IP, ip_text(client).as_str());
+        text(ip_text(client).as_str())
+    };
+    if let Some(v) = real_ip {
+        edits.insert(X_REAL_IP, v);
     }
 }
 

@@ -5,6 +5,7 @@
 //! rate limits, sessions, balancing, breakers, metrics and access log whichever path
 //! serves it.
 
+use super::headers::HeaderEdits;
 use super::{forwarded, hash_key, headers, ip_hash, limits, DroverProxy, RequestCtx};
 use crate::balancing::{SelectError, SelectLimits};
 use crate::observe::access_log;
@@ -129,21 +130,27 @@ impl DroverProxy {
         }
         ctx.max_body_bytes = cfg.limits.max_body_bytes;
         headers::strip_internal_request(req);
+        // Header changes are decided from the request as the client sent it, then
+        // applied at once (see `HeaderEdits`).
+        let mut edits = HeaderEdits::default();
         if cfg.logging.access_log {
             let (id, fresh) = headers::request_id(req);
             if fresh {
-                let _ = req.insert_header(headers::REQUEST_ID, id.as_str());
+                if let Ok(v) = http::HeaderValue::from_str(&id) {
+                    edits.insert(headers::REQUEST_ID, v);
+                }
             }
             ctx.request_id = Some(id);
         }
         let trace = TraceContext::from_request(req);
-        trace.apply(req);
+        trace.edit(&mut edits);
         ctx.trace = Some(trace);
         if let Some(peer) = peer {
             let client = forwarded::client_ip(&cfg.forwarded, peer, req);
-            forwarded::apply(&cfg.forwarded, req, peer, client);
+            forwarded::edit(&cfg.forwarded, req, peer, client, &mut edits);
             ctx.client_ip = Some(client);
         }
+        edits.apply(req);
         drop(cfg);
         // Rate limits, bulkheads and route breakers answer before any session work.
         if let Some(answer) = self.resilience_request(req, ctx)? {
@@ -202,7 +209,9 @@ impl DroverProxy {
     /// The request as the backend sees it: the session's headers added.
     pub(crate) fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) {
         if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), &ctx.session) {
-            sessions.annotate_request(s, req);
+            let mut edits = HeaderEdits::default();
+            sessions.annotate(s, &mut edits);
+            edits.apply(req);
         }
     }
 

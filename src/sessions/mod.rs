@@ -67,12 +67,10 @@ pub struct Policy {
 
 /// Header names prepared once per policy for the per-request path.
 struct WireNames {
-    /// Names to insert into the upstream request, as the bytes Pingora writes for a
-    /// `HeaderName` (lower case): cloning a `Bytes` is a reference count, while inserting
-    /// a `HeaderName` copies its name into a new allocation on every request.
-    id: bytes::Bytes,
-    state: bytes::Bytes,
-    data: bytes::Bytes,
+    /// Names to insert into the upstream request (cloning one is a reference count).
+    id: http::HeaderName,
+    state: http::HeaderName,
+    data: http::HeaderName,
     /// Configured names that the `x-drover-` rule does not already strip from client
     /// requests; empty with the default names, so stripping costs nothing then.
     extra_strip: Vec<http::HeaderName>,
@@ -80,11 +78,10 @@ struct WireNames {
 
 impl WireNames {
     fn new(cfg: &SessionsConfig) -> Self {
-        let wire = |h: &http::HeaderName| bytes::Bytes::copy_from_slice(h.as_str().as_bytes());
         WireNames {
-            id: wire(&cfg.id_header),
-            state: wire(&cfg.state_header),
-            data: wire(&cfg.data_header),
+            id: cfg.id_header.clone(),
+            state: cfg.state_header.clone(),
+            data: cfg.data_header.clone(),
             extra_strip: [
                 &cfg.data_header,
                 &cfg.id_header,
@@ -494,15 +491,24 @@ impl SessionService {
 
     /// Adds the session headers to the request going to the worker.
     pub fn annotate_request(&self, s: &SessionCtx, req: &mut RequestHeader) {
+        let mut edits = crate::proxy::headers::HeaderEdits::default();
+        self.annotate(s, &mut edits);
+        edits.apply(req);
+    }
+
+    /// The session's headers for the worker, as edits to apply with the others.
+    pub fn annotate(&self, s: &SessionCtx, edits: &mut crate::proxy::headers::HeaderEdits) {
         let w = &s.policy.wire;
-        let _ = req.insert_header(w.id.clone(), s.id.hex());
-        let _ = req.insert_header(
+        if let Ok(id) = http::HeaderValue::from_str(&s.id.hex()) {
+            edits.insert(w.id.clone(), id);
+        }
+        edits.insert(
             w.state.clone(),
             http::HeaderValue::from_static(s.state.as_str()),
         );
         if let Some(d) = &s.data {
             if let Ok(v) = http::HeaderValue::from_bytes(d) {
-                let _ = req.insert_header(w.data.clone(), v);
+                edits.insert(w.data.clone(), v);
             }
         }
     }

@@ -179,6 +179,10 @@ pub enum Framing {
     UntilClose,
 }
 
+/// Header lines a response head drops on its way to the client, recorded by the one
+/// parse so forwarding is a copy; heads with more go through a second, full parse.
+const MAX_DROPPED: usize = 8;
+
 /// A worker's response head, still in the upstream read buffer.
 pub struct ResponseHead {
     pub status: u16,
@@ -187,6 +191,10 @@ pub struct ResponseHead {
     pub reusable: bool,
     /// Bytes of the head in the buffer.
     pub len: usize,
+    /// Byte ranges of the header lines not forwarded (hop-by-hop and internal ones), in
+    /// order; `None` when there were more than `MAX_DROPPED` or the status line is not
+    /// the plain `HTTP/1.x ` form.
+    dropped: Option<([(u32, u32); MAX_DROPPED], usize)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -212,8 +220,33 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, Re
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
+    // Copying lines verbatim is only done for the usual CRLF-terminated head.
+    let plain_status_line = buf.len() > 9
+        && buf.starts_with(b"HTTP/1.")
+        && buf[8] == b' '
+        && buf[..len].ends_with(b"\r\n\r\n");
+    let mut dropped = plain_status_line.then_some(([(0u32, 0u32); MAX_DROPPED], 0usize));
+    let base = buf.as_ptr() as usize;
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
+        if is_hop_by_hop(n) || is_internal(n) {
+            if let Some((ranges, count)) = dropped.as_mut() {
+                // The line runs from the name to the end of the value's line.
+                let start = n.as_ptr() as usize - base;
+                let value_end = h.value.as_ptr() as usize - base + h.value.len();
+                let end = buf[value_end..len]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map(|i| value_end + i + 1);
+                match end {
+                    Some(end) if *count < MAX_DROPPED => {
+                        ranges[*count] = (start as u32, end as u32);
+                        *count += 1;
+                    }
+                    _ => dropped = None,
+                }
+            }
+        }
         if n.eq_ignore_ascii_case(b"content-length") {
             let v = std::str::from_utf8(h.value)
                 .ok()
@@ -256,7 +289,44 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, Re
         framing,
         reusable,
         len,
+        dropped,
     })
+}
+
+/// Copies a response head for the client (see `forward_response_head`) from the ranges
+/// the parse recorded, without parsing it again.
+pub fn forward_parsed_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    close: bool,
+    out: &mut BytesMut,
+    mut on_internal: impl FnMut(&[u8], &[u8]),
+) -> Result<(), ResponseError> {
+    let Some((ranges, count)) = &head.dropped else {
+        return forward_response_head(&buf[..head.len], close, out, on_internal);
+    };
+    // "HTTP/1.1 " for the client whatever the worker spoke, then everything up to the
+    // blank line except the dropped lines.
+    out.put_slice(b"HTTP/1.1 ");
+    let mut at = 9;
+    for &(start, end) in &ranges[..*count] {
+        let (start, end) = (start as usize, end as usize);
+        out.put_slice(&buf[at..start]);
+        let line = &buf[start..end];
+        if is_internal(line) {
+            if let Some(colon) = line.iter().position(|b| *b == b':') {
+                on_internal(&line[..colon], line[colon + 1..].trim_ascii());
+            }
+        }
+        at = end;
+    }
+    // Up to the final empty line (CRLF: checked by the parse).
+    out.put_slice(&buf[at..(head.len - 2).max(at)]);
+    if close {
+        out.put_slice(b"Connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    Ok(())
 }
 
 /// Copies a response head for the client: status line and end-to-end headers, without
@@ -610,6 +680,35 @@ mod tests {
         let mut out = BytesMut::new();
         write_response(&built, false, &mut out);
         assert!(out.starts_with(b"HTTP/1.1 201 Made\r\n"));
+    }
+
+    #[test]
+    fn forwarding_from_the_parse_matches_a_full_reparse() {
+        let heads: [&[u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 201 Made\r\nConnection: keep-alive\r\nX-Drover-Metric: a=1\r\nX-A: b\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nTE: x\r\nTrailer: y\r\nUpgrade: z\r\nProxy-Connection: a\r\nConnection: b\r\nKeep-Alive: c\r\nX-Drover-A: 1\r\nX-Drover-B: 2\r\nX-Drover-C: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\nX-Drover-Metric:   v  \nContent-Length: 0\n\n",
+        ];
+        for raw in heads {
+            for close in [false, true] {
+                let parsed = parse_response(raw, false).unwrap();
+                let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
+                let (mut seen_fast, mut seen_full) = (Vec::new(), Vec::new());
+                forward_parsed_head(raw, &parsed, close, &mut fast, |n, v| {
+                    seen_fast.push((n.to_vec(), v.to_vec()))
+                })
+                .unwrap();
+                forward_response_head(raw, close, &mut full, |n, v| {
+                    seen_full.push((n.to_vec(), v.to_vec()))
+                })
+                .unwrap();
+                let text = |b: &BytesMut| String::from_utf8_lossy(b).replace("\r\n", "\n");
+                assert_eq!(text(&fast), text(&full), "{}", String::from_utf8_lossy(raw));
+                assert_eq!(seen_fast, seen_full);
+            }
+        }
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl Conn<'_> {
             ctx.response_started = true;
             let backend = ctx.guard.as_ref().map(|g| g.backend().name.clone());
             let custom = &drover.shared.observe.custom;
-            codec::forward_response_head(head_bytes, close, &mut self.out, |name, value| {
+            codec::forward_parsed_head(&up.buf, &head, close, &mut self.out, |name, value| {
                 if let Some(b) = &backend {
                     if name.eq_ignore_ascii_case(crate::observe::custom::HEADER.as_bytes()) {
                         custom.ingest(b, value);
