@@ -42,6 +42,8 @@ const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
 const MAX_BUFFERED_HEAD: usize = 16 * 1024;
 /// Chunk size for client reads.
 const CLIENT_READ: usize = 4096;
+/// Body bytes up to this size go out in the same write as the response head.
+const COALESCE: usize = 16 * 1024;
 
 /// The data plane's `ServerApp`: the fast path, with Pingora's proxy behind it.
 pub struct H1App {
@@ -297,6 +299,35 @@ impl Conn<'_> {
         Next::Close
     }
 
+    /// Sends the first `take` bytes of the worker's buffer to the client, together with
+    /// the pending response head when they are small (one write), else straight from the
+    /// buffer (no copy).
+    async fn forward(
+        &mut self,
+        up: &mut pool::UpstreamConn,
+        take: usize,
+    ) -> Result<(), Box<Error>> {
+        if take <= COALESCE {
+            self.out.extend_from_slice(&up.buf[..take]);
+            up.buf.advance(take);
+            return self.write_out().await;
+        }
+        if !self.out.is_empty() {
+            let head = std::mem::take(&mut self.out);
+            let r = self.stream.write_all(&head).await;
+            self.out = head;
+            self.out.clear();
+            r.map_err(downstream_write_error)?;
+        }
+        let r = async {
+            self.stream.write_all(&up.buf[..take]).await?;
+            self.stream.flush().await
+        }
+        .await;
+        up.buf.advance(take);
+        r.map_err(downstream_write_error)
+    }
+
     async fn write_out(&mut self) -> Result<(), Box<Error>> {
         let r = async {
             self.stream.write_all(&self.out).await?;
@@ -304,11 +335,7 @@ impl Conn<'_> {
         }
         .await;
         self.out.clear();
-        r.map_err(|e| Error::because(ErrorType::WriteError, "writing to the client", e))
-            .map_err(|mut e| {
-                e.esource = ErrorSource::Downstream;
-                e
-            })
+        r.map_err(downstream_write_error)
     }
 
     /// Picks a backend, sends the request and streams the response back, retrying on
@@ -439,17 +466,16 @@ impl Conn<'_> {
             Framing::Length(mut left) => {
                 loop {
                     let take = (up.buf.len() as u64).min(left) as usize;
-                    self.out.extend_from_slice(&up.buf[..take]);
-                    up.buf.advance(take);
-                    left -= take as u64;
-                    sent += take;
-                    self.write_out()
+                    self.forward(&mut up, take)
                         .await
                         .map_err(|e| during(status, sent, e))?;
+                    left -= take as u64;
+                    sent += take;
                     if left == 0 {
                         break;
                     }
-                    read_upstream(&mut up, read_timeout)
+                    let want = left.min(pool::BODY_READ as u64) as usize;
+                    read_upstream(&mut up, read_timeout, want)
                         .await
                         .map_err(|e| during(status, sent, e))?;
                 }
@@ -462,16 +488,14 @@ impl Conn<'_> {
                         .feed(&up.buf)
                         .map_err(|_| during(status, sent, bad_response()))?;
                     let take = end.unwrap_or(up.buf.len());
-                    self.out.extend_from_slice(&up.buf[..take]);
-                    up.buf.advance(take);
-                    sent += take;
-                    self.write_out()
+                    self.forward(&mut up, take)
                         .await
                         .map_err(|e| during(status, sent, e))?;
+                    sent += take;
                     if end.is_some() {
                         break;
                     }
-                    read_upstream(&mut up, read_timeout)
+                    read_upstream(&mut up, read_timeout, pool::BODY_READ)
                         .await
                         .map_err(|e| during(status, sent, e))?;
                 }
@@ -479,13 +503,12 @@ impl Conn<'_> {
             }
             Framing::UntilClose => {
                 loop {
-                    sent += up.buf.len();
-                    self.out.extend_from_slice(&up.buf);
-                    up.buf.clear();
-                    self.write_out()
+                    let take = up.buf.len();
+                    self.forward(&mut up, take)
                         .await
                         .map_err(|e| during(status, sent, e))?;
-                    match read_upstream(&mut up, read_timeout).await {
+                    sent += take;
+                    match read_upstream(&mut up, read_timeout, pool::BODY_READ).await {
                         Ok(()) => {}
                         Err(e) if e.etype() == &ErrorType::ConnectionClosed => break,
                         Err(e) => return Err(during(status, sent, e)),
@@ -520,6 +543,12 @@ enum Failure {
         sent: usize,
         error: Box<Error>,
     },
+}
+
+fn downstream_write_error(e: std::io::Error) -> Box<Error> {
+    let mut e = Error::because(ErrorType::WriteError, "writing to the client", e);
+    e.esource = ErrorSource::Downstream;
+    e
 }
 
 fn bad_response() -> Box<Error> {
@@ -634,8 +663,9 @@ async fn exchange(
 async fn read_upstream(
     up: &mut pool::UpstreamConn,
     read_timeout: Option<Duration>,
+    want: usize,
 ) -> Result<(), Box<Error>> {
-    up.buf.reserve(pool::READ_CHUNK);
+    up.buf.reserve(want.max(pool::READ_CHUNK));
     let read = up.stream.read_buf(&mut up.buf);
     let n = match read_timeout {
         Some(t) => match tokio::time::timeout(t, read).await {

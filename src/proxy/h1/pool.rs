@@ -18,6 +18,9 @@ use tokio::net::TcpStream;
 const READ_BUFFER: usize = 16 * 1024;
 /// Free space made before each read from a worker.
 pub const READ_CHUNK: usize = 8 * 1024;
+/// Largest read of a response body; a pooled connection keeps a buffer at most this big,
+/// so the pool holds at most `keepalive_pool_size` x 64 KiB of buffers.
+pub const BODY_READ: usize = 64 * 1024;
 
 pub struct UpstreamConn {
     pub stream: TcpStream,
@@ -79,6 +82,9 @@ pub fn take(addr: &SocketAddr, max_idle: Duration) -> Option<UpstreamConn> {
 pub fn put(addr: SocketAddr, mut conn: UpstreamConn, cap: usize) {
     if cap == 0 || !conn.buf.is_empty() {
         return;
+    }
+    if conn.buf.capacity() > BODY_READ {
+        conn.buf = BytesMut::with_capacity(READ_BUFFER);
     }
     conn.idle_since = Instant::now();
     POOL.with_borrow_mut(|p| {
