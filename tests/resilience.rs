@@ -637,3 +637,60 @@ fn clients_hanging_up_mid_request_never_trip_a_worker_breaker() {
         assert_eq!(d.get("/").unwrap().status, 200);
     }
 }
+
+/// An upstream-worker outside drover's supervision (a remote upstream), on a free port.
+fn external_worker(id: usize) -> (std::process::Child, u16) {
+    let port = free_port();
+    let child = std::process::Command::new(worker_bin())
+        .env("PORT", port.to_string())
+        .env("WORKER_ID", id.to_string())
+        .env("BIND", "127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start upstream-worker");
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "upstream-worker {id} did not listen");
+    (child, port)
+}
+
+#[test]
+fn a_backend_that_refuses_connections_leaves_rotation_at_once() {
+    // No retries, so every request sent to the dead backend would be a 502: only the
+    // passive check (a refused connection ejects the backend) keeps them off it before
+    // its active health check has failed twice.
+    let (mut a, port_a) = external_worker(0);
+    let (mut b, port_b) = external_worker(1);
+    let d = Drover::start(
+        0,
+        &format!(
+            "upstreams:\n  - address: 127.0.0.1:{port_a}\n  - address: 127.0.0.1:{port_b}\nbalancing:\n  strategy: round_robin\nproxy:\n  retries: 0\n"
+        ),
+    );
+    let mut seen = std::collections::HashSet::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        if let Some(w) = d.get("/").ok().and_then(|r| r.worker()) {
+            seen.insert(w);
+        }
+        seen.len() == 2
+    }));
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let failed = (0..200)
+        .filter(|_| d.get("/").map(|r| r.status != 200).unwrap_or(true))
+        .count();
+    assert!(
+        failed <= 1,
+        "{failed} of 200 requests failed after the kill"
+    );
+    assert!(
+        d.log().contains("refused a connection, out of rotation"),
+        "{}",
+        d.log()
+    );
+    assert!(d.metric("drover_health_checks_total{result=\"refused\"}") >= 1.0);
+    let _ = a.kill();
+    let _ = a.wait();
+}

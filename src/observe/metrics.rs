@@ -267,7 +267,10 @@ impl Metrics {
             health_checks: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new(HEALTH_CHECKS_TOTAL, "Health check probes by result"),
+                    Opts::new(
+                        HEALTH_CHECKS_TOTAL,
+                        "Health check results: active probes (pass, fail) and connections a backend refused (refused, a passive check)",
+                    ),
                     &["result"],
                 )
                 .expect("valid metric"),

@@ -7,6 +7,7 @@
 
 use super::headers::HeaderEdits;
 use super::{forwarded, hash_key, headers, ip_hash, limits, DroverProxy, RequestCtx};
+use crate::balancing::backend::BackendState;
 use crate::balancing::{SelectError, SelectLimits};
 use crate::observe::access_log;
 use crate::observe::trace::TraceContext;
@@ -223,6 +224,9 @@ impl DroverProxy {
             .upstream_errors
             .with_label_values(&["connect"])
             .inc();
+        if e.etype() == &ErrorType::ConnectRefused {
+            self.eject_refusing_backend(ctx);
+        }
         self.settle_failed_attempt(ctx, Outcome::from_error(e).unwrap_or(Outcome::ConnectError));
         let retry =
             ctx.tries <= self.shared.config.load().proxy.retries && self.resilience_may_retry(ctx);
@@ -230,6 +234,33 @@ impl DroverProxy {
             self.shared.metrics.retries.inc();
         }
         retry
+    }
+
+    /// Passive health check: a refused connection means nothing listens there (a worker
+    /// killed, a host restarting), so the backend leaves rotation at once instead of
+    /// drawing requests (and the retry budget) until its active check fails twice. The
+    /// active check puts it back when it passes. nginx does the same by default
+    /// (`max_fails=1`).
+    fn eject_refusing_backend(&self, ctx: &RequestCtx) {
+        let Some(b) = ctx.guard.as_ref().map(|g| g.backend()) else {
+            return;
+        };
+        if b.state() != BackendState::Healthy {
+            return;
+        }
+        if b.set_state(BackendState::Unhealthy) == BackendState::Healthy {
+            log::warn!(
+                "health: {} ({}) refused a connection, out of rotation until its health check passes",
+                b.name,
+                b.addr
+            );
+            self.shared
+                .metrics
+                .health_checks
+                .with_label_values(&["refused"])
+                .inc();
+            self.shared.pool.refresh();
+        }
     }
 
     /// The backend failed after the connection was up. Records it and says whether to
