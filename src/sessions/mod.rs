@@ -524,9 +524,29 @@ impl SessionService {
         if update.is_some() {
             resp.remove_header(&cfg.update_header);
         }
-        if let Some(c) = s.new_cookie.take() {
+        if let Some(c) = self.take_set_cookie(s) {
             let _ = resp.append_header(http::header::SET_COOKIE, c);
         }
+        self.save_update(s, update).await;
+    }
+
+    /// The name of the header a worker updates session data with, when drover strips it
+    /// from responses anyway (an internal `x-drover-` name), so a response can be
+    /// forwarded as bytes while the update is picked out of it.
+    pub fn internal_update_header<'a>(&self, s: &'a SessionCtx) -> Option<&'a http::HeaderName> {
+        let h = &s.policy.cfg.update_header;
+        crate::proxy::headers::is_internal(h).then_some(h)
+    }
+
+    /// The `Set-Cookie` value for a session started by this request, once.
+    pub fn take_set_cookie(&self, s: &mut SessionCtx) -> Option<String> {
+        s.new_cookie.take()
+    }
+
+    /// Saves the record with the worker's update (the update header's value), refusing
+    /// updates over `max_data_bytes`, and releases the session's lock.
+    pub async fn save_update(&self, s: &mut SessionCtx, update: Option<Vec<u8>>) {
+        let cfg = &s.policy.cfg;
         let update = match update {
             Some(u) if u.len() > cfg.max_data_bytes => {
                 self.metrics.data_refused.inc();

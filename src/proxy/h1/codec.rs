@@ -299,11 +299,12 @@ pub fn forward_parsed_head(
     buf: &[u8],
     head: &ResponseHead,
     close: bool,
+    extra: Option<(&[u8], &[u8])>,
     out: &mut BytesMut,
     mut on_internal: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), ResponseError> {
     let Some((ranges, count)) = &head.dropped else {
-        return forward_response_head(&buf[..head.len], close, out, on_internal);
+        return forward_response_head(&buf[..head.len], close, extra, out, on_internal);
     };
     // "HTTP/1.1 " for the client whatever the worker spoke, then everything up to the
     // blank line except the dropped lines.
@@ -322,6 +323,9 @@ pub fn forward_parsed_head(
     }
     // Up to the final empty line (CRLF: checked by the parse).
     out.put_slice(&buf[at..(head.len - 2).max(at)]);
+    if let Some((name, value)) = extra {
+        put_field(out, name, value);
+    }
     if close {
         out.put_slice(b"Connection: close\r\n");
     }
@@ -335,6 +339,7 @@ pub fn forward_parsed_head(
 pub fn forward_response_head(
     head: &[u8],
     close: bool,
+    extra: Option<(&[u8], &[u8])>,
     out: &mut BytesMut,
     mut on_internal: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), ResponseError> {
@@ -358,6 +363,9 @@ pub fn forward_response_head(
             continue;
         }
         put_field(out, n, h.value);
+    }
+    if let Some((name, value)) = extra {
+        put_field(out, name, value);
     }
     if close {
         out.put_slice(b"Connection: close\r\n");
@@ -665,7 +673,7 @@ mod tests {
         let head = b"HTTP/1.1 201 Made\r\nConnection: keep-alive\r\nX-Drover-Metric: a=1\r\nX-A: b\r\nContent-Length: 0\r\n\r\n";
         let mut out = BytesMut::new();
         let mut seen = Vec::new();
-        forward_response_head(head, true, &mut out, |n, v| {
+        forward_response_head(head, true, None, &mut out, |n, v| {
             seen.push((n.to_vec(), v.to_vec()))
         })
         .unwrap();
@@ -696,14 +704,16 @@ mod tests {
                 let parsed = parse_response(raw, false).unwrap();
                 let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
                 let (mut seen_fast, mut seen_full) = (Vec::new(), Vec::new());
-                forward_parsed_head(raw, &parsed, close, &mut fast, |n, v| {
+                let extra = Some((&b"Set-Cookie"[..], &b"a=b"[..]));
+                forward_parsed_head(raw, &parsed, close, extra, &mut fast, |n, v| {
                     seen_fast.push((n.to_vec(), v.to_vec()))
                 })
                 .unwrap();
-                forward_response_head(raw, close, &mut full, |n, v| {
+                forward_response_head(raw, close, extra, &mut full, |n, v| {
                     seen_full.push((n.to_vec(), v.to_vec()))
                 })
                 .unwrap();
+                assert!(fast.windows(15).any(|w| w == b"Set-Cookie: a=b"));
                 let text = |b: &BytesMut| String::from_utf8_lossy(b).replace("\r\n", "\n");
                 assert_eq!(text(&fast), text(&full), "{}", String::from_utf8_lossy(raw));
                 assert_eq!(seen_fast, seen_full);

@@ -432,24 +432,62 @@ impl Conn<'_> {
         self.out.clear();
         let head_bytes = &up.buf[..head.len];
         let mut status = head.status;
-        if ctx.session.is_some() {
-            let mut resp =
-                codec::build_response(head_bytes).map_err(|_| Failure::Before(bad_response()))?;
-            drover.on_upstream_response(&mut resp, ctx).await;
-            status = resp.status.as_u16();
-            codec::write_response(&resp, close, &mut self.out);
-        } else {
-            ctx.response_started = true;
-            let backend = ctx.guard.as_ref().map(|g| g.backend().name.clone());
-            let custom = &drover.shared.observe.custom;
-            codec::forward_parsed_head(&up.buf, &head, close, &mut self.out, |name, value| {
-                if let Some(b) = &backend {
-                    if name.eq_ignore_ascii_case(crate::observe::custom::HEADER.as_bytes()) {
-                        custom.ingest(b, value);
-                    }
+        let sessions = drover.shared.sessions.get();
+        // The worker's session update, when its header is an internal one (the default),
+        // is picked out while the head is copied; a custom name needs the header map.
+        // `None`: no session; `Some(None)`: a session with a custom update header name.
+        let update_name = match (&ctx.session, sessions) {
+            (Some(s), Some(svc)) => Some(svc.internal_update_header(s).cloned()),
+            _ => None,
+        };
+        match update_name {
+            Some(None) => {
+                let mut resp = codec::build_response(head_bytes)
+                    .map_err(|_| Failure::Before(bad_response()))?;
+                drover.on_upstream_response(&mut resp, ctx).await;
+                status = resp.status.as_u16();
+                codec::write_response(&resp, close, &mut self.out);
+            }
+            update_name => {
+                let update_name = update_name.flatten();
+                ctx.response_started = true;
+                let cookie = match (ctx.session.as_mut(), sessions) {
+                    (Some(s), Some(svc)) => svc.take_set_cookie(s),
+                    _ => None,
+                };
+                let backend = ctx.guard.as_ref().map(|g| g.backend().name.clone());
+                let custom = &drover.shared.observe.custom;
+                let mut update: Option<Vec<u8>> = None;
+                let extra = cookie
+                    .as_deref()
+                    .map(|c| (http::header::SET_COOKIE.as_str().as_bytes(), c.as_bytes()));
+                codec::forward_parsed_head(
+                    &up.buf,
+                    &head,
+                    close,
+                    extra,
+                    &mut self.out,
+                    |name, value| {
+                        if let Some(u) = &update_name {
+                            if update.is_none() && name.eq_ignore_ascii_case(u.as_str().as_bytes())
+                            {
+                                update = Some(value.to_vec());
+                                return;
+                            }
+                        }
+                        if let Some(b) = &backend {
+                            if name.eq_ignore_ascii_case(crate::observe::custom::HEADER.as_bytes())
+                            {
+                                custom.ingest(b, value);
+                            }
+                        }
+                    },
+                )
+                .map_err(|_| Failure::Before(bad_response()))?;
+                if let (Some(s), Some(svc)) = (ctx.session.as_mut(), sessions) {
+                    svc.save_update(s, update).await;
                 }
-            })
-            .map_err(|_| Failure::Before(bad_response()))?;
+            }
         }
         up.buf.advance(head.len);
         let during = |status, sent, error| Failure::During {
