@@ -638,8 +638,18 @@ fn clients_hanging_up_mid_request_never_trip_a_worker_breaker() {
     }
 }
 
+/// A process killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An upstream-worker outside drover's supervision (a remote upstream), on a free port.
-fn external_worker(id: usize) -> (std::process::Child, u16) {
+fn external_worker(id: usize) -> (KillOnDrop, u16) {
     let port = free_port();
     let child = std::process::Command::new(worker_bin())
         .env("PORT", port.to_string())
@@ -652,6 +662,7 @@ fn external_worker(id: usize) -> (std::process::Child, u16) {
     let up = wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
+    let child = KillOnDrop(child);
     assert!(up, "upstream-worker {id} did not listen");
     (child, port)
 }
@@ -661,7 +672,7 @@ fn a_backend_that_refuses_connections_leaves_rotation_at_once() {
     // No retries, so every request sent to the dead backend would be a 502: only the
     // passive check (a refused connection ejects the backend) keeps them off it before
     // its active health check has failed twice.
-    let (mut a, port_a) = external_worker(0);
+    let (_a, port_a) = external_worker(0);
     let (mut b, port_b) = external_worker(1);
     let d = Drover::start(
         0,
@@ -676,8 +687,8 @@ fn a_backend_that_refuses_connections_leaves_rotation_at_once() {
         }
         seen.len() == 2
     }));
-    b.kill().unwrap();
-    b.wait().unwrap();
+    b.0.kill().unwrap();
+    b.0.wait().unwrap();
     let failed = (0..200)
         .filter(|_| d.get("/").map(|r| r.status != 200).unwrap_or(true))
         .count();
@@ -691,6 +702,4 @@ fn a_backend_that_refuses_connections_leaves_rotation_at_once() {
         d.log()
     );
     assert!(d.metric("drover_health_checks_total{result=\"refused\"}") >= 1.0);
-    let _ = a.kill();
-    let _ = a.wait();
 }
