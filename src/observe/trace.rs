@@ -103,7 +103,8 @@ impl TraceContext {
         )
     }
 
-    /// Replaces the request's `traceparent` with drover's.
+    /// Replaces the request's `traceparent` with drover's (the request path batches
+    /// `edit` with the other steps' changes instead).
     pub fn apply(&self, req: &mut RequestHeader) {
         let mut edits = crate::proxy::headers::HeaderEdits::default();
         self.edit(&mut edits);

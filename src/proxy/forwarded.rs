@@ -85,7 +85,8 @@ pub fn client_ip(cfg: &ForwardedConfig, peer: IpAddr, req: &RequestHeader) -> Ip
     client
 }
 
-/// Rewrites the forwarding headers of the request going to the worker.
+/// Rewrites the forwarding headers of a request (`edit` then apply; the request path
+/// batches `edit` with the other steps' changes).
 pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, client: IpAddr) {
     let mut edits = HeaderEdits::default();
     edit(cfg, req, peer, client, &mut edits);

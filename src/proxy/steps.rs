@@ -33,19 +33,6 @@ pub struct LocalResponse {
 }
 
 impl LocalResponse {
-    /// An empty answer with `status` that closes the connection.
-    pub fn error(status: u16) -> Result<Self> {
-        let mut header = ResponseHeader::build(status, Some(3))?;
-        header.insert_header("Content-Length", "0")?;
-        header.insert_header("Cache-Control", "private, no-store")?;
-        header.insert_header("Connection", "close")?;
-        Ok(LocalResponse {
-            header,
-            body: Bytes::new(),
-            close: true,
-        })
-    }
-
     /// The answer to a request that failed with `code` (see `failure_status`). A 503
     /// that drover chose itself (`reject`) says why and when to come back. The connection
     /// is not reused after an error: the header says so, so clients do not send their
@@ -127,7 +114,7 @@ impl DroverProxy {
         let in_flight = self.shared.metrics.in_flight.get();
         if let Some(v) = limits::check_request(&cfg.limits, req, in_flight) {
             self.count_limit(v);
-            return LocalResponse::error(v.status()).map(Some);
+            return LocalResponse::failure(v.status(), None).map(Some);
         }
         ctx.max_body_bytes = cfg.limits.max_body_bytes;
         headers::strip_internal_request(req);

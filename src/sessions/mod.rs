@@ -490,6 +490,7 @@ impl SessionService {
     }
 
     /// Adds the session headers to the request going to the worker.
+    #[cfg(test)]
     pub fn annotate_request(&self, s: &SessionCtx, req: &mut RequestHeader) {
         let mut edits = crate::proxy::headers::HeaderEdits::default();
         self.annotate(s, &mut edits);

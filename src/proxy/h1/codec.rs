@@ -343,6 +343,35 @@ pub fn forward_response_head(
     out: &mut BytesMut,
     mut on_internal: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), ResponseError> {
+    with_complete_head(head, |code, resp| {
+        put_status_line(out, code, resp.reason.unwrap_or(""));
+        for h in resp.headers.iter() {
+            let n = h.name.as_bytes();
+            if is_hop_by_hop(n) {
+                continue;
+            }
+            if is_internal(n) {
+                on_internal(n, h.value);
+                continue;
+            }
+            put_field(out, n, h.value);
+        }
+        if let Some((name, value)) = extra {
+            put_field(out, name, value);
+        }
+        if close {
+            out.put_slice(b"Connection: close\r\n");
+        }
+        out.put_slice(b"\r\n");
+        Ok(())
+    })
+}
+
+/// Parses a whole response head and hands its status code and fields to `f`.
+fn with_complete_head<T>(
+    head: &[u8],
+    f: impl FnOnce(u16, &httparse::Response) -> Result<T, ResponseError>,
+) -> Result<T, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     match httparse::ParserConfig::default()
@@ -352,70 +381,46 @@ pub fn forward_response_head(
         _ => return Err(ResponseError::Invalid),
     }
     let code = resp.code.ok_or(ResponseError::Invalid)?;
-    put_status_line(out, code, resp.reason.unwrap_or(""));
-    for h in resp.headers.iter() {
-        let n = h.name.as_bytes();
-        if is_hop_by_hop(n) {
-            continue;
-        }
-        if is_internal(n) {
-            on_internal(n, h.value);
-            continue;
-        }
-        put_field(out, n, h.value);
-    }
-    if let Some((name, value)) = extra {
-        put_field(out, name, value);
-    }
-    if close {
-        out.put_slice(b"Connection: close\r\n");
-    }
-    out.put_slice(b"\r\n");
-    Ok(())
+    f(code, &resp)
 }
 
 fn put_status_line(out: &mut BytesMut, code: u16, reason: &str) {
+    // httparse and `StatusCode` only admit three-digit codes.
     out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(itoa_u16(code).as_bytes());
-    out.put_u8(b' ');
+    out.put_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");
-}
-
-fn itoa_u16(code: u16) -> String {
-    code.to_string()
 }
 
 /// Builds a `ResponseHeader` from a worker's head (hop-by-hop headers dropped), for the
 /// steps that edit responses.
 pub fn build_response(head: &[u8]) -> Result<ResponseHeader, ResponseError> {
-    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, head, &mut slots)
-    {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(ResponseError::Invalid),
-    }
-    let code = resp.code.ok_or(ResponseError::Invalid)?;
-    let mut header = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
-        .map_err(|_| ResponseError::Invalid)?;
-    if let Some(reason) = resp.reason {
-        if Some(reason) != header.status.canonical_reason() {
-            let _ = header.set_reason_phrase(Some(reason));
-        }
-    }
-    for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name.as_bytes()) {
-            continue;
-        }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ResponseError::Invalid)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ResponseError::Invalid)?;
-        header
-            .append_header(name, value)
+    with_complete_head(head, |code, resp| {
+        let mut header = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
             .map_err(|_| ResponseError::Invalid)?;
-    }
-    Ok(header)
+        if let Some(reason) = resp.reason {
+            if Some(reason) != header.status.canonical_reason() {
+                let _ = header.set_reason_phrase(Some(reason));
+            }
+        }
+        for h in resp.headers.iter() {
+            if is_hop_by_hop(h.name.as_bytes()) {
+                continue;
+            }
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ResponseError::Invalid)?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| ResponseError::Invalid)?;
+            header
+                .append_header(name, value)
+                .map_err(|_| ResponseError::Invalid)?;
+        }
+        Ok(header)
+    })
 }
 
 /// Writes a `ResponseHeader` (an edited worker response, or drover's own answer).

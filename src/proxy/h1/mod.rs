@@ -313,11 +313,7 @@ impl Conn<'_> {
             return self.write_out().await;
         }
         if !self.out.is_empty() {
-            let head = std::mem::take(&mut self.out);
-            let r = self.stream.write_all(&head).await;
-            self.out = head;
-            self.out.clear();
-            r.map_err(downstream_write_error)?;
+            self.write_out().await?;
         }
         let r = async {
             self.stream.write_all(&up.buf[..take]).await?;
@@ -409,8 +405,6 @@ impl Conn<'_> {
                     return Err(Failure::Before(e));
                 }
             };
-            let (mut up, head) = (up, head);
-            let _ = &mut up;
             return self
                 .respond(up, head, ctx, keep_alive, (addr, cap), timeouts.1)
                 .await;
@@ -513,7 +507,7 @@ impl Conn<'_> {
                         break;
                     }
                     let want = left.min(pool::BODY_READ as u64) as usize;
-                    read_upstream(&mut up, read_timeout, want)
+                    read_upstream(&mut up, read_timeout, want, "the worker's body")
                         .await
                         .map_err(|e| during(status, sent, e))?;
                 }
@@ -533,7 +527,7 @@ impl Conn<'_> {
                     if end.is_some() {
                         break;
                     }
-                    read_upstream(&mut up, read_timeout, pool::BODY_READ)
+                    read_upstream(&mut up, read_timeout, pool::BODY_READ, "the worker's body")
                         .await
                         .map_err(|e| during(status, sent, e))?;
                 }
@@ -546,7 +540,9 @@ impl Conn<'_> {
                         .await
                         .map_err(|e| during(status, sent, e))?;
                     sent += take;
-                    match read_upstream(&mut up, read_timeout, pool::BODY_READ).await {
+                    match read_upstream(&mut up, read_timeout, pool::BODY_READ, "the worker's body")
+                        .await
+                    {
                         Ok(()) => {}
                         Err(e) if e.etype() == &ErrorType::ConnectionClosed => break,
                         Err(e) => return Err(during(status, sent, e)),
@@ -589,13 +585,17 @@ fn downstream_write_error(e: std::io::Error) -> Box<Error> {
     e
 }
 
-fn bad_response() -> Box<Error> {
-    let mut e = Error::explain(
-        ErrorType::InvalidHTTPHeader,
-        "invalid response from the worker",
-    );
+/// An error on the worker's side (what breakers and retries judge the backend by).
+fn upstream(mut e: Box<Error>) -> Box<Error> {
     e.esource = ErrorSource::Upstream;
     e
+}
+
+fn bad_response() -> Box<Error> {
+    upstream(Error::explain(
+        ErrorType::InvalidHTTPHeader,
+        "invalid response from the worker",
+    ))
 }
 
 fn upstream_error(e: std::io::Error) -> Box<Error> {
@@ -604,9 +604,7 @@ fn upstream_error(e: std::io::Error) -> Box<Error> {
         std::io::ErrorKind::ConnectionReset => ErrorType::ConnectionClosed,
         _ => ErrorType::ReadError,
     };
-    let mut e = Error::because(kind, "reading from the worker", e);
-    e.esource = ErrorSource::Upstream;
-    e
+    upstream(Error::because(kind, "reading from the worker", e))
 }
 
 async fn connect(
@@ -618,10 +616,10 @@ async fn connect(
         Some(t) => match tokio::time::timeout(t, connecting).await {
             Ok(r) => r,
             Err(_) => {
-                let mut e =
-                    Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"));
-                e.esource = ErrorSource::Upstream;
-                return Err(e);
+                return Err(upstream(Error::explain(
+                    ErrorType::ConnectTimedout,
+                    format!("connecting to {addr}"),
+                )))
             }
         },
         None => connecting.await,
@@ -632,9 +630,7 @@ async fn connect(
         } else {
             ErrorType::ConnectError
         };
-        let mut e = Error::because(kind, format!("connecting to {addr}"), e);
-        e.esource = ErrorSource::Upstream;
-        e
+        upstream(Error::because(kind, format!("connecting to {addr}"), e))
     })?;
     let _ = stream.set_nodelay(true);
     Ok(pool::UpstreamConn::new(stream))
@@ -649,9 +645,8 @@ async fn exchange(
     head_request: bool,
 ) -> Result<codec::ResponseHead, (Box<Error>, bool)> {
     if let Err(e) = up.stream.write_all(request).await {
-        let mut e = Error::because(ErrorType::WriteError, "writing to the worker", e);
-        e.esource = ErrorSource::Upstream;
-        return Err((e, true));
+        let e = Error::because(ErrorType::WriteError, "writing to the worker", e);
+        return Err((upstream(e), true));
     }
     up.buf.clear();
     loop {
@@ -665,43 +660,24 @@ async fn exchange(
             Err(ResponseError::Invalid) => return Err((bad_response(), false)),
             Err(ResponseError::Partial) => {}
         }
-        up.buf.reserve(pool::READ_CHUNK);
-        let read = up.stream.read_buf(&mut up.buf);
-        let n = match read_timeout {
-            Some(t) => match tokio::time::timeout(t, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let mut e = Error::explain(
-                        ErrorType::ReadTimedout,
-                        "waiting for the worker's response",
-                    );
-                    e.esource = ErrorSource::Upstream;
-                    return Err((e, false));
-                }
-            },
-            None => read.await,
-        };
-        match n {
-            Ok(0) => {
-                let mut e = Error::explain(
-                    ErrorType::ConnectionClosed,
-                    "the worker closed the connection before answering",
-                );
-                e.esource = ErrorSource::Upstream;
-                return Err((e, false));
-            }
-            Ok(_) => {}
-            Err(e) => return Err((upstream_error(e), false)),
-        }
+        read_upstream(
+            up,
+            read_timeout,
+            pool::READ_CHUNK,
+            "the worker's response head",
+        )
+        .await
+        .map_err(|e| (e, false))?;
     }
 }
 
-/// Reads more of the body from the worker; its end before the framing says is an error
-/// (`ConnectionClosed`).
+/// Reads more of the response (`what`: which part, for the error) from the worker; the
+/// connection ending before the framing says is an error (`ConnectionClosed`).
 async fn read_upstream(
     up: &mut pool::UpstreamConn,
     read_timeout: Option<Duration>,
     want: usize,
+    what: &'static str,
 ) -> Result<(), Box<Error>> {
     up.buf.reserve(want.max(pool::READ_CHUNK));
     let read = up.stream.read_buf(&mut up.buf);
@@ -709,18 +685,19 @@ async fn read_upstream(
         Some(t) => match tokio::time::timeout(t, read).await {
             Ok(r) => r,
             Err(_) => {
-                let mut e = Error::explain(ErrorType::ReadTimedout, "reading the worker's body");
-                e.esource = ErrorSource::Upstream;
-                return Err(e);
+                let e = Error::explain(ErrorType::ReadTimedout, format!("waiting for {what}"));
+                return Err(upstream(e));
             }
         },
         None => read.await,
     };
     match n {
         Ok(0) => {
-            let mut e = Error::explain(ErrorType::ConnectionClosed, "the worker closed mid-body");
-            e.esource = ErrorSource::Upstream;
-            Err(e)
+            let e = Error::explain(
+                ErrorType::ConnectionClosed,
+                format!("the worker closed the connection before the end of {what}"),
+            );
+            Err(upstream(e))
         }
         Ok(_) => Ok(()),
         Err(e) => Err(upstream_error(e)),
