@@ -4,7 +4,8 @@ use clap::Parser;
 use drover::config::{self, Config};
 use drover::lifecycle::control;
 use drover::lifecycle::signals::{DroverSignals, ShutdownKind};
-use drover::proxy::DroverProxy;
+use drover::proxy::pingora_carrier::PingoraCarrier;
+use drover::proxy::Pipeline;
 use drover::state::Shared;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -205,11 +206,12 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         log::warn!("cannot write {}: {e}", pid_file.display());
     }
-    let drover = DroverProxy::new(shared);
-    let pingora = pingora_proxy::http_proxy(&server.configuration, drover.clone());
+    let pipeline = Pipeline::new(shared);
+    let pingora =
+        pingora_proxy::http_proxy(&server.configuration, PingoraCarrier::new(pipeline.clone()));
     let mut proxy = pingora_core::services::listening::Service::new(
         "drover HTTP/1 proxy".to_string(),
-        drover::proxy::h1::H1App::new(drover, pingora),
+        drover::proxy::h1::H1App::new(pipeline, pingora),
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
