@@ -233,12 +233,18 @@ fn killing_the_pinned_worker_migrates_its_sessions_with_data_intact() {
         .unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
 
+    // The first session is the victim's and is asked for at once, while the victim is
+    // surely down; later ones may find it restarted (same worker slot, new process).
+    let mut moved = 0;
     for (cookie, worker) in &sessions {
         let r = incr(&d, cookie);
         assert_eq!(counter(&r), 4, "session data lost (was on worker {worker})");
         assert!(set_cookie(&r).is_none(), "cookie changed on migration");
         if *worker == victim {
-            assert_ne!(r.worker(), Some(victim));
+            assert_ne!(r.pid(), Some(pid as u32), "served by the killed process");
+            if r.worker() != Some(victim) {
+                moved += 1;
+            }
         } else {
             assert_eq!(
                 r.worker(),
@@ -247,7 +253,10 @@ fn killing_the_pinned_worker_migrates_its_sessions_with_data_intact() {
             );
         }
     }
-    let moved = sessions.iter().filter(|(_, w)| *w == victim).count();
+    assert!(
+        moved >= 1,
+        "the first victim session was served by another worker"
+    );
     assert!(d.metric("drover_sessions_migrated_total") >= moved as f64);
     // Once the worker is back, migrated sessions stay where they now live.
     assert!(wait_until(Duration::from_secs(15), || d.healthy_workers() == 3));

@@ -173,6 +173,7 @@ impl Drover {
         yaml.push_str(&workers_yaml(workers, worker_keys));
         yaml.push_str(extra);
         yaml.push_str(sessions_default(extra));
+        let yaml = with_carrier(yaml);
         let config_path = dir.path().join("drover.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let mut d = Drover {
@@ -330,7 +331,7 @@ impl Drover {
         yaml.push_str(&workers_yaml(workers, ""));
         yaml.push_str(extra);
         yaml.push_str(sessions_default(extra));
-        std::fs::write(&self.config_path, yaml).unwrap();
+        std::fs::write(&self.config_path, with_carrier(yaml)).unwrap();
     }
 
     /// Waits for the drover process to exit; returns its exit code.
@@ -346,6 +347,27 @@ impl Drover {
         }
         None
     }
+}
+
+/// Which HTTP/1 carrier the suite runs on: `DROVER_TEST_CARRIER=pingora` turns
+/// `proxy.fast_path` off in every config a test does not set it in, so the same suite
+/// proves the same behaviour on Pingora's carrier (`.ci/run` runs the session, edge and
+/// resilience suites both ways).
+pub fn with_carrier(yaml: String) -> String {
+    if std::env::var("DROVER_TEST_CARRIER").as_deref() != Ok("pingora") {
+        return yaml;
+    }
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("test YAML parses");
+    let Some(map) = v.as_mapping_mut() else {
+        return yaml;
+    };
+    let proxy = map
+        .entry("proxy".into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    if let Some(p) = proxy.as_mapping_mut() {
+        p.entry("fast_path".into()).or_insert(false.into());
+    }
+    serde_yaml::to_string(&v).expect("YAML serialises")
 }
 
 /// Sticky sessions are on in drover's defaults; tests that do not configure them turn

@@ -568,6 +568,82 @@ mod tests {
         }
     }
 
+    fn field_strategy() -> impl Strategy<Value = (String, String)> {
+        let names = prop_oneof![
+            Just("Content-Type".to_string()),
+            Just("Connection".to_string()),
+            Just("Keep-Alive".to_string()),
+            Just("X-Drover-Session-Set".to_string()),
+            Just("X_Drover_Metric".to_string()),
+            Just("X-Secret".to_string()),
+            Just("Set-Cookie".to_string()),
+            Just("Upgrade".to_string()),
+            "[A-Za-z][A-Za-z0-9-]{0,12}",
+        ];
+        let values = prop_oneof![
+            Just("close".to_string()),
+            Just("X-Secret".to_string()),
+            Just("keep-alive, X-Secret".to_string()),
+            "[ -~]{0,20}",
+        ];
+        (names, values)
+    }
+
+    proptest! {
+        /// Forwarding a worker's head straight from the parse gives the same bytes as a
+        /// full re-parse; what reaches the client is a valid head whose fields are exactly
+        /// the forwarded ones; the fields the pipeline acts on are exactly the internal
+        /// ones.
+        #[test]
+        fn forwarding_a_response_head_is_exact(
+            status in 200u16..600,
+            fields in proptest::collection::vec(field_strategy(), 0..12),
+            close in proptest::bool::ANY,
+        ) {
+            let mut raw = format!("HTTP/1.1 {status} Reason\r\n");
+            for (n, v) in &fields {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str("Content-Length: 0\r\n\r\n");
+            let Ok(parsed) = parse_response(raw.as_bytes(), false, 65536, None) else {
+                return Ok(());
+            };
+            let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
+            forward_parsed_head(raw.as_bytes(), &parsed, close, None, &mut fast).unwrap();
+            forward_response_head(raw.as_bytes(), &parsed, close, None, &mut full).unwrap();
+            // The same head either way (the copy keeps a value's optional whitespace).
+            let fields_of = |bytes: &[u8]| {
+                let mut slots = [httparse::EMPTY_HEADER; 64];
+                let mut r = httparse::Response::new(&mut slots);
+                let complete = matches!(r.parse(bytes), Ok(httparse::Status::Complete(n)) if n == bytes.len());
+                let fields: Vec<(String, Vec<u8>)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), h.value.trim_ascii().to_vec()))
+                    .collect();
+                (complete, r.code, fields)
+            };
+            prop_assert_eq!(fields_of(&fast), fields_of(&full));
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut out = httparse::Response::new(&mut slots);
+            prop_assert!(matches!(out.parse(&fast), Ok(httparse::Status::Complete(n)) if n == fast.len()));
+            prop_assert_eq!(out.code, Some(status));
+            for h in out.headers.iter() {
+                let n = h.name.as_bytes();
+                let ours = close && n.eq_ignore_ascii_case(b"connection") && h.value == b"close";
+                prop_assert!(ours || parsed.forwards(n), "{} reached the client", h.name);
+            }
+            let mut picked = Vec::new();
+            for_each_picked(raw.as_bytes(), &parsed, |n, _| picked.push(n.to_vec())).unwrap();
+            let internal: Vec<Vec<u8>> = fields
+                .iter()
+                .filter(|(n, _)| crate::proxy::http::fields::is_internal(n.as_bytes()))
+                .map(|(n, _)| n.as_bytes().to_vec())
+                .collect();
+            prop_assert_eq!(picked, internal);
+        }
+    }
+
     #[test]
     fn response_framing_and_caps() {
         let p = |raw: &str, head: bool| parse_response(raw.as_bytes(), head, 65536, None).unwrap();

@@ -15,7 +15,7 @@
 //! connection comes back afterwards with any pipelined request still in its buffer.
 
 mod client;
-mod codec;
+pub mod codec;
 mod pool;
 
 use crate::proxy::http::chunked::ChunkedScanner;
