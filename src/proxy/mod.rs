@@ -170,7 +170,10 @@ impl ProxyHttp for DroverProxy {
                 answer.write_to(session).await?;
                 Ok(true)
             }
-            None => Ok(false),
+            None => {
+                self.session_lock_after_body(session, ctx).await?;
+                Ok(false)
+            }
         }
     }
 
@@ -302,6 +305,38 @@ impl ProxyHttp for DroverProxy {
 }
 
 impl DroverProxy {
+    /// A request that may write its session and has a body takes the session's lock
+    /// only once the whole body is here, so a slow or stalled client never holds it
+    /// (docs/SESSIONS.md). A body of up to `LOCK_BODY_BUFFER` bytes is read into
+    /// Pingora's retry buffer, from which the proxy sends it to the worker; a larger or
+    /// chunked body is not waited for and the request runs without the lock.
+    async fn session_lock_after_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ctx.session.as_mut()) else {
+            return Ok(());
+        };
+        if !s.lock_pending() {
+            return Ok(());
+        }
+        let declared = crate::sessions::declared_body_len(session.req_header());
+        let buffered = match declared {
+            Some(n) if n <= crate::sessions::LOCK_BODY_BUFFER => {
+                let downstream = session.as_mut();
+                downstream.enable_retry_buffering();
+                while downstream.read_request_body().await?.is_some() {}
+                !downstream.retry_buffer_truncated()
+            }
+            _ => false,
+        };
+        sessions
+            .acquire(s, buffered, ip_hash(ctx.client_ip))
+            .await;
+        Ok(())
+    }
+
     /// One selection attempt: the session's pinned backend (or its ring owner) for a
     /// sticky request, the strategy's pick otherwise.
     fn try_select(

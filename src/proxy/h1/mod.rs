@@ -431,7 +431,7 @@ impl Conn<'_> {
         // is picked out while the head is copied; a custom name needs the header map.
         // `None`: no session; `Some(None)`: a session with a custom update header name.
         let update_name = match (&ctx.session, sessions) {
-            (Some(s), Some(svc)) => Some(svc.internal_update_header(s).cloned()),
+            (Some(s), Some(svc)) => Some(svc.internal_update_header(s, head_bytes).cloned()),
             _ => None,
         };
         match update_name {
