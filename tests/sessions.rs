@@ -866,3 +866,16 @@ fn a_stalled_body_blocks_neither_its_session_nor_a_session_of_its_old_stripe() {
     assert_eq!(d.metric("drover_session_lock_timeouts_total"), 0.0);
     assert_eq!(d.metric("drover_session_write_conflicts_total"), 0.0);
 }
+
+#[test]
+fn redis_stores_nothing_for_cookieless_clients_and_workers_regenerate_and_destroy() {
+    let redis = RedisServer::start();
+    let d = Drover::start(2, &redis_yaml(&redis, ""));
+    cookieless_flood(&d, 2_000);
+    let api = sessions_api(&d);
+    assert_eq!(api["active"], 0, "{api}");
+    assert_eq!(api["counters"]["created"], 0, "{api}");
+    regenerate_and_destroy(&d, "POST");
+    regenerate_and_destroy(&d, "GET");
+    assert_eq!(d.metric("drover_session_write_conflicts_total"), 0.0);
+}

@@ -308,8 +308,9 @@ impl DroverProxy {
     /// A request that may write its session and has a body takes the session's lock
     /// only once the whole body is here, so a slow or stalled client never holds it
     /// (docs/SESSIONS.md). A body of up to `LOCK_BODY_BUFFER` bytes is read into
-    /// Pingora's retry buffer, from which the proxy sends it to the worker; a larger or
-    /// chunked body is not waited for and the request runs without the lock.
+    /// Pingora's retry buffer, from which the proxy sends it to the worker; a larger,
+    /// chunked or `Expect: 100-continue` body is not waited for and the request runs
+    /// without the lock (its write is still compare-and-set).
     async fn session_lock_after_body(
         &self,
         session: &mut Session,
@@ -321,16 +322,13 @@ impl DroverProxy {
         if !s.lock_pending() {
             return Ok(());
         }
-        let declared = crate::sessions::declared_body_len(session.req_header());
-        let buffered = match declared {
-            Some(n) if n <= crate::sessions::LOCK_BODY_BUFFER => {
-                let downstream = session.as_mut();
-                downstream.enable_retry_buffering();
-                while downstream.read_request_body().await?.is_some() {}
-                !downstream.retry_buffer_truncated()
-            }
-            _ => false,
-        };
+        let buffered = crate::sessions::buffer_body_before_lock(session.req_header());
+        if buffered {
+            let downstream = session.as_mut();
+            downstream.enable_retry_buffering();
+            while downstream.read_request_body().await?.is_some() {}
+        }
+        let buffered = buffered && !session.as_ref().retry_buffer_truncated();
         sessions
             .acquire(s, buffered, ip_hash(ctx.client_ip))
             .await;

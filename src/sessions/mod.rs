@@ -49,8 +49,8 @@ const MAX_LOCKED_SESSIONS: usize = 65_536;
 const MAX_PINS: usize = 4096;
 /// A request body up to this size is read before a serialised request takes the
 /// session's lock (Pingora replays it to the worker from its retry buffer, whose size
-/// this is). A larger or chunked body is not waited for: that request runs without the
-/// lock, and its write is still compare-and-set.
+/// this is). A larger, chunked or `Expect: 100-continue` body is not waited for: that
+/// request runs without the lock, and its write is still compare-and-set.
 pub const LOCK_BODY_BUFFER: u64 = 64 * 1024;
 
 /// What the worker is told about the session (state header).
@@ -262,6 +262,16 @@ pub fn declared_body_len(req: &RequestHeader) -> Option<u64> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the body of a serialised request is read before it takes the session's
+/// lock: declared by `Content-Length`, at most [`LOCK_BODY_BUFFER`] bytes, and no
+/// `Expect: 100-continue` (that client waits for the worker's go-ahead before sending
+/// it). Otherwise the request runs without the lock (its write is still
+/// compare-and-set).
+pub fn buffer_body_before_lock(req: &RequestHeader) -> bool {
+    !req.headers.contains_key(http::header::EXPECT)
+        && declared_body_len(req).is_some_and(|n| n <= LOCK_BODY_BUFFER)
 }
 
 fn has_body(req: &RequestHeader) -> bool {
