@@ -299,10 +299,7 @@ fn no_lost_updates_with_100_concurrent_increments_on_the_memory_store() {
     for fast_path in [true, false] {
         let d = Drover::start(
             2,
-            &format!(
-                "proxy:\n  fast_path: {fast_path}\n{}",
-                memory_yaml("")
-            ),
+            &format!("proxy:\n  fast_path: {fast_path}\n{}", memory_yaml("")),
         );
         let (cookie, _) = new_session(&d);
         hundred_concurrent_increments(&[&d], &cookie);
@@ -551,14 +548,25 @@ fn shipped_defaults_place_first_requests_by_round_robin_then_the_cookie_pins() {
         let r = d.get("/").unwrap();
         assert_eq!(r.status, 200);
         per_worker[r.worker().unwrap()] += 1;
-        first.push((set_cookie(&r).expect("a first request gets a cookie"), r.worker().unwrap()));
+        first.push((
+            set_cookie(&r).expect("a first request gets a cookie"),
+            r.worker().unwrap(),
+        ));
     }
     // Round robin, as the dashboard says: not all on one worker by client IP.
-    assert_eq!(per_worker, [10, 10], "cookieless requests were not balanced");
+    assert_eq!(
+        per_worker,
+        [10, 10],
+        "cookieless requests were not balanced"
+    );
     for (cookie, worker) in &first {
         for _ in 0..3 {
             let r = d.get_with("/", &[("cookie", cookie)]).unwrap();
-            assert_eq!(r.worker(), Some(*worker), "a cookie's requests left its worker");
+            assert_eq!(
+                r.worker(),
+                Some(*worker),
+                "a cookie's requests left its worker"
+            );
             assert!(set_cookie(&r).is_none());
         }
     }
@@ -579,9 +587,8 @@ fn shipped_defaults_keep_100_cookie_jar_clients_on_their_workers() {
                     let cookie = set_cookie(&r).unwrap();
                     let worker = r.worker().unwrap();
                     for i in 1..=10 {
-                        let r =
-                            common::request(&agent, "GET", &url, &[("cookie", &cookie)], None)
-                                .unwrap();
+                        let r = common::request(&agent, "GET", &url, &[("cookie", &cookie)], None)
+                            .unwrap();
                         assert_eq!(r.worker(), Some(worker), "request {i} moved");
                         assert_eq!(counter(&r), i);
                         assert!(set_cookie(&r).is_none());
@@ -594,7 +601,10 @@ fn shipped_defaults_keep_100_cookie_jar_clients_on_their_workers() {
     let placed = placed.into_inner().unwrap();
     assert_eq!(placed.len(), 100);
     let on_0 = placed.iter().filter(|w| **w == 0).count();
-    assert!((40..=60).contains(&on_0), "{on_0} of 100 clients on worker 0");
+    assert!(
+        (40..=60).contains(&on_0),
+        "{on_0} of 100 clients on worker 0"
+    );
     let api = sessions_api(&d);
     assert_eq!(api["active"], 100, "{api}");
     assert_eq!(api["counters"]["write_conflicts"], 0, "{api}");
@@ -650,8 +660,14 @@ fn fast_requests_beside_a_slow_one(d: &Drover, slow_method: &str, slow_path: &st
         std::thread::spawn(move || {
             let start = Instant::now();
             let body = (method == "POST").then_some("slow");
-            let r = common::request(&common::agent(), &method, &url, &[("cookie", &cookie)], body)
-                .unwrap();
+            let r = common::request(
+                &common::agent(),
+                &method,
+                &url,
+                &[("cookie", &cookie)],
+                body,
+            )
+            .unwrap();
             (r.status, start.elapsed())
         })
     };
@@ -736,7 +752,10 @@ fn regenerate_and_destroy(d: &Drover, method: &str) {
     let r = send("/session/destroy", &new);
     assert_eq!(r.status, 200);
     let sc = r.header("set-cookie").expect("destroy expires the cookie");
-    assert!(sc.starts_with("drover_session=;") && sc.contains("Max-Age=0"), "{sc}");
+    assert!(
+        sc.starts_with("drover_session=;") && sc.contains("Max-Age=0"),
+        "{sc}"
+    );
     assert_eq!(sessions_api(d)["active"].as_u64().unwrap(), active - 1);
     let gone = session_json(d, &new);
     assert_eq!(gone["session"], serde_json::Value::Null, "{gone}");
@@ -796,10 +815,7 @@ fn get_writers_that_overlap_are_counted_and_a_serialised_route_loses_nothing() {
         "every update either applied or counted"
     );
     // Listed in serialize_paths, the same route loses nothing.
-    let d = Drover::start(
-        2,
-        &memory_yaml("  serialize_paths: [/session/incr]\n"),
-    );
+    let d = Drover::start(2, &memory_yaml("  serialize_paths: [/session/incr]\n"));
     let (cookie, _) = new_session(&d);
     std::thread::scope(|s| {
         for _ in 0..100 {

@@ -80,7 +80,11 @@ fn run_clients(d: &Drover, mode: &str) -> Vec<ClientResult> {
         .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}"));
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     v.as_array()
@@ -105,12 +109,21 @@ fn check(d: &Drover, results: &[ClientResult], transport: &str) {
         "{} of {CLIENTS} clients failed, e.g. {:?}\n{}",
         failed.len(),
         failed.first(),
-        d.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        d.log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let mut used = std::collections::HashSet::new();
     for r in results {
         assert_eq!(r.acks, MESSAGES as u64, "{r:?}");
-        assert_eq!(r.workers.len(), 1, "a client's messages reached several workers: {r:?}");
+        assert_eq!(
+            r.workers.len(),
+            1,
+            "a client's messages reached several workers: {r:?}"
+        );
         assert_eq!(r.transports, vec![transport.to_string()], "{r:?}");
         used.insert(r.workers[0].clone());
     }
@@ -139,8 +152,7 @@ fn socketio_long_polling_and_websocket_clients_stick_to_one_worker_on_redis() {
         redis.url()
     ));
     polling_and_websocket_clients(&d);
-    let api: serde_json::Value =
-        serde_json::from_str(&d.admin_get("/api/sessions").body).unwrap();
+    let api: serde_json::Value = serde_json::from_str(&d.admin_get("/api/sessions").body).unwrap();
     assert_eq!(api["store"], "redis");
     assert_eq!(api["store_up"], true);
     assert!(api["active"].as_u64().unwrap() >= CLIENTS as u64, "{api}");

@@ -329,9 +329,7 @@ impl DroverProxy {
             while downstream.read_request_body().await?.is_some() {}
         }
         let buffered = buffered && !session.as_ref().retry_buffer_truncated();
-        sessions
-            .acquire(s, buffered, ip_hash(ctx.client_ip))
-            .await;
+        sessions.acquire(s, buffered, ip_hash(ctx.client_ip)).await;
         Ok(())
     }
 

@@ -157,7 +157,8 @@ impl CookieCodec {
             let mut mac = key.clone();
             mac.update(&raw[..payload_len]);
             // Constant-time comparison of the truncated tag.
-            mac.verify_truncated_left(&raw[payload_len..raw_len]).is_ok()
+            mac.verify_truncated_left(&raw[payload_len..raw_len])
+                .is_ok()
         });
         if !genuine {
             return Err(Rejection::BadSignature);
@@ -281,17 +282,17 @@ mod tests {
             c.encode(&SessionId::random(), 1000, Some(5)),
             c.encode_legacy(&SessionId::random(), 1000),
         ] {
-        let mut raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
-        for i in 0..raw.len() * 8 {
-            raw[i / 8] ^= 1 << (i % 8);
-            let forged = URL_SAFE_NO_PAD.encode(&raw);
-            assert_eq!(
-                c.decode(&forged, 1001),
-                Err(Rejection::BadSignature),
-                "bit {i}"
-            );
-            raw[i / 8] ^= 1 << (i % 8);
-        }
+            let mut raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
+            for i in 0..raw.len() * 8 {
+                raw[i / 8] ^= 1 << (i % 8);
+                let forged = URL_SAFE_NO_PAD.encode(&raw);
+                assert_eq!(
+                    c.decode(&forged, 1001),
+                    Err(Rejection::BadSignature),
+                    "bit {i}"
+                );
+                raw[i / 8] ^= 1 << (i % 8);
+            }
         }
     }
 

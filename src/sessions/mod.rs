@@ -135,7 +135,10 @@ impl Policy {
             SerializeMode::All => true,
             SerializeMode::UnsafeMethods => !matches!(
                 req.method,
-                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
             ),
         };
         by_method || {
@@ -654,8 +657,8 @@ impl SessionService {
     }
 
     pub fn preference(&self, s: &SessionCtx) -> Preference {
-        let sticky = !(s.origin == Origin::Fresh
-            && s.policy.cfg.without_cookie == WithoutCookie::Balance);
+        let sticky =
+            !(s.origin == Origin::Fresh && s.policy.cfg.without_cookie == WithoutCookie::Balance);
         Preference {
             pinned: s.record.worker.clone(),
             key: s.key,
@@ -852,7 +855,10 @@ impl SessionService {
         let cfg = &policy.cfg;
         let update = self.checked_update(cfg, update);
         let now = now_ms();
-        let limits = (cfg.ttl.as_millis() as u64, cfg.idle_timeout.as_millis() as u64);
+        let limits = (
+            cfg.ttl.as_millis() as u64,
+            cfg.idle_timeout.as_millis() as u64,
+        );
         let expect = match s.origin {
             Origin::Stored(v) => Expect::Version(v),
             _ => Expect::Absent,
@@ -992,7 +998,9 @@ impl SessionService {
                     let rec = next();
                     let ttl = ttl_of(&rec);
                     committed = true;
-                    if self.write(&s.id, Expect::Absent, &rec, ttl, token.as_ref()).await
+                    if self
+                        .write(&s.id, Expect::Absent, &rec, ttl, token.as_ref())
+                        .await
                         == Some(true)
                     {
                         self.metrics.created.inc();

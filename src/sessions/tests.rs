@@ -184,7 +184,11 @@ async fn cookieless_requests_leave_no_record_until_data_or_the_cookie_comes_back
         svc.on_selected(&mut s, &worker, false);
         cookies.push(cookie_of(&respond(&svc, &mut s, None).await));
     }
-    assert_eq!(memory(&svc).len(), 0, "a cookieless request stored a record");
+    assert_eq!(
+        memory(&svc).len(),
+        0,
+        "a cookieless request stored a record"
+    );
     assert_eq!(svc.metrics.created.get(), 0);
     // The cookie comes back: the record appears, pinned where the first request went.
     let mut s = svc.begin(&request(Some(&cookies[0])), 0).await;
@@ -193,7 +197,10 @@ async fn cookieless_requests_leave_no_record_until_data_or_the_cookie_comes_back
     assert!(svc.preference(&s).sticky);
     svc.on_selected(&mut s, &worker, false);
     let resp = respond(&svc, &mut s, None).await;
-    assert!(resp.headers.get("set-cookie").is_none(), "same id, same cookie");
+    assert!(
+        resp.headers.get("set-cookie").is_none(),
+        "same id, same cookie"
+    );
     assert_eq!(memory(&svc).len(), 1);
     assert_eq!(svc.metrics.created.get(), 1);
     let s = svc.begin(&request(Some(&cookies[0])), 0).await;
@@ -209,7 +216,10 @@ async fn cookieless_requests_leave_no_record_until_data_or_the_cookie_comes_back
 async fn first_requests_are_balanced_and_ip_hashing_is_opt_in() {
     let svc = service(&cfg());
     let s = svc.begin(&request(None), 42).await;
-    assert!(!svc.preference(&s).sticky, "the strategy places a first request");
+    assert!(
+        !svc.preference(&s).sticky,
+        "the strategy places a first request"
+    );
     let mut c = cfg();
     c.without_cookie = WithoutCookie::ClientIp;
     let svc = service(&c);
@@ -225,7 +235,11 @@ async fn a_read_never_waits_for_a_writer_of_its_session() {
     let mut s = svc.begin(&request(None), 0).await;
     let cookie = cookie_of(&respond(&svc, &mut s, Some("{}")).await);
     let writer = svc.begin(&request_with("POST", Some(&cookie)), 0).await;
-    assert_eq!(svc.locked_sessions(), 1, "the POST holds its session's lock");
+    assert_eq!(
+        svc.locked_sessions(),
+        1,
+        "the POST holds its session's lock"
+    );
     let start = Instant::now();
     let reader = svc.begin(&request(Some(&cookie)), 0).await;
     assert_eq!(reader.state, SessionState::Existing);
@@ -252,14 +266,19 @@ async fn a_writer_with_a_body_takes_the_lock_only_after_acquire() {
     req.insert_header("Content-Length", "5").unwrap();
     let mut w = svc.begin(&req, 0).await;
     assert!(w.lock_pending());
-    assert_eq!(svc.locked_sessions(), 0, "nothing held while the body is read");
+    assert_eq!(
+        svc.locked_sessions(),
+        0,
+        "nothing held while the body is read"
+    );
     svc.acquire(&mut w, true, 0).await;
     assert!(!w.lock_pending());
     assert_eq!(svc.locked_sessions(), 1);
     assert_eq!(w.data.as_deref(), Some(&b"{\"n\":1}"[..]));
     respond(&svc, &mut w, None).await;
     assert_eq!(svc.locked_sessions(), 0, "released at the response head");
-}#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_read_modify_write_loses_no_update() {
     let svc = Arc::new(service(&cfg()));
     let mut s = svc.begin(&request(None), 0).await;
@@ -305,7 +324,11 @@ async fn overlapping_unserialised_writes_are_detected_not_hidden() {
     }
     let s = svc.begin(&request(Some(&cookie)), 0).await;
     assert_eq!(s.data.as_deref(), Some(&b"1"[..]), "first writer wins");
-    assert_eq!(svc.metrics.write_conflicts.get(), 49, "every lost update counted");
+    assert_eq!(
+        svc.metrics.write_conflicts.get(),
+        49,
+        "every lost update counted"
+    );
 }
 
 #[tokio::test]
@@ -317,7 +340,13 @@ async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
     let old_id = s.id;
     let mut login = svc.begin(&request_with("POST", Some(&old_cookie)), 0).await;
     svc.on_selected(&mut login, &Arc::from("worker-1"), false);
-    let resp = respond_with(&svc, &mut login, Some("{\"user\":\"ann\"}"), Some("regenerate")).await;
+    let resp = respond_with(
+        &svc,
+        &mut login,
+        Some("{\"user\":\"ann\"}"),
+        Some("regenerate"),
+    )
+    .await;
     assert!(resp.headers.get("x-drover-session-control").is_none());
     let new_cookie = cookie_of(&resp);
     assert_ne!(new_cookie, old_cookie);

@@ -347,7 +347,12 @@ fn session_show(w: &Worker, headers: &hyper::HeaderMap) -> Resp {
 /// `/session/regenerate` (a login: new session id, same data, plus `key=value` when
 /// given) and `/session/destroy` (a logout): the worker tells drover through the
 /// control header; the body shows the session as the worker saw it.
-fn session_control(w: &Worker, query: Option<&str>, headers: &hyper::HeaderMap, what: &'static str) -> Resp {
+fn session_control(
+    w: &Worker,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+    what: &'static str,
+) -> Resp {
     let mut resp = session_show(w, headers);
     if what == "regenerate" {
         if let (Some(key), Some(value)) = (query_param(query, "key"), query_param(query, "value")) {

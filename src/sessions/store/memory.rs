@@ -623,7 +623,10 @@ mod tests {
             1
         ));
         assert!(s.get_now(&id(1), 2).unwrap().revoked);
-        assert_eq!(s.get_now(&id(2), 2).unwrap().data.as_deref(), Some(&b"d"[..]));
+        assert_eq!(
+            s.get_now(&id(2), 2).unwrap().data.as_deref(),
+            Some(&b"d"[..])
+        );
         assert!(
             !s.touch_record(&id(1), 3, (100_000, 50_000), None),
             "a tombstone is not a live session"
