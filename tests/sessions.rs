@@ -672,35 +672,43 @@ fn fast_requests_beside_a_slow_one(d: &Drover, slow_method: &str, slow_path: &st
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let mut worst = Duration::ZERO;
+    let mut took = Vec::new();
+    let mut timed = |f: &mut dyn FnMut() -> Reply| {
+        let t = Instant::now();
+        let r = f();
+        took.push(t.elapsed());
+        r
+    };
     for _ in 0..5 {
-        let t = Instant::now();
-        let r = d.get_with("/", &[("cookie", &cookie)]).unwrap();
-        worst = worst.max(t.elapsed());
+        let r = timed(&mut || d.get_with("/", &[("cookie", &cookie)]).unwrap());
         assert_eq!(r.status, 200);
-        let t = Instant::now();
-        let r = d.get_with("/session", &[("cookie", &cookie)]).unwrap();
-        worst = worst.max(t.elapsed());
+        let r = timed(&mut || d.get_with("/session", &[("cookie", &cookie)]).unwrap());
         assert_eq!(r.status, 200);
     }
     if slow_method == "GET" {
         // A write of the session does not wait for a read either.
-        let t = Instant::now();
-        let r = post(d, "/session/incr", &cookie, "").unwrap();
-        worst = worst.max(t.elapsed());
+        let r = timed(&mut || post(d, "/session/incr", &cookie, "").unwrap());
         assert_eq!(counter(&r), 2);
-        let t = Instant::now();
-        let r = post(d, "/session/incr", &cookie, "with a body").unwrap();
-        worst = worst.max(t.elapsed());
+        let r = timed(&mut || post(d, "/session/incr", &cookie, "with a body").unwrap());
         assert_eq!(counter(&r), 3);
     }
     let (status, slow_took) = slow.join().unwrap();
     assert_eq!(status, 200);
     assert!(slow_took >= Duration::from_secs(3), "{slow_took:?}");
-    eprintln!("{slow_method} {slow_path}: slowest fast request {worst:?}");
+    took.sort();
+    let (median, worst) = (took[took.len() / 2], took[took.len() - 1]);
+    eprintln!(
+        "{slow_method} {slow_path} in flight: {} fast requests of the session, median {median:?}, slowest {worst:?}",
+        took.len()
+    );
     assert!(
-        worst < Duration::from_millis(50),
-        "a fast request took {worst:?} beside a slow one of its session"
+        median < Duration::from_millis(50),
+        "fast requests took {median:?} (median) beside a slow one of their session"
+    );
+    // Waiting for the slow request would take seconds; a loaded CI box takes far less.
+    assert!(
+        worst < Duration::from_secs(1),
+        "a fast request waited {worst:?}"
     );
 }
 
@@ -875,7 +883,8 @@ fn a_stalled_body_blocks_neither_its_session_nor_a_session_of_its_old_stripe() {
         let r = post(&d, "/session/incr", &victim, body).unwrap();
         let took = t.elapsed();
         assert_eq!(counter(&r), 2 + i as u64, "the victim's write was dropped");
-        assert!(took < Duration::from_millis(200), "victim waited {took:?}");
+        // Held behind the stalled body, it would wait 5 s (lock_timeout) or 30 s.
+        assert!(took < Duration::from_secs(1), "victim waited {took:?}");
     }
     assert_eq!(session_json(&d, &victim)["session"]["counter"], 3);
     assert_eq!(session_json(&d, &attacker)["session"]["counter"], 1);

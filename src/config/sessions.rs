@@ -568,3 +568,42 @@ pub fn validate_sessions(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(f: &SessionsFile) -> Result<SessionsConfig, Vec<ConfigIssue>> {
+        let dir = std::env::temp_dir();
+        validate_sessions(f, |p| dir.join(p), &dir)
+    }
+
+    #[test]
+    fn defaults_balance_first_requests_and_serialise_unsafe_methods() {
+        let c = validate(&SessionsFile::default()).unwrap();
+        assert_eq!(c.without_cookie, WithoutCookie::Balance);
+        assert_eq!(c.serialize, SerializeMode::UnsafeMethods);
+        assert!(c.serialize_paths.is_empty());
+        assert_eq!(c.control_header.as_str(), "x-drover-session-control");
+    }
+
+    #[test]
+    fn serialize_settings_are_checked() {
+        let mut f = SessionsFile {
+            serialize: "reads".into(),
+            serialize_paths: vec!["cart".into()],
+            ..SessionsFile::default()
+        };
+        let issues = validate(&f).unwrap_err();
+        let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["sessions.serialize", "sessions.serialize_paths"]);
+        assert!(issues[0].message.contains("unsafe_methods, all, none"));
+        f.serialize = "all".into();
+        f.serialize_paths = vec!["/cart".into()];
+        f.without_cookie = "client_ip".into();
+        let c = validate(&f).unwrap();
+        assert_eq!(c.serialize, SerializeMode::All);
+        assert_eq!(c.without_cookie, WithoutCookie::ClientIp);
+        assert_eq!(c.serialize_paths, ["/cart"]);
+    }
+}

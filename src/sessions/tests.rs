@@ -439,3 +439,24 @@ fn default_header_names_need_no_extra_stripping() {
     let svc = service(&cfg());
     assert!(svc.policy.load().wire.extra_strip.is_empty());
 }
+
+#[test]
+fn a_head_with_session_control_leaves_the_fast_forward() {
+    let svc = service(&cfg());
+    let policy = svc.policy.load_full();
+    let s = svc.ctx(policy, SessionId::random(), Origin::Fresh, 0);
+    let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Drover-Session-Set: {}\r\n\r\n";
+    assert_eq!(
+        svc.internal_update_header(&s, plain).map(|h| h.as_str()),
+        Some("x-drover-session-set")
+    );
+    for control in [
+        &b"HTTP/1.1 200 OK\r\nX-Drover-Session-Control: regenerate\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-drover-session-control:destroy\r\n\r\n",
+    ] {
+        assert!(svc.internal_update_header(&s, control).is_none());
+    }
+    // Only a header of that name counts, not a value or a longer name.
+    let lookalike = b"HTTP/1.1 200 OK\r\nX-Note: x-drover-session-control: no\r\nX-Drover-Session-Controls: 1\r\n\r\n";
+    assert!(svc.internal_update_header(&s, lookalike).is_some());
+}
