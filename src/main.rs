@@ -172,7 +172,6 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     };
 
     let listen = cfg.listen;
-    let admin_listen = cfg.admin.listen;
     let shared = Shared::new(cfg, path);
     let cfg = shared.config();
     if cfg.sessions.enabled {
@@ -214,10 +213,6 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
-    log::info!(
-        "drover {}: proxy on http://{listen}/, dashboard at http://{admin_listen}/dashboard (admin API: http://{admin_listen}/api/status, metrics: http://{admin_listen}/metrics)",
-        env!("CARGO_PKG_VERSION")
-    );
     server.run(RunArgs {
         shutdown_signal: Box::new(DroverSignals {
             notify: shutdown_tx.clone(),
