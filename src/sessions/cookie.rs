@@ -49,12 +49,18 @@ impl SessionId {
     }
 
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(ID_LEN * 2);
-        for b in self.0 {
-            s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
-            s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+        self.hex_bytes().iter().map(|b| char::from(*b)).collect()
+    }
+
+    /// The id in lower-case hex, on the stack (the id header on every request).
+    pub fn hex_bytes(&self) -> [u8; ID_LEN * 2] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; ID_LEN * 2];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[(b >> 4) as usize];
+            out[2 * i + 1] = DIGITS[(b & 15) as usize];
         }
-        s
+        out
     }
 
     /// A 64-bit digest for hashing onto the affinity ring and lock stripes.
@@ -204,32 +210,66 @@ impl CookieCodec {
 
 /// The `Set-Cookie` value for a new session.
 pub fn set_cookie(cfg: &crate::config::CookieConfig, value: &str) -> String {
-    cookie_header(cfg, value, cfg.max_age.as_secs())
+    CookieHeader::new(cfg).set(value)
 }
 
 /// The `Set-Cookie` value that makes the browser drop the cookie (a destroyed session).
 pub fn expire_cookie(cfg: &crate::config::CookieConfig) -> String {
-    cookie_header(cfg, "", 0)
+    CookieHeader::new(cfg).expire()
 }
 
-fn cookie_header(cfg: &crate::config::CookieConfig, value: &str, max_age: u64) -> String {
-    let mut s = format!(
-        "{}={value}; Path={}; Max-Age={max_age}; SameSite={}",
-        cfg.name,
-        cfg.path,
-        cfg.same_site.as_str()
-    );
-    if let Some(d) = &cfg.domain {
-        s.push_str("; Domain=");
-        s.push_str(d);
+/// `Set-Cookie` values for one cookie configuration, its attributes formatted once
+/// (a first request of every client gets one).
+pub struct CookieHeader {
+    /// `name=`
+    prefix: String,
+    /// `; Path=…; Max-Age=…; SameSite=…[; Domain=…][; HttpOnly][; Secure]`
+    attributes: String,
+    /// The same with `Max-Age=0`.
+    expired: String,
+}
+
+impl CookieHeader {
+    pub fn new(cfg: &crate::config::CookieConfig) -> Self {
+        let attributes = |max_age: u64| {
+            let mut s = format!(
+                "; Path={}; Max-Age={max_age}; SameSite={}",
+                cfg.path,
+                cfg.same_site.as_str()
+            );
+            if let Some(d) = &cfg.domain {
+                s.push_str("; Domain=");
+                s.push_str(d);
+            }
+            if cfg.http_only {
+                s.push_str("; HttpOnly");
+            }
+            if cfg.secure {
+                s.push_str("; Secure");
+            }
+            s
+        };
+        CookieHeader {
+            prefix: format!("{}=", cfg.name),
+            attributes: attributes(cfg.max_age.as_secs()),
+            expired: attributes(0),
+        }
     }
-    if cfg.http_only {
-        s.push_str("; HttpOnly");
+
+    pub fn set(&self, value: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + value.len() + self.attributes.len());
+        s.push_str(&self.prefix);
+        s.push_str(value);
+        s.push_str(&self.attributes);
+        s
     }
-    if cfg.secure {
-        s.push_str("; Secure");
+
+    pub fn expire(&self) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + self.expired.len());
+        s.push_str(&self.prefix);
+        s.push_str(&self.expired);
+        s
     }
-    s
 }
 
 #[cfg(test)]

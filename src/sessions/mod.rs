@@ -123,6 +123,7 @@ enum CookieAction {
 pub struct Policy {
     pub cfg: SessionsConfig,
     codec: CookieCodec,
+    set_cookie: cookie::CookieHeader,
     sealer: Option<Sealer>,
     wire: WireNames,
 }
@@ -282,13 +283,14 @@ fn has_body(req: &RequestHeader) -> bool {
         || declared_body_len(req).is_some_and(|n| n > 0)
 }
 
-/// Whether a response head (raw HTTP/1 bytes) carries header `name`.
+/// Whether a response head (raw HTTP/1 bytes) carries header `name`. Runs on every
+/// fast-path response of a session: line starts are found with `memchr` (SIMD), and
+/// a line is compared only when a colon sits where the name would end.
 fn head_mentions(head: &[u8], name: &http::HeaderName) -> bool {
     let name = name.as_str().as_bytes();
-    head.split(|b| *b == b'\n').skip(1).any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name)
+    memchr::memchr_iter(b'\n', head).any(|nl| {
+        let line = &head[nl + 1..];
+        line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name)
     })
 }
 
@@ -349,6 +351,7 @@ impl SessionService {
             policy: ArcSwap::from_pointee(Policy {
                 cfg: cfg.clone(),
                 codec: CookieCodec::new(&[], cfg.ttl),
+                set_cookie: cookie::CookieHeader::new(&cfg.cookie),
                 sealer: None,
                 wire: WireNames::new(cfg),
             }),
@@ -384,6 +387,7 @@ impl SessionService {
         Policy {
             cfg: cfg.clone(),
             codec: CookieCodec::new(&secrets, cfg.ttl),
+            set_cookie: cookie::CookieHeader::new(&cfg.cookie),
             sealer,
             wire: WireNames::new(cfg),
         }
@@ -501,14 +505,14 @@ impl SessionService {
 
     /// A client's first request (or one whose cookie was refused): an id is made up and
     /// sent in a cookie; nothing is read or stored.
-    fn fresh(&self, policy: Arc<Policy>, client_hash: u64) -> SessionCtx {
+    fn fresh(&self, policy: Arc<Policy>, client_hash: u64, now: u64) -> SessionCtx {
         let id = SessionId::random();
         let key = match policy.cfg.without_cookie {
             WithoutCookie::ClientIp => client_hash,
             WithoutCookie::Balance => id.hash64(),
         };
         let mut s = self.ctx(policy, id, Origin::Fresh, key);
-        s.record = Record::new(now_ms());
+        s.record = Record::new(now);
         s.cookie = CookieAction::Issue;
         s
     }
@@ -530,13 +534,13 @@ impl SessionService {
         let policy = self.policy.load_full();
         let now = now_ms();
         let Some(value) = crate::proxy::headers::cookie(req, &policy.cfg.cookie.name) else {
-            return self.fresh(policy, client_hash);
+            return self.fresh(policy, client_hash, now);
         };
         let decoded = match policy.codec.decode(value, now / 1000) {
             Ok(d) => d,
             Err(r) => {
                 self.reject(r);
-                return self.fresh(policy, client_hash);
+                return self.fresh(policy, client_hash, now);
             }
         };
         let writer = policy.serializes(req);
@@ -615,7 +619,7 @@ impl SessionService {
                 // Rotated away by a regenerate: the id is dead; a fresh session.
                 self.metrics.rejected[3].inc();
                 self.release(s).await;
-                *s = self.fresh(s.policy.clone(), client_hash);
+                *s = self.fresh(s.policy.clone(), client_hash, now);
             }
             Some(rec) => {
                 let data = match (&rec.data, &s.policy.sealer) {
@@ -717,7 +721,7 @@ impl SessionService {
     /// The session's headers for the worker, as edits to apply with the others.
     pub fn annotate(&self, s: &SessionCtx, edits: &mut crate::proxy::headers::HeaderEdits) {
         let w = &s.policy.wire;
-        if let Ok(id) = http::HeaderValue::from_str(&s.id.hex()) {
+        if let Ok(id) = http::HeaderValue::from_bytes(&s.id.hex_bytes()) {
             edits.insert(w.id.clone(), id);
         }
         edits.insert(
@@ -782,14 +786,18 @@ impl SessionService {
     /// cookie for a destroyed one.
     pub fn take_set_cookie(&self, s: &mut SessionCtx) -> Option<String> {
         let action = std::mem::replace(&mut s.cookie, CookieAction::None);
-        let cfg = &s.policy.cfg.cookie;
+        let headers = &s.policy.set_cookie;
         match action {
             CookieAction::None => None,
-            CookieAction::Expire => Some(cookie::expire_cookie(cfg)),
+            CookieAction::Expire => Some(headers.expire()),
             CookieAction::Issue => {
+                // Issued now: a fresh or regenerated session's record was created now.
                 let pin = s.record.worker.as_deref().map(cookie::pin_of);
-                let value = s.policy.codec.encode(&s.id, now_ms() / 1000, pin);
-                Some(cookie::set_cookie(cfg, &value))
+                let value = s
+                    .policy
+                    .codec
+                    .encode(&s.id, s.record.created_ms / 1000, pin);
+                Some(headers.set(&value))
             }
         }
     }
@@ -849,6 +857,11 @@ impl SessionService {
                     s.id
                 );
             }
+            return;
+        }
+        if control.is_none() && update.is_none() && s.origin == Origin::Fresh {
+            // A client's first request without data: nothing to keep (the cookie pins
+            // it). The common case of a cookieless flood, so it returns before any work.
             return;
         }
         let policy = s.policy.clone();
