@@ -833,9 +833,7 @@ fn record_differences_from_nginx() {
         });
         let n = s.spawn(|| {
             let w = request_worker();
-            let Some(n) = Nginx::start(&w) else {
-                return None;
-            };
+            let n = Nginx::start(&w)?;
             Some(
                 streams
                     .iter()

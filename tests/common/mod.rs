@@ -191,6 +191,30 @@ impl Drover {
         d
     }
 
+    /// Starts drover on a whole config of the test's own: `yaml(port, admin_port, dir)`
+    /// returns it for the ports and temp folder the harness picked (e.g. the shipped
+    /// `conf/drover.yaml` with ports and paths replaced, or other worker commands).
+    pub fn start_config(workers: usize, yaml: impl FnOnce(u16, u16, &Path) -> String) -> Drover {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let config_path = dir.path().join("drover.yaml");
+        std::fs::write(&config_path, yaml(port, admin_port, dir.path())).unwrap();
+        let mut d = Drover {
+            child: None,
+            port,
+            admin_port,
+            log_path: dir.path().join("drover.log"),
+            config_path,
+            dir,
+            token: None,
+            agent: agent(),
+        };
+        d.spawn();
+        d.wait_ready(workers);
+        d
+    }
+
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

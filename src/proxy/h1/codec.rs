@@ -193,9 +193,9 @@ pub struct ResponseHead {
     /// Bytes of the head in the buffer.
     pub len: usize,
     facts: ResponseFacts,
-    /// A field the pipeline takes out of the response besides internal ones (a custom
-    /// session update field name).
-    picked: Option<http::HeaderName>,
+    /// Fields the pipeline takes out of the response besides internal ones (custom
+    /// session field names).
+    picked: [Option<http::HeaderName>; 2],
     /// Byte ranges of the header lines not forwarded, in order; `None` when there were
     /// more than `MAX_DROPPED` or the status line is not the plain `HTTP/1.x ` form.
     dropped: Option<([(u32, u32); MAX_DROPPED], usize)>,
@@ -209,8 +209,9 @@ impl ResponseHead {
 
     fn is_picked(&self, name: &[u8]) -> bool {
         self.picked
-            .as_ref()
-            .is_some_and(|p| name.eq_ignore_ascii_case(p.as_str().as_bytes()))
+            .iter()
+            .flatten()
+            .any(|p| name.eq_ignore_ascii_case(p.as_str().as_bytes()))
     }
 }
 
@@ -236,7 +237,7 @@ pub fn parse_response(
     buf: &[u8],
     head_request: bool,
     max_bytes: usize,
-    picked: Option<&http::HeaderName>,
+    picked: [Option<&http::HeaderName>; 2],
 ) -> Result<ResponseHead, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -282,8 +283,12 @@ pub fn parse_response(
         && buf[..len].ends_with(b"\r\n\r\n");
     let mut dropped = plain_status_line.then_some(([(0u32, 0u32); MAX_DROPPED], 0usize));
     let base = buf.as_ptr() as usize;
-    let is_picked =
-        |n: &[u8]| picked.is_some_and(|p| n.eq_ignore_ascii_case(p.as_str().as_bytes()));
+    let is_picked = |n: &[u8]| {
+        picked
+            .iter()
+            .flatten()
+            .any(|p| n.eq_ignore_ascii_case(p.as_str().as_bytes()))
+    };
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if resp_rules::forwarded(n, &facts) && !is_picked(n) {
@@ -312,7 +317,7 @@ pub fn parse_response(
         reusable: facts.reusable,
         len,
         facts,
-        picked: picked.cloned(),
+        picked: picked.map(|p| p.cloned()),
         dropped,
     })
 }
@@ -605,7 +610,7 @@ mod tests {
                 raw.push_str(&format!("{n}: {v}\r\n"));
             }
             raw.push_str("Content-Length: 0\r\n\r\n");
-            let Ok(parsed) = parse_response(raw.as_bytes(), false, 65536, None) else {
+            let Ok(parsed) = parse_response(raw.as_bytes(), false, 65536, [None, None]) else {
                 return Ok(());
             };
             let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
@@ -646,7 +651,9 @@ mod tests {
 
     #[test]
     fn response_framing_and_caps() {
-        let p = |raw: &str, head: bool| parse_response(raw.as_bytes(), head, 65536, None).unwrap();
+        let p = |raw: &str, head: bool| {
+            parse_response(raw.as_bytes(), head, 65536, [None, None]).unwrap()
+        };
         let r = p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
         assert_eq!(
             (r.framing, r.reusable, r.len),
@@ -657,13 +664,13 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
                 false,
                 65536,
-                None
+                [None, None]
             )
             .err(),
             Some(ResponseError::Invalid("invalid Content-Length"))
         );
         let both = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let r = parse_response(both, false, 65536, None).unwrap();
+        let r = parse_response(both, false, 65536, [None, None]).unwrap();
         assert_eq!(r.framing, ResponseFraming::Chunked);
         let mut out = BytesMut::new();
         forward_parsed_head(both, &r, false, None, &mut out).unwrap();
@@ -674,11 +681,11 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2000));
         assert_eq!(
-            parse_response(&big, false, 1024, None).err(),
+            parse_response(&big, false, 1024, [None, None]).err(),
             Some(ResponseError::TooLarge)
         );
         assert_eq!(
-            parse_response(b"HTTP/1.1 200", false, 1024, None).err(),
+            parse_response(b"HTTP/1.1 200", false, 1024, [None, None]).err(),
             Some(ResponseError::Partial)
         );
     }
@@ -687,7 +694,7 @@ mod tests {
     fn forwarded_heads_lose_hop_by_hop_nominated_internal_and_picked_fields() {
         let head = b"HTTP/1.1 201 Made\r\nConnection: X-Secret\r\nX-Secret: s\r\nX-Drover-Metric: a=1\r\nX-A: b\r\nX-Upd: {}\r\nContent-Length: 0\r\n\r\n";
         let picked = http::HeaderName::from_static("x-upd");
-        let parsed = parse_response(head, false, 65536, Some(&picked)).unwrap();
+        let parsed = parse_response(head, false, 65536, [Some(&picked), None]).unwrap();
         let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
         forward_parsed_head(head, &parsed, true, None, &mut fast).unwrap();
         forward_response_head(head, &parsed, true, None, &mut full).unwrap();

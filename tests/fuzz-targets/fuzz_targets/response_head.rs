@@ -7,7 +7,7 @@ use drover::proxy::h1::codec::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(head) = parse_response(data, false, 64 * 1024, None) else {
+    let Ok(head) = parse_response(data, false, 64 * 1024, [None, None]) else {
         return;
     };
     let (mut a, mut b) = (bytes::BytesMut::new(), bytes::BytesMut::new());
