@@ -56,6 +56,8 @@ def parse_wrk(path):
         text = ""
     r = {"rps": None, "requests": None, "p50": None, "p99": None,
          "non2xx": 0, "socket": 0, "socket_detail": "", "ok": False}
+    if "ApacheBench" in text:
+        return parse_ab(text, r)
     m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
     if m:
         r["rps"] = float(m.group(1))
@@ -70,6 +72,27 @@ def parse_wrk(path):
         r["socket"] = c + rd + w + t
         r["socket_detail"] = f"connect {c}, read {rd}, write {w}, timeout {t}"
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    r["ok"] = r["rps"] is not None and r["requests"] is not None
+    return r
+
+
+def parse_ab(text, r):
+    """The same fields from ApacheBench's report (latencies are whole milliseconds)."""
+    m = re.search(r"^Requests per second:\s+([0-9.]+)", text, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^Complete requests:\s+(\d+)", text, re.M)
+    if m:
+        r["requests"] = int(m.group(1))
+    for pct, val in re.findall(r"^\s+(50|99)%\s+(\d+)", text, re.M):
+        r["p" + pct] = float(val)
+    m = re.search(r"^Failed requests:\s+(\d+)", text, re.M)
+    if m:
+        r["socket"] = int(m.group(1))
+        r["socket_detail"] = f"failed {m.group(1)}"
+    m = re.search(r"^Non-2xx responses:\s+(\d+)", text, re.M)
     if m:
         r["non2xx"] = int(m.group(1))
     r["ok"] = r["rps"] is not None and r["requests"] is not None

@@ -8,6 +8,7 @@
 #   benches/load/run.sh --scenario body64k      64 KiB responses
 #   benches/load/run.sh --scenario conns1000    1000 client connections
 #   benches/load/run.sh --scenario kill9        kill -9 a worker mid-run, count errors
+#   benches/load/run.sh --scenario ab,abk       ApacheBench (HTTP/1.0), without and with -k
 #   benches/load/run.sh --scenario plain,sessions --variant sessions-memory --variant sessions-redis
 #                                               drover plain vs drover+sessions in one run
 #   benches/load/run.sh --help                  every option
@@ -22,7 +23,7 @@ DROVER_BIN=${DROVER_BIN:-$REPO/target/release/drover}
 WORKER_BIN=${WORKER_BIN:-$REPO/target/release/upstream-worker}
 
 ALL_TARGETS=(direct drover nginx haproxy)
-ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions)
+ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk)
 MAX_VARIANTS=5
 STRATEGIES=(round_robin random least_connections weighted_round_robin latency consistent_hash)
 
@@ -59,7 +60,9 @@ Options:
                        conns1000 (GET / with 1000 connections), kill9 (kill -9 one worker
                        half-way through every proxied run; report errors), sessions (GET /
                        with a Cookie header rotating over --session-cookies sessions; the
-                       same headers for every target). Default: plain
+                       same headers for every target), ab and abk (GET / with
+                       ApacheBench, HTTP/1.0: a connection per request, and -k keep-alive;
+                       needs apache2-utils). Default: plain
   --targets LIST       comma-separated subset of direct,drover,nginx,haproxy (default: all;
                        nginx/haproxy are skipped with a note if not installed)
   --rounds N           interleaved rounds A B C D A B C D ... (default 3)
@@ -178,6 +181,9 @@ done
 
 # ---------------------------------------------------------------- prerequisites
 command -v wrk >/dev/null || die "wrk not found. Install it: apt-get install wrk (Debian/Ubuntu)"
+if [[ ,$SCENARIOS, == *,ab,* || ,$SCENARIOS, == *,abk,* ]]; then
+    command -v ab >/dev/null || die "ab not found. Install it: apt-get install apache2-utils (Debian/Ubuntu)"
+fi
 command -v python3 >/dev/null || die "python3 not found (used for parsing and the report)"
 command -v curl >/dev/null || die "curl not found. Install it: apt-get install curl"
 for b in "$DROVER_BIN" "$WORKER_BIN"; do
@@ -620,6 +626,28 @@ run_wrk() {
     fi
 }
 
+# run_ab OUTFILE CONNS SECONDS URL KEEPALIVE: ApacheBench for SECONDS (its output is read
+# by report.py like wrk's).
+run_ab() {
+    local outf=$1 conns=$2 secs=$3 url=$4 k=()
+    [[ $5 == yes ]] && k=(-k)
+    if ! timeout --foreground -k 5 $((secs + 30)) \
+        ab -q "${k[@]}" -c "$conns" -t "$secs" -n 100000000 -s 10 "$url" >"$outf" 2>&1; then
+        log "warning: ab exited non-zero (see $outf)"
+    fi
+}
+
+# run_client SCENARIO OUTFILE CONNS SECONDS URL [LUA_SCRIPT]: wrk, or ab for ab/abk.
+run_client() {
+    local scenario=$1
+    shift
+    case $scenario in
+    ab) run_ab "$1" "$2" "$3" "$4" no ;;
+    abk) run_ab "$1" "$2" "$3" "$4" yes ;;
+    *) run_wrk "$@" ;;
+    esac
+}
+
 scenario_path() {
     case $1 in
     body64k) echo "/bytes?n=65536" ;;
@@ -632,6 +660,8 @@ scenario_conns() {
 export BENCH_DESC_plain="GET / (small body)"
 export BENCH_DESC_body64k="GET /bytes?n=65536 (64 KiB body)"
 export BENCH_DESC_conns1000="GET / with 1000 connections"
+export BENCH_DESC_ab="GET / with ApacheBench (HTTP/1.0, a new connection per request)"
+export BENCH_DESC_abk="GET / with ApacheBench -k (HTTP/1.0 with Connection: keep-alive)"
 export BENCH_DESC_sessions="GET / with one of $SESSION_COOKIES session cookies per request, in turn (the same headers to every target; each sessions variant gets cookies it issued itself)"
 
 # sessions scenario: one wrk script per target. A target that sets a cookie (a drover
@@ -715,7 +745,7 @@ for scenario in "${SCENARIO_LIST[@]}"; do
     if ((WARMUP > 0)); then
         for t in "${targets[@]}"; do
             log "  warm-up $t (${WARMUP}s)"
-            run_wrk "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
+            run_client "$scenario" "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
         done
     fi
     for ((round = 1; round <= ROUNDS; round++)); do
@@ -749,7 +779,7 @@ for scenario in "${SCENARIO_LIST[@]}"; do
                 STARTED_PIDS+=("$killer")
                 note="killed worker $victim (pid $vpid) at ${half}s"
             fi
-            run_wrk "$outf" "$conns" "$DURATION" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
+            run_client "$scenario" "$outf" "$conns" "$DURATION" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
             ticks=-
             uticks=-
             if [[ -n $pids ]]; then

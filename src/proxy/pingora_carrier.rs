@@ -255,6 +255,25 @@ impl ProxyHttp for PingoraCarrier {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ex: &mut Exchange,
+    ) -> Result<()> {
+        // An HTTP/1.0 client cannot read chunked framing: a body of unknown length
+        // reaches it delimited by the end of the connection (as nginx does), with the
+        // same bytes drover's engine sends.
+        if session.req_header().version == http::Version::HTTP_10
+            && !resp.headers.contains_key(http::header::CONTENT_LENGTH)
+            && resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

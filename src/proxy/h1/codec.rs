@@ -15,6 +15,35 @@ use http::{HeaderName, HeaderValue, Method};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::mem::MaybeUninit;
 
+/// What the client is told about its connection after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// The connection stays open (HTTP/1.1's default: nothing to say).
+    Open,
+    /// `Connection: keep-alive`: an HTTP/1.0 client that asked for it and gets it.
+    KeepAlive,
+    /// `Connection: close`.
+    Close,
+}
+
+impl Persist {
+    pub fn for_client(close: bool, http10: bool) -> Persist {
+        match (close, http10) {
+            (true, _) => Persist::Close,
+            (false, true) => Persist::KeepAlive,
+            (false, false) => Persist::Open,
+        }
+    }
+
+    fn write(self, out: &mut BytesMut) {
+        match self {
+            Persist::Open => {}
+            Persist::KeepAlive => out.put_slice(b"Connection: keep-alive\r\n"),
+            Persist::Close => out.put_slice(b"Connection: close\r\n"),
+        }
+    }
+}
+
 /// Header slots parsed on the stack: `limits.max_headers` is at most this.
 pub const MAX_HEADERS: usize = 256;
 
@@ -196,6 +225,9 @@ pub struct ResponseHead {
     /// Fields the pipeline takes out of the response besides internal ones (custom
     /// session field names).
     picked: [Option<http::HeaderName>; 2],
+    /// A chunked body for an HTTP/1.0 client: forwarded without its chunk framing and
+    /// without `Transfer-Encoding`, delimited by closing the connection.
+    pub dechunk: bool,
     /// Byte ranges of the header lines not forwarded, in order; `None` when there were
     /// more than `MAX_DROPPED` or the status line is not the plain `HTTP/1.x ` form.
     dropped: Option<([(u32, u32); MAX_DROPPED], usize)>,
@@ -204,7 +236,9 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Whether a field of this response is forwarded to the client.
     fn forwards(&self, name: &[u8]) -> bool {
-        resp_rules::forwarded(name, &self.facts) && !self.is_picked(name)
+        resp_rules::forwarded(name, &self.facts)
+            && !self.is_picked(name)
+            && !(self.dechunk && name.eq_ignore_ascii_case(b"transfer-encoding"))
     }
 
     fn is_picked(&self, name: &[u8]) -> bool {
@@ -231,14 +265,34 @@ fn response_parser() -> httparse::ParserConfig {
     p
 }
 
-/// Parses a response head at the start of `buf`. `head_request`: the request was HEAD,
-/// so the response has no body whatever its fields say.
-pub fn parse_response(
-    buf: &[u8],
-    head_request: bool,
-    max_bytes: usize,
-    picked: [Option<&http::HeaderName>; 2],
-) -> Result<ResponseHead, ResponseError> {
+/// What a response head is parsed against.
+#[derive(Clone, Copy)]
+pub struct Expectations<'a> {
+    /// The request was HEAD, so the response has no body whatever its fields say.
+    pub head_request: bool,
+    /// `proxy.max_response_header_bytes`.
+    pub max_bytes: usize,
+    /// Fields the pipeline takes out besides internal ones (custom session field names).
+    pub picked: [Option<&'a http::HeaderName>; 2],
+    /// The client speaks HTTP/1.0: a chunked body reaches it without chunk framing.
+    pub client_http10: bool,
+}
+
+impl Expectations<'_> {
+    /// A GET from an HTTP/1.1 client with the default head cap and nothing picked.
+    pub fn plain() -> Expectations<'static> {
+        Expectations {
+            head_request: false,
+            max_bytes: 64 * 1024,
+            picked: [None, None],
+            client_http10: false,
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf`.
+pub fn parse_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, ResponseError> {
+    let (head_request, max_bytes, picked) = (x.head_request, x.max_bytes, x.picked);
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match response_parser().parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
@@ -289,9 +343,11 @@ pub fn parse_response(
             .flatten()
             .any(|p| n.eq_ignore_ascii_case(p.as_str().as_bytes()))
     };
+    let dechunk = x.client_http10 && facts.framing == ResponseFraming::Chunked;
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
-        if resp_rules::forwarded(n, &facts) && !is_picked(n) {
+        let framing_field = dechunk && n.eq_ignore_ascii_case(b"transfer-encoding");
+        if resp_rules::forwarded(n, &facts) && !is_picked(n) && !framing_field {
             continue;
         }
         if let Some((ranges, count)) = dropped.as_mut() {
@@ -318,6 +374,7 @@ pub fn parse_response(
         len,
         facts,
         picked: picked.map(|p| p.cloned()),
+        dechunk,
         dropped,
     })
 }
@@ -353,17 +410,17 @@ pub fn for_each_picked(
 }
 
 /// Copies a response head for the client from the ranges the parse recorded, without
-/// parsing it again. `extra` is one more field to add (a session cookie); `close`: tell
-/// the client this connection ends after the response.
+/// parsing it again. `extra` is one more field to add (a session cookie); `persist`:
+/// what the client is told about its connection.
 pub fn forward_parsed_head(
     buf: &[u8],
     head: &ResponseHead,
-    close: bool,
+    persist: Persist,
     extra: Option<(&[u8], &[u8])>,
     out: &mut BytesMut,
 ) -> Result<(), ResponseError> {
     let Some((ranges, count)) = &head.dropped else {
-        return forward_response_head(&buf[..head.len], head, close, extra, out);
+        return forward_response_head(&buf[..head.len], head, persist, extra, out);
     };
     // "HTTP/1.1 " for the client whatever the worker spoke, then everything up to the
     // blank line except the dropped lines.
@@ -379,9 +436,7 @@ pub fn forward_parsed_head(
     if let Some((name, value)) = extra {
         put_field(out, name, value);
     }
-    if close {
-        out.put_slice(b"Connection: close\r\n");
-    }
+    persist.write(out);
     out.put_slice(b"\r\n");
     Ok(())
 }
@@ -391,7 +446,7 @@ pub fn forward_parsed_head(
 pub fn forward_response_head(
     raw: &[u8],
     head: &ResponseHead,
-    close: bool,
+    persist: Persist,
     extra: Option<(&[u8], &[u8])>,
     out: &mut BytesMut,
 ) -> Result<(), ResponseError> {
@@ -408,9 +463,7 @@ pub fn forward_response_head(
         if let Some((name, value)) = extra {
             put_field(out, name, value);
         }
-        if close {
-            out.put_slice(b"Connection: close\r\n");
-        }
+        persist.write(out);
         out.put_slice(b"\r\n");
         Ok(())
     })
@@ -445,21 +498,19 @@ fn put_status_line(out: &mut BytesMut, code: u16, reason: &str) {
 }
 
 /// Writes a `ResponseHeader` (an edited worker response, or drover's own answer).
-pub fn write_response(resp: &ResponseHeader, close: bool, out: &mut BytesMut) {
+pub fn write_response(resp: &ResponseHeader, persist: Persist, out: &mut BytesMut) {
     let reason = resp
         .get_reason_phrase()
         .or(resp.status.canonical_reason())
         .unwrap_or("");
     put_status_line(out, resp.status.as_u16(), reason);
     for (name, value) in resp.headers.iter() {
-        if close && name == http::header::CONNECTION {
+        if persist != Persist::Open && name == http::header::CONNECTION {
             continue;
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if close {
-        out.put_slice(b"Connection: close\r\n");
-    }
+    persist.write(out);
     out.put_slice(b"\r\n");
 }
 
@@ -469,10 +520,10 @@ pub fn write_local(
     resp: &ResponseHeader,
     body: &Bytes,
     head_request: bool,
-    close: bool,
+    persist: Persist,
     out: &mut BytesMut,
 ) {
-    write_response(resp, close, out);
+    write_response(resp, persist, out);
     if crate::proxy::LocalResponse::body_allowed(head_request, resp.status.as_u16()) {
         out.put_slice(body);
     }
@@ -610,12 +661,12 @@ mod tests {
                 raw.push_str(&format!("{n}: {v}\r\n"));
             }
             raw.push_str("Content-Length: 0\r\n\r\n");
-            let Ok(parsed) = parse_response(raw.as_bytes(), false, 65536, [None, None]) else {
+            let Ok(parsed) = parse_response(raw.as_bytes(), &Expectations::plain()) else {
                 return Ok(());
             };
             let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
-            forward_parsed_head(raw.as_bytes(), &parsed, close, None, &mut fast).unwrap();
-            forward_response_head(raw.as_bytes(), &parsed, close, None, &mut full).unwrap();
+            forward_parsed_head(raw.as_bytes(), &parsed, Persist::for_client(close, false), None, &mut fast).unwrap();
+            forward_response_head(raw.as_bytes(), &parsed, Persist::for_client(close, false), None, &mut full).unwrap();
             // The same head either way (the copy keeps a value's optional whitespace).
             let fields_of = |bytes: &[u8]| {
                 let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -652,7 +703,14 @@ mod tests {
     #[test]
     fn response_framing_and_caps() {
         let p = |raw: &str, head: bool| {
-            parse_response(raw.as_bytes(), head, 65536, [None, None]).unwrap()
+            parse_response(
+                raw.as_bytes(),
+                &Expectations {
+                    head_request: head,
+                    ..Expectations::plain()
+                },
+            )
+            .unwrap()
         };
         let r = p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
         assert_eq!(
@@ -662,18 +720,16 @@ mod tests {
         assert_eq!(
             parse_response(
                 b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
-                false,
-                65536,
-                [None, None]
+                &Expectations::plain()
             )
             .err(),
             Some(ResponseError::Invalid("invalid Content-Length"))
         );
         let both = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let r = parse_response(both, false, 65536, [None, None]).unwrap();
+        let r = parse_response(both, &Expectations::plain()).unwrap();
         assert_eq!(r.framing, ResponseFraming::Chunked);
         let mut out = BytesMut::new();
-        forward_parsed_head(both, &r, false, None, &mut out).unwrap();
+        forward_parsed_head(both, &r, Persist::Open, None, &mut out).unwrap();
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -681,11 +737,25 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2000));
         assert_eq!(
-            parse_response(&big, false, 1024, [None, None]).err(),
+            parse_response(
+                &big,
+                &Expectations {
+                    max_bytes: 1024,
+                    ..Expectations::plain()
+                }
+            )
+            .err(),
             Some(ResponseError::TooLarge)
         );
         assert_eq!(
-            parse_response(b"HTTP/1.1 200", false, 1024, [None, None]).err(),
+            parse_response(
+                b"HTTP/1.1 200",
+                &Expectations {
+                    max_bytes: 1024,
+                    ..Expectations::plain()
+                }
+            )
+            .err(),
             Some(ResponseError::Partial)
         );
     }
@@ -694,10 +764,17 @@ mod tests {
     fn forwarded_heads_lose_hop_by_hop_nominated_internal_and_picked_fields() {
         let head = b"HTTP/1.1 201 Made\r\nConnection: X-Secret\r\nX-Secret: s\r\nX-Drover-Metric: a=1\r\nX-A: b\r\nX-Upd: {}\r\nContent-Length: 0\r\n\r\n";
         let picked = http::HeaderName::from_static("x-upd");
-        let parsed = parse_response(head, false, 65536, [Some(&picked), None]).unwrap();
+        let parsed = parse_response(
+            head,
+            &Expectations {
+                picked: [Some(&picked), None],
+                ..Expectations::plain()
+            },
+        )
+        .unwrap();
         let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
-        forward_parsed_head(head, &parsed, true, None, &mut fast).unwrap();
-        forward_response_head(head, &parsed, true, None, &mut full).unwrap();
+        forward_parsed_head(head, &parsed, Persist::Close, None, &mut fast).unwrap();
+        forward_response_head(head, &parsed, Persist::Close, None, &mut full).unwrap();
         assert_eq!(
             &fast[..],
             b"HTTP/1.1 201 Made\r\nX-A: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -28,7 +28,7 @@ use crate::proxy::pipeline::{
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use client::ClientStream;
-use codec::{FieldAt, Head, HeadLimits, HeadParse, ResponseError};
+use codec::{FieldAt, Head, HeadLimits, HeadParse, Persist, ResponseError};
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::{Stream, ALPN};
@@ -204,7 +204,6 @@ impl Conn<'_> {
             let facts = &head.facts;
             let here = settings.fast_path
                 && facts.framing == BodyFraming::None
-                && !facts.http10
                 && !facts.upgrade
                 && !facts.expect_continue
                 && facts.target == TargetForm::Origin;
@@ -286,7 +285,13 @@ impl Conn<'_> {
         log::debug!("refused a request head: {} {}", r.status, r.why);
         if let Ok(answer) = LocalResponse::failure(r.status, None) {
             self.out.clear();
-            codec::write_local(&answer.header, &answer.body, true, true, &mut self.out);
+            codec::write_local(
+                &answer.header,
+                &answer.body,
+                true,
+                Persist::Close,
+                &mut self.out,
+            );
             let _ = self.write_out(io).await;
         }
     }
@@ -305,15 +310,14 @@ impl Conn<'_> {
         let peer_ip = self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         match p.admit(&mut header, peer_ip, &mut ex).await {
             Ok(None) => {}
-            Ok(Some(answer)) => {
-                return self
-                    .answer(io, &header, answer, &mut ex, head.facts.keep_alive)
-                    .await
-            }
+            Ok(Some(answer)) => return self.answer(io, &header, answer, &mut ex, head).await,
             Err(e) => return self.fail(io, &header, &e, &mut ex).await,
         }
-        let keep_alive = head.facts.keep_alive && !*shutdown.borrow();
-        match self.proxy(io, &mut header, &mut ex, keep_alive).await {
+        let client = ClientSide {
+            keep_alive: head.facts.keep_alive && !*shutdown.borrow(),
+            http10: head.facts.http10,
+        };
+        match self.proxy(io, &mut header, &mut ex, client).await {
             Ok((status, sent, next)) => {
                 p.finish(&header, self.peer.as_ref(), status, sent, None, &mut ex)
                     .await;
@@ -349,16 +353,16 @@ impl Conn<'_> {
         header: &RequestHeader,
         answer: LocalResponse,
         ex: &mut Exchange,
-        keep_alive: bool,
+        head: &Head,
     ) -> Next {
-        let close = answer.close || !keep_alive;
+        let close = answer.close || !head.facts.keep_alive;
         let status = answer.header.status.as_u16();
         self.out.clear();
         codec::write_local(
             &answer.header,
             &answer.body,
             ex.head_request(),
-            close,
+            Persist::for_client(close, head.facts.http10),
             &mut self.out,
         );
         let sent = if LocalResponse::body_allowed(ex.head_request(), status) {
@@ -397,7 +401,7 @@ impl Conn<'_> {
                     &answer.header,
                     &answer.body,
                     ex.head_request(),
-                    true,
+                    Persist::Close,
                     &mut self.out,
                 );
                 let _ = self.write_out(io).await;
@@ -457,7 +461,7 @@ impl Conn<'_> {
         io: &mut ClientStream,
         header: &mut RequestHeader,
         ex: &mut Exchange,
-        keep_alive: bool,
+        client: ClientSide,
     ) -> Result<(u16, usize, Next), Failure> {
         let p = &self.app.pipeline;
         let (cap, max_idle, max_head) = {
@@ -484,6 +488,7 @@ impl Conn<'_> {
                 max_head,
                 names: &names,
                 read_timeout: target.read_timeout,
+                client_http10: client.http10,
             };
             // A pooled connection the worker closed at the wrong moment is replaced by a
             // fresh one without counting against the backend.
@@ -525,7 +530,7 @@ impl Conn<'_> {
                 }
             };
             return self
-                .respond(io, up, head, ex, keep_alive, (&target, cap), &expect)
+                .respond(io, up, head, ex, client, (&target, cap), &expect)
                 .await;
         }
     }
@@ -538,12 +543,16 @@ impl Conn<'_> {
         mut up: pool::UpstreamConn,
         head: codec::ResponseHead,
         ex: &mut Exchange,
-        keep_alive: bool,
+        client: ClientSide,
         (target, cap): (&Target, usize),
         expect: &Expect<'_>,
     ) -> Result<(u16, usize, Next), Failure> {
         let p = &self.app.pipeline;
-        let close = !keep_alive || head.framing == ResponseFraming::UntilClose;
+        // A body delimited by the end of the connection (the worker's, or a chunked one
+        // that an HTTP/1.0 client gets without framing) ends the client connection too.
+        let close =
+            !client.keep_alive || head.framing == ResponseFraming::UntilClose || head.dechunk;
+        let persist = Persist::for_client(close, client.http10);
         let status = head.status;
         // The fields the pipeline acts on, picked out of the head before it is copied.
         let mut picked = WorkerResponse {
@@ -570,7 +579,7 @@ impl Conn<'_> {
             .as_deref()
             .map(|c| (http::header::SET_COOKIE.as_str().as_bytes(), c.as_bytes()));
         self.out.clear();
-        codec::forward_parsed_head(&up.buf, &head, close, extra, &mut self.out)
+        codec::forward_parsed_head(&up.buf, &head, persist, extra, &mut self.out)
             .map_err(|_| Failure::Before(bad_response()))?;
         up.buf.advance(head.len);
         let during = |status, sent, error| Failure::During {
@@ -602,6 +611,31 @@ impl Conn<'_> {
                         .map_err(|e| during(status, sent, e))?;
                 }
                 head.reusable && up.buf.is_empty()
+            }
+            ResponseFraming::Chunked if head.dechunk => {
+                // HTTP/1.0 client: chunk data only; the close ends the body.
+                let mut scanner = ChunkedScanner::default();
+                loop {
+                    let out = &mut self.out;
+                    let buf = &up.buf;
+                    let scan = scanner
+                        .scan_data(buf, |r| {
+                            sent += r.len();
+                            out.extend_from_slice(&buf[r]);
+                        })
+                        .map_err(|_| during(status, sent, bad_response()))?;
+                    up.buf.advance(scan.consumed);
+                    self.write_out(io)
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
+                    if scan.done {
+                        break;
+                    }
+                    read_upstream(&mut up, read_timeout, pool::BODY_READ, "the worker's body")
+                        .await
+                        .map_err(|e| during(status, sent, e))?;
+                }
+                false
             }
             ResponseFraming::Chunked => {
                 let mut scanner = ChunkedScanner::default();
@@ -659,6 +693,15 @@ impl Conn<'_> {
     }
 }
 
+/// What the client asked of its connection.
+#[derive(Clone, Copy)]
+struct ClientSide {
+    /// It may carry another request after this one (and drover is not shutting down).
+    keep_alive: bool,
+    /// It speaks HTTP/1.0: keep-alive is said out loud, bodies come without chunking.
+    http10: bool,
+}
+
 /// What an attempt expects from the worker's response.
 struct Expect<'a> {
     head_request: bool,
@@ -666,6 +709,7 @@ struct Expect<'a> {
     /// The fields the pipeline takes out of the response (session update and control).
     names: &'a ResponseFieldNames,
     read_timeout: Option<Duration>,
+    client_http10: bool,
 }
 
 /// Lives on the stack for one attempt; boxing the large variant would cost an allocation
@@ -761,12 +805,13 @@ async fn exchange(
     }
     up.buf.clear();
     loop {
-        match codec::parse_response(
-            &up.buf,
-            expect.head_request,
-            expect.max_head,
-            expect.names.all(),
-        ) {
+        let expectations = codec::Expectations {
+            head_request: expect.head_request,
+            max_bytes: expect.max_head,
+            picked: expect.names.all(),
+            client_http10: expect.client_http10,
+        };
+        match codec::parse_response(&up.buf, &expectations) {
             Ok(head) if head.status == 101 => return Err((bad_response(), false)),
             Ok(head) if (100..200).contains(&head.status) => {
                 up.buf.advance(head.len);

@@ -82,6 +82,17 @@ impl ChunkedScanner {
 
     /// Scans the next bytes of the body.
     pub fn scan(&mut self, buf: &[u8]) -> Result<Scan, ChunkError> {
+        self.scan_data(buf, |_| {})
+    }
+
+    /// [`ChunkedScanner::scan`], also handing `on_data` each run of chunk data (ranges
+    /// of `buf`, in order): what a body is once its chunk framing is removed, for a
+    /// recipient that cannot read chunked framing (an HTTP/1.0 client).
+    pub fn scan_data(
+        &mut self,
+        buf: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Scan, ChunkError> {
         let mut i = 0;
         let mut body = 0;
         while i < buf.len() {
@@ -91,6 +102,7 @@ impl ChunkedScanner {
             if self.state == State::Data {
                 let take = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                 self.size -= take as u64;
+                on_data(i..i + take);
                 i += take;
                 body = i;
                 if self.size == 0 {
@@ -241,6 +253,23 @@ mod tests {
         assert_eq!(body, b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\n");
         let (body, consumed, done) = scan_split(b"0\r\n\r\nX", &[]).unwrap();
         assert_eq!((body.as_slice(), consumed, done), (&b"0\r\n"[..], 5, true));
+    }
+
+    #[test]
+    fn data_runs_are_the_body_without_framing() {
+        let input = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 0..input.len() {
+            let mut s = ChunkedScanner::default();
+            let mut data = Vec::new();
+            let (a, b) = input.split_at(split);
+            let first = s.scan_data(a, |r| data.extend_from_slice(&a[r])).unwrap();
+            if !first.done {
+                assert_eq!(first.consumed, a.len());
+                let second = s.scan_data(b, |r| data.extend_from_slice(&b[r])).unwrap();
+                assert!(second.done, "split {split}");
+            }
+            assert_eq!(data, b"Wikipedia", "split {split}");
+        }
     }
 
     #[test]
