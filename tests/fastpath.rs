@@ -105,29 +105,42 @@ fn pipelined_requests_on_one_connection_are_answered_in_order() {
 }
 
 #[test]
-fn a_request_with_a_body_goes_through_pingora_and_the_connection_comes_back() {
+fn bodies_are_served_here_and_a_hand_over_to_pingora_gives_the_connection_back() {
     let d = Drover::start(1, "");
-    let before = engine_count(&d, "pingora");
-    // A clean hand-over: fast, Pingora, fast again on one connection.
+    let (fast, pingora) = (engine_count(&d, "fast"), engine_count(&d, "pingora"));
     let (mut s, mut r) = connect(&d);
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut r).0, 200);
+    // Bodies (length and chunked) are drover's engine's.
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
         .unwrap();
     let (st, _, body) = read_response(&mut r);
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&body).contains("\"hi\""));
-    s.write_all(b"GET /bytes?n=5 HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    let (st, _, body) = read_response(&mut r);
-    assert_eq!((st, body.len()), (200, 5));
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello drover")
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
         .unwrap();
     let (st, _, body) = read_response(&mut r);
     assert_eq!(st, 200);
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["body"], "abcde", "{echo}");
+    // Expect: 100-continue goes to Pingora, and the connection comes back.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\nhello drove")
+        .unwrap();
+    // The worker's 100 Continue first (Pingora forwards it).
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+    r.read_line(&mut line).unwrap();
+    let (st, _, body) = read_response(&mut r);
+    assert_eq!(st, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["body"], "hello drove", "{echo}");
-    assert_eq!(engine_count(&d, "pingora") - before, 2.0);
+    s.write_all(b"GET /bytes?n=5 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let (st, _, body) = read_response(&mut r);
+    assert_eq!((st, body.len()), (200, 5));
+    assert_eq!(engine_count(&d, "pingora") - pingora, 1.0);
+    assert_eq!(engine_count(&d, "fast") - fast, 4.0);
 }
 
 /// A hand-written worker for framings the real one never produces. Answers `/health`,

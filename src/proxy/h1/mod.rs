@@ -14,12 +14,13 @@
 //! [`client::ClientStream`], which gives Pingora exactly that request's bytes; the
 //! connection comes back afterwards with any pipelined request still in its buffer.
 
+mod body;
 mod client;
 pub mod codec;
 mod pool;
 
 use crate::proxy::http::chunked::ChunkedScanner;
-use crate::proxy::http::request::{BodyFraming, Rejection, TargetForm};
+use crate::proxy::http::request::{Rejection, TargetForm};
 use crate::proxy::http::response::ResponseFraming;
 use crate::proxy::pingora_carrier::PingoraCarrier;
 use crate::proxy::pipeline::{
@@ -203,7 +204,6 @@ impl Conn<'_> {
             };
             let facts = &head.facts;
             let here = settings.fast_path
-                && facts.framing == BodyFraming::None
                 && !facts.upgrade
                 && !facts.expect_continue
                 && facts.target == TargetForm::Origin;
@@ -317,13 +317,39 @@ impl Conn<'_> {
             keep_alive: head.facts.keep_alive && !*shutdown.borrow(),
             http10: head.facts.http10,
         };
-        match self.proxy(io, &mut header, &mut ex, client).await {
+        let (body_timeout, max_body) = {
+            let cfg = p.shared().config.load();
+            (cfg.limits.client_body_timeout, cfg.limits.max_body_bytes)
+        };
+        let body = match body::read_small(io, head.facts.framing, body_timeout, max_body).await {
+            Ok(b) => b,
+            Err(e) => return self.body_failed(io, &header, e, &mut ex).await,
+        };
+        if let body::RequestBody::Buffered(b) = &body {
+            if p.body_chunk(&mut ex, b.len()).is_err() {
+                return self
+                    .body_failed(io, &header, body::BodyError::TooLarge, &mut ex)
+                    .await;
+            }
+        }
+        if p.session_lock_pending(&ex) {
+            // The body is here (or too large to wait for): no client holds the lock.
+            let buffered = matches!(body, body::RequestBody::Buffered(_));
+            p.acquire_session(&mut ex, buffered).await;
+        }
+        let sending = Sending {
+            body: &body,
+            timeout: body_timeout,
+            max_body,
+        };
+        match self.proxy(io, &mut header, &mut ex, client, &sending).await {
             Ok((status, sent, next)) => {
                 p.finish(&header, self.peer.as_ref(), status, sent, None, &mut ex)
                     .await;
                 next
             }
             Err(Failure::Before(e)) => self.fail(io, &header, &e, &mut ex).await,
+            Err(Failure::Body(e)) => self.body_failed(io, &header, e, &mut ex).await,
             Err(Failure::During {
                 status,
                 sent,
@@ -412,6 +438,43 @@ impl Conn<'_> {
         Next::Close
     }
 
+    /// The client's body could not be carried (too slow, too large, malformed, gone):
+    /// the worker is not to blame; answer if there is anyone to answer, then close.
+    async fn body_failed(
+        &mut self,
+        io: &mut ClientStream,
+        header: &RequestHeader,
+        e: body::BodyError,
+        ex: &mut Exchange,
+    ) -> Next {
+        let p = &self.app.pipeline;
+        ex.client_gone();
+        let status = e.status();
+        match e {
+            body::BodyError::Timeout => p.count_limit(LimitKind::BodyTimeout),
+            body::BodyError::TooLarge => p.count_limit(LimitKind::BodyBytes),
+            _ => {}
+        }
+        if status > 0 {
+            if let Ok(answer) = LocalResponse::failure(status, None) {
+                self.out.clear();
+                codec::write_local(
+                    &answer.header,
+                    &answer.body,
+                    ex.head_request(),
+                    Persist::Close,
+                    &mut self.out,
+                );
+                let _ = self.write_out(io).await;
+            }
+        }
+        let mut err = Error::explain(ErrorType::ReadError, format!("request body: {e:?}"));
+        err.esource = ErrorSource::Downstream;
+        p.finish(header, self.peer.as_ref(), status, 0, Some(&err), ex)
+            .await;
+        Next::Close
+    }
+
     /// Sends the first `take` bytes of the worker's buffer to the client: small ones are
     /// added to the pending output (written now when `flush`), large ones written straight
     /// from the buffer (no copy).
@@ -462,8 +525,10 @@ impl Conn<'_> {
         header: &mut RequestHeader,
         ex: &mut Exchange,
         client: ClientSide,
+        sending: &Sending<'_>,
     ) -> Result<(u16, usize, Next), Failure> {
         let p = &self.app.pipeline;
+        let replayable = sending.body.replayable();
         let (cap, max_idle, max_head) = {
             let cfg = p.shared().config.load();
             (
@@ -483,6 +548,9 @@ impl Conn<'_> {
             p.upstream_request(header, ex);
             self.out.clear();
             codec::write_request(header, &mut self.out);
+            if let body::RequestBody::Buffered(b) = sending.body {
+                self.out.extend_from_slice(b);
+            }
             let expect = Expect {
                 head_request,
                 max_head,
@@ -506,12 +574,15 @@ impl Conn<'_> {
                         Err(e) => break Attempt::ConnectFailed(e),
                     },
                 };
-                match exchange(&mut up, &self.out, &expect).await {
+                match exchange(&mut up, &self.out, &expect, io, sending).await {
                     Ok(head) => break Attempt::Response(up, head),
-                    Err(e) if reused && (header.method.is_idempotent() || e.1) => {
+                    Err(Exchanged::Body(e)) => return Err(Failure::Body(e)),
+                    Err(Exchanged::Failed(_, unsent))
+                        if reused && (unsent || (replayable && header.method.is_idempotent())) =>
+                    {
                         fresh_only = true;
                     }
-                    Err((e, _)) => break Attempt::Failed(e),
+                    Err(Exchanged::Failed(e, _)) => break Attempt::Failed(e),
                 }
             };
             let (up, head) = match attempt {
@@ -523,7 +594,7 @@ impl Conn<'_> {
                     return Err(Failure::Before(e));
                 }
                 Attempt::Failed(e) => {
-                    if p.proxy_failed(ex, &e, header, true) {
+                    if p.proxy_failed(ex, &e, header, replayable) {
                         continue;
                     }
                     return Err(Failure::Before(e));
@@ -702,6 +773,22 @@ struct ClientSide {
     http10: bool,
 }
 
+/// The request body and the limits it is sent under.
+struct Sending<'a> {
+    body: &'a body::RequestBody,
+    timeout: Duration,
+    max_body: u64,
+}
+
+/// How an exchange with a worker failed.
+enum Exchanged {
+    /// The worker's side: the flag says the request surely did not reach it (the
+    /// write of its head failed).
+    Failed(Box<Error>, bool),
+    /// The client's body could not be carried.
+    Body(body::BodyError),
+}
+
 /// What an attempt expects from the worker's response.
 struct Expect<'a> {
     head_request: bool,
@@ -724,6 +811,8 @@ enum Attempt {
 enum Failure {
     /// Nothing reached the client yet: answer with an error status.
     Before(Box<Error>),
+    /// The client's body could not be carried.
+    Body(body::BodyError),
     /// Part of the response reached the client: the connection can only be closed.
     During {
         status: u16,
@@ -792,16 +881,36 @@ async fn connect(target: &Target) -> Result<pool::UpstreamConn, Box<Error>> {
     Ok(pool::UpstreamConn::new(stream))
 }
 
-/// Sends the request head and reads the response head (skipping 1xx interim answers).
-/// The error's flag: the request surely did not reach the worker (the write failed).
+/// Sends the request head (with a buffered body), streams a large body, and reads the
+/// response head (skipping 1xx interim answers).
 async fn exchange(
     up: &mut pool::UpstreamConn,
     request: &[u8],
     expect: &Expect<'_>,
-) -> Result<codec::ResponseHead, (Box<Error>, bool)> {
+    io: &mut ClientStream,
+    sending: &Sending<'_>,
+) -> Result<codec::ResponseHead, Exchanged> {
     if let Err(e) = up.stream.write_all(request).await {
         let e = Error::because(ErrorType::WriteError, "writing to the worker", e);
-        return Err((upstream(e), true));
+        return Err(Exchanged::Failed(upstream(e), true));
+    }
+    if let body::RequestBody::Streamed(framing) = sending.body {
+        match body::stream(
+            io,
+            &mut up.stream,
+            *framing,
+            sending.timeout,
+            sending.max_body,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(body::BodyError::Upstream) => {
+                let e = Error::explain(ErrorType::WriteError, "writing the body to the worker");
+                return Err(Exchanged::Failed(upstream(e), false));
+            }
+            Err(e) => return Err(Exchanged::Body(e)),
+        }
     }
     up.buf.clear();
     loop {
@@ -812,7 +921,7 @@ async fn exchange(
             client_http10: expect.client_http10,
         };
         match codec::parse_response(&up.buf, &expectations) {
-            Ok(head) if head.status == 101 => return Err((bad_response(), false)),
+            Ok(head) if head.status == 101 => return Err(Exchanged::Failed(bad_response(), false)),
             Ok(head) if (100..200).contains(&head.status) => {
                 up.buf.advance(head.len);
                 continue;
@@ -820,11 +929,11 @@ async fn exchange(
             Ok(head) => return Ok(head),
             Err(ResponseError::Invalid(why)) => {
                 log::warn!("invalid response from the worker: {why}");
-                return Err((bad_response(), false));
+                return Err(Exchanged::Failed(bad_response(), false));
             }
             Err(ResponseError::TooLarge) => {
                 log::warn!("the worker sent a response head over proxy.max_response_header_bytes");
-                return Err((bad_response(), false));
+                return Err(Exchanged::Failed(bad_response(), false));
             }
             Err(ResponseError::Partial) => {}
         }
@@ -835,7 +944,7 @@ async fn exchange(
             "the worker's response head",
         )
         .await
-        .map_err(|e| (e, false))?;
+        .map_err(|e| Exchanged::Failed(e, false))?;
     }
 }
 

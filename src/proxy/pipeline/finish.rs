@@ -9,6 +9,13 @@ use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Whether a read error is the client's malformed body rather than a broken connection.
+fn malformed_body(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+}
+
 impl Pipeline {
     /// The status a failed request answers with; 0 when the client is gone (nobody to
     /// answer). Counts clients too slow sending their body.
@@ -21,6 +28,9 @@ impl Pipeline {
                     _ => 502,
                 },
                 ErrorSource::Downstream => match e.etype() {
+                    // A malformed chunked body (`h1::client::ClientStream` refuses it as
+                    // Pingora reads it): the client gets 400, as from drover's engine.
+                    ErrorType::ReadError if malformed_body(e) => 400,
                     ErrorType::WriteError
                     | ErrorType::ReadError
                     | ErrorType::ConnectionClosed
