@@ -266,7 +266,7 @@ fn issue(field: &str, message: impl Into<String>) -> ConfigIssue {
 }
 
 fn read_lines(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Vec<String> {
-    match std::fs::read_to_string(path) {
+    match super::validate::read_secret_file(path) {
         Ok(text) => text
             .lines()
             .map(str::trim)
@@ -274,7 +274,7 @@ fn read_lines(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Vec<St
             .map(String::from)
             .collect(),
         Err(e) => {
-            issues.push(issue(field, format!("cannot read {}: {e}", path.display())));
+            issues.push(issue(field, e));
             Vec::new()
         }
     }

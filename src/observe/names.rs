@@ -52,6 +52,8 @@ pub const RATE_LIMIT_TABLE_BYTES: &str = "drover_rate_limit_table_bytes";
 pub const RETRIES_DENIED_TOTAL: &str = "drover_retries_denied_total";
 pub const RETRY_BACKOFF_SECONDS_TOTAL: &str = "drover_retry_backoff_seconds_total";
 pub const CHAOS_INJECTED_TOTAL: &str = "drover_chaos_injected_total";
+pub const ADMIN_REFUSED_TOTAL: &str = "drover_admin_refused_total";
+pub const ADMIN_CONNECTIONS: &str = "drover_admin_connections";
 // Sliding-window percentiles, resources and alerts (observe::live, observe::alerts).
 pub const REQUEST_DURATION_PERCENTILE_SECONDS: &str = "drover_request_duration_percentile_seconds";
 pub const BACKEND_DURATION_PERCENTILE_SECONDS: &str =

@@ -248,12 +248,29 @@ impl Drover {
         self.wait_ready(workers);
     }
 
-    pub fn admin_get(&self, path: &str) -> Reply {
-        request(&self.agent, "GET", &self.admin_url(path), &[], None).expect("admin reachable")
+    /// The token admin calls carry: the configured one, else the one drover generated
+    /// into `runtime_dir/admin-token` at first start.
+    pub fn admin_token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::fs::read_to_string(self.dir.path().join("run/admin-token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        })
     }
 
-    pub fn admin_post(&self, path: &str, body: &str) -> Reply {
+    /// GET on the admin plane; with a configured token (reads then need it) it is sent.
+    pub fn admin_get(&self, path: &str) -> Reply {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        request(&self.agent, "GET", &self.admin_url(path), &headers, None).expect("admin reachable")
+    }
+
+    /// POST on the admin plane with the token (configured or generated) and a JSON body.
+    pub fn admin_post(&self, path: &str, body: &str) -> Reply {
+        let auth = self.admin_token().map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = &auth {
             headers.push(("authorization", a.as_str()));
