@@ -18,6 +18,9 @@ pub const BREAKER_TRANSITIONS_TOTAL: &str = "drover_circuit_breaker_transitions_
 pub const WORKER_RESTARTS_TOTAL: &str = "drover_worker_restarts_total";
 pub const WORKERS_RUNNING: &str = "drover_workers_running";
 pub const WORKERS_CRASH_LOOPING: &str = "drover_workers_crash_looping";
+pub const WORKER_METRICS_REJECTED_TOTAL: &str = "drover_worker_metrics_rejected_total";
+/// Prefix of metrics workers report (`X-Drover-Metric`); no name above may start with it.
+pub const WORKER_REPORTED_PREFIX: &str = "drover_app_";
 pub const CONFIG_RELOADS_TOTAL: &str = "drover_config_reloads_total";
 pub const CONFIG_VERSION: &str = "drover_config_version";
 pub const BALANCING_PANIC: &str = "drover_balancing_panic_mode";
