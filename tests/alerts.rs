@@ -242,10 +242,7 @@ fn worker_reported_metrics_are_exported_and_never_reach_the_client() {
     );
     d.get("/metrics-report?name=queue_depth&value=3").unwrap();
     assert_eq!(
-        metric_value(
-            &d.metrics(),
-            "drover_app_queue_depth{backend=\"worker-0\"}"
-        ),
+        metric_value(&d.metrics(), "drover_app_queue_depth{backend=\"worker-0\"}"),
         3.0
     );
     let text = d.metrics();

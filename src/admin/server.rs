@@ -70,6 +70,10 @@ pub async fn serve(
         if open.load(Ordering::Acquire) >= limits.max_connections {
             metrics.refused("connection_cap");
             let _ = stream.try_write(OVER_CAPACITY);
+            drop(cfg);
+            drop(stream);
+            // A flood must not monopolise the control thread (health probes, supervisor).
+            tokio::task::yield_now().await;
             continue;
         }
         open.fetch_add(1, Ordering::AcqRel);

@@ -199,7 +199,10 @@ mod tests {
         c.ingest("worker-0", b"queue_depth=9");
         c.ingest("worker-0", b"Bad-Name=1, x=notanumber, neg_total=-1");
         let text = c.render();
-        assert!(text.contains("# TYPE drover_app_queue_depth gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE drover_app_queue_depth gauge"),
+            "{text}"
+        );
         assert!(text.contains("drover_app_queue_depth{backend=\"worker-0\"} 9"));
         assert!(text.contains("drover_app_queue_depth{backend=\"worker-1\"} 3"));
         assert!(text.contains("# TYPE drover_app_jobs_done_total counter"));
@@ -238,7 +241,10 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         c.ingest_at("worker-0", b"real=5", later);
         let text = c.render_at(later);
-        assert!(text.contains("drover_app_real{backend=\"worker-0\"} 5"), "{text}");
+        assert!(
+            text.contains("drover_app_real{backend=\"worker-0\"} 5"),
+            "{text}"
+        );
         assert!(text.contains("drover_app_junk0{"), "{text}");
         assert!(!text.contains("drover_app_junk1"), "{text}");
         assert_eq!(c.lock().count, 2);

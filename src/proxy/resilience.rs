@@ -121,7 +121,10 @@ impl DroverProxy {
         if let Some(l) = limiter {
             // The client address is the one `forwarded.rs` settled on (the peer unless a
             // trusted proxy reported another): a forged header cannot dodge the limit.
-            let buckets = l.policy.key.buckets(&req.headers, super::ip_hash(ctx.client_ip));
+            let buckets = l
+                .policy
+                .key
+                .buckets(&req.headers, super::ip_hash(ctx.client_ip));
             if let Decision::Deny { retry_after, reset } = l.check_buckets(buckets) {
                 m.rate_limited.with_label_values(&[scope]).inc();
                 return too_many(l, retry_after, reset).map(Some);
