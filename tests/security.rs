@@ -973,31 +973,44 @@ fn worker_metrics_cannot_duplicate_drovers_families_and_unused_names_expire() {
 
 #[test]
 fn header_keyed_rate_limit_with_client_ip_stops_a_client_rotating_its_key() {
+    // The test's requests come through a "proxy" (loopback) whose X-Forwarded-For is
+    // believed, so each request can come from the address the test chooses.
     let d = Drover::start(
         1,
-        "routes:\n  - name: header-only\n    path_prefix: /h/\n    rate_limit:\n      requests_per_second: 1\n      burst: 3\n      key: header:x-api-key\n  - name: header-and-ip\n    path_prefix: /c/\n    rate_limit:\n      requests_per_second: 1\n      burst: 3\n      key: header:x-api-key+client_ip\n",
+        "forwarded:\n  trusted_proxies: [127.0.0.1/32]\nroutes:\n  - name: header-only\n    path_prefix: /h/\n    rate_limit:\n      requests_per_second: 1\n      burst: 3\n      key: header:x-api-key\n  - name: header-and-ip\n    path_prefix: /c/\n    rate_limit:\n      requests_per_second: 1\n      burst: 3\n      key: header:x-api-key+client_ip\n",
     );
-    let count = |prefix: &str| {
+    let allowed = |prefix: &str, key: &dyn Fn(usize) -> String, ip: &dyn Fn(usize) -> String| {
         (0..10)
             .filter(|i| {
-                let key = format!("rotated-{i}");
+                let (k, a) = (key(*i), ip(*i));
                 let r = d
-                    .get_with(&format!("{prefix}x"), &[("x-api-key", &key)])
+                    .get_with(
+                        &format!("{prefix}x"),
+                        &[("x-api-key", &k), ("x-forwarded-for", &a)],
+                    )
                     .unwrap();
                 r.status != 429
             })
             .count()
     };
+    // One client rotating its key.
+    let rotating = |i: usize| format!("rotated-{i}");
+    let one_address = |_: usize| "10.0.0.1".to_string();
     assert_eq!(
-        count("/h/"),
+        allowed("/h/", &rotating, &one_address),
         10,
-        "header key alone: rotation is not limited (documented)"
+        "header key alone: rotation is not limited (the documented bypass)"
     );
     assert_eq!(
-        count("/c/"),
+        allowed("/c/", &rotating, &one_address),
         3,
         "header + client IP: the address's budget holds"
     );
+    // One key used from many addresses: the key's budget holds on both.
+    let shared = |_: usize| "shared-key".to_string();
+    let many = |i: usize| format!("10.1.0.{}", i + 1);
+    assert_eq!(allowed("/h/", &shared, &many), 3);
+    assert_eq!(allowed("/c/", &shared, &many), 3);
 }
 
 #[test]
