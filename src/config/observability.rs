@@ -263,8 +263,10 @@ fn valid_name(s: &str) -> bool {
 
 /// Parses `http://host:port/path`.
 pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
+    // Receivers often carry a credential in the path: errors show the URL without it.
+    let shown = crate::redact::url_path(url);
     let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{url}` must start with http:// (use a local relay for HTTPS receivers)")
+        format!("`{shown}` must start with http:// (use a local relay for HTTPS receivers)")
     })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -274,15 +276,15 @@ pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
         Some((h, p)) => (
             h,
             p.parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a port in `{url}`"))?,
+                .map_err(|_| format!("`{p}` is not a port in `{shown}`"))?,
         ),
         None => (authority, 80),
     };
     if host.is_empty() || host.contains(['@', ' ']) {
-        return Err(format!("`{url}` has no valid host"));
+        return Err(format!("`{shown}` has no valid host"));
     }
     if path.contains([' ', '\r', '\n']) {
-        return Err(format!("`{url}` has an invalid path"));
+        return Err(format!("`{shown}` has an invalid path"));
     }
     Ok(WebhookTarget {
         url: url.to_string(),

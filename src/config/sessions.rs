@@ -421,7 +421,10 @@ pub fn validate_sessions(
     if store == StoreKind::Redis && !f.redis.url.starts_with("redis://") {
         issues.push(issue(
             "sessions.redis.url",
-            format!("`{}` must start with redis://", f.redis.url),
+            format!(
+                "`{}` must start with redis://",
+                crate::redact::url_userinfo(&f.redis.url)
+            ),
         ));
     }
 
