@@ -78,7 +78,7 @@ pub async fn serve(
         }
         open.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(open.clone());
-        metrics.connections.set(open.load(Ordering::Relaxed) as i64);
+        metrics.connections.inc();
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         let header_timeout = limits.header_timeout;

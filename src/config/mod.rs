@@ -268,6 +268,22 @@ mod tests {
     }
 
     #[test]
+    fn variables_the_file_reads_are_withheld_from_workers_and_cannot_be_inherited() {
+        std::env::set_var("DROVER_TEST_WITHHELD", "abcdefghijklmnopqrstu");
+        let c = ok("admin:\n  token: ${DROVER_TEST_WITHHELD}\nlogging:\n  level: ${DROVER_UNSET_X:-info}\n");
+        assert!(c.workers.withheld_env.contains("DROVER_TEST_WITHHELD"));
+        assert!(c.workers.withheld_env.contains("DROVER_UNSET_X"));
+        let e = err("workers:\n  command: [/bin/sh]\n  inherit_env: [DROVER_TEST_*]\nadmin:\n  token: ${DROVER_TEST_WITHHELD}\n");
+        assert!(e.contains(":3: workers.inherit_env"), "{e}");
+        assert!(e.contains("DROVER_TEST_*"), "{e}");
+        let e = err("workers:\n  command: [/bin/sh]\n  inherit_env: [\"*\", \"A=B\"]\n");
+        assert!(
+            e.contains("workers.inherit_env[0]") && e.contains("workers.inherit_env[1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn durations_need_units() {
         let e = err("health_check:\n  interval: 5\n");
         assert!(e.contains("health_check.interval"), "{e}");
