@@ -4,7 +4,8 @@ use clap::Parser;
 use drover::config::{self, Config};
 use drover::lifecycle::signals::{DroverSignals, ShutdownKind};
 use drover::lifecycle::{control, pidfile};
-use drover::proxy::DroverProxy;
+use drover::proxy::pingora_carrier::PingoraCarrier;
+use drover::proxy::Pipeline;
 use drover::state::Shared;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -207,11 +208,12 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     if let Err(e) = pidfile::write(&pid_file) {
         log::warn!("cannot write the pid file: {e}");
     }
-    let drover = DroverProxy::new(shared);
-    let pingora = pingora_proxy::http_proxy(&server.configuration, drover.clone());
+    let pipeline = Pipeline::new(shared);
+    let pingora =
+        pingora_proxy::http_proxy(&server.configuration, PingoraCarrier::new(pipeline.clone()));
     let mut proxy = pingora_core::services::listening::Service::new(
         "drover HTTP/1 proxy".to_string(),
-        drover::proxy::h1::H1App::new(drover, pingora),
+        drover::proxy::h1::H1App::new(pipeline, pingora),
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);

@@ -74,7 +74,7 @@ proptest! {
         let client = drover::proxy::forwarded::client_ip(&cfg, peer, &req);
         drover::proxy::forwarded::apply(&cfg, &mut req, peer, client);
         let _ = drover::proxy::headers::cookie(&req, "drover_session");
-        let _ = drover::proxy::headers::request_id(&req);
+        let _ = drover::proxy::headers::request_id(&req, true);
         let _ = drover::observe::trace::parse(value.as_bytes());
         let _ = drover::observe::trace::TraceContext::from_request(&req);
     }

@@ -192,6 +192,28 @@ fn events_record_restarts_reloads_and_strategy_switches() {
     );
 }
 
+#[test]
+fn a_request_id_from_an_untrusted_client_is_replaced() {
+    let d = Drover::start(1, "");
+    let r = request(
+        &d.agent,
+        "GET",
+        &d.url("/echo"),
+        &[("x-request-id", "chosen-by-the-client")],
+        None,
+    )
+    .unwrap();
+    let echo: Value = serde_json::from_str(&r.body).unwrap();
+    let id = echo["headers"]["x-request-id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(id.len(), 16, "a fresh id went to the worker: {echo}");
+    assert_ne!(id, "chosen-by-the-client");
+    assert!(wait_until(Duration::from_secs(5), || access_line(&d, &id).is_some()));
+    assert!(access_line(&d, "chosen-by-the-client").is_none());
+}
+
 fn access_line(d: &Drover, needle: &str) -> Option<Value> {
     d.log()
         .lines()
@@ -202,7 +224,8 @@ fn access_line(d: &Drover, needle: &str) -> Option<Value> {
 
 #[test]
 fn traceparent_is_continued_or_started_and_logged_with_the_request_id() {
-    let d = Drover::start(1, "");
+    // The request id is believed from a trusted proxy only (here: the test client).
+    let d = Drover::start(1, "forwarded:\n  trusted_proxies: [\"127.0.0.1/32\"]\n");
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = request(
         &d.agent,

@@ -449,13 +449,35 @@ fn route_total_timeout_answers_504_instead_of_waiting() {
 }
 
 #[test]
+fn a_request_that_crashes_its_worker_is_not_sent_to_the_next_one() {
+    for fast in [true, false] {
+        let d = Drover::start(2, &format!("proxy:\n  fast_path: {fast}\n"));
+        let pids = d.worker_pids();
+        let r = d.get("/crash").unwrap();
+        assert_eq!(r.status, 502, "fast_path {fast}: {}", r.body);
+        // Exactly one worker died: the request was not retried on the other.
+        assert!(wait_until(Duration::from_secs(5), || {
+            d.metric("drover_worker_restarts_total{worker=\"worker-0\"}")
+                + d.metric("drover_worker_restarts_total{worker=\"worker-1\"}")
+                >= 1.0
+        }));
+        std::thread::sleep(Duration::from_millis(300));
+        let restarts = d.metric("drover_worker_restarts_total{worker=\"worker-0\"}")
+            + d.metric("drover_worker_restarts_total{worker=\"worker-1\"}");
+        assert_eq!(restarts, 1.0, "fast_path {fast}: pids before {pids:?}");
+        assert_eq!(d.metric("drover_retries_total"), 0.0, "fast_path {fast}");
+    }
+}
+
+#[test]
 fn retry_budget_caps_retries_during_a_total_outage() {
     let ups: Vec<_> = (0..3).map(|_| resetting_upstream()).collect();
     let mut yaml = String::from("upstreams:\n");
     for (port, _) in &ups {
         yaml.push_str(&format!("  - address: 127.0.0.1:{port}\n"));
     }
-    yaml.push_str("circuit_breaker:\n  enabled: false\nproxy:\n  retries: 2\n  retry_backoff:\n    base: 0s\n    max: 0s\n  retry_budget:\n    ratio: 0.2\n    min_per_second: 1\n    window: 10s\n");
+    // Resets after the request was sent are retried only when configured to be.
+    yaml.push_str("circuit_breaker:\n  enabled: false\nproxy:\n  retries: 2\n  retry_on: [connect_failure, reset]\n  retry_backoff:\n    base: 0s\n    max: 0s\n  retry_budget:\n    ratio: 0.2\n    min_per_second: 1\n    window: 10s\n");
     let d = Drover::start(0, &yaml);
     let requests = 100;
     for _ in 0..requests {

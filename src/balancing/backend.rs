@@ -105,6 +105,17 @@ pub struct Backend {
     pub started: Instant,
     /// Prometheus handles, attached by whoever registers metrics (absent in unit tests).
     pub metrics: std::sync::OnceLock<crate::observe::metrics::BackendHandles>,
+    /// Set once the backend has left the pool for good (its process exited, its upstream
+    /// was removed): connection pools drop what they hold for it.
+    retired: std::sync::atomic::AtomicBool,
+}
+
+/// Backends retired so far in this process; a connection pool that saw a different count
+/// last time looks for idle connections to retired backends.
+static RETIREMENTS: AtomicU64 = AtomicU64::new(0);
+
+pub fn retirements() -> u64 {
+    RETIREMENTS.load(Ordering::Acquire)
 }
 
 impl std::fmt::Debug for Backend {
@@ -119,6 +130,17 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
+    /// Marks the backend as gone for good (see [`retirements`]).
+    pub fn retire(&self) {
+        if !self.retired.swap(true, Ordering::AcqRel) {
+            RETIREMENTS.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     pub fn new(
         id: u64,
         name: &str,
@@ -148,6 +170,7 @@ impl Backend {
             breaker,
             started: Instant::now(),
             metrics: std::sync::OnceLock::new(),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -234,7 +234,8 @@ impl Pool {
         let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.members.load();
         let gone = cur.iter().find(|b| b.id == id).cloned();
-        if gone.is_some() {
+        if let Some(b) = &gone {
+            b.retire();
             let next: Vec<_> = cur.iter().filter(|b| b.id != id).cloned().collect();
             self.members.store(Arc::new(next));
             self.rebuild_locked(None);

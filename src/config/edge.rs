@@ -72,6 +72,15 @@ pub struct LimitsFile {
     /// Requests being handled at once; more answer 503 at once rather than queueing
     /// without bound. 0 = no limit.
     pub max_in_flight: u64,
+    /// Longest time a request head may take to arrive, from its first byte to its end;
+    /// a client trickling a head (slowloris) gets 408 and the connection closes.
+    pub client_header_timeout: super::duration::Dur,
+    /// Longest wait for a client to accept more response bytes; a client that stops
+    /// reading is dropped after it, freeing the request's backend slot (nginx's
+    /// `send_timeout`).
+    pub client_send_timeout: super::duration::Dur,
+    /// How long an idle client connection waits for its next request.
+    pub client_keepalive_timeout: super::duration::Dur,
 }
 
 impl Default for LimitsFile {
@@ -82,6 +91,9 @@ impl Default for LimitsFile {
             max_body_bytes: 10 * 1024 * 1024,
             client_body_timeout: super::duration::Dur::secs(30),
             max_in_flight: 10_000,
+            client_header_timeout: super::duration::Dur::secs(30),
+            client_send_timeout: super::duration::Dur::secs(60),
+            client_keepalive_timeout: super::duration::Dur::secs(60),
         }
     }
 }
@@ -93,6 +105,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: u64,
     pub client_body_timeout: std::time::Duration,
     pub max_in_flight: u64,
+    pub client_header_timeout: std::time::Duration,
+    pub client_send_timeout: std::time::Duration,
+    pub client_keepalive_timeout: std::time::Duration,
 }
 
 /// Pingora itself refuses more than 256 headers or 1 MiB of them (without a 431).
@@ -120,8 +135,15 @@ pub fn validate_limits(f: &LimitsFile) -> Result<LimitsConfig, Vec<ConfigIssue>>
             format!("out of range; accepted: 1 to {PINGORA_MAX_HEADERS}"),
         );
     }
-    if f.client_body_timeout.0.is_zero() {
-        fail("client_body_timeout", "must be greater than zero".into());
+    for (name, d) in [
+        ("client_body_timeout", f.client_body_timeout.0),
+        ("client_header_timeout", f.client_header_timeout.0),
+        ("client_send_timeout", f.client_send_timeout.0),
+        ("client_keepalive_timeout", f.client_keepalive_timeout.0),
+    ] {
+        if d.is_zero() {
+            fail(name, "must be greater than zero".into());
+        }
     }
     if !issues.is_empty() {
         return Err(issues);
@@ -132,5 +154,8 @@ pub fn validate_limits(f: &LimitsFile) -> Result<LimitsConfig, Vec<ConfigIssue>>
         max_body_bytes: f.max_body_bytes,
         client_body_timeout: f.client_body_timeout.0,
         max_in_flight: f.max_in_flight,
+        client_header_timeout: f.client_header_timeout.0,
+        client_send_timeout: f.client_send_timeout.0,
+        client_keepalive_timeout: f.client_keepalive_timeout.0,
     })
 }

@@ -302,6 +302,13 @@ pub struct ProxyFile {
     /// Serve bodyless HTTP/1.1 requests with drover's own engine instead of Pingora's
     /// generic proxy path (same steps, a fraction of the CPU; docs/PERFORMANCE.md).
     pub fast_path: bool,
+    /// When a failed attempt is tried again on another backend: `connect_failure` (the
+    /// request never reached a worker; always on), `reset` (the connection broke after
+    /// the whole request was sent, idempotent methods only), `timeout` (no response in
+    /// time, idempotent methods only).
+    pub retry_on: Vec<String>,
+    /// Largest response head a worker may send; more answers 502.
+    pub max_response_header_bytes: usize,
 }
 
 impl Default for ProxyFile {
@@ -316,6 +323,8 @@ impl Default for ProxyFile {
             retry_backoff: super::RetryBackoffFile::default(),
             retry_budget: super::RetryBudgetFile::default(),
             fast_path: true,
+            retry_on: vec!["connect_failure".to_string()],
+            max_response_header_bytes: 64 * 1024,
         }
     }
 }

@@ -179,6 +179,18 @@ pub struct ProxyConfig {
     pub keepalive_pool_size: usize,
     pub keepalive_timeout: Duration,
     pub fast_path: bool,
+    pub retry_on: RetryOn,
+    pub max_response_header_bytes: usize,
+}
+
+/// Which failed attempts are tried again (`proxy.retry_on`). A connect failure always is:
+/// nothing reached the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    /// The connection broke after the whole request was sent (the worker had it).
+    pub reset: bool,
+    /// The worker did not answer in time (it had the request).
+    pub timeout: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -482,6 +494,26 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
 
     let p = &file.proxy;
     c.range_u32("proxy.retries", p.retries, 0, 10);
+    let mut retry_on = RetryOn::default();
+    for r in &p.retry_on {
+        match r.as_str() {
+            "connect_failure" => {}
+            "reset" => retry_on.reset = true,
+            "timeout" => retry_on.timeout = true,
+            other => c.fail(
+                "proxy.retry_on",
+                format!(
+                    "`{other}` is not a retry condition; accepted: connect_failure, reset, timeout"
+                ),
+            ),
+        }
+    }
+    if !(1024..=1_048_576).contains(&p.max_response_header_bytes) {
+        c.fail(
+            "proxy.max_response_header_bytes",
+            "out of range; accepted: 1024 to 1048576",
+        );
+    }
     c.positive("proxy.connect_timeout", p.connect_timeout.0);
     c.positive("proxy.read_timeout", p.read_timeout.0);
     if p.keepalive_pool_size == 0 || p.keepalive_pool_size > 1_000_000 {
@@ -634,6 +666,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             keepalive_pool_size: p.keepalive_pool_size,
             keepalive_timeout: p.keepalive_timeout.0,
             fast_path: p.fast_path,
+            retry_on,
+            max_response_header_bytes: p.max_response_header_bytes,
         },
         forwarded,
         limits,

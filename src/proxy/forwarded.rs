@@ -21,6 +21,11 @@ fn trusted(cfg: &ForwardedConfig, ip: IpAddr) -> bool {
     cfg.trusted.iter().any(|n| n.contains(&ip))
 }
 
+/// Whether `peer` is a configured trusted proxy (whose forwarding fields are believed).
+pub fn is_trusted(cfg: &ForwardedConfig, peer: IpAddr) -> bool {
+    !cfg.trusted.is_empty() && trusted(cfg, peer)
+}
+
 /// One hop of `X-Forwarded-For` or a `for=` of `Forwarded`: an IP, maybe quoted,
 /// bracketed or with a port.
 fn parse_hop(text: &str) -> Option<IpAddr> {

@@ -1,12 +1,14 @@
-//! Header hygiene between client, drover and worker.
+//! Header hygiene between client, drover and worker, on `RequestHeader` /
+//! `ResponseHeader` values (the rules themselves are in `proxy::http::fields`).
 //!
 //! Headers that start with `x-drover-` are drover's channel to its workers (session data,
 //! internal signals). A client must never be able to inject them, and a worker's must
 //! never leak to a client, so they are stripped in both directions.
 
+use crate::proxy::http::fields;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-pub const INTERNAL_PREFIX: &[u8] = b"x-drover-";
+pub use fields::INTERNAL_PREFIX;
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Changes to a request's headers, applied in one go.
@@ -71,9 +73,9 @@ impl HeaderEdits {
     }
 }
 
-/// `HeaderName` is always lower case, so a plain prefix test is case-insensitive.
+/// An internal field name (`x-drover-*`, `x_drover_*`).
 pub fn is_internal(name: &http::HeaderName) -> bool {
-    name.as_str().as_bytes().starts_with(INTERNAL_PREFIX)
+    fields::is_internal(name.as_str().as_bytes())
 }
 
 /// Names of the internal headers present; `None` (no allocation) in the common case.
@@ -91,6 +93,47 @@ pub fn strip_internal_request(req: &mut RequestHeader) {
     }
 }
 
+/// Whether a client's field never reaches a worker: hop-by-hop, internal, or an
+/// underscore spelling of a field drover owns.
+fn dropped_from_request(name: &http::HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    fields::is_request_hop_by_hop(n) || fields::is_internal(n) || fields::is_underscore_alias(n)
+}
+
+/// Removes from a client's request every field that must not reach a worker: hop-by-hop
+/// fields and whatever the client's `Connection` nominates, internal fields, and the
+/// underscore spellings of fields drover owns. Runs before drover adds its own fields,
+/// so nothing a client nominates can remove those. A protocol upgrade keeps `Upgrade` and
+/// `Connection: upgrade`, which its carrier needs to forward the handshake.
+pub fn sanitize_request(req: &mut RequestHeader) {
+    if !req.headers.keys().any(dropped_from_request) {
+        return;
+    }
+    let conn = fields::connection_options(
+        req.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+    .unwrap_or_default();
+    let upgrade = req.version == http::Version::HTTP_11
+        && conn.upgrade
+        && req.headers.contains_key(http::header::UPGRADE);
+    let doomed: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| dropped_from_request(k) || conn.nominates(k.as_str().as_bytes()))
+        .filter(|k| !(upgrade && *k == http::header::UPGRADE))
+        .cloned()
+        .collect();
+    for n in doomed {
+        req.remove_header(&n);
+    }
+    if upgrade {
+        let _ = req.insert_header(http::header::CONNECTION, "upgrade");
+    }
+}
+
 /// Removes internal headers from a worker response before it reaches the client.
 pub fn strip_internal_response(resp: &mut ResponseHeader) {
     for n in internal_names(&resp.headers).unwrap_or_default() {
@@ -98,9 +141,32 @@ pub fn strip_internal_response(resp: &mut ResponseHeader) {
     }
 }
 
-/// A request id: the client's if it sent a sane one, else a fresh random 64-bit hex id.
-pub fn request_id(req: &RequestHeader) -> (String, bool) {
-    if let Some(v) = req.headers.get(&REQUEST_ID) {
+/// Removes from a worker's response the fields that stop at drover: hop-by-hop ones,
+/// those its `Connection` nominates, internal ones.
+pub fn sanitize_response(
+    resp: &mut ResponseHeader,
+    facts: &crate::proxy::http::response::ResponseFacts,
+) {
+    let doomed: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| !crate::proxy::http::response::forwarded(k.as_str().as_bytes(), facts))
+        .filter(|k| {
+            !(resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+                && (*k == http::header::UPGRADE || *k == http::header::CONNECTION))
+        })
+        .cloned()
+        .collect();
+    for n in doomed {
+        resp.remove_header(&n);
+    }
+}
+
+/// A request id: the one a trusted proxy sent (`trusted`: the peer is one), if sane,
+/// else a fresh random 64-bit hex id. A client's own is not believed: it would let a
+/// client pick the id other requests are logged and traced under.
+pub fn request_id(req: &RequestHeader, trusted: bool) -> (String, bool) {
+    if let Some(v) = req.headers.get(&REQUEST_ID).filter(|_| trusted) {
         if let Ok(s) = v.to_str() {
             if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
                 return (s.to_string(), false);
@@ -151,11 +217,15 @@ mod tests {
     #[test]
     fn keeps_sane_request_ids_and_replaces_bad_ones() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        assert!(request_id(&req).1);
+        assert!(request_id(&req, true).1);
         req.insert_header("X-Request-Id", "abc-123").unwrap();
-        assert_eq!(request_id(&req), ("abc-123".to_string(), false));
+        assert_eq!(request_id(&req, true), ("abc-123".to_string(), false));
+        assert!(
+            request_id(&req, false).1,
+            "an untrusted client's id is replaced"
+        );
         req.insert_header("X-Request-Id", "a b").unwrap();
-        assert!(request_id(&req).1);
+        assert!(request_id(&req, true).1);
     }
 
     #[test]

@@ -83,6 +83,9 @@ mod tests {
             max_body_bytes: 100,
             client_body_timeout: std::time::Duration::from_secs(1),
             max_in_flight: 5,
+            client_header_timeout: std::time::Duration::from_secs(1),
+            client_send_timeout: std::time::Duration::from_secs(1),
+            client_keepalive_timeout: std::time::Duration::from_secs(1),
         }
     }
 

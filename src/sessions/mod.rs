@@ -539,6 +539,11 @@ impl SessionService {
         crate::proxy::headers::is_internal(h).then_some(h)
     }
 
+    /// The field a worker updates this session's data with (`sessions.update_header`).
+    pub fn update_header<'a>(&self, s: &'a SessionCtx) -> &'a http::HeaderName {
+        &s.policy.cfg.update_header
+    }
+
     /// The `Set-Cookie` value for a session started by this request, once.
     pub fn take_set_cookie(&self, s: &mut SessionCtx) -> Option<String> {
         s.new_cookie.take()

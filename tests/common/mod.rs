@@ -360,11 +360,14 @@ impl Drover {
     }
 
     pub fn wait_ready(&self, workers: usize) {
+        // Ready: the admin plane says so, the workers are healthy, and the data plane
+        // (bound by Pingora after the control thread) accepts connections.
         let ok = wait_until(Duration::from_secs(30), || {
             request(&self.agent, "GET", &self.admin_url("/readyz"), &[], None)
                 .map(|r| r.status == 200)
                 .unwrap_or(false)
                 && (workers == 0 || self.healthy_workers() == workers)
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         });
         assert!(ok, "drover did not become ready; log:\n{}", self.log());
     }

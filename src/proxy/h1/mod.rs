@@ -1,97 +1,108 @@
-//! drover's own HTTP/1.1 engine for the common request: no request body, no upgrade.
+//! drover's own HTTP/1 engine: the front door of every HTTP/1 connection, and the
+//! carrier for the common request (HTTP/1.1, origin form, no body, no upgrade).
 //!
-//! Why it exists: Pingora's generic proxy path (`proxy_1to1`) costs ~60k instructions
-//! and ~75 allocations per request on top of drover's own work (docs/PERFORMANCE.md):
-//! a cloned request header, an mpsc channel and a second future per request, a boxed
-//! future per hook, a spawned idle-poll task per pooled connection. This engine serves
-//! the same request with the same steps (`proxy/steps.rs`: limits, header hygiene, rate
-//! limits, sessions, balancing, breakers, retries, metrics, access log), forwarding the
-//! worker's response head and body as bytes.
+//! Why it exists: Pingora's generic proxy path costs ~60k instructions and ~75
+//! allocations per request on top of drover's own work (docs/PERFORMANCE.md). This
+//! engine serves the same request with the same pipeline (`proxy::pipeline`) and
+//! forwards the worker's response head and body as bytes.
 //!
-//! It is an accept-time choice per request, not per connection: a request it does not
-//! serve (a body, `Upgrade`, `Expect`, HTTP/1.0, absolute form, a malformed head) is put
-//! back into the stream and handed to Pingora's `HttpProxy` for that one request, and the
-//! connection comes back afterwards. `proxy.fast_path: false` hands every request over.
+//! Every request head is read, bounded and judged here, whichever carrier then serves it
+//! (`limits.client_header_timeout`, `limits.max_header_bytes`, `limits.max_headers`,
+//! `proxy::http::request`), so both carriers accept exactly the same requests. A request
+//! this engine does not serve (a body, an upgrade, HTTP/1.0, another target form, or
+//! every request with `proxy.fast_path: false`) is handed to Pingora's proxy through
+//! [`client::ClientStream`], which gives Pingora exactly that request's bytes; the
+//! connection comes back afterwards with any pipelined request still in its buffer.
 
+mod client;
 mod codec;
 mod pool;
 
-use crate::proxy::{DroverProxy, LocalResponse, RequestCtx};
+use crate::proxy::http::chunked::ChunkedScanner;
+use crate::proxy::http::request::{BodyFraming, Rejection, TargetForm};
+use crate::proxy::http::response::ResponseFraming;
+use crate::proxy::pingora_carrier::PingoraCarrier;
+use crate::proxy::pipeline::{
+    Exchange, LimitKind, LocalResponse, Pipeline, Target, WorkerResponse,
+};
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use codec::{Framing, ParsedRequest, ResponseError};
+use client::ClientStream;
+use codec::{FieldAt, Head, HeadLimits, HeadParse, ResponseError};
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
-use pingora_core::upstreams::peer::Peer;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::RequestHeader;
-use pingora_proxy::{HttpProxy, ProxyHttp};
-use std::net::SocketAddr;
+use pingora_proxy::HttpProxy;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How long an idle client connection waits for its next request (as Pingora's path).
-const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
-/// A request head still incomplete after this many bytes goes to Pingora's path, which
-/// applies the header limits and answers 431.
-const MAX_BUFFERED_HEAD: usize = 16 * 1024;
-/// Chunk size for client reads.
-const CLIENT_READ: usize = 4096;
 /// Body bytes up to this size go out in the same write as the response head.
 const COALESCE: usize = 16 * 1024;
 
-/// The data plane's `ServerApp`: the fast path, with Pingora's proxy behind it.
+/// The data plane's `ServerApp`: drover's engine, with Pingora's proxy behind it.
 pub struct H1App {
-    drover: DroverProxy,
-    pingora: Arc<HttpProxy<DroverProxy>>,
+    pipeline: Pipeline,
+    pingora: Arc<HttpProxy<PingoraCarrier>>,
     /// `drover_http1_engine_requests_total{engine="fast"}` and `{engine="pingora"}`:
-    /// how much of the traffic the fast path serves.
+    /// how much of the traffic each carrier serves.
     served_fast: prometheus::IntCounter,
     served_by_pingora: prometheus::IntCounter,
 }
 
 impl H1App {
-    pub fn new(drover: DroverProxy, pingora: HttpProxy<DroverProxy>) -> Self {
+    pub fn new(pipeline: Pipeline, pingora: HttpProxy<PingoraCarrier>) -> Self {
         let vec = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 crate::observe::names::HTTP1_ENGINE_REQUESTS_TOTAL,
-                "HTTP/1 requests by the engine that served them: drover's fast path, or \
+                "HTTP/1 requests by the carrier that served them: drover's engine (fast), or \
                  Pingora's proxy (request bodies, upgrades, HTTP/1.0, proxy.fast_path off)",
             ),
             &["engine"],
         )
         .expect("valid metric");
-        let _ = drover
-            .shared
+        let _ = pipeline
+            .shared()
             .metrics
             .registry
             .register(Box::new(vec.clone()));
         H1App {
             served_fast: vec.with_label_values(&["fast"]),
             served_by_pingora: vec.with_label_values(&["pingora"]),
-            drover,
+            pipeline,
             pingora: Arc::new(pingora),
         }
     }
 
-    /// Serves one request through Pingora's path and returns the connection when it can
-    /// carry another request.
+    /// Serves one request through Pingora's proxy and returns the connection when it can
+    /// carry another request. Pingora reads exactly this request's bytes (see
+    /// `ClientStream::allow_request`).
     async fn delegate(
         &self,
-        stream: Box<L4Stream>,
+        mut io: Box<ClientStream>,
+        head: &Head,
+        keepalive: Duration,
         shutdown: &ShutdownWatch,
-    ) -> Option<Box<L4Stream>> {
+    ) -> Option<Box<ClientStream>> {
         self.served_by_pingora.inc();
+        io.allow_request(head.len, head.facts.framing, head.facts.upgrade);
+        let stream: Stream = io;
         let mut session = pingora_core::protocols::http::ServerSession::new_http1(stream);
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        // After an upgrade request the connection is the new protocol's or closes.
+        let keep = !*shutdown.borrow() && !head.facts.upgrade;
+        session.set_keepalive(keep.then_some(keepalive.as_secs().max(1)));
         let reused = self.pingora.process_new_http(session, shutdown).await?;
         let (stream, _settings) = reused.consume();
-        stream.into_any().downcast::<L4Stream>().ok()
+        let mut io = stream.into_any().downcast::<ClientStream>().ok()?;
+        if !io.request_consumed() {
+            return None;
+        }
+        io.reclaim();
+        Some(io)
     }
 }
 
@@ -102,18 +113,25 @@ impl ServerApp for H1App {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !stream.as_any().is::<L4Stream>() {
+        // HTTP/2, negotiated by ALPN, is Pingora's.
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.pingora.process_new(stream, shutdown).await;
         }
-        let stream = stream.into_any().downcast::<L4Stream>().ok()?;
+        let send_timeout = self
+            .pipeline
+            .shared()
+            .config
+            .load()
+            .limits
+            .client_send_timeout;
+        let io = Box::new(ClientStream::new(stream, Some(send_timeout)));
         Conn {
             app: self,
-            stream,
-            buf: BytesMut::with_capacity(CLIENT_READ),
-            out: BytesMut::with_capacity(CLIENT_READ),
+            out: BytesMut::with_capacity(4096),
+            fields: Vec::with_capacity(32),
             peer: None,
         }
-        .run(shutdown)
+        .run(io, shutdown)
         .await;
         None
     }
@@ -126,11 +144,10 @@ impl ServerApp for H1App {
 /// One client connection.
 struct Conn<'a> {
     app: &'a H1App,
-    stream: Box<L4Stream>,
-    /// Bytes read from the client and not yet handled (a pipelined next request).
-    buf: BytesMut,
     /// Bytes to write: request heads to workers, response heads to the client.
     out: BytesMut,
+    /// Where the fields of the last parsed request head are.
+    fields: Vec<FieldAt>,
     peer: Option<PeerAddr>,
 }
 
@@ -140,116 +157,186 @@ enum Next {
     Close,
 }
 
+enum ReadHead {
+    Head(Head),
+    /// The client closed, stayed idle too long, or drover is shutting down while idle.
+    Closed,
+    Reject(Rejection),
+}
+
+/// The settings one request reads, loaded once.
+struct ConnSettings {
+    fast_path: bool,
+    limits: HeadLimits,
+    header_timeout: Duration,
+    keepalive: Duration,
+}
+
 impl Conn<'_> {
-    async fn run(mut self, shutdown: &ShutdownWatch) {
-        use pingora_core::protocols::GetSocketDigest;
-        self.peer = self
-            .stream
+    fn settings(&self) -> ConnSettings {
+        let cfg = self.app.pipeline.shared().config.load();
+        ConnSettings {
+            fast_path: cfg.proxy.fast_path,
+            limits: HeadLimits {
+                max_bytes: cfg.limits.max_header_bytes,
+                max_headers: cfg.limits.max_headers,
+            },
+            header_timeout: cfg.limits.client_header_timeout,
+            keepalive: cfg.limits.client_keepalive_timeout,
+        }
+    }
+
+    async fn run(mut self, mut io: Box<ClientStream>, shutdown: &ShutdownWatch) {
+        self.peer = io
+            .inner()
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         loop {
-            let enabled = self.app.drover.shared.config.load().proxy.fast_path;
-            let parsed = if enabled {
-                match self.read_head(shutdown).await {
-                    Some(p) => p,
-                    None => return,
+            let settings = self.settings();
+            let head = match self.read_head(&mut io, &settings, shutdown).await {
+                ReadHead::Head(h) => h,
+                ReadHead::Closed => return,
+                ReadHead::Reject(r) => {
+                    self.reject(&mut io, r).await;
+                    return;
+                }
+            };
+            let facts = &head.facts;
+            let here = settings.fast_path
+                && facts.framing == BodyFraming::None
+                && !facts.http10
+                && !facts.upgrade
+                && !facts.expect_continue
+                && facts.target == TargetForm::Origin;
+            let next = if here {
+                match codec::take_request(&mut io.buf, &head, &self.fields) {
+                    Ok(req) => self.serve(&mut io, req, &head, shutdown).await,
+                    Err(r) => {
+                        self.reject(&mut io, r).await;
+                        Next::Close
+                    }
                 }
             } else {
-                ParsedRequest::Delegate
-            };
-            let next = match parsed {
-                ParsedRequest::Fast(req) => self.serve(*req, shutdown).await,
-                ParsedRequest::Partial | ParsedRequest::Delegate => {
-                    let pending = std::mem::take(&mut self.buf);
-                    self.stream.rewind(&pending);
-                    self.buf = pending;
-                    self.buf.clear();
-                    let Some(stream) = self.app.delegate(self.stream, shutdown).await else {
-                        return;
-                    };
-                    self.stream = stream;
-                    Next::KeepAlive
+                match self
+                    .app
+                    .delegate(io, &head, settings.keepalive, shutdown)
+                    .await
+                {
+                    Some(back) => {
+                        io = back;
+                        Next::KeepAlive
+                    }
+                    None => return,
                 }
             };
             if matches!(next, Next::Close) || *shutdown.borrow() {
-                let _ = self.stream.flush().await;
+                let _ = io.flush().await;
                 return;
             }
         }
     }
 
-    /// Reads until a whole request head is buffered. `None`: the client closed, went
-    /// idle too long, or drover is shutting down while it was idle.
-    async fn read_head(&mut self, shutdown: &ShutdownWatch) -> Option<ParsedRequest> {
+    /// Reads until a whole request head is buffered, within the keep-alive timeout while
+    /// idle and within `limits.client_header_timeout` once its first byte arrived.
+    async fn read_head(
+        &mut self,
+        io: &mut ClientStream,
+        settings: &ConnSettings,
+        shutdown: &ShutdownWatch,
+    ) -> ReadHead {
         let mut shutdown = shutdown.clone();
+        let mut deadline: Option<Instant> = None;
         loop {
-            if !self.buf.is_empty() {
-                match codec::parse_request(&mut self.buf) {
-                    ParsedRequest::Partial if self.buf.len() < MAX_BUFFERED_HEAD => {}
-                    ParsedRequest::Partial => return Some(ParsedRequest::Delegate),
-                    p => return Some(p),
+            if !io.buf.is_empty() {
+                match codec::parse_head(&io.buf, settings.limits, &mut self.fields) {
+                    HeadParse::Complete(h) => return ReadHead::Head(h),
+                    HeadParse::Reject(r) => return ReadHead::Reject(r),
+                    HeadParse::Partial => {}
                 }
+                deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
             }
-            self.buf.reserve(CLIENT_READ);
-            let idle = self.buf.is_empty();
-            let read = tokio::time::timeout(CLIENT_KEEPALIVE, self.stream.read_buf(&mut self.buf));
-            let n = if idle {
-                tokio::select! {
-                    r = read => r,
-                    _ = shutdown.changed() => return None,
+            let read = match deadline {
+                None => {
+                    tokio::select! {
+                        r = tokio::time::timeout(settings.keepalive, io.fill()) => r,
+                        _ = shutdown.changed() => return ReadHead::Closed,
+                    }
                 }
-            } else {
-                read.await
+                Some(dl) => tokio::time::timeout_at(dl.into(), io.fill()).await,
             };
-            match n {
+            match read {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
+                Ok(_) => return ReadHead::Closed,
+                Err(_) if deadline.is_some() => {
+                    return ReadHead::Reject(Rejection {
+                        status: 408,
+                        why: codec::WHY_HEAD_TIMEOUT,
+                    })
+                }
+                Err(_) => return ReadHead::Closed,
             }
         }
     }
 
-    /// Serves one bodyless request with the shared steps.
-    async fn serve(&mut self, req: codec::Request, shutdown: &ShutdownWatch) -> Next {
-        let drover = &self.app.drover;
+    /// Answers a refused request head and closes: after a malformed head the rest of
+    /// the stream cannot be trusted.
+    async fn reject(&mut self, io: &mut ClientStream, r: Rejection) {
+        let p = &self.app.pipeline;
+        p.rejected_head(r.status, r.why);
+        log::debug!("refused a request head: {} {}", r.status, r.why);
+        if let Ok(answer) = LocalResponse::failure(r.status, None) {
+            self.out.clear();
+            codec::write_local(&answer.header, &answer.body, true, true, &mut self.out);
+            let _ = self.write_out(io).await;
+        }
+    }
+
+    /// Serves one bodyless request with the pipeline.
+    async fn serve(
+        &mut self,
+        io: &mut ClientStream,
+        mut header: RequestHeader,
+        head: &Head,
+        shutdown: &ShutdownWatch,
+    ) -> Next {
+        let p = &self.app.pipeline;
         self.app.served_fast.inc();
-        let mut ctx: RequestCtx = drover.new_ctx();
-        let mut header = req.header;
+        let mut ex = Exchange::new();
         let peer_ip = self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
-        match drover.admit(&mut header, peer_ip, &mut ctx).await {
+        match p.admit(&mut header, peer_ip, &mut ex).await {
             Ok(None) => {}
             Ok(Some(answer)) => {
-                return self.answer(&header, answer, &mut ctx, req.keep_alive).await
+                return self
+                    .answer(io, &header, answer, &mut ex, head.facts.keep_alive)
+                    .await
             }
-            Err(e) => return self.fail(&header, &e, &mut ctx).await,
+            Err(e) => return self.fail(io, &header, &e, &mut ex).await,
         }
-        let keep_alive = req.keep_alive && !*shutdown.borrow();
-        match self.proxy(&mut header, &mut ctx, keep_alive).await {
+        let keep_alive = head.facts.keep_alive && !*shutdown.borrow();
+        match self.proxy(io, &mut header, &mut ex, keep_alive).await {
             Ok((status, sent, next)) => {
-                drover
-                    .finish(&header, self.peer.as_ref(), status, sent, None, &mut ctx)
+                p.finish(&header, self.peer.as_ref(), status, sent, None, &mut ex)
                     .await;
                 next
             }
-            Err(Failure::Before(e)) => self.fail(&header, &e, &mut ctx).await,
+            Err(Failure::Before(e)) => self.fail(io, &header, &e, &mut ex).await,
             Err(Failure::During {
                 status,
                 sent,
                 error,
             }) => {
                 if error.esource() == &ErrorSource::Downstream {
-                    // The client went away: nothing to blame the backend for.
-                    ctx.guard = None;
+                    ex.client_gone();
                 }
-                drover
-                    .finish(
-                        &header,
-                        self.peer.as_ref(),
-                        status,
-                        sent,
-                        Some(&error),
-                        &mut ctx,
-                    )
-                    .await;
+                p.finish(
+                    &header,
+                    self.peer.as_ref(),
+                    status,
+                    sent,
+                    Some(&error),
+                    &mut ex,
+                )
+                .await;
                 Next::Close
             }
         }
@@ -258,21 +345,32 @@ impl Conn<'_> {
     /// drover's own answer (a limit, a rate limit, a fallback).
     async fn answer(
         &mut self,
+        io: &mut ClientStream,
         header: &RequestHeader,
         answer: LocalResponse,
-        ctx: &mut RequestCtx,
+        ex: &mut Exchange,
         keep_alive: bool,
     ) -> Next {
         let close = answer.close || !keep_alive;
         let status = answer.header.status.as_u16();
         self.out.clear();
-        codec::write_local(&answer.header, &answer.body, close, &mut self.out);
-        let sent = answer.body.len();
-        let written = self.write_out().await;
+        codec::write_local(
+            &answer.header,
+            &answer.body,
+            ex.head_request(),
+            close,
+            &mut self.out,
+        );
+        let sent = if LocalResponse::body_allowed(ex.head_request(), status) {
+            answer.body.len()
+        } else {
+            0
+        };
+        let written = self.write_out(io).await;
         let e = written.err();
         self.app
-            .drover
-            .finish(header, self.peer.as_ref(), status, sent, e.as_deref(), ctx)
+            .pipeline
+            .finish(header, self.peer.as_ref(), status, sent, e.as_deref(), ex)
             .await;
         if close || e.is_some() {
             Next::Close
@@ -282,52 +380,69 @@ impl Conn<'_> {
     }
 
     /// The request failed before any response reached the client: answer as Pingora's
-    /// `fail_to_proxy` would, then close.
-    async fn fail(&mut self, header: &RequestHeader, e: &Error, ctx: &mut RequestCtx) -> Next {
-        let drover = &self.app.drover;
-        let code = drover.failure_status(e);
+    /// carrier would, then close.
+    async fn fail(
+        &mut self,
+        io: &mut ClientStream,
+        header: &RequestHeader,
+        e: &Error,
+        ex: &mut Exchange,
+    ) -> Next {
+        let p = &self.app.pipeline;
+        let code = p.failure_status(e);
         if code > 0 {
-            if let Ok(answer) = LocalResponse::failure(code, ctx.reject) {
+            if let Ok(answer) = LocalResponse::failure(code, ex.rejection()) {
                 self.out.clear();
-                codec::write_local(&answer.header, &answer.body, true, &mut self.out);
-                let _ = self.write_out().await;
+                codec::write_local(
+                    &answer.header,
+                    &answer.body,
+                    ex.head_request(),
+                    true,
+                    &mut self.out,
+                );
+                let _ = self.write_out(io).await;
             }
         }
-        drover
-            .finish(header, self.peer.as_ref(), code, 0, Some(e), ctx)
+        p.finish(header, self.peer.as_ref(), code, 0, Some(e), ex)
             .await;
         Next::Close
     }
 
-    /// Sends the first `take` bytes of the worker's buffer to the client, together with
-    /// the pending response head when they are small (one write), else straight from the
-    /// buffer (no copy).
+    /// Sends the first `take` bytes of the worker's buffer to the client: small ones are
+    /// added to the pending output (written now when `flush`), large ones written straight
+    /// from the buffer (no copy).
     async fn forward(
         &mut self,
+        io: &mut ClientStream,
         up: &mut pool::UpstreamConn,
         take: usize,
+        flush: bool,
     ) -> Result<(), Box<Error>> {
         if take <= COALESCE {
             self.out.extend_from_slice(&up.buf[..take]);
             up.buf.advance(take);
-            return self.write_out().await;
+            return if flush {
+                self.write_out(io).await
+            } else {
+                Ok(())
+            };
         }
         if !self.out.is_empty() {
-            self.write_out().await?;
+            self.write_out(io).await?;
         }
         let r = async {
-            self.stream.write_all(&up.buf[..take]).await?;
-            self.stream.flush().await
+            io.write_all(&up.buf[..take]).await?;
+            io.flush().await
         }
         .await;
         up.buf.advance(take);
         r.map_err(downstream_write_error)
     }
 
-    async fn write_out(&mut self) -> Result<(), Box<Error>> {
+    async fn write_out(&mut self, io: &mut ClientStream) -> Result<(), Box<Error>> {
         let r = async {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await
+            io.write_all(&self.out).await?;
+            io.flush().await
         }
         .await;
         self.out.clear();
@@ -335,54 +450,58 @@ impl Conn<'_> {
     }
 
     /// Picks a backend, sends the request and streams the response back, retrying on
-    /// another backend as the shared steps decide. Returns the status, body bytes sent
-    /// and whether the client connection stays open.
+    /// another backend as the pipeline decides. Returns the status, body bytes sent and
+    /// whether the client connection stays open.
     async fn proxy(
         &mut self,
+        io: &mut ClientStream,
         header: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ex: &mut Exchange,
         keep_alive: bool,
     ) -> Result<(u16, usize, Next), Failure> {
-        let drover = &self.app.drover;
-        let (cap, max_idle) = {
-            let cfg = drover.shared.config.load();
-            (cfg.proxy.keepalive_pool_size, cfg.proxy.keepalive_timeout)
+        let p = &self.app.pipeline;
+        let (cap, max_idle, max_head) = {
+            let cfg = p.shared().config.load();
+            (
+                cfg.proxy.keepalive_pool_size,
+                cfg.proxy.keepalive_timeout,
+                cfg.proxy.max_response_header_bytes,
+            )
         };
         let head_request = header.method == http::Method::HEAD;
+        let picked = p.response_field_names(ex).session_update;
         loop {
-            let peer = match drover.pick_peer(header, ctx).await {
-                Ok(p) => p,
+            let target = match p.choose(header, ex).await {
+                Ok(t) => t,
                 Err(e) if e.retry() => continue,
                 Err(e) => return Err(Failure::Before(e)),
             };
-            drover.prepare_upstream_request(header, ctx);
+            p.upstream_request(header, ex);
             self.out.clear();
             codec::write_request(header, &mut self.out);
-            let Some(addr) = peer.address().as_inet().copied() else {
-                return Err(Failure::Before(Error::explain(
-                    ErrorType::ConnectError,
-                    "fast path: backend is not a TCP address",
-                )));
+            let expect = Expect {
+                head_request,
+                max_head,
+                picked: picked.as_ref(),
+                read_timeout: target.read_timeout,
             };
-            let timeouts = (peer.options.connection_timeout, peer.options.read_timeout);
             // A pooled connection the worker closed at the wrong moment is replaced by a
             // fresh one without counting against the backend.
             let mut fresh_only = false;
             let attempt = loop {
-                let pooled = if fresh_only {
-                    None
-                } else {
-                    pool::take(&addr, max_idle)
+                let pooled = match (&target.backend, fresh_only) {
+                    (Some(b), false) => pool::take(b, max_idle),
+                    _ => None,
                 };
                 let reused = pooled.is_some();
                 let mut up = match pooled {
                     Some(c) => c,
-                    None => match connect(addr, timeouts.0).await {
+                    None => match connect(&target).await {
                         Ok(c) => c,
                         Err(e) => break Attempt::ConnectFailed(e),
                     },
                 };
-                match exchange(&mut up, &self.out, timeouts.1, head_request).await {
+                match exchange(&mut up, &self.out, &expect).await {
                     Ok(head) => break Attempt::Response(up, head),
                     Err(e) if reused && (header.method.is_idempotent() || e.1) => {
                         fresh_only = true;
@@ -393,112 +512,87 @@ impl Conn<'_> {
             let (up, head) = match attempt {
                 Attempt::Response(up, head) => (up, head),
                 Attempt::ConnectFailed(e) => {
-                    if drover.connect_failed(ctx, &e) {
+                    if p.connect_failed(ex, &e) {
                         continue;
                     }
                     return Err(Failure::Before(e));
                 }
                 Attempt::Failed(e) => {
-                    if drover.proxy_failed(ctx, &e, header, true) {
+                    if p.proxy_failed(ex, &e, header, true) {
                         continue;
                     }
                     return Err(Failure::Before(e));
                 }
             };
             return self
-                .respond(up, head, ctx, keep_alive, (addr, cap), timeouts.1)
+                .respond(io, up, head, ex, keep_alive, (&target, cap), &expect)
                 .await;
         }
     }
 
     /// Forwards the worker's response head and body to the client.
+    #[allow(clippy::too_many_arguments)]
     async fn respond(
         &mut self,
+        io: &mut ClientStream,
         mut up: pool::UpstreamConn,
         head: codec::ResponseHead,
-        ctx: &mut RequestCtx,
+        ex: &mut Exchange,
         keep_alive: bool,
-        (addr, cap): (SocketAddr, usize),
-        read_timeout: Option<Duration>,
+        (target, cap): (&Target, usize),
+        expect: &Expect<'_>,
     ) -> Result<(u16, usize, Next), Failure> {
-        let drover = &self.app.drover;
-        let close = !keep_alive || head.framing == Framing::UntilClose;
-        self.out.clear();
-        let head_bytes = &up.buf[..head.len];
-        let mut status = head.status;
-        let sessions = drover.shared.sessions.get();
-        // The worker's session update, when its header is an internal one (the default),
-        // is picked out while the head is copied; a custom name needs the header map.
-        // `None`: no session; `Some(None)`: a session with a custom update header name.
-        let update_name = match (&ctx.session, sessions) {
-            (Some(s), Some(svc)) => Some(svc.internal_update_header(s).cloned()),
-            _ => None,
-        };
-        match update_name {
-            Some(None) => {
-                let mut resp = codec::build_response(head_bytes)
-                    .map_err(|_| Failure::Before(bad_response()))?;
-                drover.on_upstream_response(&mut resp, ctx).await;
-                status = resp.status.as_u16();
-                codec::write_response(&resp, close, &mut self.out);
-            }
-            update_name => {
-                let update_name = update_name.flatten();
-                ctx.response_started = true;
-                let cookie = match (ctx.session.as_mut(), sessions) {
-                    (Some(s), Some(svc)) => svc.take_set_cookie(s),
-                    _ => None,
-                };
-                let backend = ctx.guard.as_ref().map(|g| g.backend().name.clone());
-                let custom = &drover.shared.observe.custom;
-                let mut update: Option<Vec<u8>> = None;
-                let extra = cookie
-                    .as_deref()
-                    .map(|c| (http::header::SET_COOKIE.as_str().as_bytes(), c.as_bytes()));
-                codec::forward_parsed_head(
-                    &up.buf,
-                    &head,
-                    close,
-                    extra,
-                    &mut self.out,
-                    |name, value| {
-                        if let Some(u) = &update_name {
-                            if update.is_none() && name.eq_ignore_ascii_case(u.as_str().as_bytes())
-                            {
-                                update = Some(value.to_vec());
-                                return;
-                            }
-                        }
-                        if let Some(b) = &backend {
-                            if name.eq_ignore_ascii_case(crate::observe::custom::HEADER.as_bytes())
-                            {
-                                custom.ingest(b, value);
-                            }
-                        }
-                    },
-                )
-                .map_err(|_| Failure::Before(bad_response()))?;
-                if let (Some(s), Some(svc)) = (ctx.session.as_mut(), sessions) {
-                    svc.save_update(s, update).await;
+        let p = &self.app.pipeline;
+        let close = !keep_alive || head.framing == ResponseFraming::UntilClose;
+        let status = head.status;
+        // The fields the pipeline acts on, picked out of the head before it is copied.
+        let mut session_update = None;
+        codec::for_each_picked(&up.buf, &head, |name, value| {
+            if expect
+                .picked
+                .is_some_and(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            {
+                if session_update.is_none() {
+                    session_update = Some(value.to_vec());
                 }
+            } else if name.eq_ignore_ascii_case(crate::observe::custom::HEADER.as_bytes()) {
+                p.worker_metrics(ex, value);
             }
-        }
+        })
+        .map_err(|_| Failure::Before(bad_response()))?;
+        let adds = p
+            .on_response(
+                ex,
+                WorkerResponse {
+                    status,
+                    session_update,
+                },
+            )
+            .await;
+        let extra = adds
+            .set_cookie
+            .as_deref()
+            .map(|c| (http::header::SET_COOKIE.as_str().as_bytes(), c.as_bytes()));
+        self.out.clear();
+        codec::forward_parsed_head(&up.buf, &head, close, extra, &mut self.out)
+            .map_err(|_| Failure::Before(bad_response()))?;
         up.buf.advance(head.len);
         let during = |status, sent, error| Failure::During {
             status,
             sent,
             error,
         };
+        let read_timeout = expect.read_timeout;
         let mut sent = 0usize;
         let reusable = match head.framing {
-            Framing::Empty => {
-                self.write_out().await.map_err(|e| during(status, 0, e))?;
-                head.reusable
+            ResponseFraming::Empty => {
+                self.write_out(io).await.map_err(|e| during(status, 0, e))?;
+                head.reusable && up.buf.is_empty()
             }
-            Framing::Length(mut left) => {
+            ResponseFraming::Length(mut left) => {
                 loop {
                     let take = (up.buf.len() as u64).min(left) as usize;
-                    self.forward(&mut up, take)
+                    self.forward(io, &mut up, take, true)
                         .await
                         .map_err(|e| during(status, sent, e))?;
                     left -= take as u64;
@@ -513,18 +607,23 @@ impl Conn<'_> {
                 }
                 head.reusable && up.buf.is_empty()
             }
-            Framing::Chunked => {
-                let mut scanner = codec::ChunkedScanner::default();
+            ResponseFraming::Chunked => {
+                let mut scanner = ChunkedScanner::default();
                 loop {
-                    let end = scanner
-                        .feed(&up.buf)
+                    let scan = scanner
+                        .scan(&up.buf)
                         .map_err(|_| during(status, sent, bad_response()))?;
-                    let take = end.unwrap_or(up.buf.len());
-                    self.forward(&mut up, take)
+                    // Trailer fields are not forwarded (see `proxy::http::chunked`).
+                    self.forward(io, &mut up, scan.body, !scan.done)
                         .await
                         .map_err(|e| during(status, sent, e))?;
-                    sent += take;
-                    if end.is_some() {
+                    up.buf.advance(scan.consumed - scan.body);
+                    sent += scan.body;
+                    if scan.done {
+                        self.out.extend_from_slice(b"\r\n");
+                        self.write_out(io)
+                            .await
+                            .map_err(|e| during(status, sent, e))?;
                         break;
                     }
                     read_upstream(&mut up, read_timeout, pool::BODY_READ, "the worker's body")
@@ -533,10 +632,10 @@ impl Conn<'_> {
                 }
                 head.reusable && up.buf.is_empty()
             }
-            Framing::UntilClose => {
+            ResponseFraming::UntilClose => {
                 loop {
                     let take = up.buf.len();
-                    self.forward(&mut up, take)
+                    self.forward(io, &mut up, take, true)
                         .await
                         .map_err(|e| during(status, sent, e))?;
                     sent += take;
@@ -552,7 +651,9 @@ impl Conn<'_> {
             }
         };
         if reusable {
-            pool::put(addr, up, cap);
+            if let Some(b) = &target.backend {
+                pool::put(b, up, cap);
+            }
         }
         Ok((
             status,
@@ -562,6 +663,19 @@ impl Conn<'_> {
     }
 }
 
+/// What an attempt expects from the worker's response.
+struct Expect<'a> {
+    head_request: bool,
+    max_head: usize,
+    /// A non-internal field the pipeline takes out of the response (a custom session
+    /// update field name).
+    picked: Option<&'a http::HeaderName>,
+    read_timeout: Option<Duration>,
+}
+
+/// Lives on the stack for one attempt; boxing the large variant would cost an allocation
+/// per request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     Response(pool::UpstreamConn, codec::ResponseHead),
     ConnectFailed(Box<Error>),
@@ -580,7 +694,12 @@ enum Failure {
 }
 
 fn downstream_write_error(e: std::io::Error) -> Box<Error> {
-    let mut e = Error::because(ErrorType::WriteError, "writing to the client", e);
+    let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+        ErrorType::WriteTimedout
+    } else {
+        ErrorType::WriteError
+    };
+    let mut e = Error::because(kind, "writing to the client", e);
     e.esource = ErrorSource::Downstream;
     e
 }
@@ -607,12 +726,10 @@ fn upstream_error(e: std::io::Error) -> Box<Error> {
     upstream(Error::because(kind, "reading from the worker", e))
 }
 
-async fn connect(
-    addr: SocketAddr,
-    timeout: Option<Duration>,
-) -> Result<pool::UpstreamConn, Box<Error>> {
+async fn connect(target: &Target) -> Result<pool::UpstreamConn, Box<Error>> {
+    let addr = target.addr;
     let connecting = TcpStream::connect(addr);
-    let stream = match timeout {
+    let stream = match target.connect_timeout {
         Some(t) => match tokio::time::timeout(t, connecting).await {
             Ok(r) => r,
             Err(_) => {
@@ -641,8 +758,7 @@ async fn connect(
 async fn exchange(
     up: &mut pool::UpstreamConn,
     request: &[u8],
-    read_timeout: Option<Duration>,
-    head_request: bool,
+    expect: &Expect<'_>,
 ) -> Result<codec::ResponseHead, (Box<Error>, bool)> {
     if let Err(e) = up.stream.write_all(request).await {
         let e = Error::because(ErrorType::WriteError, "writing to the worker", e);
@@ -650,19 +766,26 @@ async fn exchange(
     }
     up.buf.clear();
     loop {
-        match codec::parse_response(&up.buf, head_request) {
+        match codec::parse_response(&up.buf, expect.head_request, expect.max_head, expect.picked) {
             Ok(head) if head.status == 101 => return Err((bad_response(), false)),
             Ok(head) if (100..200).contains(&head.status) => {
                 up.buf.advance(head.len);
                 continue;
             }
             Ok(head) => return Ok(head),
-            Err(ResponseError::Invalid) => return Err((bad_response(), false)),
+            Err(ResponseError::Invalid(why)) => {
+                log::warn!("invalid response from the worker: {why}");
+                return Err((bad_response(), false));
+            }
+            Err(ResponseError::TooLarge) => {
+                log::warn!("the worker sent a response head over proxy.max_response_header_bytes");
+                return Err((bad_response(), false));
+            }
             Err(ResponseError::Partial) => {}
         }
         read_upstream(
             up,
-            read_timeout,
+            expect.read_timeout,
             pool::READ_CHUNK,
             "the worker's response head",
         )
@@ -701,5 +824,19 @@ async fn read_upstream(
         }
         Ok(_) => Ok(()),
         Err(e) => Err(upstream_error(e)),
+    }
+}
+
+impl Pipeline {
+    /// A request head drover refused before any step ran: counted like an answered
+    /// request, and against the edge limit it broke.
+    fn rejected_head(&self, status: u16, why: &'static str) {
+        match why {
+            codec::WHY_HEAD_BYTES => self.count_limit(LimitKind::HeaderBytes),
+            codec::WHY_HEADER_COUNT => self.count_limit(LimitKind::HeaderCount),
+            codec::WHY_HEAD_TIMEOUT => self.count_limit(LimitKind::HeaderTimeout),
+            _ => {}
+        }
+        self.shared().metrics.status_class(status).inc();
     }
 }

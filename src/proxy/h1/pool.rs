@@ -1,15 +1,20 @@
-//! Idle connections to workers, kept for reuse by the fast path.
+//! Idle connections to workers, kept for reuse by drover's engine.
 //!
 //! One pool per data-plane thread (a thread-local): each Pingora thread runs its own
 //! single-threaded runtime, so a connection stays on the reactor that registered it and
-//! taking one needs no lock. Liveness is read from the reactor's readiness state: a
-//! connection the worker closed while idle shows as readable, and only then does the
-//! check cost a system call.
+//! taking one needs no lock. Connections are kept per backend; when the pool is full the
+//! oldest idle connection (to any backend) makes room, and connections to a backend
+//! that left the pool for good are closed the next time this thread uses the pool.
+//!
+//! A connection is only reused when it is clean: nothing arrived on it after its last
+//! response ended. Liveness is read from the reactor's readiness state, so the check
+//! costs a system call only when the worker sent something (or closed) while idle.
 
+use crate::balancing::backend::{retirements, Backend};
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -38,7 +43,7 @@ impl UpstreamConn {
         }
     }
 
-    /// No bytes and no close arrived while the connection sat idle.
+    /// No bytes and no close arrived since the last response ended.
     fn is_quiet(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
@@ -53,34 +58,86 @@ impl UpstreamConn {
     }
 }
 
+struct Idle {
+    backend: Weak<Backend>,
+    conns: Vec<UpstreamConn>,
+}
+
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<UpstreamConn>>,
+    idle: HashMap<u64, Idle>,
     count: usize,
+    /// `retirements()` when this thread last dropped connections to retired backends.
+    seen_retirements: u64,
+}
+
+impl Pool {
+    /// Closes idle connections to backends that left the pool for good.
+    fn purge_retired(&mut self) {
+        let now = retirements();
+        if now == self.seen_retirements {
+            return;
+        }
+        self.seen_retirements = now;
+        let mut dropped = 0;
+        self.idle.retain(|_, idle| {
+            let live = idle.backend.upgrade().is_some_and(|b| !b.is_retired());
+            if !live {
+                dropped += idle.conns.len();
+            }
+            live
+        });
+        self.count -= dropped;
+    }
+
+    /// Closes the oldest idle connection, whichever backend it belongs to.
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .idle
+            .iter()
+            .filter_map(|(id, idle)| idle.conns.first().map(|c| (c.idle_since, *id)))
+            .min();
+        if let Some((_, id)) = oldest {
+            if let Some(idle) = self.idle.get_mut(&id) {
+                idle.conns.remove(0);
+                self.count -= 1;
+                if idle.conns.is_empty() {
+                    self.idle.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// A live idle connection to `addr`, the most recently used first.
-pub fn take(addr: &SocketAddr, max_idle: Duration) -> Option<UpstreamConn> {
+/// A live, clean idle connection to `backend`, the most recently used first.
+pub fn take(backend: &Arc<Backend>, max_idle: Duration) -> Option<UpstreamConn> {
     POOL.with_borrow_mut(|p| {
-        let conns = p.idle.get_mut(addr)?;
-        while let Some(c) = conns.pop() {
+        p.purge_retired();
+        let idle = p.idle.get_mut(&backend.id)?;
+        let mut found = None;
+        while let Some(c) = idle.conns.pop() {
             p.count -= 1;
             if c.idle_since.elapsed() < max_idle && c.is_quiet() {
-                return Some(c);
+                found = Some(c);
+                break;
             }
         }
-        None
+        if idle.conns.is_empty() {
+            p.idle.remove(&backend.id);
+        }
+        found
     })
 }
 
-/// Keeps a connection for reuse; when the pool holds `cap` connections, the oldest
-/// idle connection to the same worker makes room (or this one is closed).
-pub fn put(addr: SocketAddr, mut conn: UpstreamConn, cap: usize) {
-    if cap == 0 || !conn.buf.is_empty() {
+/// Keeps a connection for reuse. It must be clean (its last response ended exactly at the
+/// end of what was read, and nothing arrived since); when the pool holds `cap`
+/// connections the oldest one makes room.
+pub fn put(backend: &Arc<Backend>, mut conn: UpstreamConn, cap: usize) {
+    if cap == 0 || !conn.buf.is_empty() || backend.is_retired() || !conn.is_quiet() {
         return;
     }
     if conn.buf.capacity() > BODY_READ {
@@ -88,15 +145,18 @@ pub fn put(addr: SocketAddr, mut conn: UpstreamConn, cap: usize) {
     }
     conn.idle_since = Instant::now();
     POOL.with_borrow_mut(|p| {
-        let conns = p.idle.entry(addr).or_default();
-        if p.count >= cap {
-            if conns.is_empty() {
-                return;
-            }
-            conns.remove(0);
-            p.count -= 1;
+        p.purge_retired();
+        while p.count >= cap && p.count > 0 {
+            p.evict_oldest();
         }
-        conns.push(conn);
+        p.idle
+            .entry(backend.id)
+            .or_insert_with(|| Idle {
+                backend: Arc::downgrade(backend),
+                conns: Vec::new(),
+            })
+            .conns
+            .push(conn);
         p.count += 1;
     })
 }
@@ -110,31 +170,68 @@ pub fn idle_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::breaker::{Breaker, BreakerPolicy};
+    use pingora_core::upstreams::peer::HttpPeer;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    #[tokio::test]
-    async fn a_connection_the_worker_closed_is_not_reused_and_the_cap_holds() {
+    fn backend(id: u64, addr: std::net::SocketAddr) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            id,
+            &format!("b{id}"),
+            None,
+            addr,
+            1,
+            HttpPeer::new(addr, false, String::new()),
+            Breaker::new(BreakerPolicy::disabled()),
+        ))
+    }
+
+    async fn connections(n: usize) -> (std::net::SocketAddr, Vec<TcpStream>, Vec<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = Vec::new();
-        for _ in 0..3 {
-            let c = TcpStream::connect(addr).await.unwrap();
-            accepted.push(listener.accept().await.unwrap().0);
-            put(addr, UpstreamConn::new(c), 2);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            ours.push(TcpStream::connect(addr).await.unwrap());
+            theirs.push(listener.accept().await.unwrap().0);
+        }
+        (addr, ours, theirs)
+    }
+
+    #[tokio::test]
+    async fn closed_and_dirty_connections_are_not_reused_and_the_cap_holds() {
+        let (addr, ours, mut theirs) = connections(3).await;
+        let b = backend(1, addr);
+        for c in ours {
+            put(&b, UpstreamConn::new(c), 2);
         }
         assert_eq!(idle_count(), 2, "the cap of 2 holds");
         // The worker closes the newest idle connection.
-        let mut newest = accepted.pop().unwrap();
+        let mut newest = theirs.pop().unwrap();
         newest.shutdown().await.unwrap();
         drop(newest);
+        // A late byte arrives on the other.
+        theirs[1].write_all(b"X").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let got = take(&addr, Duration::from_secs(60)).expect("the older one is alive");
-        assert!(got.is_quiet());
-        assert!(take(&addr, Duration::from_secs(60)).is_none());
+        assert!(take(&b, Duration::from_secs(60)).is_none());
         assert_eq!(idle_count(), 0);
-        // Too long idle: closed instead of reused.
-        put(addr, got, 2);
-        assert!(take(&addr, Duration::ZERO).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_oldest_connection_of_any_backend_makes_room_and_retired_ones_go() {
+        let (addr, ours, _theirs) = connections(3).await;
+        let (a, b) = (backend(10, addr), backend(11, addr));
+        let mut ours = ours.into_iter();
+        put(&a, UpstreamConn::new(ours.next().unwrap()), 2);
+        put(&a, UpstreamConn::new(ours.next().unwrap()), 2);
+        put(&b, UpstreamConn::new(ours.next().unwrap()), 2);
+        assert_eq!(idle_count(), 2);
+        assert!(
+            take(&b, Duration::from_secs(60)).is_some(),
+            "b's connection was kept"
+        );
+        a.retire();
+        assert!(take(&a, Duration::from_secs(60)).is_none());
+        assert_eq!(idle_count(), 0, "a's connections were closed");
     }
 }

@@ -1,12 +1,12 @@
-//! The hooks' entry points into `crate::resilience`: each `ProxyHttp` hook calls one
-//! function here in a line or two; the decisions themselves live in `resilience::*`.
+//! The pipeline's entry points into `crate::resilience`: each step calls one function
+//! here in a line or two; the decisions themselves live in `resilience::*`.
 //!
 //! Per request, in order: route match → rate limit (429) → bulkhead (503) → route
 //! breaker (fallback) in `request_filter`; backoff and deadline before a backend is
 //! picked; per-route timeouts and chaos after; the retry budget when a hook considers a
 //! retry; the route breaker's outcome in `logging`.
 
-use super::{DroverProxy, LocalResponse, RequestCtx};
+use super::{Exchange, LocalResponse, Pipeline, Target};
 use crate::resilience::breaker::{Breaker, Permit};
 use crate::resilience::chaos::FaultKind;
 use crate::resilience::classify::Outcome;
@@ -97,13 +97,13 @@ fn unavailable(why: &'static str) -> Result<LocalResponse> {
     local(503, &[], &extra, Bytes::from_static(why.as_bytes()))
 }
 
-impl DroverProxy {
+impl Pipeline {
     /// `request_filter`: route match, rate limit, bulkhead, route breaker. `Some` when
     /// drover answers the request itself.
     pub(super) fn resilience_request(
         &self,
         req: &RequestHeader,
-        ctx: &mut RequestCtx,
+        ex: &mut Exchange,
     ) -> Result<Option<LocalResponse>> {
         let cfg = self.shared.config.load();
         let res = &cfg.resilience;
@@ -124,24 +124,24 @@ impl DroverProxy {
             let buckets = l
                 .policy
                 .key
-                .buckets(&req.headers, super::ip_hash(ctx.client_ip));
+                .buckets(&req.headers, super::ip_hash(ex.client_ip));
             if let Decision::Deny { retry_after, reset } = l.check_buckets(buckets) {
                 m.rate_limited.with_label_values(&[scope]).inc();
                 return too_many(l, retry_after, reset).map(Some);
             }
         }
-        res.budget.on_request(ctx.start);
+        res.budget.on_request(ex.start);
         let Some(route) = route else {
-            ctx.res.deadline = res.total_timeout.map(|d| ctx.start + d);
+            ex.res.deadline = res.total_timeout.map(|d| ex.start + d);
             return Ok(None);
         };
-        ctx.res.deadline = route
+        ex.res.deadline = route
             .total_timeout
             .or(res.total_timeout)
-            .map(|d| ctx.start + d);
+            .map(|d| ex.start + d);
         if route.max_concurrent > 0 {
             match route.enter() {
-                Some(slot) => ctx.res._slot = Some(slot),
+                Some(slot) => ex.res._slot = Some(slot),
                 None => {
                     m.route_rejected
                         .with_label_values(&[&route.name, "bulkhead"])
@@ -153,20 +153,20 @@ impl DroverProxy {
         if let Some(b) = &route.breaker {
             match b.try_acquire() {
                 Some(permit) => {
-                    ctx.res.permit = Some(RoutePermit {
+                    ex.res.permit = Some(RoutePermit {
                         breaker: b.clone(),
                         permit,
                     })
                 }
                 None => {
                     let answer = self.route_fallback(&route)?;
-                    ctx.res.fallback_upstream = answer.is_none();
-                    ctx.res.route = Some(route);
+                    ex.res.fallback_upstream = answer.is_none();
+                    ex.res.route = Some(route);
                     return Ok(answer);
                 }
             }
         }
-        ctx.res.route = Some(route);
+        ex.res.route = Some(route);
         Ok(None)
     }
 
@@ -210,23 +210,23 @@ impl DroverProxy {
     /// route, the total deadline, and backoff before a retry.
     pub(super) async fn resilience_before_select(
         &self,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Box<HttpPeer>>> {
-        if ctx.res.fallback_upstream {
-            let peer = ctx
+        ex: &mut Exchange,
+    ) -> Result<Option<HttpPeer>> {
+        if ex.res.fallback_upstream {
+            let peer = ex
                 .res
                 .route
                 .as_ref()
                 .and_then(|r| r.fallback.as_ref())
                 .and_then(|f| f.next_peer());
             if let Some(p) = peer {
-                return Ok(Some(Box::new(p.clone())));
+                return Ok(Some(p.clone()));
             }
         }
-        if ctx.tries > 1 {
+        if ex.tries > 1 {
             let backoff = self.shared.config.load().resilience.backoff;
-            let mut d = backoff.delay(ctx.tries - 1, rand::random::<f64>());
-            if let Some(dl) = ctx.res.deadline {
+            let mut d = backoff.delay(ex.tries - 1, rand::random::<f64>());
+            if let Some(dl) = ex.res.deadline {
                 d = d.min(dl.saturating_duration_since(Instant::now()));
             }
             if !d.is_zero() {
@@ -238,7 +238,7 @@ impl DroverProxy {
                 tokio::time::sleep(d).await;
             }
         }
-        if ctx.res.deadline.is_some_and(|dl| Instant::now() >= dl) {
+        if ex.res.deadline.is_some_and(|dl| Instant::now() >= dl) {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(504),
                 "total timeout reached",
@@ -252,28 +252,28 @@ impl DroverProxy {
     pub(super) async fn resilience_after_select(
         &self,
         req: &RequestHeader,
-        ctx: &mut RequestCtx,
-        peer: &mut HttpPeer,
+        ex: &mut Exchange,
+        target: &mut Target,
     ) -> Result<()> {
-        if let Some(r) = &ctx.res.route {
+        if let Some(r) = &ex.res.route {
             if r.connect_timeout.is_some() {
-                peer.options.connection_timeout = r.connect_timeout;
+                target.connect_timeout = r.connect_timeout;
             }
             if r.read_timeout.is_some() {
-                peer.options.read_timeout = r.read_timeout;
+                target.read_timeout = r.read_timeout;
             }
         }
-        if let Some(dl) = ctx.res.deadline {
+        if let Some(dl) = ex.res.deadline {
             let left = dl.saturating_duration_since(Instant::now());
             let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
-            peer.options.connection_timeout = cap(peer.options.connection_timeout);
-            peer.options.read_timeout = cap(peer.options.read_timeout);
+            target.connect_timeout = cap(target.connect_timeout);
+            target.read_timeout = cap(target.read_timeout);
         }
-        let worker = ctx.guard.as_ref().and_then(|g| g.backend().worker_id);
+        let worker = ex.guard.as_ref().and_then(|g| g.backend().worker_id);
         let Some((fault, label)) =
             self.shared
                 .chaos
-                .pick(ctx.res.route_name(), worker, rand::random::<f64>())
+                .pick(ex.res.route_name(), worker, rand::random::<f64>())
         else {
             return Ok(());
         };
@@ -290,7 +290,7 @@ impl DroverProxy {
             target: "chaos",
             "chaos: injected {} on {label} (request {})",
             fault.label(),
-            ctx.request_id.as_deref().unwrap_or("-")
+            ex.request_id.as_deref().unwrap_or("-")
         );
         match fault {
             FaultKind::Latency { ms } => {
@@ -298,19 +298,19 @@ impl DroverProxy {
                 Ok(())
             }
             FaultKind::Error { status } => {
-                self.settle_failed_attempt(ctx, Outcome::Status(status));
+                self.settle_failed_attempt(ex, Outcome::Status(status));
                 Err(Error::explain(
                     ErrorType::HTTPStatus(status),
                     "chaos: injected error",
                 ))
             }
             FaultKind::Reset => {
-                self.settle_failed_attempt(ctx, Outcome::Reset);
+                self.settle_failed_attempt(ex, Outcome::Reset);
                 let mut e = Error::explain(ErrorType::ConnectionClosed, "chaos: injected reset");
                 e.esource = pingora_core::ErrorSource::Upstream;
                 let retry = req.method.is_idempotent()
-                    && ctx.tries <= self.shared.config.load().proxy.retries
-                    && self.resilience_may_retry(ctx);
+                    && ex.tries <= self.shared.config.load().proxy.retries
+                    && self.resilience_may_retry(ex);
                 if retry {
                     self.shared.metrics.retries.inc();
                 }
@@ -322,10 +322,10 @@ impl DroverProxy {
 
     /// Whether a retry the hook considers may happen: within the deadline and the
     /// retry budget (which it then draws from). Counts refusals.
-    pub(super) fn resilience_may_retry(&self, ctx: &RequestCtx) -> bool {
+    pub(super) fn resilience_may_retry(&self, ex: &Exchange) -> bool {
         let m = &self.shared.metrics.resilience;
         let now = Instant::now();
-        if ctx.res.deadline.is_some_and(|dl| now >= dl) {
+        if ex.res.deadline.is_some_and(|dl| now >= dl) {
             m.retries_denied.with_label_values(&["deadline"]).inc();
             return false;
         }
@@ -337,10 +337,10 @@ impl DroverProxy {
     }
 
     /// `logging`: the request's final outcome goes to its route's breaker.
-    pub(super) fn resilience_done(&self, ctx: &mut RequestCtx, e: Option<&Error>, status: u16) {
-        if let Some(mut p) = ctx.res.permit.take() {
+    pub(super) fn resilience_done(&self, ex: &mut Exchange, e: Option<&Error>, status: u16) {
+        if let Some(mut p) = ex.res.permit.take() {
             if let Some(o) = Outcome::of_request(e, status) {
-                p.breaker.record(&mut p.permit, o, ctx.start.elapsed());
+                p.breaker.record(&mut p.permit, o, ex.start.elapsed());
             }
         }
     }

@@ -1,0 +1,297 @@
+//! Step 2: the backend for an attempt, and what a failed attempt means for the next.
+
+use super::{Exchange, Pipeline};
+use crate::balancing::backend::BackendState;
+use crate::balancing::consistent_hash::fnv1a;
+use crate::balancing::queue::QueueRejection;
+use crate::balancing::{Backend, InflightGuard, SelectError, SelectLimits};
+use crate::config::{Config, HashKey};
+use crate::proxy::headers::{self, HeaderEdits};
+use crate::resilience::classify::Outcome;
+use pingora_core::prelude::*;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::{Error, ErrorType};
+use pingora_http::RequestHeader;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where an attempt goes: an address and its timeouts, and the backend it belongs to (for
+/// connection reuse). A carrier that needs a Pingora peer builds one with
+/// [`Target::to_peer`]; drover's engine never does.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    /// `None` for a tripped route's fallback upstream (not a pool member).
+    pub backend: Option<Arc<Backend>>,
+    /// The fallback upstream's peer, when that is the target.
+    fallback: Option<HttpPeer>,
+}
+
+impl Target {
+    fn of_peer(peer: &HttpPeer, backend: Option<Arc<Backend>>) -> Option<Self> {
+        let addr = peer.address().as_inet().copied()?;
+        Some(Target {
+            addr,
+            connect_timeout: peer.options.connection_timeout,
+            read_timeout: peer.options.read_timeout,
+            fallback: backend.is_none().then(|| peer.clone()),
+            backend,
+        })
+    }
+
+    /// Pingora's peer for this target, with the attempt's timeouts.
+    pub fn to_peer(&self) -> Box<HttpPeer> {
+        let mut peer = match (&self.backend, &self.fallback) {
+            (Some(b), _) => b.peer.clone(),
+            (None, Some(p)) => p.clone(),
+            (None, None) => HttpPeer::new(self.addr, false, String::new()),
+        };
+        peer.options.connection_timeout = self.connect_timeout;
+        peer.options.read_timeout = self.read_timeout;
+        Box::new(peer)
+    }
+}
+
+fn hash_key(req: &RequestHeader, ex: &Exchange, key: &HashKey) -> u64 {
+    match key {
+        HashKey::ClientIp => super::ip_hash(ex.client_ip),
+        HashKey::Path => fnv1a(req.uri.path().as_bytes()),
+        HashKey::Header(name) => req
+            .headers
+            .get(name)
+            .map(|v| fnv1a(v.as_bytes()))
+            .unwrap_or(0),
+        HashKey::Cookie(name) => headers::cookie(req, name)
+            .map(|v| fnv1a(v.as_bytes()))
+            .unwrap_or(0),
+    }
+}
+
+fn not_a_tcp_backend() -> Box<Error> {
+    Error::explain(ErrorType::ConnectError, "backend is not a TCP address")
+}
+
+impl Pipeline {
+    /// Chooses the backend for this attempt and takes its in-flight slot (waiting in the
+    /// bounded queue when every backend is full).
+    pub async fn choose(&self, req: &RequestHeader, ex: &mut Exchange) -> Result<Target> {
+        ex.tries += 1;
+        if let Some(peer) = self.resilience_before_select(ex).await? {
+            return Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend);
+        }
+        let cfg = self.shared.config.load();
+        let key = if self.shared.pool.selector().needs_key() {
+            hash_key(req, ex, &cfg.balancing.hash_key)
+        } else {
+            0
+        };
+        // Release the previous attempt's slot before taking a new one.
+        ex.guard = None;
+        let limits = SelectLimits {
+            max_inflight: cfg.balancing.max_inflight_per_backend,
+            slow_start: cfg.balancing.slow_start,
+        };
+        let guard = match self.try_select(key, ex, limits) {
+            Ok(g) => g,
+            Err(SelectError::AllBusy) => self.wait_in_queue(key, ex, limits, &cfg).await?,
+            Err(SelectError::NoBackend) => {
+                self.shared.metrics.no_backend.inc();
+                ex.reject = Some("no backend available");
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no backend available",
+                ));
+            }
+        };
+        let backend = guard.backend().clone();
+        ex.guard = Some(guard);
+        ex.upstream_start = Some(Instant::now());
+        let mut target = Target {
+            addr: backend.addr,
+            connect_timeout: backend.peer.options.connection_timeout,
+            read_timeout: backend.peer.options.read_timeout,
+            backend: Some(backend),
+            fallback: None,
+        };
+        self.resilience_after_select(req, ex, &mut target).await?;
+        Ok(target)
+    }
+
+    /// One selection attempt: the session's pinned backend (or its ring owner) for a
+    /// sticky request, the strategy's pick otherwise.
+    fn try_select(
+        &self,
+        key: u64,
+        ex: &mut Exchange,
+        limits: SelectLimits,
+    ) -> std::result::Result<InflightGuard, SelectError> {
+        let pool = &self.shared.pool;
+        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), ex.session.as_mut()) {
+            let pref = sessions.preference(s);
+            if pref.sticky {
+                let (guard, repin) =
+                    pool.select_sticky(pref.pinned.as_deref(), pref.key, &ex.tried, limits)?;
+                sessions.on_selected(s, &guard.backend().name, repin);
+                return Ok(guard);
+            }
+            let guard = pool.select_limited(key, &ex.tried, limits)?;
+            sessions.on_selected(s, &guard.backend().name, false);
+            return Ok(guard);
+        }
+        pool.select_limited(key, &ex.tried, limits)
+    }
+
+    /// Every backend is at `max_inflight_per_backend`: wait for a slot in the bounded
+    /// queue, or give up with 503 + Retry-After when it is full or the wait times out.
+    async fn wait_in_queue(
+        &self,
+        key: u64,
+        ex: &mut Exchange,
+        limits: SelectLimits,
+        cfg: &Config,
+    ) -> Result<InflightGuard> {
+        let m = &self.shared.metrics;
+        let queue = &self.shared.pool.queue;
+        let rejected = |ex: &mut Exchange, why: QueueRejection| {
+            m.queue_rejected.with_label_values(&[why.as_str()]).inc();
+            ex.reject = Some(match why {
+                QueueRejection::Full => "queue full",
+                QueueRejection::TimedOut => "queue wait timed out",
+            });
+            Error::explain(ErrorType::HTTPStatus(503), "all backends busy")
+        };
+        let place = match queue.enter(cfg.balancing.queue_size as usize) {
+            Ok(p) => p,
+            Err(why) => return Err(rejected(ex, why)),
+        };
+        m.queue_length.set(queue.len() as i64);
+        let start = Instant::now();
+        let deadline = start + cfg.balancing.queue_timeout;
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(QueueRejection::TimedOut);
+            }
+            queue.wait(&place, left).await;
+            match self.try_select(key, ex, limits) {
+                Ok(g) => break Ok(g),
+                Err(SelectError::AllBusy) => continue,
+                Err(SelectError::NoBackend) => break Err(QueueRejection::TimedOut),
+            }
+        };
+        drop(place);
+        m.queue_length.set(queue.len() as i64);
+        m.queue_wait.observe(start.elapsed().as_secs_f64());
+        outcome.map_err(|why| rejected(ex, why))
+    }
+
+    /// Step 3: the request as the worker sees it: the session's fields added.
+    pub fn upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) {
+        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), &ex.session) {
+            let mut edits = HeaderEdits::default();
+            sessions.annotate(s, &mut edits);
+            edits.apply(req);
+        }
+    }
+
+    /// The connection to the chosen backend failed. Records it and says whether to try
+    /// another backend: nothing reached the worker, so any method is safe to resend.
+    pub fn connect_failed(&self, ex: &mut Exchange, e: &Error) -> bool {
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&["connect"])
+            .inc();
+        if e.etype() == &ErrorType::ConnectRefused {
+            self.eject_refusing_backend(ex);
+        }
+        self.settle_failed_attempt(ex, Outcome::from_error(e).unwrap_or(Outcome::ConnectError));
+        let retry =
+            ex.tries <= self.shared.config.load().proxy.retries && self.resilience_may_retry(ex);
+        if retry {
+            self.shared.metrics.retries.inc();
+        }
+        retry
+    }
+
+    /// Passive health check: a refused connection means nothing listens there (a worker
+    /// killed, a host restarting), so the backend leaves rotation at once instead of
+    /// drawing requests (and the retry budget) until its active check fails twice. The
+    /// active check puts it back when it passes. nginx does the same by default
+    /// (`max_fails=1`).
+    fn eject_refusing_backend(&self, ex: &Exchange) {
+        let Some(b) = ex.guard.as_ref().map(|g| g.backend()) else {
+            return;
+        };
+        if b.state() != BackendState::Healthy {
+            return;
+        }
+        if b.set_state(BackendState::Unhealthy) == BackendState::Healthy {
+            log::warn!(
+                "health: {} ({}) refused a connection, out of rotation until its health check passes",
+                b.name,
+                b.addr
+            );
+            self.shared
+                .metrics
+                .health_checks
+                .with_label_values(&["refused"])
+                .inc();
+            self.shared.pool.refresh();
+        }
+    }
+
+    /// The backend failed after the connection was up. Records it and says whether to
+    /// resend the request elsewhere. By default it is not resent: the worker had the whole
+    /// request (a request that crashes workers would otherwise crash them one after
+    /// another). `proxy.retry_on: [reset, timeout]` resends idempotent requests whose
+    /// body can be replayed, unless the client already saw part of a response.
+    pub fn proxy_failed(
+        &self,
+        ex: &mut Exchange,
+        e: &Error,
+        req: &RequestHeader,
+        replayable: bool,
+    ) -> bool {
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&["proxy"])
+            .inc();
+        let outcome = Outcome::from_error(e).unwrap_or(Outcome::Reset);
+        self.settle_failed_attempt(ex, outcome);
+        let cfg = self.shared.config.load();
+        let allowed = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => cfg.proxy.retry_on.timeout,
+            _ => cfg.proxy.retry_on.reset,
+        };
+        let retry = allowed
+            && req.method.is_idempotent()
+            && !ex.response_started
+            && replayable
+            && ex.tries <= cfg.proxy.retries
+            && self.resilience_may_retry(ex);
+        if retry {
+            self.shared.metrics.retries.inc();
+        }
+        retry
+    }
+
+    /// Records a failed attempt on the current backend and remembers it so a retry goes
+    /// elsewhere.
+    pub(super) fn settle_failed_attempt(&self, ex: &mut Exchange, outcome: Outcome) {
+        if let Some(mut guard) = ex.guard.take() {
+            let elapsed = ex.upstream_start.map(|s| s.elapsed()).unwrap_or_default();
+            guard.finish(outcome, elapsed);
+            let b = guard.backend();
+            self.shared.pool.selector().feedback(b.id, false);
+            if let Some(h) = b.metrics.get() {
+                h.requests.inc();
+                h.failures.inc();
+            }
+            ex.tried.push(b.id);
+        }
+    }
+}

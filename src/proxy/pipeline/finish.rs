@@ -1,0 +1,111 @@
+//! Step 6: the request is over.
+
+use super::{Exchange, LimitKind, Pipeline};
+use crate::observe::access_log;
+use crate::resilience::classify::Outcome;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::{Error, ErrorSource, ErrorType};
+use pingora_http::RequestHeader;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Pipeline {
+    /// The status a failed request answers with; 0 when the client is gone (nobody to
+    /// answer). Counts clients too slow sending their body.
+    pub fn failure_status(&self, e: &Error) -> u16 {
+        match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::ConnectTimedout => 504,
+                    _ => 502,
+                },
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::WriteTimedout => 0,
+                    // A client too slow sending its body (limits.client_body_timeout).
+                    ErrorType::ReadTimedout => {
+                        self.count_limit(LimitKind::BodyTimeout);
+                        408
+                    }
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        }
+    }
+
+    /// Session write-back, then the request's outcome recorded once in the breaker,
+    /// balancer, metrics, route breaker and access log.
+    pub async fn finish(
+        &self,
+        req: &RequestHeader,
+        client_addr: Option<&SocketAddr>,
+        status: u16,
+        bytes_sent: usize,
+        e: Option<&Error>,
+        ex: &mut Exchange,
+    ) {
+        if let (Some(sessions), Some(mut s)) = (self.shared.sessions.get(), ex.session.take()) {
+            sessions.finish(&mut s).await;
+        }
+        let m = &self.shared.metrics;
+        if ex.counted {
+            m.in_flight.dec();
+            ex.counted = false;
+        }
+        // One clock read for both the total and the upstream time.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(ex.start);
+        m.status_class(status).inc();
+        m.duration.observe(elapsed.as_secs_f64());
+        m.latency.overall.record(elapsed);
+        let mut backend_name: Option<Arc<str>> = None;
+        let mut worker_id = None;
+        if let Some(mut guard) = ex.guard.take() {
+            let upstream_elapsed = ex
+                .upstream_start
+                .map(|s| now.saturating_duration_since(s))
+                .unwrap_or(elapsed);
+            let success =
+                Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
+            let b = guard.backend();
+            self.shared.pool.selector().feedback(b.id, success);
+            if let Some(h) = b.metrics.get() {
+                h.requests.inc();
+                h.duration.observe(upstream_elapsed.as_secs_f64());
+                h.latency.record(upstream_elapsed);
+                if !success {
+                    h.failures.inc();
+                }
+            }
+            backend_name = Some(b.name.clone());
+            worker_id = b.worker_id;
+        }
+        self.resilience_done(ex, e, status);
+        if self.shared.config.load().logging.access_log {
+            let client = match ex.client_ip {
+                Some(ip) => ip.to_string(),
+                None => client_addr.map(|a| a.to_string()).unwrap_or_default(),
+            };
+            let err = e.map(|e| e.to_string());
+            let line = access_log::format(&access_log::AccessRecord {
+                client: &client,
+                method: req.method.as_str(),
+                path: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                status,
+                backend: backend_name.as_deref().unwrap_or("-"),
+                worker_id,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                bytes: bytes_sent,
+                request_id: ex.request_id.as_deref().unwrap_or(""),
+                tries: ex.tries,
+                error: err.as_deref(),
+                trace: ex.trace.as_ref(),
+            });
+            log::info!(target: "access", "{line}");
+        }
+    }
+}
