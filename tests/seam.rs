@@ -679,35 +679,64 @@ fn late_bytes_after_a_response_never_reach_the_next_client() {
     for fast in CARRIERS {
         let s = smuggled.clone();
         let w = RawWorker::start(move |r| match r.target().as_str() {
+            // A worker that writes a body on HEAD, late: whatever request is sent on this
+            // connection next would read it as its response.
             "/head" => Reply::Split(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n".to_vec(),
-                Duration::from_millis(30),
+                Duration::from_millis(300),
                 s.clone(),
             ),
             "/extra" => Reply::Split(ok("ok"), Duration::from_millis(30), s.clone()),
             _ => raw::echo_target(r),
         });
         let d = start(&w, fast, "", "threads: 1\n");
-        for (method, path) in [("HEAD", "/head"), ("GET", "/extra")] {
-            let req = format!("{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n");
-            let c = raw::exchange(d.port, req.as_bytes(), &[method], 1);
+        // At once after a HEAD answer that claimed a body: the connection is not reused.
+        for _ in 0..3 {
+            let c = raw::exchange(
+                d.port,
+                b"HEAD /head HTTP/1.1\r\nHost: a\r\n\r\n",
+                &["HEAD"],
+                1,
+            );
             assert_eq!(c.statuses(), vec![200], "{}: {c:?}", carrier(fast));
-            std::thread::sleep(Duration::from_millis(200));
-            for _ in 0..3 {
-                let c = raw::exchange(
-                    d.port,
-                    b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
-                    &["GET"],
-                    1,
-                );
-                let bodies: Vec<String> = c.finals().iter().map(|r| r.body_text()).collect();
-                assert_eq!(
-                    bodies,
-                    vec!["/next"],
-                    "{}: after {path}: another response's bytes reached this client",
-                    carrier(fast)
-                );
-            }
+            let c = raw::exchange(
+                d.port,
+                b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+                &["GET"],
+                1,
+            );
+            let bodies: Vec<String> = c.finals().iter().map(|r| r.body_text()).collect();
+            assert_eq!(
+                bodies,
+                vec!["/next"],
+                "{}: after HEAD: another response's bytes reached this client",
+                carrier(fast)
+            );
+        }
+        // Bytes after a Content-Length body that arrive while the connection is idle:
+        // the connection is found dirty and not reused.
+        let c = raw::exchange(
+            d.port,
+            b"GET /extra HTTP/1.1\r\nHost: a\r\n\r\n",
+            &["GET"],
+            1,
+        );
+        assert_eq!(c.statuses(), vec![200], "{}: {c:?}", carrier(fast));
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..3 {
+            let c = raw::exchange(
+                d.port,
+                b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+                &["GET"],
+                1,
+            );
+            let bodies: Vec<String> = c.finals().iter().map(|r| r.body_text()).collect();
+            assert_eq!(
+                bodies,
+                vec!["/next"],
+                "{}: after /extra: another response's bytes reached this client",
+                carrier(fast)
+            );
         }
     }
 }

@@ -112,6 +112,13 @@ impl ProxyHttp for PingoraCarrier {
         ex: &mut Exchange,
     ) -> Result<()> {
         self.pipeline.upstream_request(upstream_request, ex);
+        // A worker that writes a body after its answer to HEAD (late) would have it read
+        // as the response to the next request on the connection. Pingora reuses the
+        // connection whatever the answer declared, so a HEAD's is not reused at all
+        // (drover's engine decides per response: `proxy::http::response`).
+        if upstream_request.method == http::Method::HEAD {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
         Ok(())
     }
 
@@ -173,6 +180,15 @@ impl ProxyHttp for PingoraCarrier {
         }
         drop(cfg);
         let head_request = session.req_header().method == http::Method::HEAD;
+        // A switch of protocols nobody asked for (RFC 9110 section 15.2.2).
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !session
+                .req_header()
+                .headers
+                .contains_key(http::header::UPGRADE)
+        {
+            return Err(bad_gateway("the worker switched protocols unasked"));
+        }
         let version = if resp.version == http::Version::HTTP_10 {
             0
         } else {

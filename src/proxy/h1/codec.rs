@@ -222,6 +222,14 @@ pub enum ResponseError {
     TooLarge,
 }
 
+/// The response parser both carriers use (Pingora's settings).
+fn response_parser() -> httparse::ParserConfig {
+    let mut p = httparse::ParserConfig::default();
+    p.allow_spaces_after_header_name_in_responses(true);
+    p.allow_obsolete_multiline_headers_in_responses(true);
+    p
+}
+
 /// Parses a response head at the start of `buf`. `head_request`: the request was HEAD,
 /// so the response has no body whatever its fields say.
 pub fn parse_response(
@@ -232,8 +240,7 @@ pub fn parse_response(
 ) -> Result<ResponseHead, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    let len = match response_parser().parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
     {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(ResponseError::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
@@ -253,13 +260,23 @@ pub fn parse_response(
         head_request,
     )
     .map_err(|e| ResponseError::Invalid(e.0))?;
+    // Obsolete line folding and whitespace before a colon are accepted as Pingora does,
+    // and normalised (RFC 9112 section 5): such a head is rewritten, never copied.
+    let mut normalise = false;
     for h in resp.headers.iter() {
-        if HeaderValue::from_bytes(h.value).is_err() {
+        if h.value.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+            normalise = true;
+        } else if HeaderValue::from_bytes(h.value).is_err() {
             return Err(ResponseError::Invalid("invalid field value"));
+        }
+        let after_name = h.name.as_ptr() as usize - buf.as_ptr() as usize + h.name.len();
+        if buf.get(after_name) != Some(&b':') {
+            normalise = true;
         }
     }
     // Copying lines verbatim is only done for the usual CRLF-terminated head.
-    let plain_status_line = buf.len() > 9
+    let plain_status_line = !normalise
+        && buf.len() > 9
         && buf.starts_with(b"HTTP/1.")
         && buf[8] == b' '
         && buf[..len].ends_with(b"\r\n\r\n");
@@ -378,7 +395,9 @@ pub fn forward_response_head(
         for h in resp.headers.iter() {
             let n = h.name.as_bytes();
             if head.forwards(n) {
-                put_field(out, n, h.value);
+                // Folded values become one line (the same normalisation as Pingora's).
+                let value = pingora_http::header_value_from_slice(h.value);
+                put_field(out, n, value.as_bytes());
             }
         }
         if let Some((name, value)) = extra {
@@ -399,9 +418,7 @@ fn with_complete_head<T>(
 ) -> Result<T, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, head, &mut slots)
-    {
+    match response_parser().parse_response_with_uninit_headers(&mut resp, head, &mut slots) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(ResponseError::Invalid("malformed response head")),
     }

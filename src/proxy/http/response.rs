@@ -30,7 +30,10 @@ pub struct ResponseFacts {
     pub framing: ResponseFraming,
     /// `Content-Length` came with `Transfer-Encoding`: it is not forwarded.
     pub drop_content_length: bool,
-    /// The worker connection can carry another request afterwards.
+    /// The worker connection can carry another request afterwards. Not after a response
+    /// that has no body (HEAD, 204, 304) but declares one (`Content-Length` above 0 or a
+    /// transfer coding): a worker that writes that body anyway, late, would have it read
+    /// as the response to the next request on the connection.
     pub reusable: bool,
     pub connection: ConnectionOptions,
 }
@@ -86,7 +89,10 @@ pub fn check<'a>(
     } else {
         ResponseFraming::UntilClose
     };
-    let reusable = version == 1 && !connection.close && framing != ResponseFraming::UntilClose;
+    let declares_body = encoded || length.is_some_and(|l| l > 0);
+    let unsent_body = framing == ResponseFraming::Empty && declares_body && status >= 200;
+    let reusable =
+        version == 1 && !connection.close && framing != ResponseFraming::UntilClose && !unsent_body;
     Ok(ResponseFacts {
         framing,
         drop_content_length: encoded && length.is_some(),
