@@ -749,3 +749,138 @@ fn the_response_corpus_reaches_clients_the_same_on_both_carriers() {
         report(&diffs)
     );
 }
+
+/// nginx in front of a raw worker, configured like the load harness's nginx
+/// (`benches/load/templates/nginx.conf.tmpl`): forwarding fields, keep-alive upstream.
+struct Nginx {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(worker: &RawWorker) -> Option<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        let port = common::free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
+               fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
+               upstream w {{ server 127.0.0.1:{}; keepalive 16; }}\n\
+               server {{ listen 127.0.0.1:{port}; client_header_timeout 2s;\n\
+                 location / {{ proxy_pass http://w; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                   proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $remote_addr;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;\n\
+                   proxy_set_header X-Real-IP $remote_addr; proxy_next_upstream off; }} }} }}\n",
+            worker.port
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).ok()?;
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        common::wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .then_some(Nginx {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a pass/fail test: with `DROVER_DIFF_NGINX=1` and nginx installed, runs both
+/// corpora through drover's default carrier and through nginx and writes where they
+/// differ to `target/differential-nginx.md` (summarised in docs/TESTING.md).
+#[test]
+fn record_differences_from_nginx() {
+    if std::env::var("DROVER_DIFF_NGINX").as_deref() != Ok("1") {
+        return;
+    }
+    let mut streams = request_corpus();
+    for (i, (name, _)) in response_corpus().iter().enumerate() {
+        streams.push(Stream::one(
+            format!("response {name}"),
+            format!("GET /r/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ));
+    }
+    let (ours, theirs) = std::thread::scope(|s| {
+        let d = s.spawn(|| {
+            let w = request_worker();
+            let d = drover_for(&w, true);
+            streams
+                .iter()
+                .map(|st| run_stream(d.port, &w, st))
+                .collect::<Vec<_>>()
+        });
+        let n = s.spawn(|| {
+            let w = request_worker();
+            let n = Nginx::start(&w)?;
+            Some(
+                streams
+                    .iter()
+                    .map(|st| run_stream(n.port, &w, st))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        (d.join().unwrap(), n.join().unwrap())
+    });
+    let Some(theirs) = theirs else {
+        eprintln!("nginx not found: nothing recorded");
+        return;
+    };
+    let mut out = String::from(
+        "# drover (default carrier) vs nginx on the differential corpora\n\n\
+         | stream | drover: responses | nginx: responses | same at the worker |\n| --- | --- | --- | --- |\n",
+    );
+    let mut count = 0;
+    for (s, (a, b)) in streams.iter().zip(ours.iter().zip(theirs.iter())) {
+        let statuses = |o: &Outcome| {
+            o.responses
+                .iter()
+                .map(|(st, _)| st.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if statuses(a) != statuses(b) || a.forwarded.len() != b.forwarded.len() {
+            count += 1;
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                s.name.replace('|', "\\|"),
+                statuses(a),
+                statuses(b),
+                if a.forwarded.len() == b.forwarded.len() {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\n{count} of {} streams differ (status sequence or number of requests forwarded).\n",
+        streams.len()
+    ));
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/differential-nginx.md");
+    std::fs::write(&path, out).unwrap();
+    eprintln!("wrote {}", path.display());
+}

@@ -30,21 +30,32 @@ pub struct SessionsFile {
     pub ttl: Dur,
     /// Sliding expiry: a session unused this long is gone.
     pub idle_timeout: Dur,
-    /// Routing of requests that carry no valid cookie: `client_ip` (hash the client
-    /// address, so clients that drop cookies still stick) or `balance` (the strategy).
+    /// Placement of a client's first request (no valid cookie): `balance` (the
+    /// balancing strategy picks; the cookie then pins the session) or `client_ip` (hash
+    /// the client address, so clients that refuse cookies still stick).
     pub without_cookie: String,
     /// Request header carrying the session data to the worker.
     pub data_header: String,
     /// Response header in which the worker returns new session data (empty value clears).
     pub update_header: String,
+    /// Response header with which the worker rotates (`regenerate`) or ends (`destroy`)
+    /// the session.
+    pub control_header: String,
     /// Request header carrying the session id (hex) to the worker.
     pub id_header: String,
     /// Request header telling the worker `new`, `existing` or `unavailable` (store down).
     pub state_header: String,
     /// Largest session data accepted from a worker; larger updates are refused and logged.
     pub max_data_bytes: usize,
-    /// Requests of one session are serialised so no update is lost; a request waits at
-    /// most this long for the one before it, then runs without session data.
+    /// Which requests of a session run one at a time, from reading the record to the
+    /// worker's response head: `unsafe_methods` (anything but GET, HEAD, OPTIONS,
+    /// TRACE), `all`, or `none`. The others never wait.
+    pub serialize: String,
+    /// Path prefixes whose requests are serialised whatever their method (GET routes
+    /// that change the session).
+    pub serialize_paths: Vec<String>,
+    /// A serialised request waits at most this long for the one before it, then runs
+    /// without the lock (its write is still checked for overlap).
     pub lock_timeout: Dur,
     pub memory: MemoryStoreFile,
     pub redis: RedisStoreFile,
@@ -61,12 +72,15 @@ impl Default for SessionsFile {
             secret_file: None,
             ttl: Dur::secs(24 * 3600),
             idle_timeout: Dur::secs(30 * 60),
-            without_cookie: "client_ip".into(),
+            without_cookie: "balance".into(),
             data_header: "X-Drover-Session".into(),
             update_header: "X-Drover-Session-Set".into(),
+            control_header: "X-Drover-Session-Control".into(),
             id_header: "X-Drover-Session-Id".into(),
             state_header: "X-Drover-Session-State".into(),
             max_data_bytes: 4096,
+            serialize: "unsafe_methods".into(),
+            serialize_paths: Vec::new(),
             lock_timeout: Dur::secs(5),
             memory: MemoryStoreFile::default(),
             redis: RedisStoreFile::default(),
@@ -200,6 +214,16 @@ pub enum WithoutCookie {
     Balance,
 }
 
+/// Which requests of a session take its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerializeMode {
+    /// POST, PUT, PATCH, DELETE and any other method that is not GET, HEAD, OPTIONS or
+    /// TRACE (RFC 9110's safe methods).
+    UnsafeMethods,
+    All,
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
     pub name: String,
@@ -224,9 +248,12 @@ pub struct SessionsConfig {
     pub without_cookie: WithoutCookie,
     pub data_header: http::HeaderName,
     pub update_header: http::HeaderName,
+    pub control_header: http::HeaderName,
     pub id_header: http::HeaderName,
     pub state_header: http::HeaderName,
     pub max_data_bytes: usize,
+    pub serialize: SerializeMode,
+    pub serialize_paths: Vec<String>,
     pub lock_timeout: Duration,
     pub max_sessions: usize,
     pub snapshot_path: Option<PathBuf>,
@@ -380,11 +407,31 @@ pub fn validate_sessions(
         other => {
             issues.push(issue(
                 "sessions.without_cookie",
-                format!("`{other}` is not accepted; accepted: client_ip, balance"),
+                format!("`{other}` is not accepted; accepted: balance, client_ip"),
             ));
-            WithoutCookie::ClientIp
+            WithoutCookie::Balance
         }
     };
+    let serialize = match f.serialize.as_str() {
+        "unsafe_methods" => SerializeMode::UnsafeMethods,
+        "all" => SerializeMode::All,
+        "none" => SerializeMode::None,
+        other => {
+            issues.push(issue(
+                "sessions.serialize",
+                format!("`{other}` is not accepted; accepted: unsafe_methods, all, none"),
+            ));
+            SerializeMode::UnsafeMethods
+        }
+    };
+    for p in &f.serialize_paths {
+        if !p.starts_with('/') {
+            issues.push(issue(
+                "sessions.serialize_paths",
+                format!("`{p}` must be a path prefix starting with `/`"),
+            ));
+        }
+    }
     if f.max_data_bytes == 0 || f.max_data_bytes > MAX_DATA_BYTES_LIMIT {
         issues.push(issue(
             "sessions.max_data_bytes",
@@ -499,9 +546,12 @@ pub fn validate_sessions(
         without_cookie,
         data_header: header_name("sessions.data_header", &f.data_header, &mut issues),
         update_header: header_name("sessions.update_header", &f.update_header, &mut issues),
+        control_header: header_name("sessions.control_header", &f.control_header, &mut issues),
         id_header: header_name("sessions.id_header", &f.id_header, &mut issues),
         state_header: header_name("sessions.state_header", &f.state_header, &mut issues),
         max_data_bytes: f.max_data_bytes,
+        serialize,
+        serialize_paths: f.serialize_paths.clone(),
         lock_timeout: f.lock_timeout.0,
         max_sessions: f.memory.max_sessions,
         snapshot_path,
@@ -520,4 +570,43 @@ pub fn validate_sessions(
             Err(issues)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(f: &SessionsFile) -> Result<SessionsConfig, Vec<ConfigIssue>> {
+        let dir = std::env::temp_dir();
+        validate_sessions(f, |p| dir.join(p), &dir)
+    }
+
+    #[test]
+    fn defaults_balance_first_requests_and_serialise_unsafe_methods() {
+        let c = validate(&SessionsFile::default()).unwrap();
+        assert_eq!(c.without_cookie, WithoutCookie::Balance);
+        assert_eq!(c.serialize, SerializeMode::UnsafeMethods);
+        assert!(c.serialize_paths.is_empty());
+        assert_eq!(c.control_header.as_str(), "x-drover-session-control");
+    }
+
+    #[test]
+    fn serialize_settings_are_checked() {
+        let mut f = SessionsFile {
+            serialize: "reads".into(),
+            serialize_paths: vec!["cart".into()],
+            ..SessionsFile::default()
+        };
+        let issues = validate(&f).unwrap_err();
+        let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["sessions.serialize", "sessions.serialize_paths"]);
+        assert!(issues[0].message.contains("unsafe_methods, all, none"));
+        f.serialize = "all".into();
+        f.serialize_paths = vec!["/cart".into()];
+        f.without_cookie = "client_ip".into();
+        let c = validate(&f).unwrap();
+        assert_eq!(c.serialize, SerializeMode::All);
+        assert_eq!(c.without_cookie, WithoutCookie::ClientIp);
+        assert_eq!(c.serialize_paths, ["/cart"]);
+    }
 }

@@ -281,8 +281,9 @@ async fn run(
         log::warn!("data plane on {listen} did not accept connections within 30 s");
     });
     log::info!(
-        "drover: data plane on {}, admin on {}, {} workers, strategy {}",
+        "drover: data plane on http://{}/, admin on {} (dashboard: http://{}/dashboard), {} workers, strategy {}",
         cfg.listen,
+        cfg.admin.listen,
         cfg.admin.listen,
         cfg.workers.count,
         cfg.balancing.strategy

@@ -74,7 +74,21 @@ impl ProxyHttp for PingoraCarrier {
                 answer.write_to(session).await?;
                 Ok(true)
             }
-            None => Ok(false),
+            None => {
+                if self.pipeline.session_lock_pending(ex) {
+                    // Read the body first so a slow client never holds the session's
+                    // lock (docs/SESSIONS.md); Pingora replays it from its buffer.
+                    let first = self.pipeline.session_body_first(session.req_header());
+                    if first {
+                        let downstream = session.as_mut();
+                        downstream.enable_retry_buffering();
+                        while downstream.read_request_body().await?.is_some() {}
+                    }
+                    let buffered = first && !session.as_ref().retry_buffer_truncated();
+                    self.pipeline.acquire_session(ex, buffered).await;
+                }
+                Ok(false)
+            }
         }
     }
 
@@ -210,11 +224,15 @@ impl ProxyHttp for PingoraCarrier {
             }
         };
         let names = self.pipeline.response_field_names(ex);
-        let session_update = names.session_update.and_then(|n| {
-            let v = resp.headers.get(&n).map(|v| v.as_bytes().to_vec());
-            resp.remove_header(&n);
-            v
-        });
+        let mut take = |name: Option<http::HeaderName>| {
+            name.and_then(|n| {
+                let v = resp.headers.get(&n).map(|v| v.as_bytes().to_vec());
+                resp.remove_header(&n);
+                v
+            })
+        };
+        let session_update = take(names.session_update);
+        let session_control = take(names.session_control);
         for v in resp.headers.get_all(crate::observe::custom::HEADER) {
             self.pipeline.worker_metrics(ex, v.as_bytes());
         }
@@ -227,6 +245,7 @@ impl ProxyHttp for PingoraCarrier {
                 WorkerResponse {
                     status,
                     session_update,
+                    session_control,
                 },
             )
             .await;

@@ -1,11 +1,17 @@
-//! The session cookie: a random id and its issue time, signed with HMAC-SHA256.
+//! The session cookie: a random id, its issue time and the backend the session was
+//! first placed on, signed with HMAC-SHA256.
 //!
-//! Value layout (base64url, no padding, 54 characters):
-//! `id (16 bytes) || issued_at unix seconds (8 bytes, big endian) || HMAC[..16]`.
-//! The MAC covers id and time, so a client can neither pick an id nor extend a session
-//! past the absolute TTL by editing the time. Several keys verify (rotation); the first
-//! signs. Truncating the MAC to 128 bits keeps the cookie short at no practical cost
-//! (forging needs 2^128 online guesses).
+//! Value layout (base64url, no padding, 59 characters):
+//! `id (16 bytes) || issued_at unix seconds (8 bytes, big endian) || pin (4 bytes) ||
+//! HMAC[..16]`. The MAC covers everything before it, so a client can neither pick an
+//! id, extend a session past the absolute TTL by editing the time, nor choose its
+//! backend. `pin` is a 32-bit hash of the backend name (0: none), like nginx's
+//! `sticky cookie`: a session that has no record yet (drover keeps none until the
+//! cookie comes back or the worker sets data) still returns to the worker that served
+//! its first request. The 54-character layout without `pin` (drover before sessions
+//! were stored lazily) still verifies. Several keys verify (rotation); the first signs.
+//! Truncating the MAC to 128 bits keeps the cookie short at no practical cost (forging
+//! needs 2^128 online guesses).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,10 +25,15 @@ type HmacSha256 = Hmac<Sha256>;
 
 const ID_LEN: usize = 16;
 const MAC_LEN: usize = 16;
-const PAYLOAD_LEN: usize = ID_LEN + 8;
+const PIN_LEN: usize = 4;
+const PAYLOAD_LEN: usize = ID_LEN + 8 + PIN_LEN;
 const RAW_LEN: usize = PAYLOAD_LEN + MAC_LEN;
-/// Encoded length of a valid cookie value; anything else is rejected before decoding.
+const LEGACY_PAYLOAD_LEN: usize = ID_LEN + 8;
+const LEGACY_RAW_LEN: usize = LEGACY_PAYLOAD_LEN + MAC_LEN;
+/// Encoded length of a cookie value drover issues.
 pub const ENCODED_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+/// Encoded length of the layout without a pin, still accepted.
+pub const LEGACY_ENCODED_LEN: usize = (LEGACY_RAW_LEN * 4).div_ceil(3);
 /// Clocks of instances sharing sessions may disagree this much.
 const CLOCK_SKEW_SECS: u64 = 60;
 
@@ -38,12 +49,18 @@ impl SessionId {
     }
 
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(ID_LEN * 2);
-        for b in self.0 {
-            s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
-            s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+        self.hex_bytes().iter().map(|b| char::from(*b)).collect()
+    }
+
+    /// The id in lower-case hex, on the stack (the id header on every request).
+    pub fn hex_bytes(&self) -> [u8; ID_LEN * 2] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; ID_LEN * 2];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[(b >> 4) as usize];
+            out[2 * i + 1] = DIGITS[(b & 15) as usize];
         }
-        s
+        out
     }
 
     /// A 64-bit digest for hashing onto the affinity ring and lock stripes.
@@ -59,6 +76,24 @@ impl fmt::Debug for SessionId {
         // Ids are bearer credentials: logs show a prefix only.
         write!(f, "SessionId({}…)", &self.hex()[..8])
     }
+}
+
+/// The 32-bit pin a cookie carries for a backend name (never 0, which means "none").
+pub fn pin_of(backend: &str) -> u32 {
+    let h = crate::balancing::consistent_hash::fnv1a(backend.as_bytes());
+    match (h ^ (h >> 32)) as u32 {
+        0 => 1,
+        p => p,
+    }
+}
+
+/// What a genuine cookie says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    pub id: SessionId,
+    pub issued_at: u64,
+    /// [`pin_of`] the backend of the session's first request; `None` in old cookies.
+    pub pin: Option<u32>,
 }
 
 /// Why a cookie was not accepted; each reason is counted separately.
@@ -97,10 +132,11 @@ impl CookieCodec {
         }
     }
 
-    pub fn encode(&self, id: &SessionId, issued_at: u64) -> String {
+    pub fn encode(&self, id: &SessionId, issued_at: u64, pin: Option<u32>) -> String {
         let mut raw = [0u8; RAW_LEN];
         raw[..ID_LEN].copy_from_slice(&id.0);
-        raw[ID_LEN..PAYLOAD_LEN].copy_from_slice(&issued_at.to_be_bytes());
+        raw[ID_LEN..ID_LEN + 8].copy_from_slice(&issued_at.to_be_bytes());
+        raw[ID_LEN + 8..PAYLOAD_LEN].copy_from_slice(&pin.unwrap_or(0).to_be_bytes());
         if let Some(key) = self.keys.first() {
             let mut mac = key.clone();
             mac.update(&raw[..PAYLOAD_LEN]);
@@ -110,21 +146,25 @@ impl CookieCodec {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Returns the id and issue time of a genuine, unexpired cookie.
-    pub fn decode(&self, value: &str, now: u64) -> Result<(SessionId, u64), Rejection> {
-        if value.len() != ENCODED_LEN {
-            return Err(Rejection::Malformed);
-        }
+    /// Returns what a genuine, unexpired cookie says.
+    pub fn decode(&self, value: &str, now: u64) -> Result<Decoded, Rejection> {
+        let payload_len = match value.len() {
+            ENCODED_LEN => PAYLOAD_LEN,
+            LEGACY_ENCODED_LEN => LEGACY_PAYLOAD_LEN,
+            _ => return Err(Rejection::Malformed),
+        };
+        let raw_len = payload_len + MAC_LEN;
         let mut raw = [0u8; RAW_LEN];
         match URL_SAFE_NO_PAD.decode_slice(value.as_bytes(), &mut raw) {
-            Ok(RAW_LEN) => {}
+            Ok(n) if n == raw_len => {}
             _ => return Err(Rejection::Malformed),
         }
         let genuine = self.keys.iter().any(|key| {
             let mut mac = key.clone();
-            mac.update(&raw[..PAYLOAD_LEN]);
+            mac.update(&raw[..payload_len]);
             // Constant-time comparison of the truncated tag.
-            mac.verify_truncated_left(&raw[PAYLOAD_LEN..]).is_ok()
+            mac.verify_truncated_left(&raw[payload_len..raw_len])
+                .is_ok()
         });
         if !genuine {
             return Err(Rejection::BadSignature);
@@ -132,35 +172,104 @@ impl CookieCodec {
         let mut id = [0u8; ID_LEN];
         id.copy_from_slice(&raw[..ID_LEN]);
         let mut t = [0u8; 8];
-        t.copy_from_slice(&raw[ID_LEN..PAYLOAD_LEN]);
+        t.copy_from_slice(&raw[ID_LEN..ID_LEN + 8]);
         let issued = u64::from_be_bytes(t);
         if issued > now + CLOCK_SKEW_SECS || now.saturating_sub(issued) >= self.ttl_secs {
             return Err(Rejection::Expired);
         }
-        Ok((SessionId(id), issued))
+        let pin = if payload_len == PAYLOAD_LEN {
+            let mut p = [0u8; PIN_LEN];
+            p.copy_from_slice(&raw[ID_LEN + 8..PAYLOAD_LEN]);
+            Some(u32::from_be_bytes(p)).filter(|p| *p != 0)
+        } else {
+            None
+        };
+        Ok(Decoded {
+            id: SessionId(id),
+            issued_at: issued,
+            pin,
+        })
+    }
+
+    /// A cookie in the layout without a pin (what drover issued before), for tests of
+    /// compatibility.
+    #[cfg(test)]
+    pub fn encode_legacy(&self, id: &SessionId, issued_at: u64) -> String {
+        let mut raw = [0u8; LEGACY_RAW_LEN];
+        raw[..ID_LEN].copy_from_slice(&id.0);
+        raw[ID_LEN..LEGACY_PAYLOAD_LEN].copy_from_slice(&issued_at.to_be_bytes());
+        if let Some(key) = self.keys.first() {
+            let mut mac = key.clone();
+            mac.update(&raw[..LEGACY_PAYLOAD_LEN]);
+            let tag = mac.finalize().into_bytes();
+            raw[LEGACY_PAYLOAD_LEN..].copy_from_slice(&tag[..MAC_LEN]);
+        }
+        URL_SAFE_NO_PAD.encode(raw)
     }
 }
 
 /// The `Set-Cookie` value for a new session.
 pub fn set_cookie(cfg: &crate::config::CookieConfig, value: &str) -> String {
-    let mut s = format!(
-        "{}={value}; Path={}; Max-Age={}; SameSite={}",
-        cfg.name,
-        cfg.path,
-        cfg.max_age.as_secs(),
-        cfg.same_site.as_str()
-    );
-    if let Some(d) = &cfg.domain {
-        s.push_str("; Domain=");
-        s.push_str(d);
+    CookieHeader::new(cfg).set(value)
+}
+
+/// The `Set-Cookie` value that makes the browser drop the cookie (a destroyed session).
+pub fn expire_cookie(cfg: &crate::config::CookieConfig) -> String {
+    CookieHeader::new(cfg).expire()
+}
+
+/// `Set-Cookie` values for one cookie configuration, its attributes formatted once
+/// (a first request of every client gets one).
+pub struct CookieHeader {
+    /// `name=`
+    prefix: String,
+    /// `; Path=…; Max-Age=…; SameSite=…[; Domain=…][; HttpOnly][; Secure]`
+    attributes: String,
+    /// The same with `Max-Age=0`.
+    expired: String,
+}
+
+impl CookieHeader {
+    pub fn new(cfg: &crate::config::CookieConfig) -> Self {
+        let attributes = |max_age: u64| {
+            let mut s = format!(
+                "; Path={}; Max-Age={max_age}; SameSite={}",
+                cfg.path,
+                cfg.same_site.as_str()
+            );
+            if let Some(d) = &cfg.domain {
+                s.push_str("; Domain=");
+                s.push_str(d);
+            }
+            if cfg.http_only {
+                s.push_str("; HttpOnly");
+            }
+            if cfg.secure {
+                s.push_str("; Secure");
+            }
+            s
+        };
+        CookieHeader {
+            prefix: format!("{}=", cfg.name),
+            attributes: attributes(cfg.max_age.as_secs()),
+            expired: attributes(0),
+        }
     }
-    if cfg.http_only {
-        s.push_str("; HttpOnly");
+
+    pub fn set(&self, value: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + value.len() + self.attributes.len());
+        s.push_str(&self.prefix);
+        s.push_str(value);
+        s.push_str(&self.attributes);
+        s
     }
-    if cfg.secure {
-        s.push_str("; Secure");
+
+    pub fn expire(&self) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + self.expired.len());
+        s.push_str(&self.prefix);
+        s.push_str(&self.expired);
+        s
     }
-    s
 }
 
 #[cfg(test)]
@@ -178,25 +287,52 @@ mod tests {
     fn round_trips_and_has_fixed_length() {
         let c = codec();
         let id = SessionId::random();
-        let v = c.encode(&id, 1000);
+        let v = c.encode(&id, 1000, Some(77));
         assert_eq!(v.len(), ENCODED_LEN);
-        assert_eq!(c.decode(&v, 1050), Ok((id, 1000)));
+        assert_eq!(ENCODED_LEN, 59);
+        let d = c.decode(&v, 1050).unwrap();
+        assert_eq!((d.id, d.issued_at, d.pin), (id, 1000, Some(77)));
+        let none = c.decode(&c.encode(&id, 1000, None), 1050).unwrap();
+        assert_eq!(none.pin, None);
+    }
+
+    #[test]
+    fn cookies_without_a_pin_still_verify() {
+        let c = codec();
+        let id = SessionId::random();
+        let v = c.encode_legacy(&id, 1000);
+        assert_eq!(v.len(), LEGACY_ENCODED_LEN);
+        assert_eq!(LEGACY_ENCODED_LEN, 54);
+        let d = c.decode(&v, 1050).unwrap();
+        assert_eq!((d.id, d.issued_at, d.pin), (id, 1000, None));
+    }
+
+    #[test]
+    fn pins_are_never_zero_and_differ_per_backend() {
+        let pins: std::collections::HashSet<u32> =
+            (0..64).map(|i| pin_of(&format!("worker-{i}"))).collect();
+        assert_eq!(pins.len(), 64);
+        assert!(!pins.contains(&0));
     }
 
     #[test]
     fn every_single_bit_flip_is_rejected() {
         let c = codec();
-        let v = c.encode(&SessionId::random(), 1000);
-        let mut raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
-        for i in 0..raw.len() * 8 {
-            raw[i / 8] ^= 1 << (i % 8);
-            let forged = URL_SAFE_NO_PAD.encode(&raw);
-            assert_eq!(
-                c.decode(&forged, 1001),
-                Err(Rejection::BadSignature),
-                "bit {i}"
-            );
-            raw[i / 8] ^= 1 << (i % 8);
+        for v in [
+            c.encode(&SessionId::random(), 1000, Some(5)),
+            c.encode_legacy(&SessionId::random(), 1000),
+        ] {
+            let mut raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
+            for i in 0..raw.len() * 8 {
+                raw[i / 8] ^= 1 << (i % 8);
+                let forged = URL_SAFE_NO_PAD.encode(&raw);
+                assert_eq!(
+                    c.decode(&forged, 1001),
+                    Err(Rejection::BadSignature),
+                    "bit {i}"
+                );
+                raw[i / 8] ^= 1 << (i % 8);
+            }
         }
     }
 
@@ -218,17 +354,17 @@ mod tests {
     #[test]
     fn expires_after_ttl_and_refuses_future_times() {
         let c = codec();
-        let v = c.encode(&SessionId::random(), 1000);
+        let v = c.encode(&SessionId::random(), 1000, None);
         assert!(c.decode(&v, 1099).is_ok());
         assert_eq!(c.decode(&v, 1100), Err(Rejection::Expired));
-        let future = c.encode(&SessionId::random(), 5000);
+        let future = c.encode(&SessionId::random(), 5000, None);
         assert_eq!(c.decode(&future, 1000), Err(Rejection::Expired));
     }
 
     #[test]
     fn old_keys_verify_after_rotation_and_unknown_keys_do_not() {
         let old = codec();
-        let v = old.encode(&SessionId::random(), 1000);
+        let v = old.encode(&SessionId::random(), 1000, None);
         let rotated = CookieCodec::new(
             &[
                 b"k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2".to_vec(),
@@ -258,6 +394,10 @@ mod tests {
         assert_eq!(
             set_cookie(&cfg, "V"),
             "sid=V; Path=/app; Max-Age=60; SameSite=Strict; Domain=example.com; HttpOnly; Secure"
+        );
+        assert_eq!(
+            expire_cookie(&cfg),
+            "sid=; Path=/app; Max-Age=0; SameSite=Strict; Domain=example.com; HttpOnly; Secure"
         );
     }
 }

@@ -13,7 +13,8 @@ pub struct SessionMetrics {
     pub expired: IntCounter,
     pub evicted: IntCounter,
     pub migrated: IntCounter,
-    /// Indexed like `cookie::Rejection`: malformed, bad_signature, expired, unknown.
+    /// Indexed like `cookie::Rejection`: malformed, bad_signature, expired, and
+    /// `unknown`: a genuine cookie naming an id rotated away by a regenerate.
     pub rejected: [IntCounter; 4],
     pub per_backend: IntGaugeVec,
     pub store_errors: IntCounterVec,
@@ -108,12 +109,12 @@ impl SessionMetrics {
             lock_timeouts: counter(
                 r,
                 SESSION_LOCK_TIMEOUTS_TOTAL,
-                "Requests that ran without session data because the session stayed locked",
+                "Serialised requests that ran without the session's lock because the previous writer held it past lock_timeout",
             ),
             write_conflicts: counter(
                 r,
                 SESSION_WRITE_CONFLICTS_TOTAL,
-                "Session writes refused because the lock lease had expired",
+                "Session updates not saved: another request wrote the session after this one read it (a lost update detected), or the store was unavailable",
             ),
             data_refused: counter(
                 r,

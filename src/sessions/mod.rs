@@ -1,49 +1,66 @@
 //! Sticky sessions owned by drover: a signed cookie names a session, the session's
-//! record (pinned backend, times, hits, data) lives in a store, and the worker sees the
-//! data in a request header and changes it with a response header.
+//! record (pinned backend, times, hits, data, version) lives in a store, and the worker
+//! sees the data in a request header and changes it with a response header.
 //!
-//! A request walks: `begin` (verify the cookie, take the session's lock, read the
-//! record) → `preference` / `on_selected` (route to the pinned backend, re-pin when it
-//! left rotation) → `annotate_request` (data to the worker) → `on_response` (take the
-//! worker's update, write the record, release the lock, set the cookie for a new
-//! session) → `finish` (releases anything `on_response` did not, e.g. on a 502).
+//! A request walks: `begin` (verify the cookie; read the record; a request that may
+//! write the session first takes the session's lock) → `acquire` (only for such a
+//! request with a body, on Pingora's path: the lock is taken once the body has been
+//! read, so a slow client never holds it) → `preference` / `on_selected` (route to the
+//! pinned backend, re-pin when it left rotation) → `annotate` (data to the worker) →
+//! `respond` (the worker's update and control, which each carrier picks out of its
+//! response head: write the record with a compare-and-set on its version, release the
+//! lock, set the cookie) → `finish` (releases anything `respond` did not, e.g. on a 502).
 //!
-//! Requests of one session are serialised by the lock (in-process stripes, plus a
-//! fenced Redis lock across instances), so concurrent read-modify-write requests never
-//! lose an update. The record is written before the response headers leave, so the
-//! client's next request always sees it.
+//! Guarantees (docs/SESSIONS.md): requests of a session never wait for each other
+//! unless both may write it (`sessions.serialize`); writers of one session run one at a
+//! time from reading the record to the worker's response head, per session id (no
+//! stripes, so no cross-user waits), at most `lock_timeout`; every write is a
+//! compare-and-set on the version the request read, so an update that overlapped
+//! another one is refused and counted (`drover_session_write_conflicts_total`), never
+//! silently lost. A client that never returned its cookie and got no data owns no
+//! record.
 
 pub mod cookie;
 pub mod keys;
+pub mod lock;
 pub mod metrics;
 pub mod record;
 pub mod seal;
 pub mod store;
 
-use crate::config::{SessionsConfig, StoreKind, WithoutCookie};
+use crate::config::{SerializeMode, SessionsConfig, StoreKind, WithoutCookie};
 use crate::resilience::breaker::{Breaker, BreakerPolicy, CircuitState};
 use arc_swap::ArcSwap;
 use cookie::{CookieCodec, Rejection, SessionId};
 use pingora_http::{RequestHeader, ResponseHeader};
 use record::Record;
 use seal::Sealer;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::memory::{now_ms, MemoryStore};
-use store::redis::RedisStore;
-use store::{LockToken, SessionStore, StoreError, StoreStats};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use store::redis::{Commit, RedisStore};
+use store::{Expect, LockToken, SessionStore, StoreError, StoreStats};
 
-/// In-process lock stripes; two sessions sharing a stripe only wait for each other.
-const LOCK_STRIPES: usize = 4096;
+/// Most sessions whose writers hold or wait for the in-process lock at once; past it a
+/// writer runs without the lock (its write is still compare-and-set).
+const MAX_LOCKED_SESSIONS: usize = 65_536;
+/// Most backend names remembered for cookie pins.
+const MAX_PINS: usize = 4096;
+/// A request body up to this size is read before a serialised request takes the
+/// session's lock (Pingora replays it to the worker from its retry buffer, whose size
+/// this is). A larger, chunked or `Expect: 100-continue` body is not waited for: that
+/// request runs without the lock, and its write is still compare-and-set.
+pub const LOCK_BODY_BUFFER: u64 = 64 * 1024;
 
 /// What the worker is told about the session (state header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
+    /// No data yet: a client's first request, or a returning cookie without a record.
     New,
     Existing,
-    /// The store could not be read (down, slow, locked too long): no data this time,
-    /// and updates from this response are not saved.
+    /// The store could not be read (down, slow): no data this time, and updates from
+    /// this response are not saved.
     Unavailable,
 }
 
@@ -57,12 +74,82 @@ impl SessionState {
     }
 }
 
+/// Where a request's session stands in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// No valid cookie: an id drover just made up. Nothing is stored unless the worker
+    /// sets data.
+    Fresh,
+    /// A genuine cookie without a record (never stored, expired or evicted): the id is
+    /// ours (we signed it), so the record is created under it.
+    Returned,
+    /// A record at this version.
+    Stored(u64),
+}
+
+/// A worker's instruction in the control header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// New id, same data (plus this response's update); the old id stops working.
+    Regenerate,
+    /// Record gone, cookie expired.
+    Destroy,
+}
+
+impl Control {
+    fn parse(v: &[u8]) -> Option<Control> {
+        let v = v.trim_ascii();
+        if v.eq_ignore_ascii_case(b"regenerate") {
+            Some(Control::Regenerate)
+        } else if v.eq_ignore_ascii_case(b"destroy") {
+            Some(Control::Destroy)
+        } else {
+            None
+        }
+    }
+}
+
+/// The cookie a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CookieAction {
+    None,
+    /// The session's (new or regenerated) id.
+    Issue,
+    /// `Max-Age=0`: the session was destroyed.
+    Expire,
+}
+
 /// Settings that a reload may change, swapped as one value.
 pub struct Policy {
     pub cfg: SessionsConfig,
     codec: CookieCodec,
+    set_cookie: cookie::CookieHeader,
     sealer: Option<Sealer>,
     wire: WireNames,
+}
+
+impl Policy {
+    /// Whether a request may write its session and so takes the session's lock.
+    fn serializes(&self, req: &RequestHeader) -> bool {
+        let by_method = match self.cfg.serialize {
+            SerializeMode::None => false,
+            SerializeMode::All => true,
+            SerializeMode::UnsafeMethods => !matches!(
+                req.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
+            ),
+        };
+        by_method || {
+            let path = req.uri.path();
+            self.cfg
+                .serialize_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
+        }
+    }
 }
 
 /// Header names prepared once per policy for the per-request path.
@@ -78,6 +165,7 @@ struct WireNames {
 
 impl WireNames {
     fn new(cfg: &SessionsConfig) -> Self {
+        let internal = crate::proxy::headers::is_internal;
         WireNames {
             id: cfg.id_header.clone(),
             state: cfg.state_header.clone(),
@@ -87,9 +175,10 @@ impl WireNames {
                 &cfg.id_header,
                 &cfg.state_header,
                 &cfg.update_header,
+                &cfg.control_header,
             ]
             .into_iter()
-            .filter(|h| !crate::proxy::headers::is_internal(h))
+            .filter(|h| !internal(h))
             .cloned()
             .collect(),
         }
@@ -104,7 +193,7 @@ enum Backing {
 pub struct SessionService {
     policy: ArcSwap<Policy>,
     backing: Backing,
-    locks: Box<[Arc<Mutex<()>>]>,
+    locks: Arc<lock::LockTable>,
     /// Trips when the shared store fails repeatedly, so requests stop waiting on it.
     store_breaker: Breaker,
     pub metrics: metrics::SessionMetrics,
@@ -119,6 +208,10 @@ pub struct SessionService {
     handover: std::sync::atomic::AtomicBool,
     /// Sessions per backend as last counted (sweeper cycle or shared-store scan).
     per_worker_cache: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Backend names by the pin their cookies carry, learned as first requests are
+    /// placed (copy on write: a name is added once, read on every returning cookie
+    /// without a record).
+    pins: ArcSwap<HashMap<u32, Arc<str>>>,
 }
 
 /// Per-request session state, kept in the proxy's request context.
@@ -126,24 +219,64 @@ pub struct SessionCtx {
     policy: Arc<Policy>,
     pub id: SessionId,
     pub state: SessionState,
+    origin: Origin,
     record: Record,
     /// Plaintext data for the worker.
     data: Option<Vec<u8>>,
-    /// Set-Cookie value for a new session.
-    new_cookie: Option<String>,
-    local_lock: Option<OwnedMutexGuard<()>>,
+    cookie: CookieAction,
+    /// The session's pin changed (first placement of a stored session, or migration).
+    repinned: bool,
+    /// A serialised request whose lock (and record read) waits for its body.
+    pending: bool,
+    lock: Option<lock::SessionLock>,
     token: Option<LockToken>,
     /// Hash used to pick a backend when the session is not pinned (or its pin is gone).
     key: u64,
     done: bool,
 }
 
+impl SessionCtx {
+    /// True when the request may write its session and has a body: the caller reads
+    /// the body (up to [`LOCK_BODY_BUFFER`]) and then calls [`SessionService::acquire`].
+    pub fn lock_pending(&self) -> bool {
+        self.pending
+    }
+}
+
 /// Routing wish of a session for the balancer.
 pub struct Preference {
     pub pinned: Option<Arc<str>>,
     pub key: u64,
-    /// False: no affinity (new session with `without_cookie: balance`); use the strategy.
+    /// False: no affinity (a client's first request with `without_cookie: balance`);
+    /// use the strategy.
     pub sticky: bool,
+}
+
+/// The declared body length of a request (`Content-Length`), `None` when it has none
+/// or a chunked one.
+pub fn declared_body_len(req: &RequestHeader) -> Option<u64> {
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the body of a serialised request is read before it takes the session's
+/// lock: declared by `Content-Length`, at most [`LOCK_BODY_BUFFER`] bytes, and no
+/// `Expect: 100-continue` (that client waits for the worker's go-ahead before sending
+/// it). Otherwise the request runs without the lock (its write is still
+/// compare-and-set).
+pub fn buffer_body_before_lock(req: &RequestHeader) -> bool {
+    !req.headers.contains_key(http::header::EXPECT)
+        && declared_body_len(req).is_some_and(|n| n <= LOCK_BODY_BUFFER)
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || declared_body_len(req).is_some_and(|n| n > 0)
 }
 
 impl SessionService {
@@ -203,13 +336,12 @@ impl SessionService {
             policy: ArcSwap::from_pointee(Policy {
                 cfg: cfg.clone(),
                 codec: CookieCodec::new(&[], cfg.ttl),
+                set_cookie: cookie::CookieHeader::new(&cfg.cookie),
                 sealer: None,
                 wire: WireNames::new(cfg),
             }),
             backing,
-            locks: (0..LOCK_STRIPES)
-                .map(|_| Arc::new(Mutex::new(())))
-                .collect(),
+            locks: lock::LockTable::new(MAX_LOCKED_SESSIONS),
             store_breaker,
             metrics,
             kind: cfg.store,
@@ -219,6 +351,7 @@ impl SessionService {
             last_stats: std::sync::Mutex::new((0, 0)),
             handover: std::sync::atomic::AtomicBool::new(false),
             per_worker_cache: std::sync::Mutex::new(Default::default()),
+            pins: ArcSwap::from_pointee(HashMap::new()),
         };
         svc.policy.store(Arc::new(svc.build_policy(cfg)));
         Ok(svc)
@@ -239,6 +372,7 @@ impl SessionService {
         Policy {
             cfg: cfg.clone(),
             codec: CookieCodec::new(&secrets, cfg.ttl),
+            set_cookie: cookie::CookieHeader::new(&cfg.cookie),
             sealer,
             wire: WireNames::new(cfg),
         }
@@ -274,6 +408,11 @@ impl SessionService {
         }
     }
 
+    /// Sessions whose writers hold or wait for the in-process lock right now.
+    pub fn locked_sessions(&self) -> usize {
+        self.locks.len()
+    }
+
     /// Removes internal session headers a client sent (when configured with names that
     /// the `x-drover-` rule does not already cover).
     pub fn strip_client_headers(&self, req: &mut RequestHeader) {
@@ -283,10 +422,6 @@ impl SessionService {
                 req.remove_header(h);
             }
         }
-    }
-
-    fn stripe(&self, id: &SessionId) -> Arc<Mutex<()>> {
-        self.locks[(id.hash64() as usize) % LOCK_STRIPES].clone()
     }
 
     fn store_error(&self, e: &StoreError) {
@@ -332,24 +467,39 @@ impl SessionService {
         r
     }
 
-    fn new_session(&self, policy: Arc<Policy>, client_hash: u64, now: u64) -> SessionCtx {
-        let id = SessionId::random();
-        let value = policy.codec.encode(&id, now / 1000);
+    fn ctx(&self, policy: Arc<Policy>, id: SessionId, origin: Origin, key: u64) -> SessionCtx {
         SessionCtx {
             id,
-            state: SessionState::New,
-            record: Record::new(now),
-            data: None,
-            new_cookie: Some(cookie::set_cookie(&policy.cfg.cookie, &value)),
-            local_lock: None,
-            token: None,
-            key: match policy.cfg.without_cookie {
-                WithoutCookie::ClientIp => client_hash,
-                WithoutCookie::Balance => id.hash64(),
+            state: match origin {
+                Origin::Stored(_) => SessionState::Existing,
+                _ => SessionState::New,
             },
+            origin,
+            record: Record::default(),
+            data: None,
+            cookie: CookieAction::None,
+            repinned: false,
+            pending: false,
+            lock: None,
+            token: None,
+            key,
             policy,
             done: false,
         }
+    }
+
+    /// A client's first request (or one whose cookie was refused): an id is made up and
+    /// sent in a cookie; nothing is read or stored.
+    fn fresh(&self, policy: Arc<Policy>, client_hash: u64, now: u64) -> SessionCtx {
+        let id = SessionId::random();
+        let key = match policy.cfg.without_cookie {
+            WithoutCookie::ClientIp => client_hash,
+            WithoutCookie::Balance => id.hash64(),
+        };
+        let mut s = self.ctx(policy, id, Origin::Fresh, key);
+        s.record = Record::new(now);
+        s.cookie = CookieAction::Issue;
+        s
     }
 
     fn reject(&self, r: Rejection) {
@@ -361,110 +511,143 @@ impl SessionService {
         self.metrics.rejected[i].inc();
     }
 
-    /// Starts a request's session: a valid cookie resumes its session (waiting for the
-    /// session's previous request to finish), anything else starts a new one.
+    /// Starts a request's session: a genuine cookie resumes its session, anything else
+    /// gets a fresh one. A request that may write the session (`sessions.serialize`)
+    /// takes the session's lock first, unless it has a body: then the lock waits for
+    /// [`SessionService::acquire`].
     pub async fn begin(&self, req: &RequestHeader, client_hash: u64) -> SessionCtx {
         let policy = self.policy.load_full();
         let now = now_ms();
-        let value = crate::proxy::headers::cookie(req, &policy.cfg.cookie.name);
-        let Some(value) = value else {
-            return self.new_session(policy, client_hash, now);
+        let Some(value) = crate::proxy::headers::cookie(req, &policy.cfg.cookie.name) else {
+            return self.fresh(policy, client_hash, now);
         };
-        let id = match policy.codec.decode(value, now / 1000) {
-            Ok((id, _)) => id,
+        let decoded = match policy.codec.decode(value, now / 1000) {
+            Ok(d) => d,
             Err(r) => {
                 self.reject(r);
-                return self.new_session(policy, client_hash, now);
+                return self.fresh(policy, client_hash, now);
             }
         };
-        let wait = policy.cfg.lock_timeout;
+        let writer = policy.serializes(req);
+        let id = decoded.id;
+        let mut s = self.ctx(policy, id, Origin::Returned, id.hash64());
+        // Until the record says otherwise: the backend of the first request, and the
+        // cookie's issue time as the start of the absolute lifetime.
+        s.record = Record::new(decoded.issued_at.saturating_mul(1000));
+        s.record.worker = decoded.pin.and_then(|p| self.pins.load().get(&p).cloned());
+        if writer && has_body(req) {
+            s.pending = true;
+            return s;
+        }
+        self.load(&mut s, writer, client_hash).await;
+        s
+    }
+
+    /// For a request whose [`SessionCtx::lock_pending`] is true, once its body has been
+    /// read: takes the session's lock (`body_buffered`: the whole body is buffered; if
+    /// not, the request runs without the lock) and reads the record.
+    pub async fn acquire(&self, s: &mut SessionCtx, body_buffered: bool, client_hash: u64) {
+        if !s.pending {
+            return;
+        }
+        s.pending = false;
+        self.load(s, body_buffered, client_hash).await;
+    }
+
+    /// Reads the session's record, under its lock when `lock`.
+    async fn load(&self, s: &mut SessionCtx, lock: bool, client_hash: u64) {
+        let wait = s.policy.cfg.lock_timeout;
         let started = Instant::now();
-        let stripe = self.stripe(&id);
-        // Uncontended (the usual case): no timer is armed.
-        let local = match stripe.clone().try_lock_owned() {
-            Ok(g) => g,
-            Err(_) => match tokio::time::timeout(wait, stripe.lock_owned()).await {
-                Ok(g) => g,
-                Err(_) => {
+        if lock {
+            match self.locks.lock(&s.id, wait).await {
+                Ok(l) => s.lock = Some(l),
+                Err(lock::LockError::TimedOut) => {
                     self.metrics.lock_timeouts.inc();
-                    return self.unavailable(policy, id);
+                    log::warn!(
+                        "sessions: {:?}: the session's previous writer held its lock for over {:?}; this request runs without it (its write is still checked for overlap)",
+                        s.id,
+                        wait
+                    );
                 }
-            },
-        };
-        let (token, found) = match &self.backing {
-            Backing::Memory(m) => (None, m.get_now(&id, now)),
+                Err(lock::LockError::Full) => {}
+            }
+        }
+        let now = now_ms();
+        let found = match &self.backing {
+            Backing::Memory(m) => m.get_now(&s.id, now),
             Backing::Redis(r) => {
-                let left = wait.saturating_sub(started.elapsed());
-                let lease = policy.cfg.redis_lock_ttl;
-                match self.guarded(r.lock_and_get(&id, left, lease)).await {
-                    Ok((t, rec)) => (Some(t), rec),
-                    Err(StoreError::Locked) => {
-                        self.metrics.lock_timeouts.inc();
-                        return self.unavailable(policy, id);
+                let read = if s.lock.is_some() {
+                    let left = wait.saturating_sub(started.elapsed());
+                    let lease = s.policy.cfg.redis_lock_ttl;
+                    match self.guarded(r.lock_and_get(&s.id, left, lease)).await {
+                        Ok((t, rec)) => {
+                            s.token = Some(t);
+                            Ok(rec)
+                        }
+                        Err(StoreError::Locked) => {
+                            self.metrics.lock_timeouts.inc();
+                            self.guarded(r.get(&s.id)).await
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(_) => return self.unavailable(policy, id),
+                } else {
+                    self.guarded(r.get(&s.id)).await
+                };
+                match read {
+                    Ok(rec) => rec,
+                    Err(_) => return Self::unavailable(s),
                 }
             }
         };
-        let opened = found.and_then(|rec| {
-            let data = match (&rec.data, &policy.sealer) {
-                (None, _) => None,
-                (Some(d), None) => Some(d.to_vec()),
-                // A record that does not decrypt (damaged, or a retired key) is absent.
-                (Some(d), Some(s)) => Some(s.open(&id.0, d)?),
-            };
-            Some((rec, data))
-        });
-        match opened {
-            Some((record, data)) => SessionCtx {
-                id,
-                state: SessionState::Existing,
-                record,
-                data,
-                new_cookie: None,
-                local_lock: Some(local),
-                token,
-                key: id.hash64(),
-                policy,
-                done: false,
-            },
-            None if self.handover.load(std::sync::atomic::Ordering::Acquire) => {
-                drop(local);
-                self.unavailable(policy, id)
-            }
-            None => {
-                // Expired, evicted or undecryptable: a genuine cookie for a session that is
-                // gone gets a fresh session (its lock is released by dropping it).
+        match found {
+            Some(rec) if rec.revoked => {
+                // Rotated away by a regenerate: the id is dead; a fresh session.
                 self.metrics.rejected[3].inc();
-                if let (Backing::Redis(r), Some(t)) = (&self.backing, token) {
-                    let _ = self
-                        .guarded(r.set_and_unlock(&id, t, None, Duration::ZERO))
-                        .await;
-                }
-                drop(local);
-                self.new_session(policy, client_hash, now)
+                self.release(s).await;
+                *s = self.fresh(s.policy.clone(), client_hash, now);
             }
+            Some(rec) => {
+                let data = match (&rec.data, &s.policy.sealer) {
+                    (None, _) => None,
+                    (Some(d), None) => Some(d.to_vec()),
+                    // Undecryptable data (damaged, or a retired key) is no data; the
+                    // session's next write replaces it.
+                    (Some(d), Some(sealer)) => sealer.open(&s.id.0, d),
+                };
+                s.origin = Origin::Stored(rec.version);
+                s.state = SessionState::Existing;
+                s.record = rec;
+                s.data = data;
+            }
+            None if self.handover.load(std::sync::atomic::Ordering::Acquire) => {
+                Self::unavailable(s)
+            }
+            // A genuine cookie without a record: a fresh session under the same id.
+            None => {}
         }
     }
 
-    fn unavailable(&self, policy: Arc<Policy>, id: SessionId) -> SessionCtx {
-        SessionCtx {
-            id,
-            state: SessionState::Unavailable,
-            record: Record::default(),
-            data: None,
-            new_cookie: None,
-            local_lock: None,
-            token: None,
-            key: id.hash64(),
-            policy,
-            done: false,
+    /// The store could not be read: no data, nothing written, nothing held.
+    fn unavailable(s: &mut SessionCtx) {
+        s.state = SessionState::Unavailable;
+        s.lock = None;
+        s.token = None;
+        s.data = None;
+    }
+
+    /// Drops the in-process lock and, on Redis, the shared one.
+    async fn release(&self, s: &mut SessionCtx) {
+        s.lock = None;
+        if let (Backing::Redis(r), Some(t)) = (&self.backing, s.token.take()) {
+            let _ = self
+                .guarded(r.commit(&s.id, Some(&t), Commit::Release))
+                .await;
         }
     }
 
     pub fn preference(&self, s: &SessionCtx) -> Preference {
-        let sticky = !(s.state == SessionState::New
-            && s.policy.cfg.without_cookie == WithoutCookie::Balance);
+        let sticky =
+            !(s.origin == Origin::Fresh && s.policy.cfg.without_cookie == WithoutCookie::Balance);
         Preference {
             pinned: s.record.worker.clone(),
             key: s.key,
@@ -478,15 +661,38 @@ impl SessionService {
         if s.state == SessionState::Unavailable {
             return;
         }
+        if s.origin == Origin::Fresh {
+            // The cookie will carry this backend's pin.
+            s.record.worker = Some(backend.clone());
+            self.learn_pin(backend);
+            return;
+        }
         match &s.record.worker {
-            None => s.record.worker = Some(backend.clone()),
+            None => {
+                s.record.worker = Some(backend.clone());
+                s.repinned = true;
+            }
             Some(old) if repinned && **old != **backend => {
                 log::debug!("sessions: {:?} migrated {old} -> {backend}", s.id);
                 self.metrics.migrated.inc();
                 s.record.worker = Some(backend.clone());
+                s.repinned = true;
             }
             Some(_) => {}
         }
+    }
+
+    fn learn_pin(&self, backend: &Arc<str>) {
+        let pin = cookie::pin_of(backend);
+        let known = self.pins.load();
+        if known.get(&pin).is_some_and(|n| **n == **backend) || known.len() >= MAX_PINS {
+            return;
+        }
+        self.pins.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(pin, backend.clone());
+            m
+        });
     }
 
     /// Adds the session headers to the request going to the worker.
@@ -500,7 +706,7 @@ impl SessionService {
     /// The session's headers for the worker, as edits to apply with the others.
     pub fn annotate(&self, s: &SessionCtx, edits: &mut crate::proxy::headers::HeaderEdits) {
         let w = &s.policy.wire;
-        if let Ok(id) = http::HeaderValue::from_str(&s.id.hex()) {
+        if let Ok(id) = http::HeaderValue::from_bytes(&s.id.hex_bytes()) {
             edits.insert(w.id.clone(), id);
         }
         edits.insert(
@@ -514,46 +720,101 @@ impl SessionService {
         }
     }
 
-    /// Takes the worker's update from the response, saves the record, releases the
-    /// lock and sets the cookie of a new session.
+    /// [`SessionService::respond`] on a `ResponseHeader`: takes the worker's update and
+    /// control fields out of it and adds the cookie.
     pub async fn on_response(&self, s: &mut SessionCtx, resp: &mut ResponseHeader) {
-        let cfg = &s.policy.cfg;
+        let (update_name, control_name) = self.response_fields(s);
+        let (update_name, control_name) = (update_name.clone(), control_name.clone());
         let update = resp
             .headers
-            .get(&cfg.update_header)
+            .get(&update_name)
             .map(|v| v.as_bytes().to_vec());
-        if update.is_some() {
-            resp.remove_header(&cfg.update_header);
-        }
-        if let Some(c) = self.take_set_cookie(s) {
+        resp.remove_header(&update_name);
+        let control = resp
+            .headers
+            .get(&control_name)
+            .map(|v| v.as_bytes().to_vec());
+        resp.remove_header(&control_name);
+        if let Some(c) = self.respond(s, update, control.as_deref()).await {
             let _ = resp.append_header(http::header::SET_COOKIE, c);
         }
-        self.save_update(s, update).await;
     }
 
-    /// The name of the header a worker updates session data with, when drover strips it
-    /// from responses anyway (an internal `x-drover-` name), so a response can be
-    /// forwarded as bytes while the update is picked out of it.
-    pub fn internal_update_header<'a>(&self, s: &'a SessionCtx) -> Option<&'a http::HeaderName> {
-        let h = &s.policy.cfg.update_header;
-        crate::proxy::headers::is_internal(h).then_some(h)
-    }
-
-    /// The field a worker updates this session's data with (`sessions.update_header`).
-    pub fn update_header<'a>(&self, s: &'a SessionCtx) -> &'a http::HeaderName {
-        &s.policy.cfg.update_header
-    }
-
-    /// The `Set-Cookie` value for a session started by this request, once.
-    pub fn take_set_cookie(&self, s: &mut SessionCtx) -> Option<String> {
-        s.new_cookie.take()
-    }
-
-    /// Saves the record with the worker's update (the update header's value), refusing
-    /// updates over `max_data_bytes`, and releases the session's lock.
-    pub async fn save_update(&self, s: &mut SessionCtx, update: Option<Vec<u8>>) {
+    /// The fields a worker talks to drover through on its response: the data update
+    /// (`sessions.update_header`) and the control (`sessions.control_header`). Carriers
+    /// pick them out of the response head and hand their values to
+    /// [`SessionService::respond`].
+    pub fn response_fields<'a>(
+        &self,
+        s: &'a SessionCtx,
+    ) -> (&'a http::HeaderName, &'a http::HeaderName) {
         let cfg = &s.policy.cfg;
-        let update = match update {
+        (&cfg.update_header, &cfg.control_header)
+    }
+
+    /// The worker's final response head arrived with these update and control values:
+    /// saves the record, releases the lock, and returns the `Set-Cookie` value to add
+    /// (a new or regenerated session's cookie, or an expired one for a destroyed
+    /// session).
+    pub async fn respond(
+        &self,
+        s: &mut SessionCtx,
+        update: Option<Vec<u8>>,
+        control: Option<&[u8]>,
+    ) -> Option<String> {
+        let control = match control.map(Control::parse) {
+            Some(None) => {
+                log::warn!(
+                    "sessions: a worker sent an unknown `{}` value (accepted: regenerate, destroy); ignored",
+                    s.policy.cfg.control_header
+                );
+                None
+            }
+            Some(c) => c,
+            None => None,
+        };
+        self.save(s, update, control).await;
+        self.take_set_cookie(s)
+    }
+
+    /// The `Set-Cookie` value this response carries, once: the cookie of a session
+    /// started (or regenerated) by this request, with its backend's pin, or an expired
+    /// cookie for a destroyed one.
+    pub fn take_set_cookie(&self, s: &mut SessionCtx) -> Option<String> {
+        let action = std::mem::replace(&mut s.cookie, CookieAction::None);
+        let headers = &s.policy.set_cookie;
+        match action {
+            CookieAction::None => None,
+            CookieAction::Expire => Some(headers.expire()),
+            CookieAction::Issue => {
+                // Issued now: a fresh or regenerated session's record was created now.
+                let pin = s.record.worker.as_deref().map(cookie::pin_of);
+                let value = s
+                    .policy
+                    .codec
+                    .encode(&s.id, s.record.created_ms / 1000, pin);
+                Some(headers.set(&value))
+            }
+        }
+    }
+
+    /// Saves the worker's update (the update header's value), refusing updates over
+    /// `max_data_bytes`, and releases the session's lock.
+    pub async fn save_update(&self, s: &mut SessionCtx, update: Option<Vec<u8>>) {
+        self.save(s, update, None).await;
+    }
+
+    /// Releases what `on_response` did not (the request failed before a response).
+    pub async fn finish(&self, s: &mut SessionCtx) {
+        if s.done {
+            return;
+        }
+        s.done = true;
+        self.release(s).await;
+    }
+
+    fn checked_update(&self, cfg: &SessionsConfig, update: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        match update {
             Some(u) if u.len() > cfg.max_data_bytes => {
                 self.metrics.data_refused.inc();
                 log::error!(
@@ -564,22 +825,28 @@ impl SessionService {
                 None
             }
             other => other,
-        };
-        self.save(s, update).await;
+        }
     }
 
-    /// Releases what `on_response` did not (the request failed before a response).
-    pub async fn finish(&self, s: &mut SessionCtx) {
-        self.save(s, None).await;
+    fn conflict(&self, s: &SessionCtx, what: &str) {
+        self.metrics.write_conflicts.inc();
+        log::warn!(
+            "sessions: {:?}: {what} not saved: another request wrote the session after this one read it (a lost update detected; serialise the route with `sessions.serialize_paths` if it must not happen)",
+            s.id
+        );
     }
 
-    async fn save(&self, s: &mut SessionCtx, update: Option<Vec<u8>>) {
+    async fn save(&self, s: &mut SessionCtx, update: Option<Vec<u8>>, control: Option<Control>) {
         if s.done {
             return;
         }
         s.done = true;
+        if s.pending {
+            // Never loaded (the request failed while its body was read).
+            return;
+        }
         if s.state == SessionState::Unavailable {
-            if update.is_some() {
+            if update.is_some() || control.is_some() {
                 self.metrics.write_conflicts.inc();
                 log::warn!(
                     "sessions: {:?}: update not saved because the session store was unavailable for this request",
@@ -588,56 +855,222 @@ impl SessionService {
             }
             return;
         }
-        let now = now_ms();
+        if control.is_none() && update.is_none() && s.origin == Origin::Fresh {
+            // A client's first request without data: nothing to keep (the cookie pins
+            // it). The common case of a cookieless flood, so it returns before any work.
+            return;
+        }
         let policy = s.policy.clone();
         let cfg = &policy.cfg;
-        let rec = &mut s.record;
-        rec.hits = rec.hits.saturating_add(1);
-        rec.last_seen_ms = now;
-        if let Some(u) = update {
-            rec.data = if u.is_empty() {
-                None
-            } else {
-                Some(match &policy.sealer {
-                    Some(sealer) => sealer.seal(&s.id.0, &u).into(),
-                    None => u.into(),
-                })
-            };
-        }
-        let ttl_ms = cfg.ttl.as_millis() as u64;
-        let idle_ms = cfg.idle_timeout.as_millis() as u64;
-        let ttl = Duration::from_millis(rec.expires_ms(ttl_ms, idle_ms).saturating_sub(now).max(1));
-        let new = s.state == SessionState::New;
-        match &self.backing {
-            Backing::Memory(m) => {
-                m.set_now(&s.id, std::mem::take(rec), ttl, now);
-                if new {
-                    self.metrics.created.inc();
-                }
-            }
-            Backing::Redis(r) => {
-                let written = match s.token.take() {
-                    Some(t) => {
-                        self.guarded(r.set_and_unlock(&s.id, t, Some(rec), ttl))
-                            .await
-                    }
-                    None => self.guarded(r.set(&s.id, rec, ttl)).await.map(|_| true),
+        let update = self.checked_update(cfg, update);
+        let now = now_ms();
+        let limits = (
+            cfg.ttl.as_millis() as u64,
+            cfg.idle_timeout.as_millis() as u64,
+        );
+        let expect = match s.origin {
+            Origin::Stored(v) => Expect::Version(v),
+            _ => Expect::Absent,
+        };
+        let version = match s.origin {
+            Origin::Stored(v) => v,
+            _ => 0,
+        };
+        let token = s.token.take();
+        // The record as it will be written when data changes.
+        let next = || {
+            let mut rec = s.record.clone();
+            rec.hits = rec.hits.saturating_add(1);
+            rec.last_seen_ms = now;
+            if let Some(u) = &update {
+                rec.data = if u.is_empty() {
+                    None
+                } else {
+                    Some(match &policy.sealer {
+                        Some(sealer) => sealer.seal(&s.id.0, u).into(),
+                        None => u.clone().into(),
+                    })
                 };
-                match written {
-                    Ok(true) if new => self.metrics.created.inc(),
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.metrics.write_conflicts.inc();
-                        log::warn!(
-                            "sessions: {:?}: lock lease expired before the update was written; update refused (raise `sessions.redis.lock_ttl`)",
-                            s.id
-                        );
+            }
+            rec
+        };
+        let ttl_of = |rec: &Record| {
+            Duration::from_millis(
+                rec.expires_ms(limits.0, limits.1)
+                    .saturating_sub(now)
+                    .max(1),
+            )
+        };
+        let mut committed = token.is_none();
+        match control {
+            Some(Control::Destroy) => {
+                s.cookie = CookieAction::Expire;
+                if let Origin::Stored(_) = s.origin {
+                    let ok = match &self.backing {
+                        Backing::Memory(m) => Some(m.delete_if(&s.id, expect, now)),
+                        Backing::Redis(r) => {
+                            committed = true;
+                            self.guarded(r.commit(&s.id, token.as_ref(), Commit::Delete { expect }))
+                                .await
+                                .ok()
+                        }
+                    };
+                    if ok == Some(false) {
+                        self.conflict(s, "destroy");
                     }
-                    Err(_) => {}
                 }
             }
+            Some(Control::Regenerate) => {
+                let mut rec = next();
+                rec.version = 1;
+                rec.created_ms = now;
+                let new = SessionId::random();
+                if let Some(sealed) = &rec.data {
+                    // Data is sealed to its id: re-seal it for the new one.
+                    if let Some(sealer) = &policy.sealer {
+                        rec.data = sealer
+                            .open(&s.id.0, sealed)
+                            .map(|plain| sealer.seal(&new.0, &plain).into());
+                    }
+                }
+                let ttl = ttl_of(&rec);
+                let ok = if s.origin == Origin::Fresh {
+                    // Nobody knows the made-up id yet: just use another one.
+                    if rec.data.is_some() {
+                        self.write(&new, Expect::Absent, &rec, ttl, None).await
+                    } else {
+                        Some(true)
+                    }
+                } else {
+                    let mut tomb = Record::tombstone(now);
+                    tomb.version = version.saturating_add(1);
+                    let tomb_ttl = cfg.idle_timeout;
+                    match &self.backing {
+                        Backing::Memory(m) => Some(m.rotate(
+                            &s.id,
+                            expect,
+                            tomb,
+                            tomb_ttl,
+                            &new,
+                            rec.clone(),
+                            ttl,
+                            now,
+                        )),
+                        Backing::Redis(r) => {
+                            committed = true;
+                            self.guarded(r.commit(
+                                &s.id,
+                                token.as_ref(),
+                                Commit::Rotate {
+                                    expect,
+                                    tombstone: &tomb,
+                                    tombstone_ttl: tomb_ttl,
+                                    new: &new,
+                                    record: &rec,
+                                    ttl,
+                                },
+                            ))
+                            .await
+                            .ok()
+                        }
+                    }
+                };
+                if ok == Some(true) {
+                    if rec.data.is_some() {
+                        self.metrics.created.inc();
+                    }
+                    s.id = new;
+                    s.origin = Origin::Stored(rec.version);
+                    s.record = rec;
+                    s.cookie = CookieAction::Issue;
+                } else if ok == Some(false) {
+                    self.conflict(s, "regenerate");
+                }
+            }
+            None => match (&update, s.origin) {
+                // A made-up id without data: nothing to keep (the cookie pins it).
+                (None, Origin::Fresh) => {}
+                (Some(u), Origin::Fresh) if u.is_empty() => {}
+                (Some(_), _) => {
+                    let mut rec = next();
+                    rec.version = version.saturating_add(1);
+                    let ttl = ttl_of(&rec);
+                    committed = true;
+                    match self.write(&s.id, expect, &rec, ttl, token.as_ref()).await {
+                        Some(true) if expect == Expect::Absent => self.metrics.created.inc(),
+                        Some(true) | None => {}
+                        Some(false) => self.conflict(s, "update"),
+                    }
+                }
+                // The cookie came back: the record appears now.
+                (None, Origin::Returned) => {
+                    let rec = next();
+                    let ttl = ttl_of(&rec);
+                    committed = true;
+                    if self
+                        .write(&s.id, Expect::Absent, &rec, ttl, token.as_ref())
+                        .await
+                        == Some(true)
+                    {
+                        self.metrics.created.inc();
+                    }
+                }
+                (None, Origin::Stored(_)) => {
+                    let pin = s.repinned.then(|| s.record.worker.clone()).flatten();
+                    match &self.backing {
+                        Backing::Memory(m) => {
+                            m.touch_record(&s.id, now, limits, pin.as_ref());
+                        }
+                        Backing::Redis(_) => {
+                            // Slide the expiry (a metadata write at the same version,
+                            // which never undoes a data write) when it moved enough.
+                            let step = (limits.1 / 32).max(1000);
+                            if s.repinned || now.saturating_sub(s.record.last_seen_ms) >= step {
+                                let rec = next();
+                                let ttl = ttl_of(&rec);
+                                committed = true;
+                                self.write(&s.id, expect, &rec, ttl, token.as_ref()).await;
+                            }
+                        }
+                    }
+                }
+            },
         }
-        s.local_lock = None;
+        s.lock = None;
+        if !committed {
+            if let (Backing::Redis(r), Some(t)) = (&self.backing, token) {
+                let _ = self
+                    .guarded(r.commit(&s.id, Some(&t), Commit::Release))
+                    .await;
+            }
+        }
+    }
+
+    /// One conditional write (and, on Redis, the release of `token`'s lock). `None`:
+    /// the store failed (counted and logged by `guarded`).
+    async fn write(
+        &self,
+        id: &SessionId,
+        expect: Expect,
+        rec: &Record,
+        ttl: Duration,
+        token: Option<&LockToken>,
+    ) -> Option<bool> {
+        match &self.backing {
+            Backing::Memory(m) => Some(m.write_if(id, expect, rec.clone(), ttl, now_ms())),
+            Backing::Redis(r) => self
+                .guarded(r.commit(
+                    id,
+                    token,
+                    Commit::Write {
+                        expect,
+                        record: rec,
+                        ttl,
+                    },
+                ))
+                .await
+                .ok(),
+        }
     }
 
     /// Control-thread tick: sweeps the memory store and publishes gauges.

@@ -1,4 +1,10 @@
 //! A session record and its byte encoding (Redis values and the memory snapshot).
+//!
+//! Layout (version 2): `2 | version u64 | flags u8 | created u64 | last_seen u64 |
+//! hits u32 | worker len u8 | worker | has data u8 | data len u32 | data`, integers big
+//! endian. `version` sits at bytes 1..9 so the Redis compare-and-set script can read it
+//! without decoding the rest. Version 1 records (no `version`, no `flags`) still decode,
+//! as version 0.
 
 use std::sync::Arc;
 
@@ -12,9 +18,17 @@ pub struct Record {
     pub last_seen_ms: u64,
     pub hits: u32,
     pub data: Option<Box<[u8]>>,
+    /// Bumped by every write of `data`: a write carries the version it read and is
+    /// applied only if the store still holds it (compare-and-set), so an update that
+    /// overlapped another one is detected instead of silently overwriting it.
+    pub version: u64,
+    /// A tombstone: the id was rotated away (regenerate) and must not be used again.
+    pub revoked: bool,
 }
 
-const VERSION: u8 = 1;
+const FORMAT_V1: u8 = 1;
+const FORMAT: u8 = 2;
+const FLAG_REVOKED: u8 = 1;
 
 impl Record {
     pub fn new(now_ms: u64) -> Self {
@@ -30,12 +44,28 @@ impl Record {
         (self.created_ms.saturating_add(ttl_ms)).min(self.last_seen_ms.saturating_add(idle_ms))
     }
 
+    /// A tombstone for a rotated id.
+    pub fn tombstone(now_ms: u64) -> Self {
+        Record {
+            revoked: true,
+            ..Record::new(now_ms)
+        }
+    }
+
+    /// The version field as the Redis script compares it (bytes 1..9 of the encoding).
+    pub fn version_bytes(version: u64) -> [u8; 8] {
+        version.to_be_bytes()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let worker = self.worker.as_deref().unwrap_or("").as_bytes();
         let worker = &worker[..worker.len().min(255)];
         let data = self.data.as_deref().unwrap_or(&[]);
-        let mut out = Vec::with_capacity(1 + 8 + 8 + 4 + 1 + worker.len() + 1 + 4 + data.len());
-        out.push(VERSION);
+        let mut out =
+            Vec::with_capacity(1 + 8 + 1 + 8 + 8 + 4 + 1 + worker.len() + 1 + 4 + data.len());
+        out.push(FORMAT);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.push(if self.revoked { FLAG_REVOKED } else { 0 });
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&self.last_seen_ms.to_be_bytes());
         out.extend_from_slice(&self.hits.to_be_bytes());
@@ -50,9 +80,14 @@ impl Record {
     /// `None` for anything that is not a well-formed record of this version.
     pub fn decode(bytes: &[u8]) -> Option<Record> {
         let mut r = Reader(bytes);
-        if r.take(1)?[0] != VERSION {
-            return None;
-        }
+        let (version, flags) = match r.take(1)?[0] {
+            FORMAT_V1 => (0, 0),
+            FORMAT => (
+                u64::from_be_bytes(r.take(8)?.try_into().ok()?),
+                r.take(1)?[0],
+            ),
+            _ => return None,
+        };
         let created_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
         let last_seen_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
         let hits = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
@@ -70,6 +105,8 @@ impl Record {
             last_seen_ms,
             hits,
             data: has_data.then(|| data.into()),
+            version,
+            revoked: flags & FLAG_REVOKED != 0,
         })
     }
 }
@@ -99,14 +136,39 @@ mod tests {
             last_seen_ms: 22,
             hits: 7,
             data: Some(b"{\"a\":1}".to_vec().into()),
+            version: 0x0102_0304_0506_0708,
+            revoked: false,
         };
         let bytes = r.encode();
+        assert_eq!(&bytes[1..9], &Record::version_bytes(r.version));
         assert_eq!(Record::decode(&bytes), Some(r.clone()));
         for n in 0..bytes.len() {
             assert_eq!(Record::decode(&bytes[..n]), None);
         }
         let empty = Record::new(5);
         assert_eq!(Record::decode(&empty.encode()), Some(empty));
+        let tomb = Record::tombstone(9);
+        assert_eq!(Record::decode(&tomb.encode()), Some(tomb));
+    }
+
+    #[test]
+    fn version_1_records_still_decode_as_version_0() {
+        // 1 | created | last_seen | hits | worker | has data | data (the old layout).
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&11u64.to_be_bytes());
+        v1.extend_from_slice(&22u64.to_be_bytes());
+        v1.extend_from_slice(&7u32.to_be_bytes());
+        v1.push(8);
+        v1.extend_from_slice(b"worker-3");
+        v1.push(1);
+        v1.extend_from_slice(&2u32.to_be_bytes());
+        v1.extend_from_slice(b"{}");
+        let r = Record::decode(&v1).unwrap();
+        assert_eq!(r.version, 0);
+        assert!(!r.revoked);
+        assert_eq!(r.worker.as_deref(), Some("worker-3"));
+        assert_eq!(r.data.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(Record::decode(&[3u8]), None);
     }
 
     #[test]

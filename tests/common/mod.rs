@@ -217,6 +217,7 @@ impl Drover {
         }
         yaml.push_str(o.extra);
         yaml.push_str(sessions_default(o.extra));
+        let yaml = with_carrier(yaml);
         let config_path = dir.path().join("drover.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         Drover {
@@ -230,6 +231,31 @@ impl Drover {
             agent: agent(),
             env: o.env.clone(),
         }
+    }
+
+    /// Starts drover on a whole config of the test's own: `yaml(port, admin_port, dir)`
+    /// returns it for the ports and temp folder the harness picked (e.g. the shipped
+    /// `conf/drover.yaml` with ports and paths replaced, or other worker commands).
+    pub fn start_config(workers: usize, yaml: impl FnOnce(u16, u16, &Path) -> String) -> Drover {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let config_path = dir.path().join("drover.yaml");
+        std::fs::write(&config_path, yaml(port, admin_port, dir.path())).unwrap();
+        let mut d = Drover {
+            child: None,
+            port,
+            admin_port,
+            log_path: dir.path().join("drover.log"),
+            config_path,
+            dir,
+            token: None,
+            agent: agent(),
+            env: Vec::new(),
+        };
+        d.spawn();
+        d.wait_ready(workers);
+        d
     }
 
     pub fn spawn(&mut self) {
@@ -390,7 +416,7 @@ impl Drover {
         yaml.push_str(&workers_yaml(workers, ""));
         yaml.push_str(extra);
         yaml.push_str(sessions_default(extra));
-        std::fs::write(&self.config_path, yaml).unwrap();
+        std::fs::write(&self.config_path, with_carrier(yaml)).unwrap();
     }
 
     /// Waits for the drover process to exit; returns its exit code.
@@ -406,6 +432,27 @@ impl Drover {
         }
         None
     }
+}
+
+/// Which HTTP/1 carrier the suite runs on: `DROVER_TEST_CARRIER=pingora` turns
+/// `proxy.fast_path` off in every config a test does not set it in, so the same suite
+/// proves the same behaviour on Pingora's carrier (`.ci/run` runs the session, edge and
+/// resilience suites both ways).
+pub fn with_carrier(yaml: String) -> String {
+    if std::env::var("DROVER_TEST_CARRIER").as_deref() != Ok("pingora") {
+        return yaml;
+    }
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("test YAML parses");
+    let Some(map) = v.as_mapping_mut() else {
+        return yaml;
+    };
+    let proxy = map
+        .entry("proxy".into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    if let Some(p) = proxy.as_mapping_mut() {
+        p.entry("fast_path".into()).or_insert(false.into());
+    }
+    serde_yaml::to_string(&v).expect("YAML serialises")
 }
 
 /// Sticky sessions are on in drover's defaults; tests that do not configure them turn

@@ -29,12 +29,17 @@
 //! - `ANY /echo` → JSON with method, path, headers, body and worker_id
 //! - `GET /bytes?n=N` → N bytes of `x` (≤ 16 MiB)
 //! - `GET /crash` → exits the process with status 3 mid-request
-//! - `GET /session` → JSON with the `X-Drover-Session` object and
-//!   `X-Drover-Session-Id`
+//! - `GET /session` → JSON with the `X-Drover-Session` object,
+//!   `X-Drover-Session-Id` and `X-Drover-Session-State`
 //! - `GET|POST /session/incr[?ms=N]` → increments `counter` in the session,
 //!   returns it in the body and the whole object in `X-Drover-Session-Set`
 //! - `GET /session/set?key=K&value=V` → sets string field K, returns the
 //!   object in the body and in `X-Drover-Session-Set`
+//! - `GET|POST /session/regenerate[?key=K&value=V]` → like `/session`, with
+//!   `X-Drover-Session-Control: regenerate` (a login: new id, same data, plus
+//!   field K when given)
+//! - `GET|POST /session/destroy` → like `/session`, with
+//!   `X-Drover-Session-Control: destroy` (a logout)
 //! - `GET /metrics-report?name=N&value=V` → 200 with `X-Drover-Metric: N=V`
 //! - anything else → 404
 //!

@@ -22,6 +22,8 @@ const X_WORKER_VERSION: HeaderName = HeaderName::from_static("x-worker-version")
 const X_DROVER_SESSION: HeaderName = HeaderName::from_static("x-drover-session");
 const X_DROVER_SESSION_ID: HeaderName = HeaderName::from_static("x-drover-session-id");
 const X_DROVER_SESSION_SET: HeaderName = HeaderName::from_static("x-drover-session-set");
+const X_DROVER_SESSION_STATE: HeaderName = HeaderName::from_static("x-drover-session-state");
+const X_DROVER_SESSION_CONTROL: HeaderName = HeaderName::from_static("x-drover-session-control");
 const X_DROVER_METRIC: HeaderName = HeaderName::from_static("x-drover-metric");
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -132,6 +134,12 @@ async fn route(w: &'static Worker, req: Request<Incoming>) -> Resp {
             session_incr(w, query, &parts.headers).await
         }
         "/session/set" if get => session_set(query, &parts.headers),
+        "/session/regenerate" if get || parts.method == Method::POST => {
+            session_control(w, query, &parts.headers, "regenerate")
+        }
+        "/session/destroy" if get || parts.method == Method::POST => {
+            session_control(w, query, &parts.headers, "destroy")
+        }
         "/metrics-report" if get => metrics_report(query),
         _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     }
@@ -327,8 +335,35 @@ fn session_show(w: &Worker, headers: &hyper::HeaderMap) -> Resp {
         Some(id) => escape_json_into(&mut out, id, false),
         None => out.push_str("null"),
     }
+    out.push_str(",\"state\":");
+    match header_text(headers, &X_DROVER_SESSION_STATE) {
+        Some(st) => escape_json_into(&mut out, st, false),
+        None => out.push_str("null"),
+    }
     out.push('}');
     json(out)
+}
+
+/// `/session/regenerate` (a login: new session id, same data, plus `key=value` when
+/// given) and `/session/destroy` (a logout): the worker tells drover through the
+/// control header; the body shows the session as the worker saw it.
+fn session_control(
+    w: &Worker,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+    what: &'static str,
+) -> Resp {
+    let mut resp = session_show(w, headers);
+    if what == "regenerate" {
+        if let (Some(key), Some(value)) = (query_param(query, "key"), query_param(query, "value")) {
+            let mut session = FlatObject::parse_or_empty(header_text(headers, &X_DROVER_SESSION));
+            session.set(&key, Value::Str(value.into_owned()));
+            set_session_header(&mut resp, &session.to_json());
+        }
+    }
+    resp.headers_mut()
+        .insert(X_DROVER_SESSION_CONTROL, HeaderValue::from_static(what));
+    resp
 }
 
 async fn session_incr(w: &Worker, query: Option<&str>, headers: &hyper::HeaderMap) -> Resp {

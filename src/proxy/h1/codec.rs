@@ -193,9 +193,9 @@ pub struct ResponseHead {
     /// Bytes of the head in the buffer.
     pub len: usize,
     facts: ResponseFacts,
-    /// A field the pipeline takes out of the response besides internal ones (a custom
-    /// session update field name).
-    picked: Option<http::HeaderName>,
+    /// Fields the pipeline takes out of the response besides internal ones (custom
+    /// session field names).
+    picked: [Option<http::HeaderName>; 2],
     /// Byte ranges of the header lines not forwarded, in order; `None` when there were
     /// more than `MAX_DROPPED` or the status line is not the plain `HTTP/1.x ` form.
     dropped: Option<([(u32, u32); MAX_DROPPED], usize)>,
@@ -209,8 +209,9 @@ impl ResponseHead {
 
     fn is_picked(&self, name: &[u8]) -> bool {
         self.picked
-            .as_ref()
-            .is_some_and(|p| name.eq_ignore_ascii_case(p.as_str().as_bytes()))
+            .iter()
+            .flatten()
+            .any(|p| name.eq_ignore_ascii_case(p.as_str().as_bytes()))
     }
 }
 
@@ -236,7 +237,7 @@ pub fn parse_response(
     buf: &[u8],
     head_request: bool,
     max_bytes: usize,
-    picked: Option<&http::HeaderName>,
+    picked: [Option<&http::HeaderName>; 2],
 ) -> Result<ResponseHead, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -282,8 +283,12 @@ pub fn parse_response(
         && buf[..len].ends_with(b"\r\n\r\n");
     let mut dropped = plain_status_line.then_some(([(0u32, 0u32); MAX_DROPPED], 0usize));
     let base = buf.as_ptr() as usize;
-    let is_picked =
-        |n: &[u8]| picked.is_some_and(|p| n.eq_ignore_ascii_case(p.as_str().as_bytes()));
+    let is_picked = |n: &[u8]| {
+        picked
+            .iter()
+            .flatten()
+            .any(|p| n.eq_ignore_ascii_case(p.as_str().as_bytes()))
+    };
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if resp_rules::forwarded(n, &facts) && !is_picked(n) {
@@ -312,7 +317,7 @@ pub fn parse_response(
         reusable: facts.reusable,
         len,
         facts,
-        picked: picked.cloned(),
+        picked: picked.map(|p| p.cloned()),
         dropped,
     })
 }
@@ -568,9 +573,87 @@ mod tests {
         }
     }
 
+    fn field_strategy() -> impl Strategy<Value = (String, String)> {
+        let names = prop_oneof![
+            Just("Content-Type".to_string()),
+            Just("Connection".to_string()),
+            Just("Keep-Alive".to_string()),
+            Just("X-Drover-Session-Set".to_string()),
+            Just("X_Drover_Metric".to_string()),
+            Just("X-Secret".to_string()),
+            Just("Set-Cookie".to_string()),
+            Just("Upgrade".to_string()),
+            "[A-Za-z][A-Za-z0-9-]{0,12}",
+        ];
+        let values = prop_oneof![
+            Just("close".to_string()),
+            Just("X-Secret".to_string()),
+            Just("keep-alive, X-Secret".to_string()),
+            "[ -~]{0,20}",
+        ];
+        (names, values)
+    }
+
+    proptest! {
+        /// Forwarding a worker's head straight from the parse gives the same bytes as a
+        /// full re-parse; what reaches the client is a valid head whose fields are exactly
+        /// the forwarded ones; the fields the pipeline acts on are exactly the internal
+        /// ones.
+        #[test]
+        fn forwarding_a_response_head_is_exact(
+            status in 200u16..600,
+            fields in proptest::collection::vec(field_strategy(), 0..12),
+            close in proptest::bool::ANY,
+        ) {
+            let mut raw = format!("HTTP/1.1 {status} Reason\r\n");
+            for (n, v) in &fields {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str("Content-Length: 0\r\n\r\n");
+            let Ok(parsed) = parse_response(raw.as_bytes(), false, 65536, [None, None]) else {
+                return Ok(());
+            };
+            let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
+            forward_parsed_head(raw.as_bytes(), &parsed, close, None, &mut fast).unwrap();
+            forward_response_head(raw.as_bytes(), &parsed, close, None, &mut full).unwrap();
+            // The same head either way (the copy keeps a value's optional whitespace).
+            let fields_of = |bytes: &[u8]| {
+                let mut slots = [httparse::EMPTY_HEADER; 64];
+                let mut r = httparse::Response::new(&mut slots);
+                let complete = matches!(r.parse(bytes), Ok(httparse::Status::Complete(n)) if n == bytes.len());
+                let fields: Vec<(String, Vec<u8>)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), h.value.trim_ascii().to_vec()))
+                    .collect();
+                (complete, r.code, fields)
+            };
+            prop_assert_eq!(fields_of(&fast), fields_of(&full));
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut out = httparse::Response::new(&mut slots);
+            prop_assert!(matches!(out.parse(&fast), Ok(httparse::Status::Complete(n)) if n == fast.len()));
+            prop_assert_eq!(out.code, Some(status));
+            for h in out.headers.iter() {
+                let n = h.name.as_bytes();
+                let ours = close && n.eq_ignore_ascii_case(b"connection") && h.value == b"close";
+                prop_assert!(ours || parsed.forwards(n), "{} reached the client", h.name);
+            }
+            let mut picked = Vec::new();
+            for_each_picked(raw.as_bytes(), &parsed, |n, _| picked.push(n.to_vec())).unwrap();
+            let internal: Vec<Vec<u8>> = fields
+                .iter()
+                .filter(|(n, _)| crate::proxy::http::fields::is_internal(n.as_bytes()))
+                .map(|(n, _)| n.as_bytes().to_vec())
+                .collect();
+            prop_assert_eq!(picked, internal);
+        }
+    }
+
     #[test]
     fn response_framing_and_caps() {
-        let p = |raw: &str, head: bool| parse_response(raw.as_bytes(), head, 65536, None).unwrap();
+        let p = |raw: &str, head: bool| {
+            parse_response(raw.as_bytes(), head, 65536, [None, None]).unwrap()
+        };
         let r = p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false);
         assert_eq!(
             (r.framing, r.reusable, r.len),
@@ -581,13 +664,13 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
                 false,
                 65536,
-                None
+                [None, None]
             )
             .err(),
             Some(ResponseError::Invalid("invalid Content-Length"))
         );
         let both = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let r = parse_response(both, false, 65536, None).unwrap();
+        let r = parse_response(both, false, 65536, [None, None]).unwrap();
         assert_eq!(r.framing, ResponseFraming::Chunked);
         let mut out = BytesMut::new();
         forward_parsed_head(both, &r, false, None, &mut out).unwrap();
@@ -598,11 +681,11 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2000));
         assert_eq!(
-            parse_response(&big, false, 1024, None).err(),
+            parse_response(&big, false, 1024, [None, None]).err(),
             Some(ResponseError::TooLarge)
         );
         assert_eq!(
-            parse_response(b"HTTP/1.1 200", false, 1024, None).err(),
+            parse_response(b"HTTP/1.1 200", false, 1024, [None, None]).err(),
             Some(ResponseError::Partial)
         );
     }
@@ -611,7 +694,7 @@ mod tests {
     fn forwarded_heads_lose_hop_by_hop_nominated_internal_and_picked_fields() {
         let head = b"HTTP/1.1 201 Made\r\nConnection: X-Secret\r\nX-Secret: s\r\nX-Drover-Metric: a=1\r\nX-A: b\r\nX-Upd: {}\r\nContent-Length: 0\r\n\r\n";
         let picked = http::HeaderName::from_static("x-upd");
-        let parsed = parse_response(head, false, 65536, Some(&picked)).unwrap();
+        let parsed = parse_response(head, false, 65536, [Some(&picked), None]).unwrap();
         let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
         forward_parsed_head(head, &parsed, true, None, &mut fast).unwrap();
         forward_response_head(head, &parsed, true, None, &mut full).unwrap();

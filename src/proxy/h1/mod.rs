@@ -15,7 +15,7 @@
 //! connection comes back afterwards with any pipelined request still in its buffer.
 
 mod client;
-mod codec;
+pub mod codec;
 mod pool;
 
 use crate::proxy::http::chunked::ChunkedScanner;
@@ -23,7 +23,7 @@ use crate::proxy::http::request::{BodyFraming, Rejection, TargetForm};
 use crate::proxy::http::response::ResponseFraming;
 use crate::proxy::pingora_carrier::PingoraCarrier;
 use crate::proxy::pipeline::{
-    Exchange, LimitKind, LocalResponse, Pipeline, Target, WorkerResponse,
+    Exchange, LimitKind, LocalResponse, Pipeline, ResponseFieldNames, Target, WorkerResponse,
 };
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -469,7 +469,7 @@ impl Conn<'_> {
             )
         };
         let head_request = header.method == http::Method::HEAD;
-        let picked = p.response_field_names(ex).session_update;
+        let names = p.response_field_names(ex);
         loop {
             let target = match p.choose(header, ex).await {
                 Ok(t) => t,
@@ -482,7 +482,7 @@ impl Conn<'_> {
             let expect = Expect {
                 head_request,
                 max_head,
-                picked: picked.as_ref(),
+                names: &names,
                 read_timeout: target.read_timeout,
             };
             // A pooled connection the worker closed at the wrong moment is replaced by a
@@ -546,29 +546,25 @@ impl Conn<'_> {
         let close = !keep_alive || head.framing == ResponseFraming::UntilClose;
         let status = head.status;
         // The fields the pipeline acts on, picked out of the head before it is copied.
-        let mut session_update = None;
-        codec::for_each_picked(&up.buf, &head, |name, value| {
-            if expect
-                .picked
+        let mut picked = WorkerResponse {
+            status,
+            ..Default::default()
+        };
+        let is = |name: &[u8], n: &Option<http::HeaderName>| {
+            n.as_ref()
                 .is_some_and(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
-            {
-                if session_update.is_none() {
-                    session_update = Some(value.to_vec());
-                }
+        };
+        codec::for_each_picked(&up.buf, &head, |name, value| {
+            if is(name, &expect.names.session_update) {
+                picked.session_update.get_or_insert_with(|| value.to_vec());
+            } else if is(name, &expect.names.session_control) {
+                picked.session_control.get_or_insert_with(|| value.to_vec());
             } else if name.eq_ignore_ascii_case(crate::observe::custom::HEADER.as_bytes()) {
                 p.worker_metrics(ex, value);
             }
         })
         .map_err(|_| Failure::Before(bad_response()))?;
-        let adds = p
-            .on_response(
-                ex,
-                WorkerResponse {
-                    status,
-                    session_update,
-                },
-            )
-            .await;
+        let adds = p.on_response(ex, picked).await;
         let extra = adds
             .set_cookie
             .as_deref()
@@ -667,9 +663,8 @@ impl Conn<'_> {
 struct Expect<'a> {
     head_request: bool,
     max_head: usize,
-    /// A non-internal field the pipeline takes out of the response (a custom session
-    /// update field name).
-    picked: Option<&'a http::HeaderName>,
+    /// The fields the pipeline takes out of the response (session update and control).
+    names: &'a ResponseFieldNames,
     read_timeout: Option<Duration>,
 }
 
@@ -766,7 +761,12 @@ async fn exchange(
     }
     up.buf.clear();
     loop {
-        match codec::parse_response(&up.buf, expect.head_request, expect.max_head, expect.picked) {
+        match codec::parse_response(
+            &up.buf,
+            expect.head_request,
+            expect.max_head,
+            expect.names.all(),
+        ) {
             Ok(head) if head.status == 101 => return Err((bad_response(), false)),
             Ok(head) if (100..200).contains(&head.status) => {
                 up.buf.advance(head.len);

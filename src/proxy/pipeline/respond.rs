@@ -10,17 +10,30 @@ use super::{Exchange, Pipeline};
 
 /// Fields of a worker's response that a carrier must hand to the pipeline instead of the
 /// client.
+#[derive(Default)]
 pub struct ResponseFieldNames {
     /// The session update field (`sessions.update_header`), when the request has a
     /// session.
     pub session_update: Option<http::HeaderName>,
+    /// The session control field (`sessions.control_header`: regenerate, destroy).
+    pub session_control: Option<http::HeaderName>,
+}
+
+impl ResponseFieldNames {
+    /// Both names, for carriers that pick fields by a list.
+    pub fn all(&self) -> [Option<&http::HeaderName>; 2] {
+        [self.session_update.as_ref(), self.session_control.as_ref()]
+    }
 }
 
 /// What the pipeline needs from a worker's response head.
+#[derive(Default)]
 pub struct WorkerResponse {
     pub status: u16,
     /// The value of the session update field, if the worker sent one.
     pub session_update: Option<Vec<u8>>,
+    /// The value of the session control field, if the worker sent one.
+    pub session_control: Option<Vec<u8>>,
 }
 
 /// Fields the pipeline adds to the response.
@@ -31,11 +44,16 @@ pub struct ResponseAdditions {
 
 impl Pipeline {
     pub fn response_field_names(&self, ex: &Exchange) -> ResponseFieldNames {
-        let session_update = match (self.shared.sessions.get(), &ex.session) {
-            (Some(svc), Some(s)) => Some(svc.update_header(s).clone()),
-            _ => None,
-        };
-        ResponseFieldNames { session_update }
+        match (self.shared.sessions.get(), &ex.session) {
+            (Some(svc), Some(s)) => {
+                let (update, control) = svc.response_fields(s);
+                ResponseFieldNames {
+                    session_update: Some(update.clone()),
+                    session_control: Some(control.clone()),
+                }
+            }
+            _ => ResponseFieldNames::default(),
+        }
     }
 
     /// A worker reported custom metrics (`X-Drover-Metric`) on its response.
@@ -56,9 +74,32 @@ impl Pipeline {
         ex.response_started = true;
         let mut adds = ResponseAdditions::default();
         if let (Some(svc), Some(s)) = (self.shared.sessions.get(), ex.session.as_mut()) {
-            adds.set_cookie = svc.take_set_cookie(s);
-            svc.save_update(s, r.session_update).await;
+            adds.set_cookie = svc
+                .respond(s, r.session_update, r.session_control.as_deref())
+                .await;
         }
         adds
+    }
+
+    /// A request that may write its session and has a body waits for the session's
+    /// lock until its body has been read (the carrier reads it first when
+    /// [`Pipeline::session_body_first`] says so), so a slow client never holds it.
+    pub fn session_lock_pending(&self, ex: &Exchange) -> bool {
+        ex.session.as_ref().is_some_and(|s| s.lock_pending())
+    }
+
+    /// Whether the carrier should read the whole body before the session's lock is
+    /// taken (a declared body small enough to buffer, no `Expect`).
+    pub fn session_body_first(&self, req: &pingora_http::RequestHeader) -> bool {
+        crate::sessions::buffer_body_before_lock(req)
+    }
+
+    /// The body of a [`Pipeline::session_lock_pending`] request has been read
+    /// (`buffered`: all of it is held for the worker): take the lock and read the record.
+    pub async fn acquire_session(&self, ex: &mut Exchange, buffered: bool) {
+        let client = super::ip_hash(ex.client_ip);
+        if let (Some(svc), Some(s)) = (self.shared.sessions.get(), ex.session.as_mut()) {
+            svc.acquire(s, buffered, client).await;
+        }
     }
 }

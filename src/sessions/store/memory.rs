@@ -2,11 +2,11 @@
 //! least-recently-seen eviction (what Redis' `allkeys-lru` does), an incremental sweeper,
 //! and a snapshot file for graceful restarts.
 //!
-//! Locking of a session across requests is done by the session service's in-process
-//! lock stripes; within one process that is the whole lock, so `lock_and_get` here only
-//! reads.
+//! Conditional writes compare the record's `version` under the shard's mutex, so a
+//! write that overlapped another one is refused and reported, never applied blindly.
+//! Serialising writers of a session is the session service's job (`sessions::lock`).
 
-use super::{LockToken, SessionStore, StoreError, StoreStats};
+use super::{Expect, SessionStore, StoreError, StoreStats};
 use crate::sessions::cookie::SessionId;
 use crate::sessions::record::Record;
 use async_trait::async_trait;
@@ -221,6 +221,105 @@ impl MemoryStore {
         }
     }
 
+    /// Writes `record` if the store holds what `expect` says (an expired record counts
+    /// as absent). False: another write came first; nothing changed.
+    pub fn write_if(
+        &self,
+        id: &SessionId,
+        expect: Expect,
+        record: Record,
+        ttl: Duration,
+        now: u64,
+    ) -> bool {
+        let mut shard = self.shard(id);
+        if !self.holds(&mut shard, id, expect, now) {
+            return false;
+        }
+        let expires_ms = now.saturating_add(ttl.as_millis() as u64);
+        if !shard.map.contains_key(&id.0) && shard.len() >= self.shard_cap {
+            self.evict_one(&mut shard, now);
+        }
+        shard.insert(id.0, record, expires_ms);
+        true
+    }
+
+    /// Whether the shard holds for `id` what `expect` says; removes an expired record.
+    fn holds(&self, shard: &mut Shard, id: &SessionId, expect: Expect, now: u64) -> bool {
+        let current = match shard.map.get(&id.0) {
+            Some(e) if e.expires_ms > now => Some(e.record.version),
+            Some(_) => {
+                shard.remove(&id.0);
+                self.expired.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            None => None,
+        };
+        match (expect, current) {
+            (Expect::Absent, None) => true,
+            (Expect::Version(v), Some(c)) => v == c,
+            _ => false,
+        }
+    }
+
+    /// Marks a request of a live session in place: last seen now, one more hit, expiry
+    /// slid (`min(created + ttl, now + idle)`), re-pinned to `pin` when given. Leaves
+    /// the data and its version alone, so it never undoes another request's write.
+    pub fn touch_record(
+        &self,
+        id: &SessionId,
+        now: u64,
+        (ttl_ms, idle_ms): (u64, u64),
+        pin: Option<&std::sync::Arc<str>>,
+    ) -> bool {
+        let mut shard = self.shard(id);
+        match shard.map.get_mut(&id.0) {
+            Some(e) if e.expires_ms > now && !e.record.revoked => {
+                let r = &mut e.record;
+                r.last_seen_ms = now;
+                r.hits = r.hits.saturating_add(1);
+                if let Some(p) = pin {
+                    r.worker = Some(p.clone());
+                }
+                e.expires_ms = r.expires_ms(ttl_ms, idle_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Regenerate: if `old` holds what `expect` says, it becomes `tombstone` (for
+    /// `tombstone_ttl`) and `record` is stored under `new`. False: another write came
+    /// first; nothing changed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rotate(
+        &self,
+        old: &SessionId,
+        expect: Expect,
+        tombstone: Record,
+        tombstone_ttl: Duration,
+        new: &SessionId,
+        record: Record,
+        ttl: Duration,
+        now: u64,
+    ) -> bool {
+        if !self.write_if(old, expect, tombstone, tombstone_ttl, now) {
+            return false;
+        }
+        // `new` is fresh from the CSPRNG: nothing else can hold it.
+        self.set_now(new, record, ttl, now);
+        true
+    }
+
+    /// Deletes the record if the store holds what `expect` says.
+    pub fn delete_if(&self, id: &SessionId, expect: Expect, now: u64) -> bool {
+        let mut shard = self.shard(id);
+        if !self.holds(&mut shard, id, expect, now) {
+            return false;
+        }
+        shard.remove(&id.0);
+        true
+    }
+
     pub fn touch_now(&self, id: &SessionId, ttl: Duration, now: u64) -> bool {
         let mut shard = self.shard(id);
         match shard.map.get_mut(&id.0) {
@@ -387,32 +486,6 @@ impl SessionStore for MemoryStore {
         self.delete_now(id);
         Ok(())
     }
-    async fn lock_and_get(
-        &self,
-        id: &SessionId,
-        _wait: Duration,
-        _lease: Duration,
-    ) -> Result<(LockToken, Option<Record>), StoreError> {
-        Ok((
-            LockToken {
-                fence: 0,
-                value: String::new(),
-            },
-            self.get_now(id, now_ms()),
-        ))
-    }
-    async fn set_and_unlock(
-        &self,
-        id: &SessionId,
-        _token: LockToken,
-        record: Option<&Record>,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        if let Some(r) = record {
-            self.set_now(id, r.clone(), ttl, now_ms());
-        }
-        Ok(true)
-    }
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         Ok(self.stats_now())
     }
@@ -488,6 +561,74 @@ mod tests {
         assert_eq!(st.per_worker.values().sum::<u64>(), 700);
         assert_eq!(st.per_worker["worker-0"], 350);
         assert_eq!(st.expired, 300);
+    }
+
+    #[test]
+    fn conditional_writes_compare_the_version() {
+        let s = MemoryStore::new(1000);
+        let ttl = Duration::from_secs(10);
+        let mut r = Record::new(0);
+        r.version = 1;
+        assert!(s.write_if(&id(1), Expect::Absent, r.clone(), ttl, 0));
+        assert!(
+            !s.write_if(&id(1), Expect::Absent, r.clone(), ttl, 0),
+            "created twice"
+        );
+        let mut r2 = r.clone();
+        r2.version = 2;
+        assert!(s.write_if(&id(1), Expect::Version(1), r2.clone(), ttl, 1));
+        // A writer that read version 1 overlapped the one that wrote version 2.
+        assert!(!s.write_if(&id(1), Expect::Version(1), r.clone(), ttl, 2));
+        assert_eq!(s.get_now(&id(1), 3).unwrap().version, 2);
+        // A touch keeps data and version, and re-pins.
+        assert!(s.touch_record(&id(1), 5, (100_000, 50_000), Some(&"w-1".into())));
+        let t = s.get_now(&id(1), 6).unwrap();
+        assert_eq!((t.version, t.last_seen_ms, t.hits), (2, 5, 1));
+        assert_eq!(t.worker.as_deref(), Some("w-1"));
+        assert!(!s.delete_if(&id(1), Expect::Version(1), 7));
+        assert!(s.delete_if(&id(1), Expect::Version(2), 7));
+        assert!(s.get_now(&id(1), 8).is_none());
+        assert!(!s.touch_record(&id(1), 9, (100_000, 50_000), None));
+    }
+
+    #[test]
+    fn rotate_leaves_a_tombstone_and_moves_the_record() {
+        let s = MemoryStore::new(1000);
+        let ttl = Duration::from_secs(10);
+        let mut r = Record::new(0);
+        r.version = 3;
+        r.data = Some(b"d".to_vec().into());
+        s.set_now(&id(1), r.clone(), ttl, 0);
+        assert!(!s.rotate(
+            &id(1),
+            Expect::Version(2),
+            Record::tombstone(1),
+            ttl,
+            &id(2),
+            r.clone(),
+            ttl,
+            1
+        ));
+        assert!(s.get_now(&id(2), 1).is_none());
+        assert!(s.rotate(
+            &id(1),
+            Expect::Version(3),
+            Record::tombstone(1),
+            ttl,
+            &id(2),
+            r.clone(),
+            ttl,
+            1
+        ));
+        assert!(s.get_now(&id(1), 2).unwrap().revoked);
+        assert_eq!(
+            s.get_now(&id(2), 2).unwrap().data.as_deref(),
+            Some(&b"d"[..])
+        );
+        assert!(
+            !s.touch_record(&id(1), 3, (100_000, 50_000), None),
+            "a tombstone is not a live session"
+        );
     }
 
     #[test]

@@ -24,14 +24,20 @@ pub enum StoreError {
     Locked,
 }
 
-/// Proof of holding a session's lock. `fence` increases with every lock taken on a
-/// shared store; a write carrying a stale fence (our lease expired and another instance
-/// locked the session) is refused.
+/// Proof of holding a session's lock on a shared store: the random value its lock key
+/// holds while this token owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockToken {
-    pub fence: u64,
-    /// What the lock key holds while this token owns it (fence and a random nonce).
     pub value: String,
+}
+
+/// What a conditional write expects the store to hold for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No record (a session whose record is being created).
+    Absent,
+    /// The record at this `version` (what the request read).
+    Version(u64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -53,22 +59,5 @@ pub trait SessionStore: Send + Sync {
     /// Extends a session's time to live; false when it does not exist.
     async fn touch(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError>;
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError>;
-    /// Locks a session for a read-modify-write and reads it, waiting at most `wait`.
-    /// The lock expires by itself after `lease` if its holder dies.
-    async fn lock_and_get(
-        &self,
-        id: &SessionId,
-        wait: Duration,
-        lease: Duration,
-    ) -> Result<(LockToken, Option<Record>), StoreError>;
-    /// Writes `record` (when given) only if `token` still holds the lock, then releases
-    /// it. `Ok(false)`: the lock was lost and nothing was written.
-    async fn set_and_unlock(
-        &self,
-        id: &SessionId,
-        token: LockToken,
-        record: Option<&Record>,
-        ttl: Duration,
-    ) -> Result<bool, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 }

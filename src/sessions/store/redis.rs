@@ -2,17 +2,19 @@
 //! (`redis::aio::ConnectionManager`), for several drover instances sharing sessions.
 //!
 //! Keys: `{prefix}s:{id}` holds the encoded record with a `PX` expiry (Redis expires
-//! sessions itself); `{prefix}l:{id}` is a session's lock, whose value is a fencing token
-//! from `INCR {prefix}fence`. Lock + read and write + unlock are single Lua scripts, so a
-//! request costs two round trips, and a write is applied only while the writer's token
-//! still holds the lock: an instance whose lease ran out cannot overwrite a newer update.
-//! Every call has a timeout; a slow Redis is a failed call, never a stuck request. A lock
-//! request that Redis executes after its caller gave up (a Redis paused and resumed)
-//! takes nothing: the script carries a deadline checked against Redis' clock (so the
-//! hosts' clocks must agree to within the store timeout, as NTP gives), and a timed-out
-//! attempt also sends a delete matched on its nonce.
+//! sessions itself); `{prefix}l:{id}` is a session's lock while a request that may write
+//! the session runs (`SET NX PX lease`, holding a random token). Every write is a
+//! compare-and-set in one Lua script: it is applied only if the record still has the
+//! `version` the request read (bytes 1..9 of the encoding), so a write that overlapped
+//! another one, or whose lock lease ran out while another instance wrote, is refused and
+//! reported, never applied blindly. The same script releases the lock if the token
+//! still holds it. Every call has a timeout; a slow Redis is a failed call, never a
+//! stuck request. A lock request that Redis executes after its caller gave up (a Redis
+//! paused and resumed) takes nothing: the script carries a deadline checked against
+//! Redis' clock (so the hosts' clocks must agree to within the store timeout, as NTP
+//! gives), and a timed-out attempt also sends a delete matched on its token.
 
-use super::{LockToken, SessionStore, StoreError, StoreStats};
+use super::{Expect, LockToken, SessionStore, StoreError, StoreStats};
 use crate::sessions::cookie::SessionId;
 use crate::sessions::record::Record;
 use async_trait::async_trait;
@@ -25,26 +27,72 @@ local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
   return {-1, false}
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, false} end
-local t = redis.call('INCR', KEYS[3])
-redis.call('SET', KEYS[1], t .. ':' .. ARGV[2], 'PX', ARGV[1])
-return {t, redis.call('GET', KEYS[2])}
+if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then
+  return {1, redis.call('GET', KEYS[2])}
+end
+return {0, false}
 ";
 
 /// Deletes a lock taken by an acquire whose reply never arrived (timed out): matched
-/// by the attempt's nonce, so a lock that is now someone else's is left alone.
+/// by the attempt's token, so a lock that is now someone else's is left alone.
 const ABANDON: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, -string.len(ARGV[1])) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
-redis.call('DEL', KEYS[1])
+/// Releases the lock (if the token still holds it), then applies the operation if the
+/// record is what the caller expects: `ARGV[3]` is '' for "absent" or the 8 version
+/// bytes. Operations: u = release only, w = write, d = delete, r = rotate (tombstone
+/// under KEYS[1], the record under KEYS[3]). Returns 1 when applied.
+const COMMIT: &str = r"
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+local op = ARGV[2]
+if op == 'u' then return 1 end
+local cur = redis.call('GET', KEYS[1])
+local want = ARGV[3]
+if cur then
+  if want == '' then return 0 end
+  local v = '\0\0\0\0\0\0\0\0'
+  if string.byte(cur, 1) == 2 then v = string.sub(cur, 2, 9) end
+  if v ~= want then return 0 end
+elseif want ~= '' then
+  return 0
+end
+if op == 'w' then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+elseif op == 'd' then
+  redis.call('DEL', KEYS[1])
+elseif op == 'r' then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+  redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
+end
 return 1
 ";
+
+/// What [`RedisStore::commit`] does after releasing the lock.
+pub enum Commit<'a> {
+    /// Nothing more.
+    Release,
+    Write {
+        expect: Expect,
+        record: &'a Record,
+        ttl: Duration,
+    },
+    Delete {
+        expect: Expect,
+    },
+    /// Regenerate: a tombstone under the old id, the record under `new`.
+    Rotate {
+        expect: Expect,
+        tombstone: &'a Record,
+        tombstone_ttl: Duration,
+        new: &'a SessionId,
+        record: &'a Record,
+        ttl: Duration,
+    },
+}
 
 /// `stats` counts at most this many keys (SCAN is O(keys); the admin API must stay fast).
 const STATS_SCAN_CAP: usize = 200_000;
@@ -59,8 +107,12 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     acquire: redis::Script,
-    release: redis::Script,
+    commit: redis::Script,
     abandon: redis::Script,
+}
+
+fn px(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
 }
 
 fn backend_err(e: redis::RedisError) -> StoreError {
@@ -83,7 +135,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             timeout,
             acquire: redis::Script::new(ACQUIRE),
-            release: redis::Script::new(RELEASE),
+            commit: redis::Script::new(COMMIT),
             abandon: redis::Script::new(ABANDON),
         })
     }
@@ -121,19 +173,133 @@ impl RedisStore {
         &self,
         mut con: ConnectionManager,
         lock: String,
-        nonce: String,
+        token: String,
         lease: Duration,
     ) {
         let script = self.abandon.clone();
         tokio::spawn(async move {
             let mut inv = script.prepare_invoke();
-            inv.key(&lock).arg(&nonce);
+            inv.key(&lock).arg(&token);
             let _ = tokio::time::timeout(lease, inv.invoke_async::<i64>(&mut con)).await;
         });
     }
 
     fn decode(bytes: Option<Vec<u8>>) -> Option<Record> {
         bytes.and_then(|b| Record::decode(&b))
+    }
+}
+
+impl RedisStore {
+    /// Locks a session for a read-modify-write and reads it, waiting at most `wait` for
+    /// a request on another instance that holds it (this instance's own writers queue
+    /// on its in-process lock first). The lock expires by itself after `lease`.
+    /// `Err(Locked)`: still held after `wait`.
+    pub async fn lock_and_get(
+        &self,
+        id: &SessionId,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<(LockToken, Option<Record>), StoreError> {
+        let lock = self.key("l:", id);
+        let rec = self.key("s:", id);
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut con = self.con()?;
+            let token = format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
+            let mut inv = self.acquire.prepare_invoke();
+            inv.key(&lock)
+                .key(&rec)
+                .arg(px(lease))
+                .arg(&token)
+                .arg(super::memory::now_ms() + 2 * self.timeout.as_millis() as u64);
+            let reply: Result<(i64, Option<Vec<u8>>), StoreError> =
+                self.timed(inv.invoke_async(&mut con)).await;
+            let (taken, bytes) = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    // The script may still run (a hung Redis resumes): free what it takes.
+                    self.abandon_later(con, lock, token, lease);
+                    return Err(e);
+                }
+            };
+            if taken > 0 {
+                return Ok((LockToken { value: token }, Self::decode(bytes)));
+            }
+            if taken < 0 {
+                // Redis ran the script after our deadline: it took nothing.
+                return Err(StoreError::Timeout);
+            }
+            if Instant::now() + pause > deadline {
+                return Err(StoreError::Locked);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Releases `token`'s lock (if it still holds it) and applies `op` if the record is
+    /// what it expects, in one round trip. `Ok(false)`: another write came first and
+    /// nothing was applied.
+    pub async fn commit(
+        &self,
+        id: &SessionId,
+        token: Option<&LockToken>,
+        op: Commit<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.con()?;
+        let rec = self.key("s:", id);
+        let lock = self.key("l:", id);
+        let mut inv = self.commit.prepare_invoke();
+        inv.key(&rec).key(&lock);
+        inv.arg(token.map(|t| t.value.as_str()).unwrap_or(""));
+        let expect_arg = |e: Expect| -> Vec<u8> {
+            match e {
+                Expect::Absent => Vec::new(),
+                Expect::Version(v) => Record::version_bytes(v).to_vec(),
+            }
+        };
+        match op {
+            Commit::Release => {
+                inv.key(&rec).arg("u");
+            }
+            Commit::Write {
+                expect,
+                record,
+                ttl,
+            } => {
+                inv.key(&rec)
+                    .arg("w")
+                    .arg(expect_arg(expect))
+                    .arg(record.encode())
+                    .arg(px(ttl));
+            }
+            Commit::Delete { expect } => {
+                inv.key(&rec).arg("d").arg(expect_arg(expect));
+            }
+            Commit::Rotate {
+                expect,
+                tombstone,
+                tombstone_ttl,
+                new,
+                record,
+                ttl,
+            } => {
+                inv.key(self.key("s:", new))
+                    .arg("r")
+                    .arg(expect_arg(expect))
+                    .arg(tombstone.encode())
+                    .arg(px(tombstone_ttl))
+                    .arg(record.encode())
+                    .arg(px(ttl));
+            }
+        }
+        let applied: i64 = self.timed(inv.invoke_async(&mut con)).await?;
+        Ok(applied == 1)
     }
 }
 
@@ -185,79 +351,6 @@ impl SessionStore for RedisStore {
         let key = self.key("s:", id);
         self.timed(redis::cmd("DEL").arg(&key).query_async::<()>(&mut con))
             .await
-    }
-
-    async fn lock_and_get(
-        &self,
-        id: &SessionId,
-        wait: Duration,
-        lease: Duration,
-    ) -> Result<(LockToken, Option<Record>), StoreError> {
-        let lock = self.key("l:", id);
-        let rec = self.key("s:", id);
-        let fence = format!("{}fence", self.prefix);
-        let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let mut con = self.con()?;
-            let nonce = format!(":{:016x}", rand::random::<u64>());
-            let mut inv = self.acquire.prepare_invoke();
-            inv.key(&lock)
-                .key(&rec)
-                .key(&fence)
-                .arg(lease.as_millis().max(1) as u64)
-                .arg(&nonce[1..])
-                .arg(super::memory::now_ms() + 2 * self.timeout.as_millis() as u64);
-            let reply: Result<(i64, Option<Vec<u8>>), StoreError> =
-                self.timed(inv.invoke_async(&mut con)).await;
-            let (token, bytes) = match reply {
-                Ok(r) => r,
-                Err(e) => {
-                    // The script may still run (a hung Redis resumes): free what it takes.
-                    self.abandon_later(con, lock, nonce, lease);
-                    return Err(e);
-                }
-            };
-            if token > 0 {
-                let value = format!("{token}{nonce}");
-                let fence = token as u64;
-                return Ok((LockToken { fence, value }, Self::decode(bytes)));
-            }
-            if token < 0 {
-                // Redis ran the script after our deadline: it took nothing.
-                return Err(StoreError::Timeout);
-            }
-            // Held by a request on another instance (this instance's own requests queue
-            // on its in-process lock first).
-            if Instant::now() + pause > deadline {
-                return Err(StoreError::Locked);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
-        }
-    }
-
-    async fn set_and_unlock(
-        &self,
-        id: &SessionId,
-        token: LockToken,
-        record: Option<&Record>,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let mut con = self.con()?;
-        let lock = self.key("l:", id);
-        let rec = self.key("s:", id);
-        let mut inv = self.release.prepare_invoke();
-        inv.key(&lock).key(&rec).arg(&token.value);
-        match record {
-            Some(r) => inv
-                .arg("1")
-                .arg(r.encode())
-                .arg(ttl.as_millis().max(1) as u64),
-            None => inv.arg("0").arg("").arg(0),
-        };
-        let applied: i64 = self.timed(inv.invoke_async(&mut con)).await?;
-        Ok(applied == 1)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
