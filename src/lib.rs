@@ -11,7 +11,9 @@
 //! - `supervisor`: forking, restarting, draining and scaling worker processes.
 //! - `observe`: metric names and registry, access log.
 //! - `admin`: the admin HTTP plane.
-//! - `lifecycle`: control thread, signals, reload, shutdown.
+//! - `lifecycle`: control thread, signals, reload, shutdown, pid file.
+//! - `private_fs`: the private runtime folder and the files drover reads and writes there.
+//! - `redact`: hiding secrets in what drover shows (admin API, logs).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -20,7 +22,9 @@ pub mod config;
 pub mod health;
 pub mod lifecycle;
 pub mod observe;
+pub mod private_fs;
 pub mod proxy;
+pub mod redact;
 pub mod resilience;
 pub mod sessions;
 pub mod state;

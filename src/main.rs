@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use drover::config::{self, Config};
-use drover::lifecycle::control;
 use drover::lifecycle::signals::{DroverSignals, ShutdownKind};
+use drover::lifecycle::{control, pidfile};
 use drover::proxy::pingora_carrier::PingoraCarrier;
 use drover::proxy::Pipeline;
 use drover::state::Shared;
@@ -117,6 +117,21 @@ fn take_over_from(shared: &Arc<Shared>, old: i32) {
     });
 }
 
+/// Admin and data-plane connections, workers' pipes and health probes all take file
+/// descriptors: raise the soft limit to the hard one so a burst of connections cannot
+/// starve the rest (the admin plane also caps its own connections).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => log::info!("open file limit raised from {soft} to {hard}"),
+                Err(e) => log::warn!("cannot raise the open file limit from {soft}: {e}"),
+            }
+        }
+    }
+}
+
 fn init_logging(cfg: &Config) {
     let mut b = env_logger::Builder::new();
     b.filter_level(cfg.logging.level);
@@ -128,24 +143,11 @@ fn init_logging(cfg: &Config) {
 }
 
 fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
-    std::fs::create_dir_all(&cfg.runtime_dir).map_err(|e| {
-        format!(
-            "cannot create runtime_dir {}: {e}",
-            cfg.runtime_dir.display()
-        )
-    })?;
+    raise_fd_limit();
+    drover::private_fs::prepare_dir(&cfg.runtime_dir).map_err(|e| format!("runtime_dir: {e}"))?;
     let pid_file = cfg.runtime_dir.join("drover.pid");
     let (admin, old_pid) = if upgrade {
-        let old = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), None).is_ok())
-            .ok_or_else(|| {
-                format!(
-                    "--upgrade: no running drover found through {}",
-                    pid_file.display()
-                )
-            })?;
+        let old = pidfile::running_drover(&pid_file).map_err(|e| format!("--upgrade: {e}"))?;
         (control::AdminBind::Later(cfg.admin.listen), Some(old))
     } else {
         // Bind-check both addresses first so a taken port is a clear error, not a panic
@@ -203,8 +205,8 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // On upgrade this receives the listening socket from the old process.
     server.bootstrap();
-    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
-        log::warn!("cannot write {}: {e}", pid_file.display());
+    if let Err(e) = pidfile::write(&pid_file) {
+        log::warn!("cannot write the pid file: {e}");
     }
     let pipeline = Pipeline::new(shared);
     let pingora =

@@ -51,6 +51,9 @@ impl Shared {
         let metrics = Metrics::new();
         metrics.config_version.set(1);
         let observe = crate::observe::live::Observer::new(&metrics);
+        observe
+            .custom
+            .set_policy(config.observability.worker_metrics);
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             config_path,

@@ -228,12 +228,12 @@ fn worker_reported_metrics_are_exported_and_never_reach_the_client() {
     d.get("/metrics-report?name=Bad-Name&value=1").unwrap();
     let text = d.metrics();
     assert_eq!(
-        metric_value(&text, "drover_worker_queue_depth{backend=\"worker-0\"}"),
+        metric_value(&text, "drover_app_queue_depth{backend=\"worker-0\"}"),
         7.0
     );
-    assert!(text.contains("# TYPE drover_worker_jobs_total counter"));
+    assert!(text.contains("# TYPE drover_app_jobs_total counter"));
     assert_eq!(
-        metric_value(&text, "drover_worker_jobs_total{backend=\"worker-0\"}"),
+        metric_value(&text, "drover_app_jobs_total{backend=\"worker-0\"}"),
         42.0
     );
     assert_eq!(
@@ -242,10 +242,7 @@ fn worker_reported_metrics_are_exported_and_never_reach_the_client() {
     );
     d.get("/metrics-report?name=queue_depth&value=3").unwrap();
     assert_eq!(
-        metric_value(
-            &d.metrics(),
-            "drover_worker_queue_depth{backend=\"worker-0\"}"
-        ),
+        metric_value(&d.metrics(), "drover_app_queue_depth{backend=\"worker-0\"}"),
         3.0
     );
     let text = d.metrics();

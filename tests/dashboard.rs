@@ -120,7 +120,7 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
     assert_eq!(d.status()["strategy"], "least_connections");
 
     // Without WebSocket the page polls /api/live instead.
-    page.navigate(&d.admin_url("/dashboard?transport=poll"))
+    page.navigate(&d.admin_url(&format!("/dashboard?transport=poll#token={TOKEN}")))
         .unwrap();
     page.wait_for(
         "Number(document.body.dataset.updates) >= 2 && document.getElementById('conn').textContent === 'polling'",

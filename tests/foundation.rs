@@ -392,8 +392,14 @@ fn admin_mutations_require_the_token_when_set() {
     assert_eq!(r.status, 401);
     let r = d.admin_post("/api/reload", "");
     assert_eq!(r.status, 200, "{}", r.body);
-    // Read-only endpoints stay open.
+    // With an operator token, reads need it too; probes and metrics stay open.
+    let r = request(&a, "GET", &d.admin_url("/api/status"), &[], None).unwrap();
+    assert_eq!(r.status, 401);
     assert_eq!(d.admin_get("/api/status").status, 200);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let r = request(&a, "GET", &d.admin_url(open), &[], None).unwrap();
+        assert_eq!(r.status, 200, "{open}");
+    }
 }
 
 #[test]

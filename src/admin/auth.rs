@@ -1,6 +1,129 @@
-//! Bearer-token check for state-changing admin endpoints.
+//! Who may call the admin plane.
+//!
+//! The rule (docs/OPERATIONS.md, "Threat model"):
+//! - `GET /healthz`, `/readyz`, `/metrics` and `/dashboard` (a static page holding no
+//!   data) are open: probes and Prometheus scrape them.
+//! - Every state-changing request (any method but GET and HEAD) needs the token, also on
+//!   loopback. Without `admin.token` / `admin.token_file` drover generates one from the
+//!   OS CSPRNG into `runtime_dir/admin-token` (mode 0600) at first start and logs where.
+//! - Every other read (`/api/*`, the `/api/stream` WebSocket) needs the token when the
+//!   operator configured one; without one they are open, as the listener is then
+//!   loopback-only (validation enforces it).
+//!
+//! The token travels as `Authorization: Bearer <token>`. Browsers cannot set headers on
+//! a WebSocket, so `/api/stream` also takes it as a subprotocol:
+//! `new WebSocket(url, ["drover.live", "drover-token." + base64url(token)])`; the server
+//! answers with `drover.live` and never echoes the token.
 
+use crate::private_fs::{self, Links, PrivateFsError};
 use axum::http::HeaderMap;
+use base64::Engine;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Name of the generated token's file in `runtime_dir`.
+pub const TOKEN_FILE: &str = "admin-token";
+/// Subprotocol the dashboard's WebSocket asks for (and the server selects).
+pub const WS_PROTOCOL: &str = "drover.live";
+/// Prefix of the subprotocol carrying the token, base64url without padding.
+pub const WS_TOKEN_PREFIX: &str = "drover-token.";
+const TOKEN_FILE_CAP: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("admin token: {0}")]
+    File(#[from] PrivateFsError),
+    #[error("admin token: {path} is empty or shorter than 16 characters; delete it to generate a new one")]
+    TooShort { path: PathBuf },
+}
+
+/// The token the admin plane checks: the operator's, or the generated one.
+pub struct Tokens {
+    runtime_dir: PathBuf,
+    generated: Mutex<Option<Arc<str>>>,
+}
+
+/// The token in force for one request.
+pub struct Effective {
+    pub token: Arc<str>,
+    /// True when the operator configured it (then reads need it too).
+    pub configured: bool,
+}
+
+impl Tokens {
+    pub fn new(runtime_dir: &Path) -> Self {
+        Tokens {
+            runtime_dir: runtime_dir.to_path_buf(),
+            generated: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.runtime_dir.join(TOKEN_FILE)
+    }
+
+    /// The operator's token if one is configured, else the generated one (read from, or
+    /// created in, `runtime_dir/admin-token` on first use).
+    pub fn effective(&self, configured: Option<&str>) -> Result<Effective, TokenError> {
+        if let Some(t) = configured {
+            return Ok(Effective {
+                token: Arc::from(t),
+                configured: true,
+            });
+        }
+        let mut g = self.generated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = &*g {
+            return Ok(Effective {
+                token: t.clone(),
+                configured: false,
+            });
+        }
+        let t: Arc<str> = Arc::from(load_or_create(&self.path())?);
+        *g = Some(t.clone());
+        Ok(Effective {
+            token: t,
+            configured: false,
+        })
+    }
+}
+
+/// Reads the generated token, or creates it: 32 bytes from the OS CSPRNG, hex.
+fn load_or_create(path: &Path) -> Result<String, TokenError> {
+    let read = || -> Result<String, TokenError> {
+        let text = private_fs::read_private_text(path, TOKEN_FILE_CAP, Links::Refuse)?;
+        let t = text.lines().next().unwrap_or("").trim().to_string();
+        if t.len() < 16 {
+            return Err(TokenError::TooShort {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(t)
+    };
+    match read() {
+        Ok(t) => return Ok(t),
+        Err(TokenError::File(e)) if e.is_not_found() => {}
+        Err(e) => return Err(e),
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match private_fs::create_private(path, format!("{hex}\n").as_bytes()) {
+        Ok(()) => {
+            log::info!(
+                "admin: generated an admin token in {} (mode 0600); state-changing admin calls need `Authorization: Bearer $(cat {})`",
+                path.display(),
+                path.display()
+            );
+            Ok(hex)
+        }
+        Err(PrivateFsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            read()
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Compares in time independent of where the strings differ, so the token cannot be
 /// guessed byte by byte from response timings.
@@ -14,12 +137,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0 && a.len() == b.len()
 }
 
-/// With no token configured the admin plane is loopback-only (validation enforces it)
-/// and mutating calls are allowed; with one, the request must carry it.
-pub fn check(token: Option<&str>, headers: &HeaderMap) -> Result<(), &'static str> {
-    let Some(token) = token else {
-        return Ok(());
-    };
+/// Checks `Authorization: Bearer <token>` against `token`.
+pub fn check(token: &str, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(value) = headers.get("authorization") else {
         return Err("missing Authorization: Bearer <token>");
     };
@@ -27,6 +146,32 @@ pub fn check(token: Option<&str>, headers: &HeaderMap) -> Result<(), &'static st
         return Err("Authorization must be `Bearer <token>`");
     };
     if constant_time_eq(given, token.as_bytes()) {
+        Ok(())
+    } else {
+        Err("wrong token")
+    }
+}
+
+/// Like [`check`], also accepting the token as a `drover-token.<base64url>` WebSocket
+/// subprotocol (what a browser can send).
+pub fn check_ws(token: &str, headers: &HeaderMap) -> Result<(), &'static str> {
+    if headers.contains_key("authorization") {
+        return check(token, headers);
+    }
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(WS_TOKEN_PREFIX));
+    let Some(encoded) = offered else {
+        return Err("missing token: send Authorization: Bearer <token> or the subprotocol drover-token.<base64url(token)>");
+    };
+    let given = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| "the drover-token subprotocol is not base64url")?;
+    if constant_time_eq(&given, token.as_bytes()) {
         Ok(())
     } else {
         Err("wrong token")
@@ -48,16 +193,43 @@ mod tests {
     #[test]
     fn checks_bearer_header() {
         let mut h = HeaderMap::new();
-        assert!(check(None, &h).is_ok());
         assert_eq!(
-            check(Some("t0k"), &h),
+            check("t0k", &h),
             Err("missing Authorization: Bearer <token>")
         );
         h.insert("authorization", "Basic abc".parse().unwrap());
-        assert!(check(Some("t0k"), &h).is_err());
+        assert!(check("t0k", &h).is_err());
         h.insert("authorization", "Bearer nope".parse().unwrap());
-        assert_eq!(check(Some("t0k"), &h), Err("wrong token"));
+        assert_eq!(check("t0k", &h), Err("wrong token"));
         h.insert("authorization", "Bearer t0k".parse().unwrap());
-        assert!(check(Some("t0k"), &h).is_ok());
+        assert!(check("t0k", &h).is_ok());
+    }
+
+    #[test]
+    fn websocket_token_travels_as_a_subprotocol() {
+        let mut h = HeaderMap::new();
+        assert!(check_ws("s3cret/token+x", &h).is_err());
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("s3cret/token+x");
+        h.insert(
+            "sec-websocket-protocol",
+            format!("drover.live, drover-token.{enc}").parse().unwrap(),
+        );
+        assert!(check_ws("s3cret/token+x", &h).is_ok());
+        assert_eq!(check_ws("other-token", &h), Err("wrong token"));
+    }
+
+    #[test]
+    fn generates_a_private_token_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path());
+        let a = t.effective(None).unwrap();
+        assert!(!a.configured && a.token.len() == 64);
+        let again = Tokens::new(dir.path()).effective(None).unwrap();
+        assert_eq!(a.token, again.token, "read back after a restart");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let op = t.effective(Some("operator-token-123456")).unwrap();
+        assert!(op.configured && &*op.token == "operator-token-123456");
     }
 }

@@ -1,4 +1,4 @@
-//! The admin plane (axum, on the control thread), loopback by default.
+//! The admin plane (axum on hyper, on the control thread), loopback by default.
 //!
 //! Endpoints:
 //! - `GET /metrics`: Prometheus text format.
@@ -6,22 +6,25 @@
 //! - `GET /readyz`: 200 when drover can serve (not shutting down, a backend in rotation), else 503.
 //! - `GET /api/status`: JSON: config version, strategy, workers, backends.
 //! - `GET /api/sessions`: JSON: session store, active sessions, per worker, counters.
-//! - `POST /api/reload`: re-read the config file (like SIGHUP). Token required.
-//! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live. Token required.
+//! - `POST /api/reload`: re-read the config file (like SIGHUP).
+//! - `POST /api/strategy` `{"strategy": "least_connections"}`: switch strategy live.
 //! - `GET /api/config`, `POST /api/deploy`, `POST /api/rollback`, `POST /api/workers/restart`:
 //!   see `operations.rs`.
-//! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one. Token required.
+//! - `POST /api/workers/{id}/drain`: drain worker `id` and start a fresh one.
 //! - `/api/breakers*`, `/api/chaos*`: see `resilience.rs`.
 //! - `/dashboard`, `/api/live`, `/api/stream`, `/api/history`, `/api/events`,
 //!   `/api/alerts`: observability, listed in `observe.rs`.
 //!
-//! When `admin.token` is set, every state-changing endpoint requires
-//! `Authorization: Bearer <token>`, compared in constant time.
+//! Every request first passes `guard.rs` (Host, cross-site, token; see `auth.rs` for
+//! which endpoints need the token), and the listener caps connections and times out
+//! slow or idle clients (`server.rs`).
 
 pub mod auth;
+pub mod guard;
 pub mod observe;
 mod operations;
 mod resilience;
+pub mod server;
 mod sessions;
 
 use crate::balancing::StrategyKind;
@@ -35,13 +38,70 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub supervisor: Arc<Supervisor>,
+    pub tokens: Arc<auth::Tokens>,
+    pub metrics: Arc<AdminMetrics>,
+    /// `/api/stream` subscribers connected now.
+    pub subscribers: Arc<AtomicUsize>,
+}
+
+impl AdminState {
+    pub fn new(shared: Arc<Shared>, supervisor: Arc<Supervisor>) -> Self {
+        let runtime_dir = shared.config().runtime_dir.clone();
+        let metrics = Arc::new(AdminMetrics::new(&shared.metrics.registry));
+        AdminState {
+            shared,
+            supervisor,
+            tokens: Arc::new(auth::Tokens::new(&runtime_dir)),
+            metrics,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub(crate) fn refused(&self, reason: &str) {
+        self.metrics.refused(reason);
+    }
+}
+
+/// The admin plane's own metrics.
+pub struct AdminMetrics {
+    refused: prometheus::IntCounterVec,
+    pub connections: prometheus::IntGauge,
+}
+
+impl AdminMetrics {
+    fn new(registry: &prometheus::Registry) -> Self {
+        use crate::observe::names::{ADMIN_CONNECTIONS, ADMIN_REFUSED_TOTAL};
+        let refused = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                ADMIN_REFUSED_TOTAL,
+                "Admin requests and connections refused: host, cross_site, token, connection_cap, subscriber_cap",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let connections = prometheus::IntGauge::new(
+            ADMIN_CONNECTIONS,
+            "Open admin connections (WebSocket subscribers not included)",
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(refused.clone()));
+        let _ = registry.register(Box::new(connections.clone()));
+        AdminMetrics {
+            refused,
+            connections,
+        }
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -60,6 +120,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/workers/{id}/drain", post(drain_worker))
         .merge(resilience::router())
         .merge(observe::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -141,10 +205,13 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    // The image's environment may carry credentials: not shown.
+    // The image's environment may carry credentials: not shown; secret arguments hidden.
     let i = s.supervisor.image();
-    let image =
-        json!({ "version": i.version, "program": i.program.display().to_string(), "args": i.args });
+    let image = json!({
+        "version": i.version,
+        "program": i.program.display().to_string(),
+        "args": crate::redact::args(&i.args),
+    });
     Json(json!({
         "config_version": shared.version.load(Ordering::Relaxed),
         "config_file": shared.config_path.display().to_string(),
@@ -167,25 +234,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
-pub(crate) fn denied(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
-    let cfg = s.shared.config();
-    match auth::check(cfg.admin.token.as_deref(), headers) {
-        Ok(()) => None,
-        Err(why) => Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [("www-authenticate", "Bearer")],
-                Json(json!({ "error": why })),
-            )
-                .into_response(),
-        ),
-    }
-}
-
-async fn reload_config(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
+async fn reload_config(State(s): State<AdminState>) -> Response {
     match reload::reload(&s.shared, &s.supervisor) {
         Ok(version) => Json(json!({ "ok": true, "config_version": version })).into_response(),
         Err(e) => (
@@ -206,15 +255,13 @@ async fn set_strategy(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
-    let parsed: Result<StrategyRequest, _> = serde_json::from_slice(&body);
-    let requested = match parsed {
+    let requested: Result<String, String> = match guard::json_body::<StrategyRequest>(
+        &headers,
+        &body,
+        r#"{"strategy": "least_connections"}"#,
+    ) {
         Ok(req) => Ok(req.strategy),
-        Err(e) => Err(format!(
-            "body must be JSON like {{\"strategy\": \"least_connections\"}}: {e}"
-        )),
+        Err(e) => return e.into_response(),
     };
     let before = s.shared.pool.strategy();
     let result = requested.and_then(|name| {
@@ -245,14 +292,7 @@ async fn set_strategy(
     }
 }
 
-async fn drain_worker(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
+async fn drain_worker(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<usize>() else {
         return (
             StatusCode::BAD_REQUEST,

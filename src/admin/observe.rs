@@ -2,7 +2,11 @@
 //!
 //! - `GET /dashboard`: the live dashboard, one self-contained HTML page (no CDN).
 //! - `GET /api/live`: the latest once-a-second snapshot the dashboard shows (JSON).
-//! - `GET /api/stream`: WebSocket pushing that snapshot every second.
+//! - `GET /api/stream`: WebSocket pushing that snapshot every second. Same-origin only
+//!   (`guard.rs`); with an operator token, the token goes in the `Authorization` header
+//!   or the `drover-token.<base64url>` subprotocol (`auth.rs`). At most
+//!   `admin.max_stream_subscribers` at once (503 beyond); a subscriber that stops
+//!   reading is dropped after `admin.idle_timeout`.
 //! - `GET /api/history?metric=NAME&range=15m[&backend=NAME]`: a time series from the
 //!   history store; without `metric`, the list of series.
 //! - `GET /api/events`: recent events (restarts, breaker trips, reloads, alerts).
@@ -18,6 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -64,12 +69,37 @@ async fn live(State(s): State<AdminState>) -> Response {
     json_text(s.shared.observe.live_json())
 }
 
+/// Holds one subscriber place while alive (also when the upgrade never completes).
+struct Subscriber(std::sync::Arc<AtomicUsize>);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn stream(State(s): State<AdminState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| push_snapshots(s, socket))
+    let cap = s.shared.config().admin.max_stream_subscribers;
+    let taken = s
+        .subscribers
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        });
+    if taken.is_err() {
+        s.refused("subscriber_cap");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ok": false, "error": format!("{cap} stream subscribers already (admin.max_stream_subscribers); poll /api/live instead") })),
+        )
+            .into_response();
+    }
+    let place = Subscriber(s.subscribers.clone());
+    ws.protocols([super::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| push_snapshots(s, socket, place))
 }
 
 /// Sends the snapshot at once, then every second, until the client goes away.
-async fn push_snapshots(s: AdminState, mut socket: WebSocket) {
+async fn push_snapshots(s: AdminState, mut socket: WebSocket, _place: Subscriber) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

@@ -1,15 +1,20 @@
 //! Deploy operations and the running config:
 //! - `POST /api/deploy` `{"version": "v2", "command": ["prog", "arg"], "env": {"K": "V"},
 //!   "health_timeout": "30s"}`: blue-green deploy (every field optional; `command` and
-//!   `env` default to the current image, `env` is merged over it). Token required.
-//! - `POST /api/rollback`: blue-green back to the previous image. Token required.
-//! - `POST /api/workers/restart`: rolling restart, one worker at a time. Token required.
-//! - `GET /api/config`: the running config file as JSON, secrets redacted.
+//!   `env` default to the current image, `env` is merged over it). A `command` other than
+//!   `workers.command`, or an `env` variable that makes programs load other code
+//!   (`LD_PRELOAD`, `PATH`, `NODE_OPTIONS`, ...: [`CODE_LOADING_ENV`]), is refused (403)
+//!   unless `admin.allow_deploy_command: true`: the token then cannot be turned into
+//!   running an arbitrary program.
+//! - `POST /api/rollback`: blue-green back to the previous image.
+//! - `POST /api/workers/restart`: rolling restart, one worker at a time.
+//! - `GET /api/config`: the running config file as JSON, secrets redacted (`crate::redact`).
 //!
 //! Operations run in the background and answer 202 at once; progress is in
 //! `/api/status` under `deploy`. A second operation while one runs gets 409.
 
-use super::{denied, AdminState};
+use super::guard::json_body;
+use super::AdminState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +24,31 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Variables through which a process can be made to load or run other code.
+pub const CODE_LOADING_ENV: &[&str] = &[
+    "LD_*",
+    "DYLD_*",
+    "PATH",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "PS4",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "GCONV_PATH",
+];
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DeployRequest {
@@ -26,6 +56,14 @@ struct DeployRequest {
     command: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     health_timeout: Option<String>,
+}
+
+fn forbidden(msg: impl Into<String>) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({ "ok": false, "error": msg.into() })),
+    )
+        .into_response()
 }
 
 fn bad(msg: impl Into<String>) -> Response {
@@ -64,21 +102,23 @@ pub async fn deploy(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
     let req: DeployRequest = if body.is_empty() {
         DeployRequest::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match json_body(
+            &headers,
+            &body,
+            r#"{"version": "v2", "command": ["/srv/app"], "env": {}}"#,
+        ) {
             Ok(r) => r,
-            Err(e) => return bad(format!("body must be JSON like {{\"version\": \"v2\", \"command\": [\"/srv/app\"], \"env\": {{}}}}: {e}")),
+            Err(e) => return e.into_response(),
         }
     };
     let timeout = match timeout_of(&s, req.health_timeout.as_deref()) {
         Ok(t) => t,
         Err(e) => return bad(e),
     };
+    let cfg = s.shared.config();
     let current = s.supervisor.image();
     let mut image = (*current).clone();
     if let Some(cmd) = req.command {
@@ -90,8 +130,24 @@ pub async fn deploy(
         }
         image.program = crate::config::resolve_program(&s.shared.config_path, program);
         image.args = args.to_vec();
+        let configured = image.program == cfg.workers.program && image.args == cfg.workers.args;
+        if !configured && !cfg.admin.allow_deploy_command {
+            log::warn!("admin: deploy refused: command differs from workers.command");
+            return forbidden("`command` differs from workers.command; deploy another program by changing workers.command and reloading, or set admin.allow_deploy_command: true");
+        }
     }
     if let Some(env) = req.env {
+        if !cfg.admin.allow_deploy_command {
+            let loading = env.keys().find(|k| {
+                CODE_LOADING_ENV
+                    .iter()
+                    .any(|p| crate::config::env_name_matches(p, k))
+            });
+            if let Some(k) = loading {
+                log::warn!("admin: deploy refused: env sets {k}");
+                return forbidden(format!("`env` sets {k}, which can make workers run other code; set it in workers.env and reload, or set admin.allow_deploy_command: true"));
+            }
+        }
         image.env.extend(env);
     }
     image.version = req
@@ -108,10 +164,7 @@ pub async fn deploy(
     accepted("deploy", &version)
 }
 
-pub async fn rollback(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
+pub async fn rollback(State(s): State<AdminState>) -> Response {
     let Some(previous) = s.supervisor.previous_image() else {
         return (
             StatusCode::CONFLICT,
@@ -132,10 +185,7 @@ pub async fn rollback(State(s): State<AdminState>, headers: HeaderMap) -> Respon
     accepted("rollback", &previous.version)
 }
 
-pub async fn restart(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
+pub async fn restart(State(s): State<AdminState>) -> Response {
     if s.supervisor.busy() {
         return busy();
     }
@@ -148,72 +198,14 @@ pub async fn restart(State(s): State<AdminState>, headers: HeaderMap) -> Respons
     accepted("rolling_restart", &version)
 }
 
-/// Keys whose values never leave the process.
-const SECRET_KEYS: &[&str] = &["token", "secrets", "keys", "url"];
-
-fn redact(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map.iter_mut() {
-                if SECRET_KEYS.contains(&k.as_str()) && !val.is_null() {
-                    let redacted = match val {
-                        serde_json::Value::Array(a) if a.is_empty() => continue,
-                        serde_json::Value::String(u) if k == "url" => {
-                            // Only a password in a URL is secret.
-                            match u.split_once('@') {
-                                Some((_, host)) => json!(format!("redis://<redacted>@{host}")),
-                                None => continue,
-                            }
-                        }
-                        _ => json!("<redacted>"),
-                    };
-                    *val = redacted;
-                } else {
-                    redact(val);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
 pub async fn config(State(s): State<AdminState>) -> Response {
     let cfg = s.shared.config();
     let mut v = serde_json::to_value(&cfg.file).unwrap_or(serde_json::Value::Null);
-    redact(&mut v);
-    // Environment given to workers may carry credentials too.
-    if let Some(env) = v
-        .pointer_mut("/workers/env")
-        .and_then(|e| e.as_object_mut())
-    {
-        for (_, val) in env.iter_mut() {
-            *val = json!("<redacted>");
-        }
-    }
+    crate::redact::config(&mut v);
     Json(json!({
         "file": s.shared.config_path.display().to_string(),
         "version": s.shared.version.load(std::sync::atomic::Ordering::Relaxed),
         "config": v,
     }))
     .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redaction_hides_tokens_secrets_keys_and_url_passwords() {
-        let mut v = serde_json::json!({
-            "admin": {"token": "s3cret", "listen": "127.0.0.1:9090"},
-            "sessions": {"secrets": ["a"], "encryption": {"keys": []},
-                         "redis": {"url": "redis://user:pw@host:6379"}},
-        });
-        super::redact(&mut v);
-        let text = v.to_string();
-        assert!(
-            !text.contains("s3cret") && !text.contains("\"a\"") && !text.contains("pw@"),
-            "{text}"
-        );
-        assert!(text.contains("127.0.0.1:9090") && text.contains("host:6379"));
-    }
 }

@@ -2,7 +2,7 @@
 //!
 //! - `GET /api/breakers`: every breaker (workers `worker-N`, routes `route:NAME`) with
 //!   state, reason of the last trip, time left open, window counts; the retry budget.
-//! - `POST /api/breakers/{name}/{open|close|reset}`: force a breaker. Token required.
+//! - `POST /api/breakers/{name}/{open|close|reset}`: force a breaker.
 //! - `GET /api/chaos`: installed faults. `POST /api/chaos/faults` installs one, e.g.
 //!   `{"target": {"worker": 1}, "kind": "error", "status": 500, "share": 0.5,
 //!   "duration_s": 30}` (kinds: `latency` + `ms`, `error` + `status`, `reset`; targets:
@@ -10,7 +10,8 @@
 //!   them. `POST /api/chaos/workers/{id}/kill` SIGKILLs a worker (the supervisor
 //!   restarts it). Chaos endpoints need the token and `chaos.enabled: true`.
 
-use super::{denied, AdminState};
+use super::guard::json_body;
+use super::AdminState;
 use crate::resilience::breaker::{Breaker, Force};
 use crate::resilience::chaos::FaultSpec;
 use axum::extract::{Path, State};
@@ -85,12 +86,8 @@ async fn list_breakers(State(s): State<AdminState>) -> Json<Value> {
 
 async fn force_breaker(
     State(s): State<AdminState>,
-    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = denied(&s, &headers) {
-        return r;
-    }
     let action = match action.parse::<Force>() {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -113,10 +110,7 @@ async fn force_breaker(
     Json(json!({ "ok": true, "breaker": done })).into_response()
 }
 
-fn chaos_denied(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
-    if let Some(r) = denied(s, headers) {
-        return Some(r);
-    }
+fn chaos_denied(s: &AdminState) -> Option<Response> {
     if !s.shared.config().resilience.chaos_enabled {
         return Some(error(
             StatusCode::FORBIDDEN,
@@ -149,17 +143,16 @@ async fn add_fault(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = chaos_denied(&s, &headers) {
+    if let Some(r) = chaos_denied(&s) {
         return r;
     }
-    let spec: FaultSpec = match serde_json::from_slice(&body) {
+    let spec: FaultSpec = match json_body(
+        &headers,
+        &body,
+        r#"{"target": {"worker": 0}, "kind": "error", "status": 500, "share": 0.5}"#,
+    ) {
         Ok(f) => f,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body must be a fault like {{\"target\": {{\"worker\": 0}}, \"kind\": \"error\", \"status\": 500, \"share\": 0.5}}: {e}"),
-            )
-        }
+        Err(e) => return e.into_response(),
     };
     match s.shared.chaos.add(spec) {
         Ok(id) => (StatusCode::CREATED, Json(json!({ "ok": true, "id": id }))).into_response(),
@@ -167,20 +160,16 @@ async fn add_fault(
     }
 }
 
-async fn clear_faults(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(r) = chaos_denied(&s, &headers) {
+async fn clear_faults(State(s): State<AdminState>) -> Response {
+    if let Some(r) = chaos_denied(&s) {
         return r;
     }
     let n = s.shared.chaos.clear();
     Json(json!({ "ok": true, "cleared": n })).into_response()
 }
 
-async fn kill_worker(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = chaos_denied(&s, &headers) {
+async fn kill_worker(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    if let Some(r) = chaos_denied(&s) {
         return r;
     }
     let Ok(id) = id.parse::<usize>() else {

@@ -1,4 +1,4 @@
-//! `GET /api/sessions`: session statistics as JSON (read-only, no token needed).
+//! `GET /api/sessions`: session statistics as JSON (a read: see `auth.rs`).
 
 use super::AdminState;
 use axum::extract::State;

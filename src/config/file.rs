@@ -74,10 +74,30 @@ impl Default for FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
     pub listen: String,
-    /// Bearer token required by every state-changing endpoint.
+    /// Bearer token required by every state-changing endpoint, and by every read but
+    /// /healthz, /readyz, /metrics and /dashboard. None: drover generates one into
+    /// `runtime_dir/admin-token` and requires it for state-changing endpoints only.
     pub token: Option<String>,
     /// File holding the token (first line), so the secret need not sit in the YAML.
     pub token_file: Option<String>,
+    /// Host names (besides `localhost` and IP addresses of the listener) the admin plane
+    /// answers to; any other `Host` is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Whether `POST /api/deploy` may run a command other than `workers.command`.
+    pub allow_deploy_command: bool,
+    /// Admin connections open at once (WebSocket subscribers not included); more are
+    /// closed at once with a 503.
+    pub max_connections: usize,
+    /// `/api/stream` WebSocket subscribers at once; more get a 503.
+    pub max_stream_subscribers: usize,
+    /// Time a client has to send a request head, counted from the connection's start or
+    /// the end of the previous response (so also how long an idle connection is kept).
+    pub header_timeout: Dur,
+    /// A connection on which no byte moves either way for this long is closed (stalled
+    /// bodies, clients that stop reading, stuck WebSocket subscribers).
+    pub idle_timeout: Dur,
+    /// Longest time from a request head to the response head (body read included).
+    pub request_timeout: Dur,
 }
 
 impl Default for AdminFile {
@@ -86,6 +106,13 @@ impl Default for AdminFile {
             listen: DEFAULT_ADMIN_LISTEN.into(),
             token: None,
             token_file: None,
+            allowed_hosts: Vec::new(),
+            allow_deploy_command: false,
+            max_connections: 256,
+            max_stream_subscribers: 32,
+            header_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            request_timeout: Dur::secs(30),
         }
     }
 }
@@ -100,6 +127,10 @@ pub struct WorkersFile {
     pub command: Vec<String>,
     /// Extra environment for every worker (WORKER_ID and PORT are always set).
     pub env: BTreeMap<String, String>,
+    /// Variables of drover's own environment workers inherit besides the allow-list
+    /// (PATH, HOME, USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, TMPDIR); `NAME` or `PREFIX*`.
+    /// Variables the file reads through `${VAR}` are never inherited.
+    pub inherit_env: Vec<String>,
     /// Per-worker weights by worker id (missing entries use `balancing.worker_weight`).
     pub weights: Vec<u32>,
     /// Address workers bind; drover connects to it.
@@ -123,6 +154,7 @@ impl Default for WorkersFile {
             count: DEFAULT_WORKER_COUNT,
             command: vec![DEFAULT_WORKER_COMMAND.into()],
             env: BTreeMap::new(),
+            inherit_env: Vec::new(),
             weights: Vec::new(),
             host: "127.0.0.1".into(),
             base_port: 0,

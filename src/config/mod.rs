@@ -45,7 +45,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
         file: name.clone(),
         issues,
     };
-    let expanded = expand_env(text).map_err(|(line, var)| {
+    let Expanded { text: expanded, consumed } = expand_env(text).map_err(|(line, var)| {
         fail(vec![ConfigIssue {
             field: format!("${{{var}}}"),
             line: Some(line),
@@ -57,7 +57,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
     } else {
         serde_yaml::from_str(&expanded).map_err(|e| fail(vec![yaml_issue(&e)]))?
     };
-    validate(file, source).map_err(|issues| {
+    let with_lines = |issues: Vec<ConfigIssue>| {
         fail(
             issues
                 .into_iter()
@@ -67,7 +67,40 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
                 })
                 .collect(),
         )
-    })
+    };
+    let mut cfg = validate(file, source).map_err(with_lines)?;
+    // What the file read from the environment is drover's (tokens, secrets): workers
+    // never inherit it (`supervisor/env.rs`).
+    let leaked: Vec<ConfigIssue> = cfg
+        .workers
+        .inherit_env
+        .iter()
+        .filter(|pattern| consumed.iter().any(|v| env_name_matches(pattern, v)))
+        .map(|pattern| ConfigIssue {
+            field: "workers.inherit_env".into(),
+            line: None,
+            message: format!("`{pattern}` names a variable this file reads through ${{...}}; drover keeps those from workers. Give workers a value explicitly under `workers.env` if they need it"),
+        })
+        .collect();
+    if !leaked.is_empty() {
+        return Err(with_lines(leaked));
+    }
+    cfg.workers.withheld_env = consumed;
+    Ok(cfg)
+}
+
+/// `NAME` matches itself; `PREFIX*` matches every name starting with `PREFIX`.
+pub fn env_name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// The config text with `${...}` replaced, and the names of the variables it read.
+pub struct Expanded {
+    pub text: String,
+    pub consumed: std::collections::BTreeSet<String>,
 }
 
 /// serde_yaml puts the field path and position in its message; lift them out so the
@@ -94,8 +127,9 @@ fn yaml_issue(e: &serde_yaml::Error) -> ConfigIssue {
 
 /// Replaces `${VAR}` and `${VAR:-default}` with the environment's value, so secrets can
 /// stay out of the file. Returns the 1-based line and name of the first unset variable.
-pub fn expand_env(text: &str) -> Result<String, (usize, String)> {
+pub fn expand_env(text: &str) -> Result<Expanded, (usize, String)> {
     let mut out = String::with_capacity(text.len());
+    let mut consumed = std::collections::BTreeSet::new();
     for (n, line) in text.split_inclusive('\n').enumerate() {
         if line.trim_start().starts_with('#') {
             out.push_str(line);
@@ -115,6 +149,7 @@ pub fn expand_env(text: &str) -> Result<String, (usize, String)> {
                 Some((v, d)) => (v, Some(d)),
                 None => (inner, None),
             };
+            consumed.insert(var.to_string());
             match (std::env::var(var), default) {
                 (Ok(v), _) => out.push_str(&v),
                 (Err(_), Some(d)) => out.push_str(d),
@@ -124,7 +159,10 @@ pub fn expand_env(text: &str) -> Result<String, (usize, String)> {
         }
         out.push_str(rest);
     }
-    Ok(out)
+    Ok(Expanded {
+        text: out,
+        consumed,
+    })
 }
 
 #[cfg(test)]
@@ -227,6 +265,22 @@ mod tests {
         let e = err("admin:\n  token: ${DROVER_SURELY_UNSET}\n");
         assert!(e.contains(":2:"), "{e}");
         assert!(e.contains("DROVER_SURELY_UNSET"), "{e}");
+    }
+
+    #[test]
+    fn variables_the_file_reads_are_withheld_from_workers_and_cannot_be_inherited() {
+        std::env::set_var("DROVER_TEST_WITHHELD", "abcdefghijklmnopqrstu");
+        let c = ok("admin:\n  token: ${DROVER_TEST_WITHHELD}\nlogging:\n  level: ${DROVER_UNSET_X:-info}\n");
+        assert!(c.workers.withheld_env.contains("DROVER_TEST_WITHHELD"));
+        assert!(c.workers.withheld_env.contains("DROVER_UNSET_X"));
+        let e = err("workers:\n  command: [/bin/sh]\n  inherit_env: [DROVER_TEST_*]\nadmin:\n  token: ${DROVER_TEST_WITHHELD}\n");
+        assert!(e.contains(":3: workers.inherit_env"), "{e}");
+        assert!(e.contains("DROVER_TEST_*"), "{e}");
+        let e = err("workers:\n  command: [/bin/sh]\n  inherit_env: [\"*\", \"A=B\"]\n");
+        assert!(
+            e.contains("workers.inherit_env[0]") && e.contains("workers.inherit_env[1]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -51,6 +51,49 @@ pub struct ObservabilityFile {
     pub alerts: AlertsFile,
     /// Service level objectives; their burn rates can be alerted on.
     pub slos: Vec<SloFile>,
+    /// Metrics workers report in the `X-Drover-Metric` header (`observe/custom.rs`).
+    pub worker_metrics: WorkerMetricsFile,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerMetricsFile {
+    /// Distinct names kept at once; a new name beyond it is dropped and counted.
+    pub max_names: usize,
+    /// (name, worker) series kept at once.
+    pub max_series: usize,
+    /// A series no worker reported for this long is forgotten (its name too once it has
+    /// no series left), so names nobody reports any more free their places.
+    pub expire_after: Dur,
+}
+
+impl Default for WorkerMetricsFile {
+    fn default() -> Self {
+        WorkerMetricsFile {
+            max_names: 32,
+            max_series: 1024,
+            expire_after: Dur(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Validated `observability.worker_metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerMetricsConfig {
+    pub max_names: usize,
+    pub max_series: usize,
+    pub expire_after: Duration,
+}
+
+impl Default for WorkerMetricsConfig {
+    fn default() -> Self {
+        let f = WorkerMetricsFile::default();
+        WorkerMetricsConfig {
+            max_names: f.max_names,
+            max_series: f.max_series,
+            expire_after: f.expire_after.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -208,6 +251,7 @@ pub struct SloConfig {
 pub struct ObservabilityConfig {
     pub alerts: AlertsConfig,
     pub slos: Vec<SloConfig>,
+    pub worker_metrics: WorkerMetricsConfig,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -219,8 +263,10 @@ fn valid_name(s: &str) -> bool {
 
 /// Parses `http://host:port/path`.
 pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
+    // Receivers often carry a credential in the path: errors show the URL without it.
+    let shown = crate::redact::url_path(url);
     let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{url}` must start with http:// (use a local relay for HTTPS receivers)")
+        format!("`{shown}` must start with http:// (use a local relay for HTTPS receivers)")
     })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -230,15 +276,15 @@ pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
         Some((h, p)) => (
             h,
             p.parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a port in `{url}`"))?,
+                .map_err(|_| format!("`{p}` is not a port in `{shown}`"))?,
         ),
         None => (authority, 80),
     };
     if host.is_empty() || host.contains(['@', ' ']) {
-        return Err(format!("`{url}` has no valid host"));
+        return Err(format!("`{shown}` has no valid host"));
     }
     if path.contains([' ', '\r', '\n']) {
-        return Err(format!("`{url}` has an invalid path"));
+        return Err(format!("`{shown}` has an invalid path"));
     }
     Ok(WebhookTarget {
         url: url.to_string(),
@@ -277,6 +323,25 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
     if a.webhook_timeout.0.is_zero() {
         fail(
             "observability.alerts.webhook_timeout".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    let wm = &file.worker_metrics;
+    if wm.max_names > 1000 {
+        fail(
+            "observability.worker_metrics.max_names".into(),
+            format!("{} is out of range; accepted: 0 to 1000", wm.max_names),
+        );
+    }
+    if wm.max_series > 100_000 {
+        fail(
+            "observability.worker_metrics.max_series".into(),
+            format!("{} is out of range; accepted: 0 to 100000", wm.max_series),
+        );
+    }
+    if wm.expire_after.0.is_zero() {
+        fail(
+            "observability.worker_metrics.expire_after".into(),
             "must be greater than zero".into(),
         );
     }
@@ -414,6 +479,11 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
             rules,
         },
         slos,
+        worker_metrics: WorkerMetricsConfig {
+            max_names: wm.max_names,
+            max_series: wm.max_series,
+            expire_after: wm.expire_after.0,
+        },
     }
 }
 

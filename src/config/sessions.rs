@@ -293,7 +293,7 @@ fn issue(field: &str, message: impl Into<String>) -> ConfigIssue {
 }
 
 fn read_lines(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Vec<String> {
-    match std::fs::read_to_string(path) {
+    match super::validate::read_secret_file(path) {
         Ok(text) => text
             .lines()
             .map(str::trim)
@@ -301,7 +301,7 @@ fn read_lines(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Vec<St
             .map(String::from)
             .collect(),
         Err(e) => {
-            issues.push(issue(field, format!("cannot read {}: {e}", path.display())));
+            issues.push(issue(field, e));
             Vec::new()
         }
     }
@@ -468,7 +468,10 @@ pub fn validate_sessions(
     if store == StoreKind::Redis && !f.redis.url.starts_with("redis://") {
         issues.push(issue(
             "sessions.redis.url",
-            format!("`{}` must start with redis://", f.redis.url),
+            format!(
+                "`{}` must start with redis://",
+                crate::redact::url_userinfo(&f.redis.url)
+            ),
         ));
     }
 

@@ -40,7 +40,16 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The operator's token (`admin.token` / `admin.token_file`); None = generated one.
     pub token: Option<String>,
+    /// Lower-cased host names accepted in `Host` besides localhost and listener IPs.
+    pub allowed_hosts: Vec<String>,
+    pub allow_deploy_command: bool,
+    pub max_connections: usize,
+    pub max_stream_subscribers: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +58,10 @@ pub struct WorkersConfig {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Names (or `PREFIX*`) of drover's variables workers inherit beyond the allow-list.
+    pub inherit_env: Vec<String>,
+    /// Variables the config file read through `${VAR}`: never inherited by workers.
+    pub withheld_env: std::collections::BTreeSet<String>,
     pub host: IpAddr,
     pub base_port: u16,
     pub backoff: BackoffPolicy,
@@ -269,10 +282,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             None
         }
         (Some(t), None) => Some(t.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(relative_to(source, path)) {
+        (None, Some(path)) => match read_secret_file(&relative_to(source, path)) {
             Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
             Err(e) => {
-                c.fail("admin.token_file", format!("cannot read `{path}`: {e}"));
+                c.fail("admin.token_file", e);
                 None
             }
         },
@@ -291,6 +304,35 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             );
         }
     }
+
+    let a = &file.admin;
+    for (i, h) in a.allowed_hosts.iter().enumerate() {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            c.fail(
+                &format!("admin.allowed_hosts[{i}]"),
+                format!("`{h}` is not a host name (letters, digits, `-` and `.`, no port)"),
+            );
+        }
+    }
+    if a.max_connections == 0 || a.max_connections > 100_000 {
+        c.fail(
+            "admin.max_connections",
+            "out of range; accepted: 1 to 100000",
+        );
+    }
+    if a.max_stream_subscribers > 10_000 {
+        c.fail(
+            "admin.max_stream_subscribers",
+            "out of range; accepted: 0 to 10000",
+        );
+    }
+    c.positive("admin.header_timeout", a.header_timeout.0);
+    c.positive("admin.idle_timeout", a.idle_timeout.0);
+    c.positive("admin.request_timeout", a.request_timeout.0);
 
     let w = &file.workers;
     if w.count > MAX_WORKERS {
@@ -323,6 +365,15 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             c.fail(
                 &format!("workers.env.{key}"),
                 "is set by drover for each worker and cannot be overridden",
+            );
+        }
+    }
+    for (i, name) in w.inherit_env.iter().enumerate() {
+        let bare = name.strip_suffix('*').unwrap_or(name);
+        if bare.is_empty() || name.contains(['=', '\0']) || bare.contains('*') {
+            c.fail(
+                &format!("workers.inherit_env[{i}]"),
+                format!("`{name}` is not a variable name or `PREFIX*` pattern"),
             );
         }
     }
@@ -497,9 +548,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
 
     let runtime_dir = match &file.runtime_dir {
         Some(d) => relative_to(source, d),
-        None => {
-            std::env::temp_dir().join(format!("drover-{}", listen.map(|a| a.port()).unwrap_or(0)))
-        }
+        None => default_runtime_dir(listen.map(|a| a.port()).unwrap_or(0)),
     };
 
     let limits = match super::edge::validate_limits(&file.limits) {
@@ -557,12 +606,26 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         admin: AdminConfig {
             listen: admin_listen,
             token,
+            allowed_hosts: file
+                .admin
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            allow_deploy_command: file.admin.allow_deploy_command,
+            max_connections: file.admin.max_connections,
+            max_stream_subscribers: file.admin.max_stream_subscribers,
+            header_timeout: file.admin.header_timeout.0,
+            idle_timeout: file.admin.idle_timeout.0,
+            request_timeout: file.admin.request_timeout.0,
         },
         workers: WorkersConfig {
             count: w.count,
             program,
             args,
             env: w.env.clone(),
+            inherit_env: w.inherit_env.clone(),
+            withheld_env: Default::default(),
             host,
             base_port: w.base_port,
             backoff: BackoffPolicy {
@@ -626,6 +689,37 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         observability,
         file,
     })
+}
+
+/// Largest secret file read (`token_file`, `secret_file`, `key_file`).
+pub const SECRET_FILE_CAP: u64 = 64 * 1024;
+
+/// Reads a secret file the config names. Like OpenSSH with its keys, drover refuses one
+/// that group or other users can read or that another user owns, saying how to fix it;
+/// links are followed (secret mounts are often links) and the target is checked.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    crate::private_fs::read_private_text(path, SECRET_FILE_CAP, crate::private_fs::Links::Follow)
+        .map_err(|e| e.to_string())
+}
+
+/// `runtime_dir` when the file sets none: `$DROVER_RUNTIME_DIR` (the systemd unit points
+/// it at its state directory), else `$XDG_RUNTIME_DIR/drover-<port>` (the per-user 0700
+/// folder of the login session), else `$TMPDIR/drover-<uid>-<port>`. drover creates the
+/// folder with mode 0700 and refuses one that another user owns or can open
+/// (`private_fs::prepare_dir`).
+pub fn default_runtime_dir(port: u16) -> PathBuf {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(dir) = absolute("DROVER_RUNTIME_DIR") {
+        return dir;
+    }
+    if let Some(dir) = absolute("XDG_RUNTIME_DIR") {
+        return dir.join(format!("drover-{port}"));
+    }
+    std::env::temp_dir().join(format!("drover-{}-{port}", crate::private_fs::euid()))
 }
 
 /// Paths in the file are relative to the file's own directory, like nginx's includes.

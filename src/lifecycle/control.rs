@@ -189,10 +189,15 @@ async fn run(
     supervisor.scale_to(initial);
     upstreams::sync(&shared, &cfg);
 
-    let app = admin::router(AdminState {
-        shared: shared.clone(),
-        supervisor: supervisor.clone(),
-    });
+    let admin_state = AdminState::new(shared.clone(), supervisor.clone());
+    // The admin token exists (and its place is logged) before anything can call in.
+    if let Err(e) = admin_state.tokens.effective(cfg.admin.token.as_deref()) {
+        let _ = ready.send(Err(e.to_string()));
+        return;
+    }
+    let admin_metrics = admin_state.metrics.clone();
+    let app = admin::router(admin_state);
+    let admin_shared = shared.clone();
     let mut admin_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let listener = match listener {
@@ -208,15 +213,13 @@ async fn run(
                 }
             },
         };
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        admin::server::serve(listener, app, admin_shared, admin_metrics, async move {
             // An upgrade hands the admin address to the new process at once.
             let _ = admin_shutdown
                 .wait_for(|k| matches!(*k, ShutdownKind::Fast | ShutdownKind::Upgrade))
                 .await;
-        });
-        if let Err(e) = serve.await {
-            log::error!("admin server stopped: {e}");
-        }
+        })
+        .await;
     });
 
     let ticker_shared = shared.clone();

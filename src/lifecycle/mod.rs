@@ -1,7 +1,8 @@
-//! Process lifecycle: the control thread, signals, reload and shutdown.
+//! Process lifecycle: the control thread, signals, reload, shutdown and the pid file.
 
 pub mod control;
 pub mod notify;
+pub mod pidfile;
 pub mod reload;
 pub mod signals;
 pub mod upstreams;

@@ -45,7 +45,8 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
     let panic_changed = old.balancing.panic_threshold != new.balancing.panic_threshold;
     let workers_changed = old.workers.program != new.workers.program
         || old.workers.args != new.workers.args
-        || old.workers.env != new.workers.env;
+        || old.workers.env != new.workers.env
+        || old.workers.inherit_env != new.workers.inherit_env;
     let count = new.workers.count;
     crate::resilience::config::adopt(&mut new, &old);
     shared
@@ -76,6 +77,10 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         );
     }
     crate::balancing::backend::set_latency_decay(new.balancing.latency_decay);
+    shared
+        .observe
+        .custom
+        .set_policy(new.observability.worker_metrics);
     if panic_changed {
         shared
             .pool

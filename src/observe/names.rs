@@ -18,6 +18,9 @@ pub const BREAKER_TRANSITIONS_TOTAL: &str = "drover_circuit_breaker_transitions_
 pub const WORKER_RESTARTS_TOTAL: &str = "drover_worker_restarts_total";
 pub const WORKERS_RUNNING: &str = "drover_workers_running";
 pub const WORKERS_CRASH_LOOPING: &str = "drover_workers_crash_looping";
+pub const WORKER_METRICS_REJECTED_TOTAL: &str = "drover_worker_metrics_rejected_total";
+/// Prefix of metrics workers report (`X-Drover-Metric`); no name above may start with it.
+pub const WORKER_REPORTED_PREFIX: &str = "drover_app_";
 pub const CONFIG_RELOADS_TOTAL: &str = "drover_config_reloads_total";
 pub const CONFIG_VERSION: &str = "drover_config_version";
 pub const BALANCING_PANIC: &str = "drover_balancing_panic_mode";
@@ -52,6 +55,8 @@ pub const RATE_LIMIT_TABLE_BYTES: &str = "drover_rate_limit_table_bytes";
 pub const RETRIES_DENIED_TOTAL: &str = "drover_retries_denied_total";
 pub const RETRY_BACKOFF_SECONDS_TOTAL: &str = "drover_retry_backoff_seconds_total";
 pub const CHAOS_INJECTED_TOTAL: &str = "drover_chaos_injected_total";
+pub const ADMIN_REFUSED_TOTAL: &str = "drover_admin_refused_total";
+pub const ADMIN_CONNECTIONS: &str = "drover_admin_connections";
 // Sliding-window percentiles, resources and alerts (observe::live, observe::alerts).
 pub const REQUEST_DURATION_PERCENTILE_SECONDS: &str = "drover_request_duration_percentile_seconds";
 pub const BACKEND_DURATION_PERCENTILE_SECONDS: &str =

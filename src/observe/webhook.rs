@@ -146,7 +146,7 @@ impl Sender {
                 }
                 log::warn!(
                     "alert webhook {}: attempt {} for {name} failed: {last_err}",
-                    target.url,
+                    crate::redact::url_path(&target.url),
                     attempt + 1
                 );
             }
@@ -156,7 +156,7 @@ impl Sender {
                 results.with_label_values(&["failed"]).inc();
                 log::error!(
                     "alert webhook {}: giving up on {name} after {} attempts: {last_err}",
-                    target.url,
+                    crate::redact::url_path(&target.url),
                     retries + 1
                 );
             }

@@ -18,11 +18,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What identifies a client.
+///
+/// A header key alone (an API key) is only as strong as the header: a client that
+/// sends a new value on every request gets a new bucket every time. When the header is
+/// not verified before drover (or anyone may mint values), use `header:NAME+client_ip`:
+/// each request is then charged to its header's bucket *and* to its client address's
+/// bucket, so rotating the header does not buy more than the address's budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitKey {
     ClientIp,
     /// A request header (an API key); requests without it are keyed by client IP.
     Header(http::HeaderName),
+    /// The header's bucket and the client IP's bucket, both must allow.
+    HeaderAndClientIp(http::HeaderName),
     /// Everyone shares one bucket (a route-wide limit).
     All,
 }
@@ -30,18 +38,54 @@ pub enum LimitKey {
 impl std::str::FromStr for LimitKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let header = |h: &str| {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("`{h}` is not a valid header name"))
+        };
+        let combined = s
+            .strip_suffix("+client_ip")
+            .or_else(|| s.strip_prefix("client_ip+"))
+            .and_then(|rest| rest.strip_prefix("header:"));
         match s {
             "client_ip" => Ok(LimitKey::ClientIp),
             "all" => Ok(LimitKey::All),
-            _ => match s.strip_prefix("header:") {
-                Some(h) => http::HeaderName::from_bytes(h.as_bytes())
-                    .map(LimitKey::Header)
-                    .map_err(|_| format!("`{h}` is not a valid header name")),
-                None => Err(format!(
-                    "`{s}` is not a rate-limit key; accepted: client_ip, header:NAME, all"
+            _ => match (combined, s.strip_prefix("header:")) {
+                (Some(h), _) => header(h).map(LimitKey::HeaderAndClientIp),
+                (None, Some(h)) => header(h).map(LimitKey::Header),
+                (None, None) => Err(format!(
+                    "`{s}` is not a rate-limit key; accepted: client_ip, header:NAME, header:NAME+client_ip, all"
                 )),
             },
         }
+    }
+}
+
+/// The buckets one request is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buckets {
+    pub first: u64,
+    pub second: Option<u64>,
+}
+
+impl LimitKey {
+    /// The bucket keys of a request with `headers` from the client whose address hashes
+    /// to `client_ip` (the address `forwarded.rs` settled on).
+    pub fn buckets(&self, headers: &http::HeaderMap, client_ip: u64) -> Buckets {
+        let header = |name: &http::HeaderName| {
+            headers
+                .get(name)
+                .map(|v| crate::balancing::consistent_hash::fnv1a(v.as_bytes()))
+        };
+        let (first, second) = match self {
+            LimitKey::ClientIp => (client_ip, None),
+            LimitKey::All => (0, None),
+            LimitKey::Header(name) => (header(name).unwrap_or(client_ip), None),
+            LimitKey::HeaderAndClientIp(name) => match header(name) {
+                Some(h) => (h, Some(client_ip)),
+                None => (client_ip, None),
+            },
+        };
+        Buckets { first, second }
     }
 }
 
@@ -123,6 +167,25 @@ impl RateLimiter {
 
     pub fn check(&self, key_hash: u64) -> Decision {
         self.check_at(key_hash, Instant::now())
+    }
+
+    /// Charges every bucket of a request; allowed only if each allows (a bucket charged
+    /// before another one refused keeps the charge: errs on the side of limiting).
+    pub fn check_buckets(&self, b: Buckets) -> Decision {
+        self.check_buckets_at(b, Instant::now())
+    }
+
+    pub fn check_buckets_at(&self, b: Buckets, now: Instant) -> Decision {
+        let first = self.check_at(b.first, now);
+        match (first, b.second) {
+            (Decision::Allow { remaining }, Some(k)) => match self.check_at(k, now) {
+                Decision::Allow { remaining: r } => Decision::Allow {
+                    remaining: remaining.min(r),
+                },
+                deny => deny,
+            },
+            (d, _) => d,
+        }
     }
 
     /// Decides for the client whose key hashes to `key_hash`, at time `now`.
@@ -272,7 +335,36 @@ mod tests {
     }
 
     #[test]
+    fn header_and_client_ip_stops_a_client_rotating_its_header() {
+        let rotating = |key: &str| {
+            let l = RateLimiter::new(RatePolicy {
+                requests_per_second: 1.0,
+                burst: 3,
+                key: key.parse().unwrap(),
+                slots: 1024,
+            });
+            let t0 = l.base + Duration::from_secs(1);
+            (0..10)
+                .filter(|i| {
+                    let mut h = http::HeaderMap::new();
+                    h.insert("x-api-key", format!("key-{i}").parse().unwrap());
+                    let b = l.policy.key.buckets(&h, 42);
+                    matches!(l.check_buckets_at(b, t0), Decision::Allow { .. })
+                })
+                .count()
+        };
+        assert_eq!(rotating("header:x-api-key"), 10, "the documented bypass");
+        assert_eq!(rotating("header:x-api-key+client_ip"), 3);
+        assert_eq!(rotating("client_ip+header:x-api-key"), 3);
+    }
+
+    #[test]
     fn parses_keys() {
+        assert!(matches!(
+            "header:x-api-key+client_ip".parse::<LimitKey>(),
+            Ok(LimitKey::HeaderAndClientIp(_))
+        ));
+        assert!("header:+client_ip".parse::<LimitKey>().is_err());
         assert_eq!("client_ip".parse::<LimitKey>(), Ok(LimitKey::ClientIp));
         assert_eq!("all".parse::<LimitKey>(), Ok(LimitKey::All));
         assert!(matches!(

@@ -1,41 +1,63 @@
 //! Key material when the file configures none: generated once from the OS CSPRNG and
 //! kept in `runtime_dir` (mode 0600) so cookies and the snapshot stay valid across
 //! restarts of a single instance. Shared stores refuse generated keys (see config).
+//!
+//! A key file is read only if it is a regular file owned by drover's user and closed to
+//! group and others (`private_fs`); a planted or loosened file stops the start.
 
+use crate::private_fs::{self, Links, PrivateFsError};
 use rand::RngCore;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A key file holds 64 hex characters and a newline.
+const KEY_FILE_CAP: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{0}")]
+    File(#[from] PrivateFsError),
+    #[error("{path} does not hold a 64-hex-character key; delete it to generate a new one")]
+    Malformed { path: PathBuf },
+}
 
 /// Reads the hex key in `path`, or creates it with 32 random bytes.
-pub fn load_or_create(path: &Path) -> std::io::Result<[u8; 32]> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return crate::config::parse_data_key(&text).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{} does not hold a 64-hex-character key; delete it to generate a new one",
-                path.display()
-            ))
-        });
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+pub fn load_or_create(path: &Path) -> Result<[u8; 32], KeyFileError> {
+    let parse = |text: &str| {
+        crate::config::parse_data_key(text).ok_or_else(|| KeyFileError::Malformed {
+            path: path.to_path_buf(),
+        })
+    };
+    match private_fs::read_private_text(path, KEY_FILE_CAP, Links::Refuse) {
+        Ok(text) => return parse(&text),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
     }
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(hex.as_bytes())?;
-    f.write_all(b"\n")?;
-    log::info!("sessions: generated a new key in {}", path.display());
-    Ok(key)
+    match private_fs::create_private(path, format!("{hex}\n").as_bytes()) {
+        Ok(()) => {
+            log::info!("sessions: generated a new key in {}", path.display());
+            Ok(key)
+        }
+        // Another drover on the same runtime_dir (an upgrade) won the race: use its key.
+        Err(PrivateFsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            parse(&private_fs::read_private_text(
+                path,
+                KEY_FILE_CAP,
+                Links::Refuse,
+            )?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     #[test]
     fn generates_once_then_reads_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -43,12 +65,21 @@ mod tests {
         let a = super::load_or_create(&p).unwrap();
         let b = super::load_or_create(&p).unwrap();
         assert_eq!(a, b);
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
         std::fs::write(&p, "nonsense").unwrap();
         assert!(super::load_or_create(&p).is_err());
+    }
+
+    #[test]
+    fn refuses_a_key_open_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        super::load_or_create(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = super::load_or_create(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("mode 0644"), "{e}");
     }
 }

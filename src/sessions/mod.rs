@@ -289,14 +289,14 @@ impl SessionService {
     ) -> Result<Self, String> {
         let generated_secret = if cfg.secrets.is_empty() {
             let p = runtime_dir.join("session-secret");
-            let k = keys::load_or_create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let k = keys::load_or_create(&p).map_err(|e| e.to_string())?;
             Some(k.to_vec())
         } else {
             None
         };
         let generated_data_key = if cfg.encrypt && cfg.data_keys.is_empty() {
             let p = runtime_dir.join("session-data-key");
-            Some(keys::load_or_create(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+            Some(keys::load_or_create(&p).map_err(|e| e.to_string())?)
         } else {
             None
         };

@@ -9,6 +9,7 @@
 pub mod autoscale;
 pub mod backoff;
 pub mod deploy;
+pub mod env;
 pub mod spawn;
 
 use crate::balancing::{Backend, BackendState};
@@ -282,6 +283,8 @@ async fn run_slot(
                 program: &image.program,
                 args: &image.args,
                 env: &image.env,
+                inherit: &cfg.workers.inherit_env,
+                withheld: &cfg.workers.withheld_env,
                 worker_id: id,
                 host: cfg.workers.host,
                 port,

@@ -7,13 +7,16 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub struct WorkerSpec<'a> {
     pub program: &'a Path,
     pub args: &'a [String],
     pub env: &'a std::collections::BTreeMap<String, String>,
+    /// `workers.inherit_env` and the variables the config consumed (`supervisor/env.rs`).
+    pub inherit: &'a [String],
+    pub withheld: &'a std::collections::BTreeSet<String>,
     pub worker_id: usize,
     pub host: std::net::IpAddr,
     pub port: u16,
@@ -22,7 +25,14 @@ pub struct WorkerSpec<'a> {
 pub fn spawn_worker(spec: &WorkerSpec<'_>) -> std::io::Result<Child> {
     let parent = std::process::id();
     let mut cmd = Command::new(spec.program);
+    // A cleared environment: drover's own variables (tokens, secrets) stay with drover.
     cmd.args(spec.args)
+        .env_clear()
+        .envs(super::env::inherited(
+            std::env::vars_os(),
+            spec.inherit,
+            spec.withheld,
+        ))
         .envs(spec.env)
         .env("WORKER_ID", spec.worker_id.to_string())
         .env("PORT", spec.port.to_string())
@@ -61,13 +71,53 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> std::io::Result<Child> {
     Ok(child)
 }
 
+/// Longest line copied as one record; longer output is cut into records of this size.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
 /// Copies a worker's output into drover's log, one record per line, tagged with the
-/// worker, so operators read one log rather than N.
+/// worker, so operators read one log rather than N. Control characters and bytes that
+/// are not UTF-8 are escaped ([`escape_line`]), so a worker cannot forge log records,
+/// rewrite the operator's terminal or hide text with bidirectional overrides.
 async fn forward_lines<R: tokio::io::AsyncRead + Unpin>(r: R, tag: String, level: log::Level) {
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log::log!(target: "worker", level, "{tag}: {line}");
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        log::log!(target: "worker", level, "{tag}: {}", escape_line(line));
     }
+}
+
+/// `line` with control characters (C0 but tab, DEL, C1), Unicode bidirectional
+/// controls and invalid UTF-8 written as `\xNN` / `\u{NNNN}` escapes.
+pub fn escape_line(line: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(line.len());
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c == '\t' || !(c.is_control() || bidi) {
+                out.push(c);
+            } else if (c as u32) < 0x100 {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            } else {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 /// Asks the OS for a free port on `host`. The port is released before the worker binds
@@ -75,4 +125,22 @@ async fn forward_lines<R: tokio::io::AsyncRead + Unpin>(r: R, tag: String, level
 pub fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind((host, 0))?;
     Ok(l.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_line;
+
+    #[test]
+    fn escapes_control_characters_bidi_and_invalid_utf8() {
+        assert_eq!(
+            escape_line(b"\x1b[2Jred\rERROR forged\ttab"),
+            "\\x1b[2Jred\\x0dERROR forged\ttab"
+        );
+        assert_eq!(
+            escape_line("a\u{202e}b\u{85}c é".as_bytes()),
+            "a\\u{202e}b\\x85c é"
+        );
+        assert_eq!(escape_line(b"ok \xff\xfe end"), "ok \\xff\\xfe end");
+    }
 }

@@ -67,6 +67,25 @@ pub struct Drover {
     pub log_path: PathBuf,
     pub token: Option<String>,
     pub agent: ureq::Agent,
+    /// Extra environment drover is started with.
+    pub env: Vec<(String, String)>,
+}
+
+/// Everything a test may set when starting drover ([`Drover::start_opts`]).
+#[derive(Default)]
+pub struct Options<'a> {
+    pub workers: usize,
+    /// Indented YAML added under `workers:`.
+    pub worker_keys: &'a str,
+    /// Indented YAML added under `admin:`.
+    pub admin_keys: &'a str,
+    /// The worker command instead of `upstream-worker`.
+    pub command: Option<Vec<String>>,
+    /// Top-level YAML appended to the file.
+    pub extra: &'a str,
+    pub token: Option<&'a str>,
+    /// Extra environment for drover.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Reply {
@@ -163,32 +182,55 @@ impl Drover {
         extra: &str,
         token: Option<&str>,
     ) -> Drover {
+        Self::start_opts(Options {
+            workers,
+            worker_keys,
+            extra,
+            token,
+            ..Options::default()
+        })
+    }
+
+    /// Starts drover with every setting of `o` and waits until it is ready.
+    pub fn start_opts(o: Options<'_>) -> Drover {
+        let mut d = Self::prepare(&o);
+        d.spawn();
+        d.wait_ready(o.workers);
+        d
+    }
+
+    /// Writes the config of `o` without starting drover.
+    pub fn prepare(o: &Options<'_>) -> Drover {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = base_yaml(port, admin_port, dir.path());
-        if let Some(t) = token {
-            yaml = yaml.replace("admin:\n", &format!("admin:\n  token: {t}\n"));
+        let mut admin = String::from("admin:\n");
+        if let Some(t) = o.token {
+            admin.push_str(&format!("  token: {t}\n"));
         }
-        yaml.push_str(&workers_yaml(workers, worker_keys));
-        yaml.push_str(extra);
-        yaml.push_str(sessions_default(extra));
+        admin.push_str(o.admin_keys);
+        yaml = yaml.replace("admin:\n", &admin);
+        match &o.command {
+            Some(cmd) => yaml.push_str(&workers_yaml_with(o.workers, cmd, o.worker_keys)),
+            None => yaml.push_str(&workers_yaml(o.workers, o.worker_keys)),
+        }
+        yaml.push_str(o.extra);
+        yaml.push_str(sessions_default(o.extra));
         let yaml = with_carrier(yaml);
         let config_path = dir.path().join("drover.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let mut d = Drover {
+        Drover {
             child: None,
             port,
             admin_port,
             log_path: dir.path().join("drover.log"),
             config_path,
             dir,
-            token: token.map(String::from),
+            token: o.token.map(String::from),
             agent: agent(),
-        };
-        d.spawn();
-        d.wait_ready(workers);
-        d
+            env: o.env.clone(),
+        }
     }
 
     /// Starts drover on a whole config of the test's own: `yaml(port, admin_port, dir)`
@@ -209,6 +251,7 @@ impl Drover {
             dir,
             token: None,
             agent: agent(),
+            env: Vec::new(),
         };
         d.spawn();
         d.wait_ready(workers);
@@ -225,6 +268,7 @@ impl Drover {
             .arg("-c")
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -273,12 +317,29 @@ impl Drover {
         self.wait_ready(workers);
     }
 
-    pub fn admin_get(&self, path: &str) -> Reply {
-        request(&self.agent, "GET", &self.admin_url(path), &[], None).expect("admin reachable")
+    /// The token admin calls carry: the configured one, else the one drover generated
+    /// into `runtime_dir/admin-token` at first start.
+    pub fn admin_token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::fs::read_to_string(self.dir.path().join("run/admin-token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        })
     }
 
-    pub fn admin_post(&self, path: &str, body: &str) -> Reply {
+    /// GET on the admin plane; with a configured token (reads then need it) it is sent.
+    pub fn admin_get(&self, path: &str) -> Reply {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        request(&self.agent, "GET", &self.admin_url(path), &headers, None).expect("admin reachable")
+    }
+
+    /// POST on the admin plane with the token (configured or generated) and a JSON body.
+    pub fn admin_post(&self, path: &str, body: &str) -> Reply {
+        let auth = self.admin_token().map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = &auth {
             headers.push(("authorization", a.as_str()));
@@ -467,9 +528,22 @@ impl Drop for RedisServer {
 }
 
 pub fn workers_yaml(count: usize, extra_worker_keys: &str) -> String {
+    workers_yaml_with(
+        count,
+        &[worker_bin().display().to_string()],
+        extra_worker_keys,
+    )
+}
+
+/// `workers:` running `command` (each word quoted as a YAML string).
+pub fn workers_yaml_with(count: usize, command: &[String], extra_worker_keys: &str) -> String {
+    let words: Vec<String> = command
+        .iter()
+        .map(|w| serde_json::to_string(w).unwrap())
+        .collect();
     format!(
-        "workers:\n  count: {count}\n  command: [\"{}\"]\n  restart_backoff:\n    initial: 50ms\n    max: 1s\n  stop_timeout: 3s\n{extra_worker_keys}",
-        worker_bin().display()
+        "workers:\n  count: {count}\n  command: [{}]\n  restart_backoff:\n    initial: 50ms\n    max: 1s\n  stop_timeout: 3s\n{extra_worker_keys}",
+        words.join(", ")
     )
 }
 

@@ -7,11 +7,10 @@
 //! retry; the route breaker's outcome in `logging`.
 
 use super::{Exchange, LocalResponse, Pipeline, Target};
-use crate::balancing::consistent_hash::fnv1a;
 use crate::resilience::breaker::{Breaker, Permit};
 use crate::resilience::chaos::FaultKind;
 use crate::resilience::classify::Outcome;
-use crate::resilience::rate_limit::{Decision, LimitKey, RateLimiter};
+use crate::resilience::rate_limit::{Decision, RateLimiter};
 use crate::resilience::routes::{request_host, BulkheadSlot, Fallback, Route, RouteLimit};
 use bytes::Bytes;
 use pingora_core::prelude::*;
@@ -47,20 +46,6 @@ pub struct ResCtx {
 impl ResCtx {
     pub fn route_name(&self) -> Option<&str> {
         self.route.as_deref().map(|r| &*r.name)
-    }
-}
-
-/// `client` is the address `forwarded.rs` settled on (the peer unless a trusted proxy
-/// reported another), so a client cannot dodge its limit with a forged header.
-fn limit_key(req: &RequestHeader, client: Option<std::net::IpAddr>, key: &LimitKey) -> u64 {
-    let ip = || super::ip_hash(client);
-    match key {
-        LimitKey::ClientIp => ip(),
-        LimitKey::Header(name) => match req.headers.get(name) {
-            Some(v) => fnv1a(v.as_bytes()),
-            None => ip(),
-        },
-        LimitKey::All => 0,
     }
 }
 
@@ -134,9 +119,13 @@ impl Pipeline {
             _ => (res.rate_limit.as_ref(), "global"),
         };
         if let Some(l) = limiter {
-            if let Decision::Deny { retry_after, reset } =
-                l.check(limit_key(req, ex.client_ip, &l.policy.key))
-            {
+            // The client address is the one `forwarded.rs` settled on (the peer unless a
+            // trusted proxy reported another): a forged header cannot dodge the limit.
+            let buckets = l
+                .policy
+                .key
+                .buckets(&req.headers, super::ip_hash(ex.client_ip));
+            if let Decision::Deny { retry_after, reset } = l.check_buckets(buckets) {
                 m.rate_limited.with_label_values(&[scope]).inc();
                 return too_many(l, retry_after, reset).map(Some);
             }

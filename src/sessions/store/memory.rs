@@ -12,7 +12,7 @@ use crate::sessions::record::Record;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ const SHARDS: usize = 64;
 /// Entries examined when a full shard must evict one.
 const EVICTION_SAMPLE: usize = 8;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DRVSESS1";
+/// Largest snapshot file loaded; a larger one is refused (and left in place).
+pub const SNAPSHOT_MAX_BYTES: u64 = 1 << 30;
 
 /// Ids are 128 random bits drover generated (and signed), so their first bytes are
 /// already a uniform hash; SipHash would only add cost.
@@ -387,20 +389,11 @@ impl MemoryStore {
         }
     }
 
-    /// Writes every live record to `path` atomically (temp file + rename, mode 0600).
+    /// Writes every live record to `path` atomically (a private temporary file, mode
+    /// 0600, created exclusively without following links, then renamed: `private_fs`).
     pub fn save_snapshot(&self, path: &Path, now: u64) -> std::io::Result<usize> {
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
+        let mut out = crate::private_fs::AtomicFile::create(path).map_err(std::io::Error::other)?;
+        let mut w = std::io::BufWriter::new(out.file());
         w.write_all(SNAPSHOT_MAGIC)?;
         let mut n = 0;
         for shard in self.shards.iter() {
@@ -415,13 +408,12 @@ impl MemoryStore {
             }
         }
         w.flush()?;
-        w.get_ref().sync_all()?;
         drop(w);
-        std::fs::rename(&tmp, path)?;
+        out.commit().map_err(std::io::Error::other)?;
         Ok(n)
     }
 
-    /// Loads a snapshot, skipping expired records; a damaged file is an error and the
+    /// Loads a snapshot (at most [`SNAPSHOT_MAX_BYTES`]), skipping expired records; a damaged file is an error and the
     /// caller starts empty. The file is removed after loading so an old snapshot is
     /// never loaded twice (e.g. after a crash).
     pub fn load_snapshot(&self, path: &Path, now: u64) -> std::io::Result<usize> {
@@ -435,8 +427,14 @@ impl MemoryStore {
     }
 
     fn load_snapshot_into(&self, path: &Path, now: u64, merge: bool) -> std::io::Result<usize> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+        // Only a regular file of ours, closed to others, of bounded size (a FIFO or a
+        // planted file is refused without blocking the start).
+        let bytes = crate::private_fs::read_private(
+            path,
+            SNAPSHOT_MAX_BYTES,
+            crate::private_fs::Links::Refuse,
+        )
+        .map_err(std::io::Error::other)?;
         let bad = || std::io::Error::other(format!("{} is not a session snapshot", path.display()));
         if bytes.len() < 8 || &bytes[..8] != SNAPSHOT_MAGIC {
             return Err(bad());
