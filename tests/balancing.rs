@@ -375,3 +375,128 @@ fn remote_upstreams_are_balanced_and_resynced_on_reload() {
     }
     assert!(both, "second upstream not added on reload: {}", d.log());
 }
+
+/// Requests answered per worker, from the client's side, and the counters drover
+/// exports for the same backends must agree exactly (no retries happen here).
+#[test]
+fn per_backend_counters_match_the_split_clients_saw_for_every_strategy() {
+    let d = Drover::start(3, "  weights: [3, 2, 1]\n");
+    let names = [
+        "round_robin",
+        "random",
+        "least_connections",
+        "weighted_round_robin",
+        "latency",
+        "consistent_hash",
+        "predictive",
+    ];
+    let requests = |text: &str, w: usize| {
+        metric_value(
+            text,
+            &format!("drover_backend_requests_total{{backend=\"worker-{w}\"}}"),
+        )
+    };
+    let selections = |text: &str, w: usize, s: &str| {
+        metric_value(
+            text,
+            &format!("drover_backend_selections_total{{backend=\"worker-{w}\",strategy=\"{s}\"}}"),
+        )
+    };
+    for s in names {
+        let r = d.admin_post("/api/strategy", &format!("{{\"strategy\":\"{s}\"}}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let before = d.metrics();
+        let seen = spread(&d, "/", 300, 3);
+        let after = d.metrics();
+        assert_eq!(seen.values().sum::<usize>(), 300);
+        for w in 0..3 {
+            let client = *seen.get(&w).unwrap_or(&0) as f64;
+            assert_eq!(
+                requests(&after, w) - requests(&before, w),
+                client,
+                "{s}: worker-{w} requests counter vs client split {seen:?}"
+            );
+            assert_eq!(
+                selections(&after, w, s) - selections(&before, w, s),
+                client,
+                "{s}: worker-{w} selections counter vs client split {seen:?}"
+            );
+        }
+        println!("{s}: client split {seen:?}");
+    }
+}
+
+/// One latency sample per request of a closed-loop client with random think time.
+fn mixed_load(d: &Drover, clients: usize, run: Duration) -> Vec<f64> {
+    let hs: Vec<_> = (0..clients)
+        .map(|_| {
+            let fast = d.url("/work/fast?ms=2");
+            let slow = d.url("/work/slow?ms=20");
+            std::thread::spawn(move || {
+                let a = agent();
+                let mut out = Vec::new();
+                let end = Instant::now() + run;
+                while Instant::now() < end {
+                    let url = if rand::random::<f64>() < 0.15 {
+                        &slow
+                    } else {
+                        &fast
+                    };
+                    let t = Instant::now();
+                    let r = request(&a, "GET", url, &[], None).expect("request");
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    out.push(t.elapsed().as_secs_f64());
+                    // Exponential think time, mean 15 ms.
+                    let think = -0.015 * (1.0 - rand::random::<f64>()).ln();
+                    std::thread::sleep(Duration::from_secs_f64(think.min(0.2)));
+                }
+                out
+            })
+        })
+        .collect();
+    hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+}
+
+fn p99(samples: &mut [f64]) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[((samples.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)]
+}
+
+/// Three workers, one three times slower (`SPEED_FACTORS`), each doing one unit of work
+/// at a time (`/work`); 85% cheap (2 ms) and 15% expensive (20 ms) requests. The
+/// strategies take turns twice so machine noise hits each alike; the predictive one
+/// must have the lowest p99 (figures in docs/MODELS.md).
+#[test]
+fn predictive_beats_least_connections_and_peak_ewma_on_p99() {
+    let d = Drover::start_full(
+        3,
+        "  env:\n    SPEED_FACTORS: \"1,1,3\"\n",
+        "balancing:\n  strategy: least_connections\n",
+        None,
+    );
+    let strategies = ["least_connections", "latency", "predictive"];
+    let mut samples: HashMap<&str, Vec<f64>> = HashMap::new();
+    for _round in 0..2 {
+        for s in strategies {
+            let r = d.admin_post("/api/strategy", &format!("{{\"strategy\":\"{s}\"}}"));
+            assert_eq!(r.status, 200, "{}", r.body);
+            // Let the strategy settle (and learn) before measuring.
+            mixed_load(&d, 8, Duration::from_millis(1500));
+            samples
+                .entry(s)
+                .or_default()
+                .extend(mixed_load(&d, 8, Duration::from_secs(4)));
+        }
+    }
+    let mut p: HashMap<&str, f64> = HashMap::new();
+    for s in strategies {
+        let v = samples.get_mut(s).unwrap();
+        assert!(v.len() > 500, "{s}: only {} requests", v.len());
+        p.insert(s, p99(v) * 1000.0);
+        println!("{s}: {} requests, p99 {:.1} ms", v.len(), p[s]);
+    }
+    assert!(
+        p["predictive"] < p["least_connections"] && p["predictive"] < p["latency"],
+        "p99 ms: {p:?}"
+    );
+}

@@ -69,7 +69,7 @@ pub fn set_latency_decay(d: Duration) {
     EWMA_DECAY_NANOS.store(d.as_nanos().max(1) as u64, Ordering::Relaxed);
 }
 
-fn decay_nanos() -> f64 {
+pub(crate) fn decay_nanos() -> f64 {
     EWMA_DECAY_NANOS.load(Ordering::Relaxed) as f64
 }
 /// Latency charged for a failed request so errors look slow to the latency strategy.
@@ -98,7 +98,18 @@ pub struct Backend {
     /// blue-green deploy, the successor in a rolling restart).
     standby: std::sync::atomic::AtomicBool,
     /// Selections made by each strategy (index = position in `StrategyKind::ALL`).
-    selections: [AtomicU64; 6],
+    selections: [AtomicU64; super::StrategyKind::COUNT],
+    /// Work queued here by the predictive strategy: the sum of the expected costs of
+    /// its requests in flight (`balancing::predictive`), in work units.
+    queued_work: AtomicU64,
+    /// Predictive strategy: learned time per unit of work (f64 bits) and when it was
+    /// last updated (`now_nanos`).
+    speed_bits: AtomicU64,
+    speed_stamp: AtomicU64,
+    /// Time with at least one request in flight, summed (ns), and since when the
+    /// current busy period runs (0 = idle): the utilisation capacity planning reads.
+    busy_nanos: AtomicU64,
+    busy_since: AtomicU64,
     /// Wakes requests queued for a free backend when this one releases a slot.
     queue: std::sync::OnceLock<Arc<super::queue::QueueSignal>>,
     pub breaker: Breaker,
@@ -166,6 +177,11 @@ impl Backend {
             healthy_since: AtomicU64::new(0),
             standby: std::sync::atomic::AtomicBool::new(false),
             selections: Default::default(),
+            queued_work: AtomicU64::new(0),
+            speed_bits: AtomicU64::new(1f64.to_bits()),
+            speed_stamp: AtomicU64::new(0),
+            busy_nanos: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
             queue: std::sync::OnceLock::new(),
             breaker,
             started: Instant::now(),
@@ -280,11 +296,63 @@ impl Backend {
     /// Marks a request as sent to this backend. The guard decrements exactly once when
     /// dropped, however the request ends (success, error, client abort, retry elsewhere).
     pub fn begin(self: &Arc<Self>, permit: Permit) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.begin_charged(permit, None)
+    }
+
+    /// [`Backend::begin`] for a request the predictive strategy placed: `charge`'s work
+    /// is added to this backend's queued work until the guard is dropped.
+    pub fn begin_charged(
+        self: &Arc<Self>,
+        permit: Permit,
+        charge: Option<super::predictive::Charge>,
+    ) -> InflightGuard {
+        if self.inflight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.busy_since.store(now_nanos(), Ordering::Relaxed);
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let charge = charge.map(|mut c| {
+            c.queued_before = self.queued_work.fetch_add(c.work, Ordering::Relaxed);
+            c
+        });
         InflightGuard {
             backend: Arc::clone(self),
             permit,
+            charge,
+        }
+    }
+
+    /// Work queued by the predictive strategy (work units).
+    pub fn queued_work(&self) -> u64 {
+        self.queued_work.load(Ordering::Relaxed)
+    }
+
+    /// Learned time per unit of work (predictive strategy; 1.0 until learned).
+    pub fn speed(&self) -> f64 {
+        f64::from_bits(self.speed_bits.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn speed_stamp(&self) -> u64 {
+        self.speed_stamp.load(Ordering::Relaxed)
+    }
+
+    /// Feeds one speed observation into its EWMA (racing updates may lose one sample).
+    pub(super) fn observe_speed(&self, sample: f64, alpha: f64) {
+        let prev = self.speed();
+        self.speed_bits.store(
+            (prev + alpha * (sample - prev)).to_bits(),
+            Ordering::Relaxed,
+        );
+        self.speed_stamp.store(now_nanos(), Ordering::Relaxed);
+    }
+
+    /// Total time this backend had at least one request in flight, up to `now`.
+    pub fn busy_nanos(&self, now: u64) -> u64 {
+        let done = self.busy_nanos.load(Ordering::Relaxed);
+        let since = self.busy_since.load(Ordering::Relaxed);
+        if self.inflight() > 0 && since > 0 {
+            done + now.saturating_sub(since)
+        } else {
+            done
         }
     }
 
@@ -328,6 +396,8 @@ impl Backend {
 pub struct InflightGuard {
     backend: Arc<Backend>,
     permit: Permit,
+    /// Set when the predictive strategy placed the request.
+    charge: Option<super::predictive::Charge>,
 }
 
 impl InflightGuard {
@@ -346,13 +416,28 @@ impl InflightGuard {
         } else {
             b.observe_latency(latency);
         }
+        if let Some(c) = self.charge {
+            super::predictive::learn(b, c, latency.as_nanos() as f64, failure);
+        }
         !failure
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = self.charge {
+            self.backend
+                .queued_work
+                .fetch_sub(c.work, Ordering::Relaxed);
+        }
+        if self.backend.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let since = self.backend.busy_since.swap(0, Ordering::Relaxed);
+            if since > 0 {
+                self.backend
+                    .busy_nanos
+                    .fetch_add(now_nanos().saturating_sub(since), Ordering::Relaxed);
+            }
+        }
         self.backend.breaker.release(&mut self.permit);
         if let Some(q) = self.backend.queue.get() {
             q.slot_released();

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod consistent_hash;
 pub mod latency;
 pub mod least_connections;
+pub mod predictive;
 pub mod queue;
 pub mod random;
 pub mod round_robin;
@@ -33,16 +34,20 @@ pub enum StrategyKind {
     WeightedRoundRobin,
     Latency,
     ConsistentHash,
+    Predictive,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 6] = [
+    /// How many strategies there are (sizes per-strategy counters).
+    pub const COUNT: usize = 7;
+    pub const ALL: [StrategyKind; Self::COUNT] = [
         StrategyKind::RoundRobin,
         StrategyKind::Random,
         StrategyKind::LeastConnections,
         StrategyKind::WeightedRoundRobin,
         StrategyKind::Latency,
         StrategyKind::ConsistentHash,
+        StrategyKind::Predictive,
     ];
 
     /// Position in [`StrategyKind::ALL`], for per-strategy counters.
@@ -58,6 +63,7 @@ impl StrategyKind {
             StrategyKind::WeightedRoundRobin => "weighted_round_robin",
             StrategyKind::Latency => "latency",
             StrategyKind::ConsistentHash => "consistent_hash",
+            StrategyKind::Predictive => "predictive",
         }
     }
 }
@@ -88,6 +94,7 @@ enum Algorithm {
     WeightedRoundRobin(weighted_round_robin::SmoothWeighted),
     Latency,
     ConsistentHash(consistent_hash::Ring),
+    Predictive,
 }
 
 /// An immutable snapshot: the eligible backends and the algorithm over them.
@@ -119,6 +126,7 @@ impl Selector {
             StrategyKind::ConsistentHash => {
                 Algorithm::ConsistentHash(consistent_hash::Ring::new(&backends))
             }
+            StrategyKind::Predictive => Algorithm::Predictive,
         };
         Selector {
             kind,
@@ -140,6 +148,11 @@ impl Selector {
         matches!(self.algorithm, Algorithm::ConsistentHash(_))
     }
 
+    /// Whether `select` wants the request's class key (`predictive::class_key`) as its key.
+    pub fn needs_class(&self) -> bool {
+        matches!(self.algorithm, Algorithm::Predictive)
+    }
+
     fn preferred(&self, cursor: &AtomicUsize, key: u64) -> usize {
         let bs = &self.backends;
         match &self.algorithm {
@@ -149,6 +162,7 @@ impl Selector {
             Algorithm::WeightedRoundRobin(s) => s.pick(bs),
             Algorithm::Latency => latency::pick(bs),
             Algorithm::ConsistentHash(ring) => ring.pick(key),
+            Algorithm::Predictive => predictive::pick(cursor, bs, key),
         }
     }
 
@@ -380,7 +394,15 @@ impl Pool {
             return Err(SelectError::NoBackend);
         }
         let first = sel.preferred(&self.cursor, key);
-        Self::select_from(&sel, first, tried, limits)
+        let charge = sel.needs_class().then(|| {
+            let class = predictive::Class::of_key(key);
+            predictive::Charge {
+                class,
+                work: class.cost() as u64,
+                queued_before: 0,
+            }
+        });
+        Self::select_from(&sel, first, tried, limits, charge)
     }
 
     /// Selection for a sticky session: its pinned backend (by name) while that one is
@@ -408,7 +430,7 @@ impl Pool {
                     let in_rotation = sel.panic || b.in_rotation();
                     if !in_rotation || tried.contains(&b.id) {
                         repin = true;
-                    } else if let Ok(g) = Self::select_from(&sel, i, tried, limits) {
+                    } else if let Ok(g) = Self::select_from(&sel, i, tried, limits, None) {
                         let detour = g.backend().id != b.id;
                         return Ok((g, detour && !b.breaker.admits_traffic()));
                     }
@@ -417,7 +439,7 @@ impl Pool {
             }
         }
         let first = sel.affinity_ring().pick(key);
-        Self::select_from(&sel, first, tried, limits).map(|g| (g, repin || pinned.is_none()))
+        Self::select_from(&sel, first, tried, limits, None).map(|g| (g, repin || pinned.is_none()))
     }
 
     fn select_from(
@@ -425,6 +447,7 @@ impl Pool {
         first: usize,
         tried: &[u64],
         limits: SelectLimits,
+        charge: Option<predictive::Charge>,
     ) -> Result<InflightGuard, SelectError> {
         let n = sel.backends.len();
         let slow_start = !limits.slow_start.is_zero();
@@ -452,14 +475,14 @@ impl Pool {
             }
             if let Some(permit) = Self::permit(sel, b) {
                 b.count_selection(sel.kind.index());
-                return Ok(b.begin(permit));
+                return Ok(b.begin_charged(permit, charge));
             }
         }
         // Slow start only shapes the share; it never turns a request away.
         if let Some(b) = throttled {
             if let Some(permit) = Self::permit(sel, b) {
                 b.count_selection(sel.kind.index());
-                return Ok(b.begin(permit));
+                return Ok(b.begin_charged(permit, charge));
             }
         }
         Err(if busy {

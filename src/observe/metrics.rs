@@ -66,7 +66,7 @@ pub struct BackendHandles {
     pub requests: IntCounter,
     pub failures: IntCounter,
     pub duration: Histogram,
-    pub selections: [IntCounter; 6],
+    pub selections: [IntCounter; StrategyKind::COUNT],
     pub latency: std::sync::Arc<super::latency::Recorder>,
 }
 

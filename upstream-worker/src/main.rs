@@ -13,6 +13,10 @@
 //!   sleeps the number of milliseconds written in it (latency chaos for tests).
 //! - `FAIL_FILE`: while this file exists, every request but `/health` answers 500
 //!   (a worker that is up and healthy-looking but failing: breaker tests).
+//! - `FAIL_SHARE_FILE`: while this file exists, the share written in it (0..1) of
+//!   requests but `/health` answer 500 at random (a noisy worker).
+//! - `SPEED_FACTORS`: comma list; worker `WORKER_ID % len` multiplies `/work` times by
+//!   its entry (workers of different speed).
 //! - `{id}` in any of these paths is replaced by `WORKER_ID`.
 //! - `DROVER_PARENT_PID`: exit when the parent changes (orphan backstop).
 //! - `WORKER_VERSION`: echoed in `X-Worker-Version` on every response.
@@ -41,6 +45,11 @@
 //! - `GET|POST /session/destroy` → like `/session`, with
 //!   `X-Drover-Session-Control: destroy` (a logout)
 //! - `GET /metrics-report?name=N&value=V` → 200 with `X-Drover-Metric: N=V`
+//! - `GET /metrics-push?line=L` → sends L (StatsD lines) as a datagram to
+//!   `DROVER_METRICS_SOCKET` (drover's worker metrics socket)
+//! - `GET /work[/…]?ms=N` → holds the worker's single "core" (a mutex) for N ms ×
+//!   its speed factor: requests queue inside the worker, no CPU is burnt
+//! - `GET /alloc?mb=N` → keeps N more MiB resident (`mb=0` frees all; ≤ 1 GiB)
 //! - anything else → 404
 //!
 //! Bad or missing numeric parameters get a 400 with a short text body.

@@ -105,6 +105,13 @@ async fn route(w: &'static Worker, req: Request<Incoming>) -> Resp {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
+    if path != "/health" && fails_by_share(w.id) {
+        drain(body).await;
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from_static(b"failing (FAIL_SHARE_FILE)\n"),
+        );
+    }
     if path != "/health" && w.fail_file.as_ref().is_some_and(|f| f.exists()) {
         drain(body).await;
         return text(
@@ -141,6 +148,9 @@ async fn route(w: &'static Worker, req: Request<Incoming>) -> Resp {
             session_control(w, query, &parts.headers, "destroy")
         }
         "/metrics-report" if get => metrics_report(query),
+        "/metrics-push" if get => metrics_push(query),
+        "/alloc" if get => alloc(query),
+        p if get && (p == "/work" || p.starts_with("/work/")) => work(w, query).await,
         _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     }
 }
@@ -426,6 +436,117 @@ fn metrics_report(query: Option<&str>) -> Resp {
             resp
         }
         Err(_) => bad_request("metric not representable as a header\n".into()),
+    }
+}
+
+/// This worker's slowness factor: entry `WORKER_ID % len` of `SPEED_FACTORS` (a comma
+/// list such as `1,1,3`; default 1).
+fn speed_factor(id: u64) -> f64 {
+    static FACTOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *FACTOR.get_or_init(|| {
+        let list: Vec<f64> = std::env::var("SPEED_FACTORS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .filter(|v: &f64| v.is_finite() && *v > 0.0)
+            .collect();
+        if list.is_empty() {
+            1.0
+        } else {
+            list[(id as usize) % list.len()]
+        }
+    })
+}
+
+/// `/work[/anything]?ms=N`: a worker that does one unit of work at a time (a CPU-bound
+/// single thread) without burning CPU: requests queue inside the worker for its one
+/// "core", then hold it N ms × the worker's speed factor.
+async fn work(w: &Worker, query: Option<&str>) -> Resp {
+    static CORE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let ms = match required_num(query, "ms", 0, MAX_MS) {
+        Ok(ms) => ms,
+        Err(msg) => return bad_request(msg),
+    };
+    let held = Duration::from_secs_f64(ms as f64 / 1000.0 * speed_factor(w.id));
+    let _core = CORE.lock().await;
+    tokio::time::sleep(held).await;
+    text(
+        StatusCode::OK,
+        Bytes::from(format!("worked {} ms\n", held.as_millis())),
+    )
+}
+
+/// `FAIL_SHARE_FILE` (`{id}` replaced): while it exists, that share (0..1, written in
+/// it) of requests fail with 500, at random: a noisy worker.
+fn fails_by_share(id: u64) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let Some(path) = PATH.get_or_init(|| {
+        std::env::var("FAIL_SHARE_FILE")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|f| PathBuf::from(f.replace("{id}", &id.to_string())))
+    }) else {
+        return false;
+    };
+    let Some(share) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    else {
+        return false;
+    };
+    // xorshift64*: good enough to draw failures, no dependency.
+    let mut x = SEED.load(Ordering::Relaxed) ^ (std::process::id() as u64) << 17;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    SEED.store(x, Ordering::Relaxed);
+    let r = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+    r < share
+}
+
+/// `/alloc?mb=N`: holds N more MiB (touched, so resident) until `/alloc?mb=0`; at most
+/// 1 GiB in all. For memory alerts.
+fn alloc(query: Option<&str>) -> Resp {
+    static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let mb = match required_num(query, "mb", 0, 1024) {
+        Ok(mb) => mb as usize,
+        Err(msg) => return bad_request(msg),
+    };
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if mb == 0 {
+        held.clear();
+        held.shrink_to_fit();
+    } else if held.iter().map(Vec::len).sum::<usize>() + (mb << 20) <= 1 << 30 {
+        held.push(vec![1u8; mb << 20]);
+    } else {
+        return bad_request("more than 1 GiB\n".into());
+    }
+    let total: usize = held.iter().map(Vec::len).sum();
+    text(
+        StatusCode::OK,
+        Bytes::from(format!("holding {} MiB\n", total >> 20)),
+    )
+}
+
+/// `/metrics-push?line=L`: sends L (StatsD lines) as one datagram to drover's metrics
+/// socket (`DROVER_METRICS_SOCKET`), the push path that needs no response.
+fn metrics_push(query: Option<&str>) -> Resp {
+    let Some(line) = query_param(query, "line") else {
+        return bad_request("need line\n".into());
+    };
+    let Ok(path) = std::env::var("DROVER_METRICS_SOCKET") else {
+        return bad_request("DROVER_METRICS_SOCKET not set\n".into());
+    };
+    let sent =
+        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(line.as_bytes(), &path));
+    match sent {
+        Ok(n) => text(StatusCode::OK, Bytes::from(format!("sent {n} bytes\n"))),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(format!("send failed: {e}\n")),
+        ),
     }
 }
 

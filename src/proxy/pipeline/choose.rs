@@ -82,10 +82,18 @@ impl Pipeline {
             return Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend);
         }
         let cfg = self.shared.config.load();
-        let key = if self.shared.pool.selector().needs_key() {
-            hash_key(req, ex, &cfg.balancing.hash_key)
-        } else {
-            0
+        let key = {
+            let sel = self.shared.pool.selector();
+            if sel.needs_key() {
+                hash_key(req, ex, &cfg.balancing.hash_key)
+            } else if sel.needs_class() {
+                crate::balancing::predictive::class_key(
+                    req.method.as_str().as_bytes(),
+                    req.uri.path().as_bytes(),
+                )
+            } else {
+                0
+            }
         };
         // Release the previous attempt's slot before taking a new one.
         ex.guard = None;
