@@ -725,3 +725,92 @@ fn a_backend_that_refuses_connections_leaves_rotation_at_once() {
     );
     assert!(d.metric("drover_health_checks_total{result=\"refused\"}") >= 1.0);
 }
+
+/// Sends GET / from `threads` clients for `run`; returns (answers, 500s) per worker.
+fn steady(d: &Drover, threads: usize, run: Duration) -> HashMap<usize, (usize, usize)> {
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let url = d.url("/");
+            std::thread::spawn(move || {
+                let a = agent();
+                let mut m: HashMap<usize, (usize, usize)> = HashMap::new();
+                let end = Instant::now() + run;
+                while Instant::now() < end {
+                    if let Ok(r) = request(&a, "GET", &url, &[], None) {
+                        if let Some(w) = r.worker() {
+                            let e = m.entry(w).or_default();
+                            e.0 += 1;
+                            e.1 += usize::from(r.status == 500);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+                m
+            })
+        })
+        .collect();
+    let mut total: HashMap<usize, (usize, usize)> = HashMap::new();
+    for h in hs {
+        for (w, (n, e)) in h.join().unwrap() {
+            let t = total.entry(w).or_default();
+            t.0 += n;
+            t.1 += e;
+        }
+    }
+    total
+}
+
+/// Worker 0 fails 20% of its requests at random, always: its adaptive breaker learns
+/// that as its normal and keeps it in rotation (the static rules are off here, so only
+/// the adaptive rule could trip). When it jumps to 70%, the breaker opens within a
+/// couple of windows, and says why against which baseline.
+#[test]
+fn adaptive_breaker_keeps_a_noisy_worker_and_ejects_it_on_a_sudden_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share-0");
+    let d = Drover::start(
+        2,
+        &format!(
+            "  env:\n    FAIL_SHARE_FILE: \"{}\"\ncircuit_breaker:\n  consecutive_failures: 0\n  failure_ratio: 0\n  window: 1s\n  min_requests: 20\n  open_for: 30s\n  max_open_for: 30s\n  adaptive:\n    enabled: true\n    warmup_windows: 3\n    latency_factor: 0\n",
+            dir.path().join("share-{id}").display()
+        ),
+    );
+    std::fs::write(&share, "0.2").unwrap();
+    let noisy = steady(&d, 4, Duration::from_secs(7));
+    let (n0, e0) = noisy[&0];
+    let observed = e0 as f64 / n0 as f64;
+    assert!(n0 > 300 && (0.12..0.28).contains(&observed), "{noisy:?}");
+    let b = breaker(&d, "worker-0");
+    assert_eq!(b["state"], "closed", "noisy-but-normal worker ejected: {b}");
+    let learned = b["baseline"]["failure_ratio"].as_f64().unwrap();
+    assert!((learned - 0.2).abs() < 0.08, "{b}");
+    assert!(b["baseline"]["windows"].as_u64().unwrap() >= 3, "{b}");
+    assert_eq!(
+        d.metric("drover_circuit_breaker_trips_total{breaker=\"worker-0\",reason=\"adaptive_failure_ratio\"}"),
+        0.0
+    );
+
+    std::fs::write(&share, "0.7").unwrap();
+    let t0 = Instant::now();
+    let mut opened = false;
+    while t0.elapsed() < Duration::from_secs(6) && !opened {
+        steady(&d, 4, Duration::from_millis(250));
+        opened = breaker(&d, "worker-0")["state"] == "open";
+    }
+    let b = breaker(&d, "worker-0");
+    assert!(opened, "a jump from 20% to 70% failures did not trip: {b}");
+    assert_eq!(b["last_trip_kind"], "adaptive_failure_ratio", "{b}");
+    let reason = b["last_trip_reason"].as_str().unwrap();
+    assert!(reason.contains("well above its baseline"), "{reason}");
+    println!(
+        "noisy phase: {n0} requests to worker-0, {:.1}% failed, baseline {:.3}; tripped after {:?}: {reason}",
+        observed * 100.0,
+        learned,
+        t0.elapsed()
+    );
+    assert_eq!(breaker(&d, "worker-1")["state"], "closed");
+    assert_eq!(
+        d.metric("drover_circuit_breaker_trips_total{breaker=\"worker-0\",reason=\"adaptive_failure_ratio\"}"),
+        1.0
+    );
+}

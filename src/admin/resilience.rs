@@ -36,7 +36,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "ok": false, "error": msg.into() }))).into_response()
 }
 
-fn describe(name: &str, scope: &str, b: &Breaker) -> Value {
+pub(crate) fn describe(name: &str, scope: &str, b: &Breaker) -> Value {
     let s = b.snapshot();
     json!({
         "name": name,
@@ -49,6 +49,18 @@ fn describe(name: &str, scope: &str, b: &Breaker) -> Value {
         "consecutive_failures": s.consecutive_failures,
         "window": { "requests": s.window.total, "failures": s.window.a, "slow": s.window.b },
         "probes_in_flight": s.probes_inflight,
+        "last_trip_kind": s.last_reason.map(|r| r.label()),
+        "adaptive": b.policy().adaptive.enabled,
+        "baseline": s.baseline.map(|b| json!({
+            "failure_ratio": b.failure_ratio,
+            "failure_ratio_sd": b.failure_ratio_sd,
+            "latency_ms": b.latency_ms,
+            "latency_sd_ms": b.latency_sd_ms,
+            "windows": b.periods,
+        })),
+        "transitions": b.recent_transitions().iter().map(|t| json!({
+            "at": t.at, "from": t.from, "to": t.to, "reason": t.reason,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -370,6 +370,36 @@ pub struct CircuitBreakerFile {
     /// Never eject more than this share of the workers by breaker; beyond it, balance
     /// over all of them rather than concentrate the load on the rest.
     pub max_ejected_share: f64,
+    /// Trip on a failure ratio or latency well above the backend's own learned
+    /// baseline (`resilience/adaptive.rs`).
+    pub adaptive: AdaptiveBreakerFile,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveBreakerFile {
+    pub enabled: bool,
+    /// Standard deviations above the baseline that trip.
+    pub sigmas: f64,
+    /// The failure ratio must also be this much (absolute) above the baseline.
+    pub min_increase: f64,
+    /// Mean latency must also be this many times the baseline; 0 = latency rule off.
+    pub latency_factor: f64,
+    /// Windows learned before the rule may trip.
+    pub warmup_windows: u32,
+}
+
+impl Default for AdaptiveBreakerFile {
+    fn default() -> Self {
+        let d = crate::resilience::adaptive::AdaptivePolicy::default();
+        AdaptiveBreakerFile {
+            enabled: d.enabled,
+            sigmas: d.sigmas,
+            min_increase: d.min_increase,
+            latency_factor: d.latency_factor,
+            warmup_windows: d.warmup_windows,
+        }
+    }
 }
 
 impl Default for CircuitBreakerFile {
@@ -389,6 +419,7 @@ impl Default for CircuitBreakerFile {
                 .map(String::from)
                 .to_vec(),
             max_ejected_share: 0.5,
+            adaptive: AdaptiveBreakerFile::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! Every transition is logged with its reason and counted (`TransitionCounts`, turned
 //! into Prometheus series at scrape time by `resilience::metrics`).
 
+use super::adaptive::{Adaptive, AdaptivePolicy, AdaptiveTrip, Baseline};
 use super::classify::{Classifier, Outcome};
 use super::window::{Totals, Window};
 use std::fmt;
@@ -38,6 +39,8 @@ pub struct BreakerPolicy {
     pub max_open_for: Duration,
     pub half_open_probes: u32,
     pub failure_on: Classifier,
+    /// Thresholds relative to the backend's own learned baseline (`adaptive.rs`).
+    pub adaptive: AdaptivePolicy,
 }
 
 impl BreakerPolicy {
@@ -54,11 +57,12 @@ impl BreakerPolicy {
             max_open_for: Duration::from_secs(1),
             half_open_probes: 1,
             failure_on: Classifier::default(),
+            adaptive: AdaptivePolicy::default(),
         }
     }
 
     fn uses_window(&self) -> bool {
-        self.failure_ratio > 0.0 || self.slow_call_ratio > 0.0
+        self.failure_ratio > 0.0 || self.slow_call_ratio > 0.0 || self.adaptive.enabled
     }
 
     fn is_slow(&self, latency: Duration) -> bool {
@@ -102,20 +106,69 @@ impl CircuitState {
 /// Why a breaker opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TripReason {
-    ConsecutiveFailures { failures: u32 },
-    FailureRatio { failures: u64, total: u64 },
-    SlowCallRatio { slow: u64, total: u64 },
+    ConsecutiveFailures {
+        failures: u32,
+    },
+    FailureRatio {
+        failures: u64,
+        total: u64,
+    },
+    SlowCallRatio {
+        slow: u64,
+        total: u64,
+    },
     ProbeFailed,
     Forced,
+    /// The failure ratio rose well above the backend's own baseline (per mille).
+    AdaptiveFailureRatio {
+        ratio_pm: u32,
+        baseline_pm: u32,
+        threshold_pm: u32,
+    },
+    /// Mean latency rose well above the backend's own baseline (ms).
+    AdaptiveLatency {
+        mean_ms: u32,
+        baseline_ms: u32,
+        threshold_ms: u32,
+    },
+}
+
+impl From<AdaptiveTrip> for TripReason {
+    fn from(t: AdaptiveTrip) -> Self {
+        let pm = |x: f64| (x * 1000.0).round().clamp(0.0, 1000.0) as u32;
+        let ms = |x: f64| x.round().clamp(0.0, u32::MAX as f64) as u32;
+        match t {
+            AdaptiveTrip::FailureRatio {
+                ratio,
+                baseline,
+                threshold,
+            } => TripReason::AdaptiveFailureRatio {
+                ratio_pm: pm(ratio),
+                baseline_pm: pm(baseline),
+                threshold_pm: pm(threshold),
+            },
+            AdaptiveTrip::Latency {
+                mean_ms,
+                baseline_ms,
+                threshold_ms,
+            } => TripReason::AdaptiveLatency {
+                mean_ms: ms(mean_ms),
+                baseline_ms: ms(baseline_ms),
+                threshold_ms: ms(threshold_ms),
+            },
+        }
+    }
 }
 
 impl TripReason {
-    pub const LABELS: [&'static str; 5] = [
+    pub const LABELS: [&'static str; 7] = [
         "consecutive_failures",
         "failure_ratio",
         "slow_call_ratio",
         "probe_failed",
         "forced",
+        "adaptive_failure_ratio",
+        "adaptive_latency",
     ];
 
     pub fn index(self) -> usize {
@@ -125,6 +178,8 @@ impl TripReason {
             TripReason::SlowCallRatio { .. } => 2,
             TripReason::ProbeFailed => 3,
             TripReason::Forced => 4,
+            TripReason::AdaptiveFailureRatio { .. } => 5,
+            TripReason::AdaptiveLatency { .. } => 6,
         }
     }
 
@@ -147,6 +202,25 @@ impl fmt::Display for TripReason {
             }
             TripReason::ProbeFailed => f.write_str("a half-open probe failed"),
             TripReason::Forced => f.write_str("forced open by an operator"),
+            TripReason::AdaptiveFailureRatio {
+                ratio_pm,
+                baseline_pm,
+                threshold_pm,
+            } => write!(
+                f,
+                "failure ratio {:.1}% well above its baseline {:.1}% (threshold {:.1}%)",
+                *ratio_pm as f64 / 10.0,
+                *baseline_pm as f64 / 10.0,
+                *threshold_pm as f64 / 10.0
+            ),
+            TripReason::AdaptiveLatency {
+                mean_ms,
+                baseline_ms,
+                threshold_ms,
+            } => write!(
+                f,
+                "mean latency {mean_ms} ms well above its baseline {baseline_ms} ms (threshold {threshold_ms} ms)"
+            ),
         }
     }
 }
@@ -172,16 +246,25 @@ pub enum Transition {
 pub struct ClosedCounter {
     consecutive: AtomicU32,
     window: Option<Window>,
+    adaptive: Option<Adaptive>,
 }
 
 impl ClosedCounter {
     pub fn new(policy: &BreakerPolicy, now: Instant) -> Self {
         ClosedCounter {
             consecutive: AtomicU32::new(0),
-            window: policy
-                .uses_window()
+            window: (policy.failure_ratio > 0.0 || policy.slow_call_ratio > 0.0)
                 .then(|| Window::new(policy.window, now)),
+            adaptive: policy
+                .adaptive
+                .enabled
+                .then(|| Adaptive::new(policy.window, now)),
         }
+    }
+
+    /// The learned baseline, when the adaptive rule is on.
+    pub fn baseline(&self) -> Option<Baseline> {
+        self.adaptive.as_ref().map(|a| a.baseline())
     }
 
     /// Counts one outcome; returns why to trip, if a rule now says so. Rules are only
@@ -191,6 +274,7 @@ impl ClosedCounter {
         p: &BreakerPolicy,
         failure: bool,
         slow: bool,
+        latency: Duration,
         now: Instant,
     ) -> Option<TripReason> {
         let consecutive = if failure {
@@ -203,6 +287,11 @@ impl ClosedCounter {
         };
         if let Some(w) = &self.window {
             w.record(now, failure, slow);
+        }
+        if let Some(a) = &self.adaptive {
+            if let Some(t) = a.record(&p.adaptive, p.min_requests, failure, latency, now) {
+                return Some(t.into());
+            }
         }
         if !failure && !slow {
             return None;
@@ -249,6 +338,9 @@ impl ClosedCounter {
         self.consecutive.store(0, Ordering::Relaxed);
         if let Some(w) = &self.window {
             w.clear();
+        }
+        if let Some(a) = &self.adaptive {
+            a.clear_periods();
         }
     }
 }
@@ -458,7 +550,7 @@ pub struct TransitionCounts {
     pub half_opened: AtomicU64,
     pub closed: AtomicU64,
     /// Opens by reason, indexed like [`TripReason::LABELS`].
-    pub trips: [AtomicU64; 5],
+    pub trips: [AtomicU64; 7],
 }
 
 /// A point-in-time view for `/api/breakers`.
@@ -471,9 +563,25 @@ pub struct Snapshot {
     pub window: Totals,
     pub probes_inflight: u32,
     pub last_reason: Option<TripReason>,
+    /// The adaptive rule's learned baseline, when it is on.
+    pub baseline: Option<Baseline>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Transitions each breaker remembers for the dashboard.
+pub const RECENT_TRANSITIONS: usize = 16;
+
+/// One remembered transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionRecord {
+    /// Unix time, seconds.
+    pub at: f64,
+    pub from: &'static str,
+    pub to: &'static str,
+    /// Why it opened (opens only).
+    pub reason: Option<String>,
+}
 
 pub struct Breaker {
     /// Unique per breaker instance (metrics keep per-instance delta state by it).
@@ -485,6 +593,8 @@ pub struct Breaker {
     machine: Mutex<Machine>,
     pub counts: TransitionCounts,
     name: Mutex<String>,
+    /// The last [`RECENT_TRANSITIONS`] transitions, oldest first.
+    recent: Mutex<std::collections::VecDeque<TransitionRecord>>,
 }
 
 impl fmt::Debug for Breaker {
@@ -506,6 +616,7 @@ impl Breaker {
             machine: Mutex::new(Machine::new(policy)),
             counts: TransitionCounts::default(),
             name: Mutex::new(String::new()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -616,7 +727,10 @@ impl Breaker {
                 // Admitted before the trip; its result says nothing new.
                 return;
             }
-            if let Some(reason) = self.counter.record(&self.policy, failure, slow, now) {
+            if let Some(reason) = self
+                .counter
+                .record(&self.policy, failure, slow, latency, now)
+            {
                 let t = self.lock().trip(reason, now);
                 self.after_machine(t);
             }
@@ -678,6 +792,7 @@ impl Breaker {
             window: self.counter.totals(now),
             probes_inflight: m.probes_inflight(),
             last_reason: m.last_reason(),
+            baseline: self.counter.baseline(),
         }
     }
 
@@ -685,8 +800,42 @@ impl Breaker {
         self.name.lock().map(|n| n.clone()).unwrap_or_default()
     }
 
+    /// Recent transitions, oldest first.
+    pub fn recent_transitions(&self) -> Vec<TransitionRecord> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, from: &'static str, to: &'static str, reason: Option<String>) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT_TRANSITIONS {
+                r.pop_front();
+            }
+            r.push_back(TransitionRecord {
+                at,
+                from,
+                to,
+                reason,
+            });
+        }
+    }
+
     fn note(&self, t: Option<Transition>) {
         let Some(t) = t else { return };
+        match &t {
+            Transition::Opened { from, reason, .. } => {
+                self.remember(from.as_str(), "open", Some(reason.to_string()))
+            }
+            Transition::HalfOpened => self.remember("open", "half_open", None),
+            Transition::Closed { .. } => self.remember("half_open", "closed", None),
+            Transition::ForcedClosed => self.remember("open", "closed", Some("operator".into())),
+        }
         let name = self.name();
         match &t {
             Transition::Opened {
@@ -754,14 +903,14 @@ mod tests {
         let t0 = Instant::now();
         let p = policy();
         let c = ClosedCounter::new(&p, t0);
-        assert_eq!(c.record(&p, true, false, t0), None);
-        assert_eq!(c.record(&p, true, false, t0), None);
-        assert_eq!(c.record(&p, false, false, t0), None, "success resets");
+        assert_eq!(c.record(&p, true, false, FAST, t0), None);
+        assert_eq!(c.record(&p, true, false, FAST, t0), None);
+        assert_eq!(c.record(&p, false, false, FAST, t0), None, "success resets");
         assert_eq!(c.consecutive(), 0);
-        assert_eq!(c.record(&p, true, false, t0), None);
-        assert_eq!(c.record(&p, true, false, t0), None);
+        assert_eq!(c.record(&p, true, false, FAST, t0), None);
+        assert_eq!(c.record(&p, true, false, FAST, t0), None);
         assert_eq!(
-            c.record(&p, true, false, t0),
+            c.record(&p, true, false, FAST, t0),
             Some(TripReason::ConsecutiveFailures { failures: 3 })
         );
     }
@@ -773,14 +922,14 @@ mod tests {
         let c = ClosedCounter::new(&p, t0);
         // 5 failures of 5: ratio 1.0 but below min_requests (10).
         for _ in 0..5 {
-            assert_eq!(c.record(&p, true, false, t0), None);
+            assert_eq!(c.record(&p, true, false, FAST, t0), None);
         }
         for _ in 0..4 {
-            assert_eq!(c.record(&p, false, false, t0), None);
+            assert_eq!(c.record(&p, false, false, FAST, t0), None);
         }
         // 10th request, a failure: 6/10 ≥ 0.5.
         assert_eq!(
-            c.record(&p, true, false, t0),
+            c.record(&p, true, false, FAST, t0),
             Some(TripReason::FailureRatio {
                 failures: 6,
                 total: 10
@@ -794,14 +943,14 @@ mod tests {
         let p = ratio_policy();
         let c = ClosedCounter::new(&p, t0);
         for _ in 0..8 {
-            c.record(&p, true, false, t0);
+            c.record(&p, true, false, FAST, t0);
         }
         // 11 s later those failures have left the window: 1 failure in 10 is 0.1.
         let t1 = t0 + 11 * S;
         for _ in 0..9 {
-            assert_eq!(c.record(&p, false, false, t1), None);
+            assert_eq!(c.record(&p, false, false, FAST, t1), None);
         }
-        assert_eq!(c.record(&p, true, false, t1), None);
+        assert_eq!(c.record(&p, true, false, FAST, t1), None);
         assert_eq!(c.totals(t1).total, 10);
     }
 
@@ -811,13 +960,13 @@ mod tests {
         let p = ratio_policy();
         let c = ClosedCounter::new(&p, t0);
         for _ in 0..5 {
-            assert_eq!(c.record(&p, false, false, t0), None);
+            assert_eq!(c.record(&p, false, false, FAST, t0), None);
         }
         for _ in 0..4 {
-            assert_eq!(c.record(&p, false, true, t0), None);
+            assert_eq!(c.record(&p, false, true, FAST, t0), None);
         }
         assert_eq!(
-            c.record(&p, false, true, t0),
+            c.record(&p, false, true, FAST, t0),
             Some(TripReason::SlowCallRatio { slow: 5, total: 10 })
         );
     }

@@ -107,10 +107,11 @@ pub fn breaker_policy(
         && f.consecutive_failures == 0
         && f.failure_ratio == 0.0
         && f.slow_call_ratio == 0.0
+        && !f.adaptive.enabled
     {
         c.fail(
             &format!("{field}.enabled"),
-            "no trip rule is on: set consecutive_failures, failure_ratio or slow_call_ratio, or `enabled: false`",
+            "no trip rule is on: set consecutive_failures, failure_ratio, slow_call_ratio or adaptive.enabled, or `enabled: false`",
         );
     }
     let failure_on = match Classifier::parse(&f.failure_on) {
@@ -120,7 +121,40 @@ pub fn breaker_policy(
             Classifier::default()
         }
     };
+    let a = &f.adaptive;
+    if !a.sigmas.is_finite() || !(0.5..=20.0).contains(&a.sigmas) {
+        c.fail(
+            &format!("{field}.adaptive.sigmas"),
+            format!("{} is out of range; accepted: 0.5 to 20", a.sigmas),
+        );
+    }
+    c.ratio(&format!("{field}.adaptive.min_increase"), a.min_increase);
+    if !a.latency_factor.is_finite()
+        || !(a.latency_factor == 0.0 || (1.0..=100.0).contains(&a.latency_factor))
+    {
+        c.fail(
+            &format!("{field}.adaptive.latency_factor"),
+            format!(
+                "{} is out of range; accepted: 0 (off) or 1 to 100",
+                a.latency_factor
+            ),
+        );
+    }
+    if a.warmup_windows == 0 || a.warmup_windows > 1000 {
+        c.fail(
+            &format!("{field}.adaptive.warmup_windows"),
+            format!("{} is out of range; accepted: 1 to 1000", a.warmup_windows),
+        );
+    }
+    let adaptive = crate::resilience::adaptive::AdaptivePolicy {
+        enabled: a.enabled,
+        sigmas: a.sigmas,
+        min_increase: a.min_increase,
+        latency_factor: a.latency_factor,
+        warmup_windows: a.warmup_windows.max(1),
+    };
     BreakerPolicy {
+        adaptive,
         enabled: f.enabled,
         consecutive_failures: f.consecutive_failures,
         failure_ratio: f.failure_ratio,

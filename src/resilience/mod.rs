@@ -4,6 +4,7 @@
 //! - `classify`: what counts as a failure.
 //! - `window`: lock-free rolling window of counts (breaker ratios, retry budget).
 
+pub mod adaptive;
 pub mod breaker;
 pub mod chaos;
 pub mod classify;
