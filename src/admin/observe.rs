@@ -11,6 +11,8 @@
 //!   history store; without `metric`, the list of series.
 //! - `GET /api/events`: recent events (restarts, breaker trips, reloads, alerts).
 //! - `GET /api/alerts`: alert rules with their state, SLOs and the scaling recommendation.
+//! - `GET /api/capacity[?target_rps=R&target_p99=250ms]`: sustainable rate, headroom
+//!   and the workers needed for a target rate and p99 (`observe::capacity`).
 
 use super::AdminState;
 use crate::config::parse_duration;
@@ -37,6 +39,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/api/history", get(history))
         .route("/api/events", get(events))
         .route("/api/alerts", get(alerts))
+        .route("/api/capacity", get(capacity))
 }
 
 async fn dashboard() -> Response {
@@ -63,6 +66,40 @@ fn json_text(body: std::sync::Arc<str>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct CapacityQuery {
+    target_rps: Option<f64>,
+    target_p99: Option<String>,
+}
+
+async fn capacity(State(s): State<AdminState>, Query(q): Query<CapacityQuery>) -> Response {
+    let p99 =
+        match q.target_p99.as_deref().map(parse_duration) {
+            None => None,
+            Some(Ok(d)) if d >= Duration::from_millis(1) => Some(d),
+            Some(_) => return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "target_p99 must be a duration of at least 1ms, e.g. 250ms"})),
+            )
+                .into_response(),
+        };
+    if q.target_rps
+        .is_some_and(|r| !r.is_finite() || !(0.0..=1e9).contains(&r))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "target_rps must be between 0 and 1e9"})),
+        )
+            .into_response();
+    }
+    Json(
+        s.shared
+            .observe
+            .capacity_estimate(&s.shared, q.target_rps, p99),
+    )
+    .into_response()
 }
 
 async fn live(State(s): State<AdminState>) -> Response {

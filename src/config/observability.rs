@@ -53,6 +53,43 @@ pub struct ObservabilityFile {
     pub slos: Vec<SloFile>,
     /// Metrics workers report in the `X-Drover-Metric` header (`observe/custom.rs`).
     pub worker_metrics: WorkerMetricsFile,
+    /// Defaults of the capacity plan (`/api/capacity`, `observe/capacity.rs`).
+    pub capacity: CapacityFile,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityFile {
+    /// The p99 the plan sizes the pool for.
+    pub target_p99: Dur,
+    /// The rate the plan sizes the pool for; null = the current rate.
+    pub target_rps: Option<f64>,
+}
+
+impl Default for CapacityFile {
+    fn default() -> Self {
+        CapacityFile {
+            target_p99: Dur::ms(250),
+            target_rps: None,
+        }
+    }
+}
+
+/// Validated `observability.capacity`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapacityConfig {
+    pub target_p99: Duration,
+    pub target_rps: Option<f64>,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        let f = CapacityFile::default();
+        CapacityConfig {
+            target_p99: f.target_p99.0,
+            target_rps: f.target_rps,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -252,6 +289,7 @@ pub struct ObservabilityConfig {
     pub alerts: AlertsConfig,
     pub slos: Vec<SloConfig>,
     pub worker_metrics: WorkerMetricsConfig,
+    pub capacity: CapacityConfig,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -343,6 +381,22 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         fail(
             "observability.worker_metrics.expire_after".into(),
             "must be greater than zero".into(),
+        );
+    }
+    let cap = &file.capacity;
+    if cap.target_p99.0 < Duration::from_millis(1) {
+        fail(
+            "observability.capacity.target_p99".into(),
+            "must be at least 1ms".into(),
+        );
+    }
+    if cap
+        .target_rps
+        .is_some_and(|r| !r.is_finite() || !(0.0..=1e9).contains(&r))
+    {
+        fail(
+            "observability.capacity.target_rps".into(),
+            "out of range; accepted: 0 to 1000000000, or null".into(),
         );
     }
     let mut slos = Vec::new();
@@ -483,6 +537,10 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
             max_names: wm.max_names,
             max_series: wm.max_series,
             expire_after: wm.expire_after.0,
+        },
+        capacity: CapacityConfig {
+            target_p99: cap.target_p99.0,
+            target_rps: cap.target_rps,
         },
     }
 }

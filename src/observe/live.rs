@@ -172,6 +172,8 @@ struct SamplerState {
     prev_version: u64,
     prev_invalid_reloads: u64,
     prev_strategy: Option<StrategyKind>,
+    /// Per backend id: busy nanoseconds at the last sample (capacity planning).
+    prev_busy: HashMap<u64, u64>,
 }
 
 pub struct Observer {
@@ -180,6 +182,8 @@ pub struct Observer {
     pub custom: super::custom::CustomMetrics,
     pub history: Mutex<History>,
     pub alerts: super::alerts::Alerts,
+    /// Capacity planning over the last seconds (`observe::capacity`).
+    pub capacity: Mutex<super::capacity::Estimator>,
     state: Mutex<SamplerState>,
     published: Mutex<Arc<Published>>,
     live: Mutex<Arc<str>>,
@@ -197,6 +201,7 @@ impl Observer {
             custom: Default::default(),
             history: Mutex::new(History::new()),
             alerts: super::alerts::Alerts::new(&metrics.registry),
+            capacity: Mutex::new(Default::default()),
             state: Mutex::new(SamplerState {
                 overall: Windows::new(metrics.latency.overall.clone()),
                 backends: BTreeMap::new(),
@@ -211,11 +216,34 @@ impl Observer {
                 prev_version: 1,
                 prev_invalid_reloads: 0,
                 prev_strategy: None,
+                prev_busy: HashMap::new(),
             }),
             published: Mutex::new(Arc::new(Published::default())),
             live: Mutex::new(Arc::from("{}")),
             gauges: Gauges::register(&metrics.registry),
         }
+    }
+
+    /// The capacity estimate for a target rate (default: the configured one, else the
+    /// current rate) and p99 (default: `observability.capacity.target_p99`).
+    pub fn capacity_estimate(
+        &self,
+        shared: &Shared,
+        target_rps: Option<f64>,
+        target_p99: Option<std::time::Duration>,
+    ) -> super::capacity::Estimate {
+        let cfg = shared.config();
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        lock(&self.capacity).estimate(
+            target_rps.or(cfg.observability.capacity.target_rps),
+            target_p99
+                .unwrap_or(cfg.observability.capacity.target_p99)
+                .as_secs_f64()
+                .max(0.001),
+            cores,
+        )
     }
 
     /// The last published sample.
@@ -370,6 +398,31 @@ impl Observer {
             if let Some(pid) = s.pid {
                 sample_process(&mut st, format!("worker-{}", s.id), Some(pid));
             }
+        }
+
+        // Capacity: each backend's completed requests, busy time and CPU this second.
+        {
+            let now_ns = crate::balancing::backend::now_nanos();
+            let mut second = super::capacity::PoolSecond {
+                drover_cpu_cores: processes.get("drover").map(|p| p.cpu_cores).unwrap_or(0.0),
+                requests: d_total,
+                ..Default::default()
+            };
+            let mut busy_seen = HashMap::with_capacity(members.len());
+            for b in members.iter().filter(|b| b.in_rotation()) {
+                let busy = b.busy_nanos(now_ns);
+                let prev = st.prev_busy.get(&b.id).copied().unwrap_or(busy);
+                busy_seen.insert(b.id, busy);
+                let w = second.workers.entry(b.name.to_string()).or_default();
+                w.requests += backend_rps
+                    .get(&*b.name)
+                    .map(|r| (r * dt).round() as u64)
+                    .unwrap_or(0);
+                w.busy_seconds += busy.saturating_sub(prev) as f64 / 1e9 / dt;
+                w.cpu_cores = processes.get(&*b.name).map(|p| p.cpu_cores).unwrap_or(0.0);
+            }
+            st.prev_busy = busy_seen;
+            lock(&self.capacity).push(second);
         }
 
         self.notice_events(&mut st, shared, slots, &members);
@@ -569,6 +622,7 @@ impl Observer {
             "alerts": self.alerts.active(),
             "slos": self.alerts.slo_status(),
             "scaling": self.alerts.scaling(),
+            "capacity": self.capacity_estimate(shared, None, None),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod alerts;
+pub mod capacity;
 pub mod custom;
 pub mod events;
 pub mod history;
