@@ -281,3 +281,133 @@ fn scaling_recommendation_follows_worker_cpu() {
         assert_eq!(busy["action"], "scale_up");
     }
 }
+
+/// A worker's resident memory is an alert signal like any other: one worker grabs
+/// 160 MiB and `rss_bytes:any_worker` fires, naming the value; per-process and
+/// per-backend expressions are validated with the rest.
+#[test]
+fn an_alert_on_a_workers_memory_fires_when_it_grows() {
+    let d = Drover::start(
+        2,
+        "balancing:\n  strategy: round_robin\nobservability:\n  alerts:\n    rules:\n    - name: WorkerMemory\n      expr: rss_bytes:any_worker\n      threshold: 120000000\n      severity: page\n    - name: Worker0Slow\n      expr: backend_p99_10s:worker-0\n      threshold: 5\n    - name: DroverFds\n      expr: open_fds:drover\n      threshold: 100000\n",
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        rule_state(&d, "WorkerMemory") == "inactive" && rule_state(&d, "DroverFds") == "inactive"
+    }));
+    // Round robin: one of the first two requests lands on each worker; one is enough.
+    let r = d.get("/alloc?mb=160").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let fired = wait_until(Duration::from_secs(8), || {
+        rule_state(&d, "WorkerMemory") == "firing"
+    });
+    let a = alerts(&d);
+    assert!(fired, "{a}");
+    let rule = a["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "WorkerMemory")
+        .unwrap()
+        .clone();
+    assert!(
+        rule["value"].as_f64().unwrap() > 160.0 * 1024.0 * 1024.0,
+        "{rule}"
+    );
+    assert!(d
+        .log()
+        .contains("WorkerMemory firing: rss_bytes:any_worker"));
+    assert_eq!(rule_state(&d, "Worker0Slow"), "inactive");
+    // Freed again: resolved.
+    for _ in 0..2 {
+        d.get("/alloc?mb=0").unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(8), || rule_state(&d, "WorkerMemory")
+            == "resolved"),
+        "{}",
+        alerts(&d)
+    );
+}
+
+/// Worker metrics with labels and histograms through both paths: the response header
+/// and the datagram socket (StatsD lines, no response needed); the socket only takes
+/// worker processes, attributes each line to the worker that sent it, and the values
+/// feed alert rules and the history store.
+#[test]
+fn worker_histograms_and_labels_arrive_by_header_and_socket_and_drive_alerts() {
+    let d = Drover::start(
+        1,
+        "observability:\n  alerts:\n    rules:\n    - name: QueueDeep\n      expr: app:queue_depth@worker-0\n      threshold: 5\n    - name: SlowRenders\n      expr: app:render_seconds:p99\n      threshold: 0.3\n",
+    );
+    let sock = d.dir.path().join("run/metrics.sock");
+    assert!(sock.exists(), "{}", d.log());
+    // Header: a labelled histogram observation and a labelled counter.
+    let r = d
+        .get("/metrics-report?name=render_seconds%7Broute%3D%22home%22%7D&value=0.2%7Ch")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-drover-metric"), None);
+    // Socket: the worker pushes StatsD lines on its own.
+    let lines = "render_seconds:900|ms|#route:search\nqueue_depth:9|g\norders_total:3|c|#region:eu";
+    let path = format!(
+        "/metrics-push?line={}",
+        lines
+            .replace(':', "%3A")
+            .replace('|', "%7C")
+            .replace('#', "%23")
+            .replace('\n', "%0A")
+    );
+    let r = d.get(&path).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Anyone else writing to the socket (this test process: same user, but no worker)
+    // is refused.
+    let before = d.metric("drover_worker_metrics_rejected_total");
+    std::os::unix::net::UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"queue_depth:1000|g", &sock)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(3), || {
+        d.metric("drover_worker_metrics_rejected_total") == before + 1.0
+    }));
+    let text = d.metrics();
+    for want in [
+        r#"drover_app_render_seconds_bucket{backend="worker-0",route="home",le="0.25"} 1"#,
+        r#"drover_app_render_seconds_bucket{backend="worker-0",route="search",le="1"} 1"#,
+        r#"drover_app_render_seconds_count{backend="worker-0",route="search"} 1"#,
+        r#"drover_app_queue_depth{backend="worker-0"} 9"#,
+        r#"drover_app_orders_total{backend="worker-0",region="eu"} 3"#,
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    let problems = promtext::check(&text);
+    assert!(problems.is_empty(), "{problems:?}");
+    promtext::promtool_check(&text).unwrap();
+    // Alerts on worker-reported values.
+    assert!(
+        wait_until(Duration::from_secs(5), || rule_state(&d, "QueueDeep")
+            == "firing"
+            && rule_state(&d, "SlowRenders") == "firing"),
+        "{}",
+        alerts(&d)
+    );
+    // History keeps one series per name.
+    assert!(wait_until(Duration::from_secs(4), || {
+        let h: Value = serde_json::from_str(
+            &d.admin_get("/api/history?metric=app/queue_depth&range=60s")
+                .body,
+        )
+        .unwrap_or(Value::Null);
+        h["points"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p[1] == 9.0))
+    }));
+    let live: Value = serde_json::from_str(&d.admin_get("/api/live").body).unwrap();
+    assert!(
+        live["app_metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "render_seconds" && m["kind"] == "histogram"),
+        "{live}"
+    );
+}

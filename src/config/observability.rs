@@ -36,6 +36,52 @@ pub const ALERT_METRICS: &[&str] = &[
     "workers_crash_looping",
     "breakers_open",
 ];
+/// Per-process metrics, written `NAME:PROCESS` with PROCESS `drover`, `worker-N` or
+/// `any_worker` (the highest worker's value), e.g. `rss_bytes:any_worker`.
+pub const PROCESS_METRICS: &[&str] = &["cpu_cores", "rss_bytes", "open_fds"];
+/// Per-backend metrics, written `NAME:BACKEND` with BACKEND a backend name (`worker-N`,
+/// `host:port`) or `any_backend` (the highest value), e.g. `backend_p99_10s:worker-1`.
+pub const BACKEND_METRICS: &[&str] = &[
+    "backend_rps",
+    "backend_in_flight",
+    "backend_error_ratio",
+    "backend_p50_10s",
+    "backend_p99_10s",
+    "backend_p99_1m",
+];
+/// Aggregations of worker-reported metrics in `app:NAME[:AGG][@BACKEND]`.
+pub const APP_AGGREGATIONS: &[&str] = &[
+    "max", "min", "sum", "rate", "p50", "p90", "p99", "mean", "count",
+];
+
+/// Whether `expr` is a valid per-process, per-backend or worker-reported metric.
+pub fn targeted_expr_ok(expr: &str) -> bool {
+    let Some((m, target)) = expr.split_once(':') else {
+        return false;
+    };
+    if m == "app" {
+        let (rest, backend) = match target.split_once('@') {
+            Some((r, b)) => (r, Some(b)),
+            None => (target, None),
+        };
+        let (name, agg) = match rest.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (rest, None),
+        };
+        return crate::observe::custom::valid_name(name)
+            && agg.is_none_or(|a| APP_AGGREGATIONS.contains(&a))
+            && backend.is_none_or(|b| !b.is_empty() && b.len() <= 128);
+    }
+    if PROCESS_METRICS.contains(&m) {
+        return target == "drover"
+            || target == "any_worker"
+            || target
+                .strip_prefix("worker-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    }
+    BACKEND_METRICS.contains(&m) && !target.is_empty() && target.len() <= 128
+}
+
 /// Per-SLO metrics, written `NAME:SLO` (e.g. `burn_rate_1h:availability`).
 pub const SLO_METRICS: &[&str] = &[
     "burn_rate_5m",
@@ -97,8 +143,13 @@ impl Default for CapacityConfig {
 pub struct WorkerMetricsFile {
     /// Distinct names kept at once; a new name beyond it is dropped and counted.
     pub max_names: usize,
-    /// (name, worker) series kept at once.
+    /// (name, worker, labels) series kept at once.
     pub max_series: usize,
+    /// Series of one name (its label combinations × workers) kept at once.
+    pub max_series_per_name: usize,
+    /// The datagram socket workers push StatsD lines to (`runtime_dir/metrics.sock`,
+    /// its path in the workers' `DROVER_METRICS_SOCKET`).
+    pub socket: bool,
     /// A series no worker reported for this long is forgotten (its name too once it has
     /// no series left), so names nobody reports any more free their places.
     pub expire_after: Dur,
@@ -109,6 +160,8 @@ impl Default for WorkerMetricsFile {
         WorkerMetricsFile {
             max_names: 32,
             max_series: 1024,
+            max_series_per_name: 128,
+            socket: true,
             expire_after: Dur(Duration::from_secs(600)),
         }
     }
@@ -119,6 +172,8 @@ impl Default for WorkerMetricsFile {
 pub struct WorkerMetricsConfig {
     pub max_names: usize,
     pub max_series: usize,
+    pub max_series_per_name: usize,
+    pub socket: bool,
     pub expire_after: Duration,
 }
 
@@ -128,6 +183,8 @@ impl Default for WorkerMetricsConfig {
         WorkerMetricsConfig {
             max_names: f.max_names,
             max_series: f.max_series,
+            max_series_per_name: f.max_series_per_name,
+            socket: f.socket,
             expire_after: f.expire_after.0,
         }
     }
@@ -377,6 +434,15 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
             format!("{} is out of range; accepted: 0 to 100000", wm.max_series),
         );
     }
+    if wm.max_series_per_name == 0 || wm.max_series_per_name > 100_000 {
+        fail(
+            "observability.worker_metrics.max_series_per_name".into(),
+            format!(
+                "{} is out of range; accepted: 1 to 100000",
+                wm.max_series_per_name
+            ),
+        );
+    }
     if wm.expire_after.0.is_zero() {
         fail(
             "observability.worker_metrics.expire_after".into(),
@@ -478,16 +544,22 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         }
         let expr_ok = match r.expr.split_once(':') {
             None => ALERT_METRICS.contains(&r.expr.as_str()),
-            Some((m, slo)) => SLO_METRICS.contains(&m) && file.slos.iter().any(|s| s.name == slo),
+            Some((m, slo)) => {
+                (SLO_METRICS.contains(&m) && file.slos.iter().any(|s| s.name == slo))
+                    || targeted_expr_ok(&r.expr)
+            }
         };
         if !expr_ok {
             fail(
                 f("expr"),
                 format!(
-                    "`{}` is not a metric; accepted: {}, or METRIC:SLO with METRIC one of {} and SLO a name under observability.slos",
+                    "`{}` is not a metric; accepted: {}; METRIC:SLO with METRIC one of {} and SLO a name under observability.slos; METRIC:PROCESS with METRIC one of {} and PROCESS drover, worker-N or any_worker; METRIC:BACKEND with METRIC one of {} and BACKEND a backend name or any_backend; app:NAME[:AGG][@BACKEND] with AGG one of {}",
                     r.expr,
                     ALERT_METRICS.join(", "),
-                    SLO_METRICS.join(", ")
+                    SLO_METRICS.join(", "),
+                    PROCESS_METRICS.join(", "),
+                    BACKEND_METRICS.join(", "),
+                    APP_AGGREGATIONS.join(", ")
                 ),
             );
         }
@@ -536,6 +608,8 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         worker_metrics: WorkerMetricsConfig {
             max_names: wm.max_names,
             max_series: wm.max_series,
+            max_series_per_name: wm.max_series_per_name,
+            socket: wm.socket,
             expire_after: wm.expire_after.0,
         },
         capacity: CapacityConfig {

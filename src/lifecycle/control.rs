@@ -177,6 +177,8 @@ async fn run(
     };
     let admin_addr = admin_listener_addr(&shared);
     let supervisor = Supervisor::new(shared.clone());
+    // Before the first worker starts, so every worker gets the socket's path.
+    crate::observe::metrics_socket::start(shared.clone(), supervisor.clone());
     let cfg = shared.config();
     crate::balancing::backend::set_latency_decay(cfg.balancing.latency_decay);
     let initial = if cfg.workers.autoscale.enabled {

@@ -432,6 +432,9 @@ impl Alerts {
         let l1m = &p.latency.one_minute;
         let l5m = &p.latency.five_minutes;
         let value_of = |expr: &str, slos: &[SloRuntime]| -> Option<f64> {
+            if let Some(v) = targeted_value(shared, p, expr) {
+                return v;
+            }
             if let Some((m, name)) = expr.split_once(':') {
                 let slo = slos.iter().find(|x| x.cfg.name == name)?;
                 return Some(match m {
@@ -596,6 +599,60 @@ impl Alerts {
             .with_label_values(&[result])
             .get()
     }
+}
+
+/// The value of a per-process (`rss_bytes:worker-0`), per-backend
+/// (`backend_p99_10s:any_backend`) or worker-reported (`app:NAME[:AGG][@BACKEND]`)
+/// metric: `None` when `expr` is none of these, `Some(None)` when it has no value now.
+fn targeted_value(shared: &Shared, p: &Published, expr: &str) -> Option<Option<f64>> {
+    use crate::config::observability::{BACKEND_METRICS, PROCESS_METRICS};
+    let (m, target) = expr.split_once(':')?;
+    if m == "app" {
+        return Some(shared.observe.custom.alert_value(target));
+    }
+    if PROCESS_METRICS.contains(&m) {
+        let of = |s: &super::live::ProcessSample| match m {
+            "cpu_cores" => s.cpu_cores,
+            "rss_bytes" => s.stats.rss_bytes as f64,
+            _ => s.stats.open_fds as f64,
+        };
+        return Some(if target == "any_worker" {
+            p.processes
+                .iter()
+                .filter(|(n, _)| n.starts_with("worker-"))
+                .map(|(_, s)| of(s))
+                .reduce(f64::max)
+        } else {
+            p.processes.get(target).map(of)
+        });
+    }
+    if !BACKEND_METRICS.contains(&m) {
+        return None;
+    }
+    let of = |name: &str| -> Option<f64> {
+        let lat = p.backends.get(name);
+        let pct = |w: Option<&super::latency::Percentiles>,
+                   q: fn(&super::latency::Percentiles) -> f64| {
+            w.filter(|w| w.count > 0).map(q)
+        };
+        match m {
+            "backend_rps" => p.backend_rps.get(name).copied(),
+            "backend_in_flight" => p.backend_in_flight.get(name).map(|v| *v as f64),
+            "backend_error_ratio" => p.backend_error_ratio.get(name).copied(),
+            "backend_p50_10s" => pct(lat.map(|l| &l.ten_seconds), |w| w.p50),
+            "backend_p99_10s" => pct(lat.map(|l| &l.ten_seconds), |w| w.p99),
+            _ => pct(lat.map(|l| &l.one_minute), |w| w.p99),
+        }
+    };
+    Some(if target == "any_backend" {
+        p.backend_rps
+            .keys()
+            .chain(p.backends.keys())
+            .filter_map(|n| of(n))
+            .reduce(f64::max)
+    } else {
+        of(target)
+    })
 }
 
 /// How many workers drover would want, and why: CPU per worker against a target,

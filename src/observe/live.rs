@@ -61,6 +61,9 @@ pub struct Published {
     pub last_second: Percentiles,
     pub processes: BTreeMap<String, ProcessSample>,
     pub backend_rps: BTreeMap<String, f64>,
+    pub backend_in_flight: BTreeMap<String, u32>,
+    /// Failed share of each backend's requests over the last second.
+    pub backend_error_ratio: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -174,6 +177,8 @@ struct SamplerState {
     prev_strategy: Option<StrategyKind>,
     /// Per backend id: busy nanoseconds at the last sample (capacity planning).
     prev_busy: HashMap<u64, u64>,
+    /// Per backend id: failures at the last sample.
+    prev_failures: HashMap<u64, u64>,
 }
 
 pub struct Observer {
@@ -217,6 +222,7 @@ impl Observer {
                 prev_invalid_reloads: 0,
                 prev_strategy: None,
                 prev_busy: HashMap::new(),
+                prev_failures: HashMap::new(),
             }),
             published: Mutex::new(Arc::new(Published::default())),
             live: Mutex::new(Arc::from("{}")),
@@ -350,15 +356,28 @@ impl Observer {
         let mut backend_rps: BTreeMap<String, f64> = BTreeMap::new();
         let mut backend_inflight: BTreeMap<String, u32> = BTreeMap::new();
         let mut seen = HashMap::with_capacity(members.len());
+        let mut seen_failures = HashMap::with_capacity(members.len());
+        let mut backend_counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for b in members.iter() {
             let r = b.requests();
+            let f = b.failures();
             let prev = st.prev_backend_requests.get(&b.id).copied().unwrap_or(0);
+            let prev_f = st.prev_failures.get(&b.id).copied().unwrap_or(0);
             seen.insert(b.id, r);
+            seen_failures.insert(b.id, f);
             *backend_rps.entry(b.name.to_string()).or_default() +=
                 r.saturating_sub(prev) as f64 / dt;
             *backend_inflight.entry(b.name.to_string()).or_default() += b.inflight();
+            let c = backend_counts.entry(b.name.to_string()).or_default();
+            c.0 += r.saturating_sub(prev);
+            c.1 += f.saturating_sub(prev_f);
         }
         st.prev_backend_requests = seen;
+        st.prev_failures = seen_failures;
+        let backend_error_ratio: BTreeMap<String, f64> = backend_counts
+            .into_iter()
+            .map(|(n, (r, f))| (n, if r == 0 { 0.0 } else { f as f64 / r as f64 }))
+            .collect();
 
         // Processes.
         let mut processes = BTreeMap::new();
@@ -439,6 +458,8 @@ impl Observer {
             last_second,
             processes,
             backend_rps,
+            backend_in_flight: backend_inflight.clone(),
+            backend_error_ratio,
         });
 
         {
@@ -470,6 +491,14 @@ impl Observer {
                     ts,
                     *v as f64,
                 );
+            }
+            for (name, v) in self.custom.tick(now) {
+                let rollup = if v.is_finite() {
+                    Rollup::Max
+                } else {
+                    Rollup::Mean
+                };
+                h.push(&format!("app/{name}"), rollup, ts, v);
             }
             self.gauges.history_series.set(h.len() as i64);
         }
@@ -623,6 +652,7 @@ impl Observer {
             "slos": self.alerts.slo_status(),
             "scaling": self.alerts.scaling(),
             "capacity": self.capacity_estimate(shared, None, None),
+            "app_metrics": self.custom.summary(),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod history;
 pub mod latency;
 pub mod live;
 pub mod metrics;
+pub mod metrics_socket;
 pub mod names;
 pub mod procstat;
 pub mod trace;

@@ -426,7 +426,8 @@ fn metrics_report(query: Option<&str>) -> Resp {
     else {
         return bad_request("need name and value\n".into());
     };
-    if name.is_empty() || name.contains('=') {
+    // Labels (`name{k="v"}`) may hold `=`; the bare name may not.
+    if name.is_empty() || name.split('{').next().unwrap_or("").contains('=') {
         return bad_request("bad name\n".into());
     }
     match HeaderValue::from_str(&format!("{name}={value}")) {
