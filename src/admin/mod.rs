@@ -142,6 +142,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     s.shared.metrics.resilience.refresh(&res, &s.shared.pool);
     let mut body = s.shared.metrics.render(&s.shared.pool);
     body.push_str(&s.shared.observe.custom.render());
+    body.push_str(&crate::observe::otlp::render());
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         body,

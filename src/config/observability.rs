@@ -101,6 +101,69 @@ pub struct ObservabilityFile {
     pub worker_metrics: WorkerMetricsFile,
     /// Defaults of the capacity plan (`/api/capacity`, `observe/capacity.rs`).
     pub capacity: CapacityFile,
+    /// Spans of sampled requests exported over OTLP/HTTP (`observe/otlp.rs`).
+    pub tracing: TracingFile,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingFile {
+    /// OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces; null = off.
+    pub endpoint: Option<String>,
+    /// Share of requests without a sampled parent that are traced (0..1); a request
+    /// whose `traceparent` says sampled is always traced, one that says not never.
+    pub sample_ratio: f64,
+    /// Requests' spans waiting for export at most; more are dropped and counted.
+    pub max_queue: usize,
+    /// Spans per export request at most.
+    pub max_batch: usize,
+    /// How often waiting spans are sent.
+    pub flush_interval: Dur,
+    /// Timeout of one export request.
+    pub timeout: Dur,
+    /// `service.name` of the resource.
+    pub service_name: String,
+}
+
+impl Default for TracingFile {
+    fn default() -> Self {
+        TracingFile {
+            endpoint: None,
+            sample_ratio: 0.01,
+            max_queue: 2048,
+            max_batch: 512,
+            flush_interval: Dur::secs(1),
+            timeout: Dur::secs(2),
+            service_name: "drover".into(),
+        }
+    }
+}
+
+/// Validated `observability.tracing`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    pub endpoint: Option<WebhookTarget>,
+    pub sample_ratio: f64,
+    pub max_queue: usize,
+    pub max_batch: usize,
+    pub flush_interval: Duration,
+    pub timeout: Duration,
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        let f = TracingFile::default();
+        TracingConfig {
+            endpoint: None,
+            sample_ratio: f.sample_ratio,
+            max_queue: f.max_queue,
+            max_batch: f.max_batch,
+            flush_interval: f.flush_interval.0,
+            timeout: f.timeout.0,
+            service_name: f.service_name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -347,6 +410,7 @@ pub struct ObservabilityConfig {
     pub slos: Vec<SloConfig>,
     pub worker_metrics: WorkerMetricsConfig,
     pub capacity: CapacityConfig,
+    pub tracing: TracingConfig,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -447,6 +511,51 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         fail(
             "observability.worker_metrics.expire_after".into(),
             "must be greater than zero".into(),
+        );
+    }
+    let tr = &file.tracing;
+    let tracing_endpoint = match tr.endpoint.as_deref().map(parse_webhook) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            fail("observability.tracing.endpoint".into(), e);
+            None
+        }
+    };
+    if !(0.0..=1.0).contains(&tr.sample_ratio) {
+        fail(
+            "observability.tracing.sample_ratio".into(),
+            format!("{} is out of range; accepted: 0.0 to 1.0", tr.sample_ratio),
+        );
+    }
+    if tr.max_queue == 0 || tr.max_queue > 1_000_000 {
+        fail(
+            "observability.tracing.max_queue".into(),
+            format!("{} is out of range; accepted: 1 to 1000000", tr.max_queue),
+        );
+    }
+    if tr.max_batch == 0 || tr.max_batch > 100_000 {
+        fail(
+            "observability.tracing.max_batch".into(),
+            format!("{} is out of range; accepted: 1 to 100000", tr.max_batch),
+        );
+    }
+    if tr.flush_interval.0 < Duration::from_millis(10) {
+        fail(
+            "observability.tracing.flush_interval".into(),
+            "must be at least 10ms".into(),
+        );
+    }
+    if tr.timeout.0.is_zero() {
+        fail(
+            "observability.tracing.timeout".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if tr.service_name.is_empty() || tr.service_name.len() > 128 {
+        fail(
+            "observability.tracing.service_name".into(),
+            "must be 1-128 characters".into(),
         );
     }
     let cap = &file.capacity;
@@ -615,6 +724,15 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         capacity: CapacityConfig {
             target_p99: cap.target_p99.0,
             target_rps: cap.target_rps,
+        },
+        tracing: TracingConfig {
+            endpoint: tracing_endpoint,
+            sample_ratio: tr.sample_ratio,
+            max_queue: tr.max_queue,
+            max_batch: tr.max_batch,
+            flush_interval: tr.flush_interval.0,
+            timeout: tr.timeout.0,
+            service_name: tr.service_name.clone(),
         },
     }
 }

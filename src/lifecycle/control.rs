@@ -180,6 +180,7 @@ async fn run(
     // Before the first worker starts, so every worker gets the socket's path.
     crate::observe::metrics_socket::start(shared.clone(), supervisor.clone());
     let cfg = shared.config();
+    crate::observe::otlp::start(&cfg.observability.tracing);
     crate::balancing::backend::set_latency_decay(cfg.balancing.latency_decay);
     let initial = if cfg.workers.autoscale.enabled {
         cfg.workers

@@ -12,6 +12,7 @@ pub mod live;
 pub mod metrics;
 pub mod metrics_socket;
 pub mod names;
+pub mod otlp;
 pub mod procstat;
 pub mod trace;
 pub mod webhook;

@@ -72,3 +72,5 @@ pub const SLO_ERROR_BUDGET_REMAINING: &str = "drover_slo_error_budget_remaining"
 pub const SLO_BURN_RATE: &str = "drover_slo_burn_rate";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "drover_limit_rejections_total";
 pub const HTTP1_ENGINE_REQUESTS_TOTAL: &str = "drover_http1_engine_requests_total";
+// OTLP span export (observe::otlp).
+pub const TRACE_SPANS_TOTAL: &str = "drover_trace_spans_total";

@@ -95,6 +95,22 @@ impl TraceContext {
         }
     }
 
+    /// Like [`TraceContext::from_request`], deciding whether a new trace is sampled:
+    /// `ratio` is `observability.tracing.sample_ratio` when spans are exported (else
+    /// `None`: nothing is sampled). A continued trace keeps its parent's decision.
+    pub fn from_request_sampled(req: &RequestHeader, ratio: Option<f64>) -> Self {
+        let mut t = Self::from_request(req);
+        if t.parent_id.is_none() && ratio.is_some_and(crate::observe::otlp::sample) {
+            t.flags |= 1;
+        }
+        t
+    }
+
+    /// Whether the trace is sampled (W3C flag 01).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
     /// The `traceparent` sent to the worker (version 00, drover's span as parent).
     pub fn header_value(&self) -> String {
         format!(

@@ -167,22 +167,27 @@ impl Sender {
 
 /// One POST; Ok on a 2xx status.
 async fn post(t: &WebhookTarget, body: &str) -> Result<(), String> {
+    post_bytes(t, "application/json", body.as_bytes()).await
+}
+
+/// One POST of `body` as `content_type` (one connection, `Connection: close`); Ok on a
+/// 2xx status. Shared with the OTLP exporter.
+pub async fn post_bytes(t: &WebhookTarget, content_type: &str, body: &[u8]) -> Result<(), String> {
     let mut s = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: drover\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: drover\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         t.path,
         t.host,
         t.port,
+        content_type,
         body.len()
     );
     s.write_all(head.as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;
-    s.write_all(body.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = [0u8; 64];
     let mut got = 0;
     while got < 12 {

@@ -45,8 +45,17 @@ impl Pipeline {
             }
             ex.request_id = Some(id);
         }
-        let trace = TraceContext::from_request(req);
+        let ratio =
+            crate::observe::otlp::enabled().then_some(cfg.observability.tracing.sample_ratio);
+        let trace = TraceContext::from_request_sampled(req, ratio);
         trace.edit(&mut edits);
+        if trace.sampled() && ratio.is_some() {
+            ex.spans = Some(Box::new(crate::observe::otlp::Recording::new(
+                trace.trace_id,
+                trace.span_id,
+                trace.parent_id,
+            )));
+        }
         ex.trace = Some(trace);
         if let Some(peer) = peer {
             let client = forwarded::client_ip(&cfg.forwarded, peer, req);

@@ -79,7 +79,11 @@ impl Pipeline {
     pub async fn choose(&self, req: &RequestHeader, ex: &mut Exchange) -> Result<Target> {
         ex.tries += 1;
         if let Some(peer) = self.resilience_before_select(ex).await? {
-            return Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend);
+            let target = Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend)?;
+            if let Some(r) = ex.spans.as_mut() {
+                r.start_attempt(ex.tries, "fallback", &target.addr.to_string());
+            }
+            return Ok(target);
         }
         let cfg = self.shared.config.load();
         let key = {
@@ -114,6 +118,9 @@ impl Pipeline {
             }
         };
         let backend = guard.backend().clone();
+        if let Some(r) = ex.spans.as_mut() {
+            r.start_attempt(ex.tries, &backend.name, &backend.addr.to_string());
+        }
         ex.guard = Some(guard);
         ex.upstream_start = Some(Instant::now());
         let mut target = Target {
@@ -176,6 +183,7 @@ impl Pipeline {
         };
         m.queue_length.set(queue.len() as i64);
         let start = Instant::now();
+        let span_start = crate::observe::otlp::unix_nanos();
         let deadline = start + cfg.balancing.queue_timeout;
         let outcome = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -192,16 +200,37 @@ impl Pipeline {
         drop(place);
         m.queue_length.set(queue.len() as i64);
         m.queue_wait.observe(start.elapsed().as_secs_f64());
+        if let Some(r) = ex.spans.as_mut() {
+            use crate::observe::otlp::Attr;
+            let result = match &outcome {
+                Ok(_) => "served",
+                Err(w) => w.as_str(),
+            };
+            r.child(
+                "queue",
+                span_start,
+                vec![("drover.queue.result", Attr::Str(result.into()))],
+            );
+        }
         outcome.map_err(|why| rejected(ex, why))
     }
 
     /// Step 3: the request as the worker sees it: the session's fields added.
+    /// A traced request's worker sees the attempt's span as its parent.
     pub fn upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) {
-        if let (Some(sessions), Some(s)) = (self.shared.sessions.get(), &ex.session) {
-            let mut edits = HeaderEdits::default();
-            sessions.annotate(s, &mut edits);
-            edits.apply(req);
+        let attempt = ex.spans.as_ref().and_then(|r| r.attempt_span());
+        let sessions = self.shared.sessions.get().zip(ex.session.as_ref());
+        if attempt.is_none() && sessions.is_none() {
+            return;
         }
+        let mut edits = HeaderEdits::default();
+        if let (Some(span_id), Some(t)) = (attempt, &ex.trace) {
+            crate::observe::trace::TraceContext { span_id, ..*t }.edit(&mut edits);
+        }
+        if let Some((svc, s)) = sessions {
+            svc.annotate(s, &mut edits);
+        }
+        edits.apply(req);
     }
 
     /// The connection to the chosen backend failed. Records it and says whether to try
@@ -290,6 +319,9 @@ impl Pipeline {
     /// Records a failed attempt on the current backend and remembers it so a retry goes
     /// elsewhere.
     pub(super) fn settle_failed_attempt(&self, ex: &mut Exchange, outcome: Outcome) {
+        if let Some(r) = ex.spans.as_mut() {
+            r.end_attempt(None, Some(format!("{outcome:?}")));
+        }
         if let Some(mut guard) = ex.guard.take() {
             let elapsed = ex.upstream_start.map(|s| s.elapsed()).unwrap_or_default();
             guard.finish(outcome, elapsed);

@@ -37,6 +37,8 @@ pub struct Exchange {
     pub(super) trace: Option<TraceContext>,
     /// The request was HEAD: answers carry no body.
     pub(super) head_request: bool,
+    /// Spans of a sampled request (`observe::otlp`), when tracing exports them.
+    pub(super) spans: Option<Box<crate::observe::otlp::Recording>>,
 }
 
 impl Exchange {
@@ -58,6 +60,7 @@ impl Exchange {
             res: Default::default(),
             trace: None,
             head_request: false,
+            spans: None,
         }
     }
 

@@ -95,6 +95,29 @@ impl Pipeline {
             worker_id = b.worker_id;
         }
         self.resilience_done(ex, e, status);
+        if let Some(r) = ex.spans.take() {
+            use crate::observe::otlp::{submit, Attr};
+            let mut attrs = vec![
+                (
+                    "http.request.method",
+                    Attr::Str(req.method.as_str().to_string()),
+                ),
+                ("url.path", Attr::Str(req.uri.path().to_string())),
+                ("http.response.status_code", Attr::Int(status as i64)),
+                ("drover.tries", Attr::Int(ex.tries as i64)),
+            ];
+            if let Some(b) = &backend_name {
+                attrs.push(("drover.backend", Attr::Str(b.to_string())));
+            }
+            if let Some(ip) = ex.client_ip {
+                attrs.push(("client.address", Attr::Str(ip.to_string())));
+            }
+            if let Some(id) = &ex.request_id {
+                attrs.push(("drover.request_id", Attr::Str(id.clone())));
+            }
+            let (trace, spans) = r.finish(attrs, status, e.map(|e| e.to_string()));
+            submit(trace, spans);
+        }
         if self.shared.config.load().logging.access_log {
             let client = match ex.client_ip {
                 Some(ip) => ip.to_string(),

@@ -235,7 +235,16 @@ impl Pipeline {
                     .resilience
                     .retry_backoff
                     .inc_by(d.as_secs_f64());
+                let start = crate::observe::otlp::unix_nanos();
                 tokio::time::sleep(d).await;
+                if let Some(r) = ex.spans.as_mut() {
+                    use crate::observe::otlp::Attr;
+                    r.child(
+                        "retry backoff",
+                        start,
+                        vec![("drover.backoff_ms", Attr::Int(d.as_millis() as i64))],
+                    );
+                }
             }
         }
         if ex.res.deadline.is_some_and(|dl| Instant::now() >= dl) {
