@@ -158,6 +158,35 @@ def machine_info():
     return ncpu, model
 
 
+# Scenarios whose errors are the point of the run (a worker is killed on purpose).
+ERRORS_EXPECTED = {"kill9"}
+
+
+def cmd_errors(args):
+    """Exit 1 when a run of a scenario other than kill9 saw errors (non-2xx responses,
+    socket errors) or could not be parsed; prints one line per such target."""
+    bad = {}
+    with open(args[0], encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            scenario, target, _rnd, path = (line.split("\t") + [""] * 4)[:4]
+            if scenario in ERRORS_EXPECTED:
+                continue
+            r = parse_wrk(path)
+            errors = (r["non2xx"] + r["socket"]) if r["ok"] else None
+            key = (scenario, target)
+            if errors is None:
+                bad.setdefault(key, []).append("unparsable run")
+            elif errors:
+                bad.setdefault(key, []).append(f"{errors} errors")
+    for (scenario, target), what in sorted(bad.items()):
+        print(f"errors: scenario {scenario}, target {target}: {', '.join(what)}",
+              file=sys.stderr)
+    return 1 if bad else 0
+
+
 def cmd_table(args):
     rows = []
     with open(args[0], encoding="utf-8") as f:
@@ -360,7 +389,8 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     cmd = {"line": cmd_line, "table": cmd_table, "drover-healthy": cmd_drover_healthy,
-           "merge": cmd_merge, "cookies": cmd_cookies, "lua": cmd_lua}.get(argv[1])
+           "merge": cmd_merge, "cookies": cmd_cookies, "lua": cmd_lua,
+           "errors": cmd_errors}.get(argv[1])
     if cmd is None:
         print(f"unknown subcommand {argv[1]!r}", file=sys.stderr)
         return 2

@@ -845,3 +845,9 @@ if [[ -n $OUT ]]; then
 else
     python3 "$REPORT" table "$RUNS_TSV"
 fi
+# A benchmark that saw errors measured something else: fail the run (kill9's errors
+# are what it reports, so it is exempt).
+if ! python3 "$REPORT" errors "$RUNS_TSV"; then
+    log "error: a scenario other than kill9 saw errors (above); failing the run"
+    exit 1
+fi
