@@ -139,6 +139,22 @@ fn init_logging(cfg: &Config) {
         b.parse_filters(&spec);
     }
     b.format_timestamp_millis();
+    if cfg.logging.json {
+        b.format(|buf, record| {
+            use std::io::Write;
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let line = drover::observe::logfmt::json_line(
+                record.level(),
+                record.target(),
+                &record.args().to_string(),
+                unix,
+            );
+            writeln!(buf, "{line}")
+        });
+    }
     let _ = b.try_init();
 }
 

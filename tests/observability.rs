@@ -281,3 +281,62 @@ fn traceparent_is_continued_or_started_and_logged_with_the_request_id() {
     assert_eq!(line["span_id"].as_str().unwrap(), &sent[36..52]);
     assert!(line.get("parent_span_id").is_none(), "{line}");
 }
+
+/// `logging.format: json` makes every line drover writes (its own, Pingora's, the
+/// workers' forwarded output) one JSON object; `logging.access_log_file` takes the
+/// access lines, and SIGUSR1 reopens it after logrotate moved it.
+#[test]
+fn json_logs_and_an_access_log_file_reopened_on_sigusr1() {
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
+    let d = Drover::start(
+        1,
+        &format!(
+            "logging:\n  format: json\n  access_log_file: {}\n",
+            access.display()
+        ),
+    );
+    for _ in 0..3 {
+        assert_eq!(d.get("/?before").unwrap().status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::fs::read_to_string(&access)
+            .map(|t| t.lines().count() == 3)
+            .unwrap_or(false)
+    }));
+    // logrotate: move the file, then SIGUSR1.
+    let rotated = logs.path().join("access.log.1");
+    std::fs::rename(&access, &rotated).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGUSR1);
+    assert!(wait_until(Duration::from_secs(3), || d
+        .log()
+        .contains("access log reopened")));
+    assert_eq!(d.get("/?after").unwrap().status, 200);
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::fs::read_to_string(&access)
+            .map(|t| t.lines().count() == 1)
+            .unwrap_or(false)
+    }));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&access).unwrap();
+    assert_eq!(old.lines().count(), 3, "{old}");
+    assert!(old.lines().all(|l| l.contains("?before")));
+    assert_eq!(new.lines().count(), 1, "{new}");
+    let line: serde_json::Value = serde_json::from_str(new.trim()).unwrap();
+    assert_eq!(line["path"], "/?after");
+    assert_eq!(line["status"], 200);
+    // Every line of drover's own log is a JSON object with level, target and message.
+    let log = d.log();
+    let mut targets = std::collections::BTreeSet::new();
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["target"].is_string(), "{l}");
+        targets.insert(v["target"].as_str().unwrap().to_string());
+    }
+    assert!(targets.len() >= 3, "{targets:?}");
+    assert!(
+        !log.contains("\"target\":\"access\""),
+        "access lines went to the file"
+    );
+}

@@ -431,6 +431,12 @@ pub struct LoggingFile {
     pub level: String,
     /// One JSON line per request on the `access` log target.
     pub access_log: bool,
+    /// `text` (human-readable lines) or `json` (one JSON object per line, every log
+    /// target: drover's, Pingora's, the workers' forwarded output, alerts, events).
+    pub format: String,
+    /// Access lines go to this file instead of the log (appended; reopened on SIGUSR1
+    /// for logrotate). null = the log.
+    pub access_log_file: Option<std::path::PathBuf>,
 }
 
 impl Default for LoggingFile {
@@ -438,6 +444,8 @@ impl Default for LoggingFile {
         LoggingFile {
             level: "info".into(),
             access_log: true,
+            format: "text".into(),
+            access_log_file: None,
         }
     }
 }

@@ -208,6 +208,10 @@ pub struct BreakerConfig {
 pub struct LoggingConfig {
     pub level: log::LevelFilter,
     pub access_log: bool,
+    /// One JSON object per log line.
+    pub json: bool,
+    /// Where access lines go instead of the log (`observe::access_log::write`).
+    pub access_log_file: Option<std::path::PathBuf>,
 }
 
 struct Checker {
@@ -544,6 +548,29 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let json_logs = match file.logging.format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            c.fail(
+                "logging.format",
+                format!("`{other}` is not a format; accepted: text, json"),
+            );
+            false
+        }
+    };
+    if file
+        .logging
+        .access_log_file
+        .as_ref()
+        .is_some_and(|p| !p.is_absolute())
+    {
+        c.fail(
+            "logging.access_log_file",
+            "must be an absolute path (e.g. /var/log/drover/access.log)",
+        );
+    }
+
     let observability = super::observability::validate(&file.observability, &mut c.issues);
 
     let runtime_dir = match &file.runtime_dir {
@@ -684,6 +711,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         logging: LoggingConfig {
             level,
             access_log: file.logging.access_log,
+            json: json_logs,
+            access_log_file: file.logging.access_log_file.clone(),
         },
         resilience: std::sync::Arc::new(resilience),
         observability,

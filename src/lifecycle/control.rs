@@ -160,6 +160,14 @@ async fn run(
             return;
         }
     };
+    // SIGUSR1 reopens the access log file (logrotate); unhandled it would kill drover.
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot handle SIGUSR1: {e}")));
+            return;
+        }
+    };
     let listener = match admin_listener {
         AdminBind::Bound(l) => {
             match l
@@ -235,6 +243,7 @@ async fn run(
         loop {
             tick.tick().await;
             ticker_shared.pool.refresh();
+            crate::observe::access_log::flush();
             n += 1;
             autoscale_step(
                 &ticker_shared,
@@ -298,6 +307,10 @@ async fn run(
                 log::info!("SIGHUP: reloading {}", shared.config_path.display());
                 let _ = reload::reload(&shared, &supervisor);
             }
+            _ = usr1.recv() => {
+                log::info!("SIGUSR1: reopening the access log");
+                crate::observe::access_log::reopen();
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break ShutdownKind::Fast;
@@ -342,6 +355,7 @@ async fn run(
     log::info!("shutdown: stopping workers");
     supervisor.stop_all().await;
     log::info!("shutdown: done");
+    crate::observe::access_log::flush();
     log::logger().flush();
     std::process::exit(0);
 }

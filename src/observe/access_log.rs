@@ -21,6 +21,116 @@ pub struct AccessRecord<'a> {
     pub trace: Option<&'a super::trace::TraceContext>,
 }
 
+/// The access log file (`logging.access_log_file`): lines are buffered and written by
+/// [`flush`] (the control thread's 100 ms ticker), when the buffer passes
+/// [`FLUSH_BYTES`], on [`reopen`] (SIGUSR1, after logrotate moved the file) and at
+/// shutdown, so a request costs a copy into memory, not a system call.
+struct Sink {
+    path: Option<std::path::PathBuf>,
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
+}
+
+static SINK: std::sync::Mutex<Sink> = std::sync::Mutex::new(Sink {
+    path: None,
+    file: None,
+    buf: Vec::new(),
+});
+/// Buffered bytes that trigger a write from the request path.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+/// Buffered bytes beyond which lines are dropped (the disk is not keeping up).
+const MAX_BUFFER: usize = 4 * 1024 * 1024;
+
+fn sink() -> std::sync::MutexGuard<'static, Sink> {
+    SINK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        // Never write through a symlink someone planted where the log goes.
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
+impl Sink {
+    fn write_out(&mut self) {
+        use std::io::Write;
+        if self.buf.is_empty() {
+            return;
+        }
+        if self.file.is_none() {
+            if let Some(p) = &self.path {
+                match open_append(p) {
+                    Ok(f) => self.file = Some(f),
+                    Err(e) => {
+                        log::error!("access log {}: {e}; lines dropped", p.display());
+                        self.buf.clear();
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(f) = self.file.as_mut() {
+            if let Err(e) = f.write_all(&self.buf) {
+                log::error!(
+                    "access log: write failed: {e}; {} bytes dropped",
+                    self.buf.len()
+                );
+            }
+        }
+        self.buf.clear();
+    }
+}
+
+/// One access line: to `file` when set (buffered), else to the `access` log target.
+pub fn write(file: Option<&std::path::Path>, line: &str) {
+    let Some(path) = file else {
+        log::info!(target: "access", "{line}");
+        return;
+    };
+    let mut s = sink();
+    if s.path.as_deref() != Some(path) {
+        // First line, or the config named another file (reload).
+        s.write_out();
+        s.path = Some(path.to_path_buf());
+        s.file = None;
+    }
+    if s.buf.len() + line.len() + 1 > MAX_BUFFER {
+        return;
+    }
+    s.buf.extend_from_slice(line.as_bytes());
+    s.buf.push(b'\n');
+    if s.buf.len() >= FLUSH_BYTES {
+        s.write_out();
+    }
+}
+
+/// Writes buffered lines out.
+pub fn flush() {
+    sink().write_out();
+}
+
+/// SIGUSR1: writes what is buffered to the old file, then opens the path afresh (after
+/// logrotate renamed the old one).
+pub fn reopen() {
+    let mut s = sink();
+    s.write_out();
+    s.file = None;
+    if let Some(p) = s.path.clone() {
+        match open_append(&p) {
+            Ok(f) => {
+                s.file = Some(f);
+                log::info!("access log reopened: {}", p.display());
+            }
+            Err(e) => log::error!("access log {}: cannot reopen: {e}", p.display()),
+        }
+    }
+}
+
 pub fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {

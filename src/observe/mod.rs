@@ -9,6 +9,7 @@ pub mod events;
 pub mod history;
 pub mod latency;
 pub mod live;
+pub mod logfmt;
 pub mod metrics;
 pub mod metrics_socket;
 pub mod names;

@@ -118,7 +118,8 @@ impl Pipeline {
             let (trace, spans) = r.finish(attrs, status, e.map(|e| e.to_string()));
             submit(trace, spans);
         }
-        if self.shared.config.load().logging.access_log {
+        let cfg = self.shared.config.load();
+        if cfg.logging.access_log {
             let client = match ex.client_ip {
                 Some(ip) => ip.to_string(),
                 None => client_addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -138,7 +139,7 @@ impl Pipeline {
                 error: err.as_deref(),
                 trace: ex.trace.as_ref(),
             });
-            log::info!(target: "access", "{line}");
+            access_log::write(cfg.logging.access_log_file.as_deref(), &line);
         }
     }
 }
