@@ -114,6 +114,8 @@ fn take_over_from(shared: &Arc<Shared>, old: i32) {
         if let Some(s) = shared.sessions.get() {
             s.finish_handover();
         }
+        // Its history file, written at its exit, fills what this process lacks.
+        shared.observe.load_history(&shared.config().runtime_dir);
     });
 }
 

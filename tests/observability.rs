@@ -340,3 +340,89 @@ fn json_logs_and_an_access_log_file_reopened_on_sigusr1() {
         "access lines went to the file"
     );
 }
+
+/// Seconds (unix) of `metric` with a value above zero in the last two minutes.
+fn history_seconds(d: &Drover, metric: &str) -> std::collections::BTreeSet<u64> {
+    let h: serde_json::Value = serde_json::from_str(
+        &d.admin_get(&format!("/api/history?metric={metric}&range=120s"))
+            .body,
+    )
+    .unwrap_or(serde_json::Value::Null);
+    h["points"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p[1].as_f64().is_some_and(|v| v > 0.0))
+                .filter_map(|p| p[0].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The history store is saved to `runtime_dir` and read back: the seconds recorded
+/// before a graceful restart and before a `drover -u` upgrade are still in
+/// `/api/history` afterwards.
+#[test]
+fn history_survives_a_restart_and_a_binary_upgrade() {
+    let mut d = Drover::start(1, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = load(d.url("/"), 2, stop.clone(), usize::MAX);
+    std::thread::sleep(Duration::from_millis(3500));
+    stop.store(true, Ordering::Relaxed);
+    l.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = history_seconds(&d, "rps");
+    assert!(before.len() >= 3, "{before:?}");
+
+    d.restart_gracefully(1);
+    assert!(d.dir.path().join("run/history.bin").exists());
+    let after = history_seconds(&d, "rps");
+    assert!(
+        before.is_subset(&after),
+        "lost across the restart: {before:?} vs {after:?}"
+    );
+    assert!(d.log().contains("history: "), "{}", d.log());
+
+    // Some traffic on the restarted process, then an upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = load(d.url("/"), 2, stop.clone(), usize::MAX);
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    l.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = history_seconds(&d, "rps");
+    let new_log = d.dir.path().join("drover-new.log");
+    let log = std::fs::File::create(&new_log).unwrap();
+    let new = std::process::Command::new(drover_bin())
+        .arg("-u")
+        .arg("-c")
+        .arg(&d.config_path)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let _new = Stop(new);
+    assert_eq!(d.wait_exit(Duration::from_secs(40)), Some(0), "{}", d.log());
+    let new_text = || std::fs::read_to_string(&new_log).unwrap_or_default();
+    // The old process's file, written at its exit, is merged once it is gone.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let after = history_seconds(&d, "rps");
+            before.is_subset(&after)
+        }),
+        "lost across the upgrade: {before:?} vs {:?}\n{}",
+        history_seconds(&d, "rps"),
+        new_text()
+    );
+}

@@ -28,6 +28,8 @@ const SHARED_STATS_EVERY_TICKS: u64 = 100;
 const UPGRADE_CLOSE_TIMEOUT: Duration = Duration::from_millis(5500);
 /// Percentile windows, history, resources and alerts are sampled every second (10 ticks).
 const OBSERVE_EVERY_TICKS: u64 = 10;
+/// The history store is saved to `runtime_dir` every minute (600 ticks).
+const HISTORY_SAVE_EVERY_TICKS: u64 = 600;
 
 /// One decision of `strategy: auto`; switches and logs only when the choice changes.
 fn auto_strategy_step(shared: &Shared) {
@@ -189,6 +191,7 @@ async fn run(
     crate::observe::metrics_socket::start(shared.clone(), supervisor.clone());
     let cfg = shared.config();
     crate::observe::otlp::start(&cfg.observability.tracing);
+    shared.observe.load_history(&cfg.runtime_dir);
     crate::balancing::backend::set_latency_decay(cfg.balancing.latency_decay);
     let initial = if cfg.workers.autoscale.enabled {
         cfg.workers
@@ -276,6 +279,12 @@ async fn run(
                 let slots = ticker_supervisor.status();
                 ticker_shared.observe.sample(&ticker_shared, &slots);
             }
+            if n.is_multiple_of(HISTORY_SAVE_EVERY_TICKS) && !ticker_shared.is_shutting_down() {
+                let s = ticker_shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    s.observe.save_history(&s.config().runtime_dir)
+                });
+            }
         }
     });
 
@@ -351,6 +360,7 @@ async fn run(
         if let Some(sessions) = shared.sessions.get() {
             sessions.save_snapshot();
         }
+        shared.observe.save_history(&shared.config().runtime_dir);
     }
     log::info!("shutdown: stopping workers");
     supervisor.stop_all().await;

@@ -231,9 +231,262 @@ impl History {
     }
 }
 
+// ---- persistence -------------------------------------------------------------------
+//
+// The store is written to `runtime_dir/history.bin` (through `private_fs`: mode 0600,
+// temporary file + rename) every minute and at a graceful stop or upgrade, and read at
+// start, so a restart or `drover -u` keeps the charts. After `-u` the new process merges
+// the file the old one wrote at its exit into what it recorded meanwhile. The format is
+// a small fixed binary layout (magic, version, then per series its name, rollup and the
+// three rings as they are in memory), so the file can never outgrow the memory ceiling:
+// at most [`MAX_FILE_BYTES`].
+
+/// File name in `runtime_dir`.
+pub const FILE: &str = "history.bin";
+const MAGIC: &[u8; 4] = b"DRVH";
+const VERSION: u32 = 1;
+/// The largest file a full store writes (points plus per-series overhead), and so the
+/// most ever read back.
+pub const MAX_FILE_BYTES: u64 = (MAX_BYTES + MAX_SERIES * 512) as u64;
+
+/// Why a history file was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryFileError {
+    #[error("{0}")]
+    File(#[from] crate::private_fs::PrivateFsError),
+    #[error("not a history file of this version, or cut short")]
+    Format,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], HistoryFileError> {
+        if self.b.len() < n {
+            return Err(HistoryFileError::Format);
+        }
+        let (a, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, HistoryFileError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, HistoryFileError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| HistoryFileError::Format)?,
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, HistoryFileError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| HistoryFileError::Format)?,
+        ))
+    }
+    fn f64(&mut self) -> Result<f64, HistoryFileError> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    fn opt(&mut self) -> Result<Option<u64>, HistoryFileError> {
+        let flag = self.u8()?;
+        let v = self.u64()?;
+        Ok((flag == 1).then_some(v))
+    }
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    out.push(v.is_some() as u8);
+    out.extend_from_slice(&v.unwrap_or(0).to_le_bytes());
+}
+
+impl Ring {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_opt(out, self.head);
+        put_opt(out, self.acc_slot);
+        out.extend_from_slice(&self.acc_sum.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.acc_max.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.acc_n.to_le_bytes());
+        for v in self.values.iter() {
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>, step: u64, len: usize) -> Result<Ring, HistoryFileError> {
+        let mut ring = Ring::new(step, len);
+        ring.head = r.opt()?;
+        ring.acc_slot = r.opt()?;
+        ring.acc_sum = r.f64()?;
+        ring.acc_max = r.f64()?;
+        ring.acc_n = r.u32()?;
+        let raw = r.take(len * 4)?;
+        for (v, b) in ring.values.iter_mut().zip(raw.chunks_exact(4)) {
+            *v = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        Ok(ring)
+    }
+
+    /// Fills this ring's missing points from `other` (same step and length) where both
+    /// cover the slot.
+    fn fill_from(&mut self, other: &Ring) {
+        let (Some(oh), len) = (other.head, self.values.len() as u64) else {
+            return;
+        };
+        let Some(h) = self.head else {
+            self.values.copy_from_slice(&other.values);
+            self.head = other.head;
+            return;
+        };
+        let lo = h.saturating_sub(len - 1).max(oh.saturating_sub(len - 1));
+        for slot in lo..=h.min(oh) {
+            let i = (slot % len) as usize;
+            if !self.values[i].is_finite() && other.values[i].is_finite() {
+                self.values[i] = other.values[i];
+            }
+        }
+    }
+}
+
+impl History {
+    /// The whole store in the file format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.memory_bytes() + 64 * self.series.len() + 12);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
+        for (name, s) in &self.series {
+            let n = name.as_bytes();
+            out.extend_from_slice(&(n.len().min(255) as u32).to_le_bytes());
+            out.extend_from_slice(&n[..n.len().min(255)]);
+            out.push(matches!(s.rollup, Rollup::Max) as u8);
+            for r in &s.rings {
+                r.encode(&mut out);
+            }
+        }
+        out
+    }
+
+    /// A store from the file format.
+    pub fn decode(bytes: &[u8]) -> Result<History, HistoryFileError> {
+        let mut r = Reader { b: bytes };
+        if r.take(4)? != MAGIC || r.u32()? != VERSION {
+            return Err(HistoryFileError::Format);
+        }
+        let count = r.u32()? as usize;
+        if count > MAX_SERIES {
+            return Err(HistoryFileError::Format);
+        }
+        let mut h = History::new();
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            if len > 255 {
+                return Err(HistoryFileError::Format);
+            }
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| HistoryFileError::Format)?
+                .to_string();
+            let rollup = if r.u8()? == 1 {
+                Rollup::Max
+            } else {
+                Rollup::Mean
+            };
+            let mut rings = Vec::with_capacity(3);
+            for (step, len) in TIERS {
+                rings.push(Ring::decode(&mut r, step, len)?);
+            }
+            let rings: [Ring; 3] = rings.try_into().map_err(|_| HistoryFileError::Format)?;
+            h.series.insert(name, Series { rollup, rings });
+        }
+        Ok(h)
+    }
+
+    /// Adds what `other` holds and this store lacks: whole series (up to the cap), and
+    /// points missing here in series both have.
+    pub fn merge(&mut self, other: History) {
+        for (name, theirs) in other.series {
+            let room = self.series.len() < MAX_SERIES;
+            match self.series.get_mut(&name) {
+                Some(ours) => {
+                    for (a, b) in ours.rings.iter_mut().zip(theirs.rings.iter()) {
+                        a.fill_from(b);
+                    }
+                }
+                None if room => {
+                    self.series.insert(name, theirs);
+                }
+                None => self.dropped += 1,
+            }
+        }
+    }
+
+    /// Writes the store to `path` (private file, atomic replace).
+    pub fn save(&self, path: &std::path::Path) -> Result<(), HistoryFileError> {
+        crate::private_fs::write_private(path, &self.encode())?;
+        Ok(())
+    }
+
+    /// Reads a store written by [`History::save`].
+    pub fn load(path: &std::path::Path) -> Result<History, HistoryFileError> {
+        let bytes = crate::private_fs::read_private(
+            path,
+            MAX_FILE_BYTES,
+            crate::private_fs::Links::Refuse,
+        )?;
+        History::decode(&bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_format_round_trips_and_merges_missing_points() {
+        let mut h = History::new();
+        let t0 = 1_700_000_040;
+        for i in 0..130 {
+            h.push("rps", Rollup::Mean, t0 + i, i as f64);
+            h.push("p99", Rollup::Max, t0 + i, 0.5);
+        }
+        let bytes = h.encode();
+        let back = History::decode(&bytes).unwrap();
+        for (name, range) in [("rps", 120), ("p99", 3600), ("rps", 86_400)] {
+            assert_eq!(
+                back.query(name, t0 + 129, range).unwrap().points,
+                h.query(name, t0 + 129, range).unwrap().points
+            );
+        }
+        // The file of a full store stays under its stated cap.
+        let mut full = History::new();
+        for b in 0..MAX_SERIES {
+            full.push(&format!("backend_rps/{b:0>200}"), Rollup::Mean, t0, 1.0);
+        }
+        assert!(full.encode().len() as u64 <= MAX_FILE_BYTES);
+        // A new process recorded seconds 200..210; the old one's file had 0..130.
+        let mut newer = History::new();
+        for i in 200..210 {
+            newer.push("rps", Rollup::Mean, t0 + i, 1000.0);
+        }
+        newer.merge(back);
+        let p = newer.query("rps", t0 + 209, 300).unwrap().points;
+        let known: Vec<f64> = p.iter().filter_map(|(_, v)| *v).collect();
+        assert_eq!(known.len(), 140, "both processes' points");
+        assert!(
+            newer.query("p99", t0 + 209, 300).is_some(),
+            "series only the file had"
+        );
+        assert!(matches!(
+            History::decode(b"DRVH\x02\0\0\0"),
+            Err(HistoryFileError::Format)
+        ));
+        assert!(matches!(
+            History::decode(&bytes[..bytes.len() - 1]),
+            Err(HistoryFileError::Format)
+        ));
+    }
 
     #[test]
     fn one_second_points_come_back_in_order_with_gaps_as_null() {

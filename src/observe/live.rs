@@ -252,6 +252,32 @@ impl Observer {
         )
     }
 
+    /// Loads the history the previous process left in `runtime_dir` (at start).
+    pub fn load_history(&self, runtime_dir: &std::path::Path) {
+        let path = runtime_dir.join(super::history::FILE);
+        match History::load(&path) {
+            Ok(h) => {
+                log::info!(
+                    "history: {} series restored from {}",
+                    h.len(),
+                    path.display()
+                );
+                lock(&self.history).merge(h);
+            }
+            Err(super::history::HistoryFileError::File(e)) if e.is_not_found() => {}
+            Err(e) => log::warn!("history: {} not restored: {e}", path.display()),
+        }
+    }
+
+    /// Writes the history to `runtime_dir` (every minute, and at a graceful stop).
+    pub fn save_history(&self, runtime_dir: &std::path::Path) {
+        let path = runtime_dir.join(super::history::FILE);
+        let bytes = lock(&self.history).encode();
+        if let Err(e) = crate::private_fs::write_private(&path, &bytes) {
+            log::warn!("history: {} not saved: {e}", path.display());
+        }
+    }
+
     /// The last published sample.
     pub fn published(&self) -> Arc<Published> {
         lock(&self.published).clone()
