@@ -128,3 +128,88 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
     )
     .expect("polling fallback updates the page");
 }
+
+/// The breaker panel shows route breakers next to workers' with the trip reason, a
+/// count-down to half-open and the recent transitions; the capacity and worker-metrics
+/// panels fill in from traffic.
+#[test]
+fn dashboard_shows_breakers_capacity_and_worker_metrics() {
+    let d = Drover::start_with(
+        2,
+        "routes:\n- name: flaky\n  path_prefix: /status\n  circuit_breaker:\n    consecutive_failures: 2\n    failure_ratio: 0\n    open_for: 30s\n    max_open_for: 30s\n",
+        Some(TOKEN),
+    );
+    // Traffic for the capacity plan, a worker metric, and the route breaker's trip.
+    for _ in 0..120 {
+        assert_eq!(d.get("/delay?ms=2").unwrap().status, 200);
+    }
+    d.get("/metrics-report?name=queue_depth&value=7").unwrap();
+    for _ in 0..2 {
+        assert_eq!(d.get("/status?code=500").unwrap().status, 500);
+    }
+    let r = d.get("/status?code=500").unwrap();
+    assert_eq!(r.status, 503, "route open: {}", r.body);
+    let r = d.admin_post("/api/breakers/worker-1/open", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let browser = cdp::Browser::launch().expect("headless chromium (apt-get install -y chromium)");
+    let mut page = browser.page().expect("page target");
+    page.navigate(&d.admin_url(&format!("/dashboard#token={TOKEN}")))
+        .unwrap();
+    page.wait_for(
+        "Number(document.body.dataset.updates) >= 2",
+        Duration::from_secs(20),
+    )
+    .expect("snapshots arrive");
+    let row = |name: &str, cell: &str| {
+        format!("(document.querySelector('#breakers tr[data-breaker=\"{name}\"] .{cell}') || {{}}).textContent")
+    };
+    let state = page.eval(&row("route:flaky", "state")).unwrap();
+    assert_eq!(state, "open");
+    let reason = page.eval(&row("route:flaky", "reason")).unwrap();
+    assert_eq!(reason, "2 consecutive failures");
+    let transitions = page.eval(&row("route:flaky", "transitions")).unwrap();
+    assert!(
+        transitions
+            .as_str()
+            .unwrap()
+            .contains("closed→open (2 consecutive failures)"),
+        "{transitions}"
+    );
+    let left = |page: &mut cdp::Page| -> f64 {
+        page.eval(&row("route:flaky", "half-open-in"))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap()
+    };
+    let first = left(&mut page);
+    assert!(first > 20.0 && first <= 30.0, "{first}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let later = left(&mut page);
+    assert!(
+        later < first - 1.0,
+        "the count-down moves: {first} -> {later}"
+    );
+    assert_eq!(page.eval(&row("worker-1", "state")).unwrap(), "open");
+    assert_eq!(
+        page.eval(&row("worker-1", "reason")).unwrap(),
+        "forced open by an operator"
+    );
+    assert_eq!(page.eval(&row("worker-0", "state")).unwrap(), "closed");
+    // Capacity and worker metrics.
+    page.wait_for(
+        "document.getElementById('capacity-sustainable') && parseFloat(document.getElementById('capacity-sustainable').textContent) > 0",
+        Duration::from_secs(10),
+    )
+    .expect("the capacity panel shows a sustainable rate");
+    let metric = page
+        .eval("(document.querySelector('#app-metrics tr[data-metric=\"queue_depth\"]') || {}).textContent")
+        .unwrap();
+    assert!(
+        metric.as_str().unwrap().contains("gauge") && metric.as_str().unwrap().contains("7.00"),
+        "{metric}"
+    );
+}

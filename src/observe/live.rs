@@ -195,6 +195,41 @@ pub struct Observer {
     gauges: Gauges,
 }
 
+/// Every breaker (workers' and routes') for the dashboard: state, why it last opened,
+/// time until it lets a probe through, adaptive baseline, recent transitions.
+fn breakers_snapshot(shared: &Shared, members: &[Arc<crate::balancing::Backend>]) -> Value {
+    use crate::resilience::breaker::Breaker;
+    let one = |name: &str, scope: &str, b: &Breaker| {
+        let s = b.snapshot();
+        json!({
+            "name": name,
+            "scope": scope,
+            "state": s.state.as_str(),
+            "trips_in_a_row": s.trips_in_a_row,
+            "open_remaining_ms": s.open_remaining.map(|d| d.as_millis() as u64),
+            "last_trip_reason": s.last_reason.map(|r| r.to_string()),
+            "last_trip_kind": s.last_reason.map(|r| r.label()),
+            "window": { "requests": s.window.total, "failures": s.window.a },
+            "baseline_failure_ratio": s.baseline.map(|b| b.failure_ratio),
+            "transitions": b.recent_transitions().iter().rev().take(5).map(|t| json!({
+                "at": t.at, "from": t.from, "to": t.to, "reason": t.reason,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let mut out: Vec<Value> = members
+        .iter()
+        .filter(|b| b.breaker.policy().enabled)
+        .map(|b| one(&b.name, "worker", &b.breaker))
+        .collect();
+    let cfg = shared.config();
+    for r in cfg.resilience.routes.iter() {
+        if let Some(b) = &r.breaker {
+            out.push(one(&format!("route:{}", r.name), "route", b));
+        }
+    }
+    Value::Array(out)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -679,6 +714,7 @@ impl Observer {
             "scaling": self.alerts.scaling(),
             "capacity": self.capacity_estimate(shared, None, None),
             "app_metrics": self.custom.summary(),
+            "breakers": breakers_snapshot(shared, &members),
         })
     }
 }
