@@ -66,6 +66,7 @@ fn default_breaker_policy() -> BreakerPolicy {
         min_requests: 20,
         window: Duration::from_secs(10),
         failure_on: Classifier::default(),
+        adaptive: Default::default(),
     }
 }
 

@@ -227,7 +227,7 @@ fn valid_label_value(v: &str) -> bool {
     v.len() <= MAX_LABEL_VALUE && !v.chars().any(|c| c.is_control())
 }
 
-fn labels_ok(labels: &mut Vec<(String, String)>) -> bool {
+fn labels_ok(labels: &mut [(String, String)]) -> bool {
     labels.sort();
     labels.len() <= MAX_LABELS
         && labels

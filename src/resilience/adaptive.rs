@@ -295,18 +295,30 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// Feeds `secs` seconds of `rps` requests failing with probability `share` and
-    /// taking `lat`; returns the first trip.
-    fn run(
-        a: &Adaptive,
-        t0: Instant,
-        from_s: u64,
+    /// `secs` seconds from second `from` of `rps` requests failing with probability
+    /// `share` and taking `lat`.
+    struct Phase {
+        from: u64,
         secs: u64,
         rps: u64,
         share: f64,
         lat: Duration,
+    }
+
+    /// Feeds a phase; returns the first trip.
+    fn run(
+        a: &Adaptive,
+        t0: Instant,
+        ph: Phase,
         rnd: &mut impl FnMut() -> f64,
     ) -> Option<AdaptiveTrip> {
+        let Phase {
+            from: from_s,
+            secs,
+            rps,
+            share,
+            lat,
+        } = ph;
         for s in from_s..from_s + secs {
             for i in 0..rps {
                 let now = t0 + Duration::from_secs(s) + Duration::from_micros(i * 1_000_000 / rps);
@@ -326,12 +338,26 @@ mod tests {
         let mut rnd = draws(0x1234_5678_9abc_def1);
         // Ten minutes at 15% failures, 30 requests a second: windows vary a lot (a
         // fixed 20% failure_ratio rule would trip on many of them) but never this rule.
-        assert_eq!(run(&a, t0, 0, 600, 30, 0.15, 5 * MS, &mut rnd), None);
+        let noisy = Phase {
+            from: 0,
+            secs: 600,
+            rps: 30,
+            share: 0.15,
+            lat: 5 * MS,
+        };
+        assert_eq!(run(&a, t0, noisy, &mut rnd), None);
         let b = a.baseline();
         assert!((b.failure_ratio - 0.15).abs() < 0.04, "{b:?}");
         assert!(b.periods > 50);
         // Then it jumps to 60%: tripped within one period.
-        let trip = run(&a, t0, 600, 10, 30, 0.6, 5 * MS, &mut rnd);
+        let jump = Phase {
+            from: 600,
+            secs: 10,
+            rps: 30,
+            share: 0.6,
+            lat: 5 * MS,
+        };
+        let trip = run(&a, t0, jump, &mut rnd);
         match trip {
             Some(AdaptiveTrip::FailureRatio {
                 ratio,
