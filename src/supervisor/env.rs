@@ -7,7 +7,8 @@
 //! 3. minus every variable the config file read through `${VAR}` (even if 1 or 2
 //!    name it: what the file consumed is drover's),
 //! 4. then `workers.env` (or a deploy's `env`) as written,
-//! 5. then drover's own `WORKER_ID`, `PORT`, `BIND` and `DROVER_PARENT_PID`.
+//! 5. then drover's own `WORKER_ID`, `PORT`, `BIND`, `DROVER_PARENT_PID` and, when the
+//!    worker metrics socket is on, `DROVER_METRICS_SOCKET` (its path).
 
 use crate::config::env_name_matches;
 use std::collections::BTreeSet;
