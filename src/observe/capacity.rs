@@ -129,10 +129,12 @@ impl Estimator {
         for (name, w) in &per {
             let rps = w.requests as f64 / n;
             let utilization = (w.busy_seconds / n).clamp(0.0, 1.0);
+            // CPU cores averaged over the window, per request.
+            let cpu_per_request = (w.cpu_cores / n) / rps.max(1e-9);
             if w.requests >= MIN_REQUESTS && w.busy_seconds > 0.0 {
                 self.last_service
                     .insert(name.clone(), w.busy_seconds / w.requests as f64);
-                cpu_per_req.push(w.cpu_cores / rps.max(1e-9));
+                cpu_per_req.push(cpu_per_request);
             }
             let service = self.last_service.get(name).copied();
             let max_rps = service.map(|s| 1.0 / s);
@@ -150,7 +152,7 @@ impl Estimator {
                     service_ms: service.map(|s| s * 1000.0),
                     max_rps,
                     cpu_ms_per_request: (w.requests >= MIN_REQUESTS)
-                        .then(|| w.cpu_cores / rps.max(1e-9) * 1000.0),
+                        .then_some(cpu_per_request * 1000.0),
                     rps_at_target: at_target,
                 },
             );
@@ -298,6 +300,8 @@ mod tests {
         for _ in 0..10 {
             e.push(second(&[(40, 0.8, 0.0)], 0.0)); // S = 20 ms
         }
+        // The sampler asks for the estimate every second (the live snapshot).
+        e.estimate(None, 0.25, 2.0);
         for _ in 0..10 {
             e.push(second(&[(1, 0.02, 0.0)], 0.0));
         }
