@@ -8,6 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The p99 comparison measures latency: it runs alone (write lock) while the other tests
+/// of this file share the machine among themselves (read lock).
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_machine() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sends `n` GETs from `threads` clients and counts answers per worker id.
 fn spread(d: &Drover, path: &str, n: usize, threads: usize) -> HashMap<usize, usize> {
     let per = n / threads;
@@ -37,6 +45,7 @@ fn spread(d: &Drover, path: &str, n: usize, threads: usize) -> HashMap<usize, us
 
 #[test]
 fn weighted_round_robin_3_to_1_over_4000_requests_within_5_percent() {
+    let _machine = shared_machine();
     let d = Drover::start(
         2,
         "  weights: [3, 1]\nbalancing:\n  strategy: weighted_round_robin\n",
@@ -51,6 +60,7 @@ fn weighted_round_robin_3_to_1_over_4000_requests_within_5_percent() {
 
 #[test]
 fn random_follows_weights_loosely() {
+    let _machine = shared_machine();
     let d = Drover::start(2, "  weights: [1, 1]\nbalancing:\n  strategy: random\n");
     let m = spread(&d, "/", 1000, 2);
     assert!(m[&0] > 350 && m[&1] > 350, "{m:?}");
@@ -58,6 +68,7 @@ fn random_follows_weights_loosely() {
 
 #[test]
 fn least_connections_avoids_a_backend_held_busy_and_counts_survive_a_switch() {
+    let _machine = shared_machine();
     // Pin slow requests to one worker with consistent hashing, then switch to least
     // connections live: the in-flight counts carry over, so new requests avoid that worker.
     let d = Drover::start(
@@ -119,6 +130,7 @@ fn least_connections_avoids_a_backend_held_busy_and_counts_survive_a_switch() {
 
 #[test]
 fn consistent_hash_keeps_a_key_on_one_worker_and_spreads_keys() {
+    let _machine = shared_machine();
     let d = Drover::start(
         3,
         "balancing:\n  strategy: consistent_hash\n  hash_key: header:x-user\n",
@@ -161,6 +173,7 @@ fn start_with_slow_files(extra: &str) -> (tempfile::TempDir, Drover) {
 
 #[test]
 fn latency_strategy_moves_traffic_off_a_slow_worker_and_back() {
+    let _machine = shared_machine();
     let (dir, d) = start_with_slow_files("balancing:\n  strategy: latency\n  latency_decay: 1s\n");
     std::fs::write(dir.path().join("slow-0"), "40").unwrap();
     // Let the estimate learn (a few hundred requests), then measure the share.
@@ -182,6 +195,7 @@ fn latency_strategy_moves_traffic_off_a_slow_worker_and_back() {
 
 #[test]
 fn auto_strategy_picks_latency_when_one_worker_is_slow_and_explains_why() {
+    let _machine = shared_machine();
     let (dir, d) = start_with_slow_files("balancing:\n  strategy: auto\n");
     assert_eq!(d.status()["strategy_auto"], true);
     std::fs::write(dir.path().join("slow-1"), "30").unwrap();
@@ -203,6 +217,7 @@ fn auto_strategy_picks_latency_when_one_worker_is_slow_and_explains_why() {
 
 #[test]
 fn strategy_switches_under_continuous_load_fail_no_request() {
+    let _machine = shared_machine();
     let d = Drover::start(3, "");
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(d.url("/"), 4, stop.clone(), usize::MAX);
@@ -245,6 +260,7 @@ fn strategy_switches_under_continuous_load_fail_no_request() {
 
 #[test]
 fn drained_worker_takes_no_new_requests_and_finishes_its_in_flight_one() {
+    let _machine = shared_machine();
     let d = Drover::start(2, "");
     let url = d.url("/delay?ms=1500");
     let slow = std::thread::spawn(move || request(&agent(), "GET", &url, &[], None));
@@ -292,6 +308,7 @@ fn drained_worker_takes_no_new_requests_and_finishes_its_in_flight_one() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after_and_a_free_slot_serves_the_queued() {
+    let _machine = shared_machine();
     let d = Drover::start(
         1,
         "balancing:\n  max_inflight_per_backend: 1\n  queue:\n    size: 1\n    timeout: 600ms\n",
@@ -336,6 +353,7 @@ fn full_queue_answers_503_with_retry_after_and_a_free_slot_serves_the_queued() {
 
 #[test]
 fn remote_upstreams_are_balanced_and_resynced_on_reload() {
+    let _machine = shared_machine();
     // Two standalone workers stand in for remote hosts.
     let ports = [free_port(), free_port()];
     let mut procs: Vec<_> = ports
@@ -380,6 +398,7 @@ fn remote_upstreams_are_balanced_and_resynced_on_reload() {
 /// exports for the same backends must agree exactly (no retries happen here).
 #[test]
 fn per_backend_counters_match_the_split_clients_saw_for_every_strategy() {
+    let _machine = shared_machine();
     let d = Drover::start(3, "  weights: [3, 2, 1]\n");
     let names = [
         "round_robin",
@@ -468,6 +487,7 @@ fn p99(samples: &mut [f64]) -> f64 {
 /// must have the lowest p99 (figures in docs/MODELS.md).
 #[test]
 fn predictive_beats_least_connections_and_peak_ewma_on_p99() {
+    let _alone = MACHINE.write().unwrap_or_else(|p| p.into_inner());
     let d = Drover::start_full(
         3,
         "  env:\n    SPEED_FACTORS: \"1,1,3\"\n",
