@@ -136,7 +136,7 @@ fn dashboard_in_chromium_updates_live_under_load_and_switches_strategy() {
 fn dashboard_shows_breakers_capacity_and_worker_metrics() {
     let d = Drover::start_with(
         2,
-        "routes:\n- name: flaky\n  path_prefix: /status\n  circuit_breaker:\n    consecutive_failures: 2\n    failure_ratio: 0\n    open_for: 30s\n    max_open_for: 30s\n",
+        "circuit_breaker:\n  open_for: 60s\n  max_open_for: 60s\nroutes:\n- name: flaky\n  path_prefix: /status\n  circuit_breaker:\n    consecutive_failures: 2\n    failure_ratio: 0\n    open_for: 30s\n    max_open_for: 30s\n",
         Some(TOKEN),
     );
     // Traffic for the capacity plan, a worker metric, and the route breaker's trip.
@@ -204,7 +204,7 @@ fn dashboard_shows_breakers_capacity_and_worker_metrics() {
         "document.getElementById('capacity-sustainable') && parseFloat(document.getElementById('capacity-sustainable').textContent) > 0",
         Duration::from_secs(10),
     )
-    .expect("the capacity panel shows a sustainable rate");
+    .unwrap_or_else(|e| panic!("the capacity panel shows a sustainable rate: {e}\n{}", d.admin_get("/api/capacity").body));
     let metric = page
         .eval("(document.querySelector('#app-metrics tr[data-metric=\"queue_depth\"]') || {}).textContent")
         .unwrap();

@@ -491,7 +491,8 @@ impl Observer {
             let mut busy_seen = HashMap::with_capacity(members.len());
             for b in members.iter().filter(|b| b.in_rotation()) {
                 let busy = b.busy_nanos(now_ns);
-                let prev = st.prev_busy.get(&b.id).copied().unwrap_or(busy);
+                // A backend seen for the first time counts from its start, like its requests.
+                let prev = st.prev_busy.get(&b.id).copied().unwrap_or(0);
                 busy_seen.insert(b.id, busy);
                 let w = second.workers.entry(b.name.to_string()).or_default();
                 w.requests += backend_rps
