@@ -165,12 +165,18 @@ enum ReadHead {
     Reject(Rejection),
 }
 
-/// The settings one request reads, loaded once.
+/// The settings one request reads, loaded once (one config load per request).
+#[derive(Clone, Copy)]
 struct ConnSettings {
     fast_path: bool,
     limits: HeadLimits,
     header_timeout: Duration,
     keepalive: Duration,
+    body_timeout: Duration,
+    max_body: u64,
+    pool_cap: usize,
+    pool_max_idle: Duration,
+    max_response_head: usize,
 }
 
 impl Conn<'_> {
@@ -184,6 +190,11 @@ impl Conn<'_> {
             },
             header_timeout: cfg.limits.client_header_timeout,
             keepalive: cfg.limits.client_keepalive_timeout,
+            body_timeout: cfg.limits.client_body_timeout,
+            max_body: cfg.limits.max_body_bytes,
+            pool_cap: cfg.proxy.keepalive_pool_size,
+            pool_max_idle: cfg.proxy.keepalive_timeout,
+            max_response_head: cfg.proxy.max_response_header_bytes,
         }
     }
 
@@ -209,12 +220,22 @@ impl Conn<'_> {
                 && facts.target == TargetForm::Origin;
             let next = if here {
                 match codec::take_request(&mut io.buf, &head, &self.fields) {
-                    Ok(req) => self.serve(&mut io, req, &head, shutdown).await,
+                    Ok(req) => self.serve(&mut io, req, &head, &settings, shutdown).await,
                     Err(r) => {
                         self.reject(&mut io, r).await;
                         Next::Close
                     }
                 }
+            } else if !head.target_parses(&io.buf) {
+                self.reject(
+                    &mut io,
+                    Rejection {
+                        status: 400,
+                        why: "invalid request target",
+                    },
+                )
+                .await;
+                Next::Close
             } else {
                 match self
                     .app
@@ -302,6 +323,7 @@ impl Conn<'_> {
         io: &mut ClientStream,
         mut header: RequestHeader,
         head: &Head,
+        settings: &ConnSettings,
         shutdown: &ShutdownWatch,
     ) -> Next {
         let p = &self.app.pipeline;
@@ -317,10 +339,7 @@ impl Conn<'_> {
             keep_alive: head.facts.keep_alive && !*shutdown.borrow(),
             http10: head.facts.http10,
         };
-        let (body_timeout, max_body) = {
-            let cfg = p.shared().config.load();
-            (cfg.limits.client_body_timeout, cfg.limits.max_body_bytes)
-        };
+        let (body_timeout, max_body) = (settings.body_timeout, settings.max_body);
         let body = match body::read_small(io, head.facts.framing, body_timeout, max_body).await {
             Ok(b) => b,
             Err(e) => return self.body_failed(io, &header, e, &mut ex).await,
@@ -342,7 +361,10 @@ impl Conn<'_> {
             timeout: body_timeout,
             max_body,
         };
-        match self.proxy(io, &mut header, &mut ex, client, &sending).await {
+        match self
+            .proxy(io, &mut header, &mut ex, client, &sending, settings)
+            .await
+        {
             Ok((status, sent, next)) => {
                 p.finish(&header, self.peer.as_ref(), status, sent, None, &mut ex)
                     .await;
@@ -526,17 +548,15 @@ impl Conn<'_> {
         ex: &mut Exchange,
         client: ClientSide,
         sending: &Sending<'_>,
+        settings: &ConnSettings,
     ) -> Result<(u16, usize, Next), Failure> {
         let p = &self.app.pipeline;
         let replayable = sending.body.replayable();
-        let (cap, max_idle, max_head) = {
-            let cfg = p.shared().config.load();
-            (
-                cfg.proxy.keepalive_pool_size,
-                cfg.proxy.keepalive_timeout,
-                cfg.proxy.max_response_header_bytes,
-            )
-        };
+        let (cap, max_idle, max_head) = (
+            settings.pool_cap,
+            settings.pool_max_idle,
+            settings.max_response_head,
+        );
         let head_request = header.method == http::Method::HEAD;
         let names = p.response_field_names(ex);
         loop {
