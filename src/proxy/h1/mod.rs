@@ -44,6 +44,8 @@ use tokio::net::TcpStream;
 
 /// Body bytes up to this size go out in the same write as the response head.
 const COALESCE: usize = 16 * 1024;
+/// How long an idle connection keeps its buffers before giving them back.
+const IDLE_BUFFERS_KEPT: Duration = Duration::from_secs(1);
 
 /// The data plane's `ServerApp`: drover's engine, with Pingora's proxy behind it.
 pub struct H1App {
@@ -220,7 +222,10 @@ impl Conn<'_> {
                 && facts.target == TargetForm::Origin;
             let next = if here {
                 match codec::take_request(&mut io.buf, &head, &self.fields) {
-                    Ok(req) => self.serve(&mut io, req, &head, &settings, shutdown).await,
+                    // Boxed: a request's future is most of a connection's state (~15 KB),
+                    // so an idle keep-alive connection holds only the loop's (~1.7 KB);
+                    // the allocation costs ~600 instructions per request.
+                    Ok(req) => Box::pin(self.serve(&mut io, req, &head, &settings, shutdown)).await,
                     Err(r) => {
                         self.reject(&mut io, r).await;
                         Next::Close
@@ -237,11 +242,10 @@ impl Conn<'_> {
                 .await;
                 Next::Close
             } else {
-                match self
-                    .app
-                    .delegate(io, &head, settings.keepalive, shutdown)
-                    .await
-                {
+                // Boxed: Pingora's request future is large, and inline it would make
+                // every connection's task that large, idle or not (measured: ~85 KiB
+                // per idle keep-alive connection; docs/PERFORMANCE.md).
+                match Box::pin(self.app.delegate(io, &head, settings.keepalive, shutdown)).await {
                     Some(back) => {
                         io = back;
                         Next::KeepAlive
@@ -277,9 +281,27 @@ impl Conn<'_> {
             }
             let read = match deadline {
                 None => {
-                    tokio::select! {
-                        r = tokio::time::timeout(settings.keepalive, io.fill()) => r,
+                    // Idle between requests. After a second the connection's buffers are
+                    // given back, so many idle keep-alive clients cost little memory; a
+                    // busy connection never waits that long and keeps them.
+                    let idle_since = Instant::now();
+                    let first = settings.keepalive.min(IDLE_BUFFERS_KEPT);
+                    let r = tokio::select! {
+                        r = tokio::time::timeout(first, io.fill()) => r,
                         _ = shutdown.changed() => return ReadHead::Closed,
+                    };
+                    match r {
+                        Err(_) if first < settings.keepalive => {
+                            io.release_buffer();
+                            self.out = BytesMut::new();
+                            self.fields = Vec::new();
+                            let left = settings.keepalive.saturating_sub(idle_since.elapsed());
+                            tokio::select! {
+                                r = tokio::time::timeout(left, io.fill()) => r,
+                                _ = shutdown.changed() => return ReadHead::Closed,
+                            }
+                        }
+                        r => r,
                     }
                 }
                 Some(dl) => tokio::time::timeout_at(dl.into(), io.fill()).await,
@@ -332,8 +354,10 @@ impl Conn<'_> {
         let peer_ip = self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         match p.admit(&mut header, peer_ip, &mut ex).await {
             Ok(None) => {}
-            Ok(Some(answer)) => return self.answer(io, &header, answer, &mut ex, head).await,
-            Err(e) => return self.fail(io, &header, &e, &mut ex).await,
+            Ok(Some(answer)) => {
+                return Box::pin(self.answer(io, &header, answer, &mut ex, head)).await
+            }
+            Err(e) => return Box::pin(self.fail(io, &header, &e, &mut ex)).await,
         }
         let client = ClientSide {
             keep_alive: head.facts.keep_alive && !*shutdown.borrow(),
@@ -342,12 +366,11 @@ impl Conn<'_> {
         let (body_timeout, max_body) = (settings.body_timeout, settings.max_body);
         let body = match body::read_small(io, head.facts.framing, body_timeout, max_body).await {
             Ok(b) => b,
-            Err(e) => return self.body_failed(io, &header, e, &mut ex).await,
+            Err(e) => return Box::pin(self.body_failed(io, &header, e, &mut ex)).await,
         };
         if let body::RequestBody::Buffered(b) = &body {
             if p.body_chunk(&mut ex, b.len()).is_err() {
-                return self
-                    .body_failed(io, &header, body::BodyError::TooLarge, &mut ex)
+                return Box::pin(self.body_failed(io, &header, body::BodyError::TooLarge, &mut ex))
                     .await;
             }
         }
@@ -370,8 +393,8 @@ impl Conn<'_> {
                     .await;
                 next
             }
-            Err(Failure::Before(e)) => self.fail(io, &header, &e, &mut ex).await,
-            Err(Failure::Body(e)) => self.body_failed(io, &header, e, &mut ex).await,
+            Err(Failure::Before(e)) => Box::pin(self.fail(io, &header, &e, &mut ex)).await,
+            Err(Failure::Body(e)) => Box::pin(self.body_failed(io, &header, e, &mut ex)).await,
             Err(Failure::During {
                 status,
                 sent,
