@@ -573,10 +573,16 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             None
         }
     };
+    let shared_limits = file.rate_limit.store == "redis"
+        || file
+            .routes
+            .iter()
+            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.store == "redis"));
     let sessions = match super::sessions::validate_sessions(
         &file.sessions,
         |p| relative_to(source, p),
         &runtime_dir,
+        shared_limits,
     ) {
         Ok(s) => Some(s),
         Err(mut issues) => {

@@ -23,6 +23,8 @@ pub struct SessionMetrics {
     pub lock_timeouts: IntCounter,
     pub write_conflicts: IntCounter,
     pub data_refused: IntCounter,
+    /// Writes that `WAIT` did not see reach `durability.replicas` replicas in time.
+    pub writes_unreplicated: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -120,6 +122,11 @@ impl SessionMetrics {
                 r,
                 SESSION_DATA_REFUSED_TOTAL,
                 "Session updates from workers refused (too large or not a header value)",
+            ),
+            writes_unreplicated: counter(
+                r,
+                SESSION_WRITES_UNREPLICATED_TOTAL,
+                "Session writes applied on the Redis master but not acknowledged by sessions.redis.durability.replicas replicas within its timeout",
             ),
         }
     }
