@@ -168,6 +168,12 @@ impl RateLimiter {
         self.slots.len()
     }
 
+    /// (emission interval, tolerance) in µs: the GCRA parameters, for the shared
+    /// (Redis) form of the same limit.
+    pub fn gcra_us(&self) -> (u64, u64) {
+        (self.interval, self.tolerance)
+    }
+
     pub fn check(&self, key_hash: u64) -> Decision {
         self.check_at(key_hash, Instant::now())
     }
