@@ -37,6 +37,8 @@ pub struct Shared {
     pub sessions: std::sync::OnceLock<Arc<crate::sessions::SessionService>>,
     /// Faults installed through the chaos admin endpoints.
     pub chaos: crate::resilience::chaos::Chaos,
+    /// DNS discovery of upstreams: one task per discovered entry.
+    pub discovery: crate::lifecycle::discovery::Discovery,
     /// Rate limits shared through Redis, made on first use (`rate_limit.store: redis`).
     shared_limits: std::sync::OnceLock<Option<Arc<crate::resilience::shared_limit::SharedLimits>>>,
     next_backend_id: AtomicU64,
@@ -70,6 +72,7 @@ impl Shared {
             sessions: std::sync::OnceLock::new(),
             chaos: Default::default(),
             shared_limits: std::sync::OnceLock::new(),
+            discovery: Default::default(),
             next_backend_id: AtomicU64::new(1),
         })
     }
