@@ -459,7 +459,7 @@ merge_into() {
 }
 for t in "${DROVERS[@]}"; do
     conf=${T_CONF[$t]}
-    mkdir -p "$WORK/run-$t"
+    mkdir -p -m 700 "$WORK/run-$t" # drover refuses a runtime folder others can open
     render "$DROVER_CONFIG" "$conf" \
         LISTEN "127.0.0.1:${T_PORT[$t]}" ADMIN_LISTEN "127.0.0.1:${T_ADMIN[$t]}" \
         RUNTIME_DIR "$WORK/run-$t" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
