@@ -436,9 +436,12 @@ pub fn no_script(e: &redis::RedisError) -> bool {
 /// connection dropped or was refused, or the node is a replica now (`READONLY`), or a
 /// master that lost its replicas (`MASTERDOWN`, `NOREPLICAS`).
 pub fn lost_master(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
-        || e.to_string().contains("READONLY")
+    // A slow answer is not a lost master: the caller's timeout and the store's breaker
+    // deal with it; dropping the connection would fail every call in flight.
+    !e.is_timeout()
+        && (e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+            || e.to_string().contains("READONLY"))
 }

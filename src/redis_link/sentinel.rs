@@ -251,12 +251,12 @@ impl Follower {
     }
 
     /// A call on `generation`'s connection found the master gone.
-    fn lost(self: &Arc<Self>, generation: u64) {
+    fn lost(self: &Arc<Self>, generation: u64, why: &redis::RedisError) {
         let cur = self.current.load();
         if cur.as_ref().is_some_and(|m| m.generation == generation) {
             self.current.store(None);
             log::warn!(
-                "redis: lost master `{}`; asking the sentinels",
+                "redis: lost master `{}` ({why}); asking the sentinels",
                 self.plan.master_name
             );
         }
@@ -300,7 +300,7 @@ impl FollowConn {
     fn check<T>(&self, generation: u64, r: &redis::RedisResult<T>) {
         if let Err(e) = r {
             if lost_master(e) {
-                self.f.lost(generation);
+                self.f.lost(generation, e);
             }
         }
     }

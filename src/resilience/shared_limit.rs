@@ -63,7 +63,7 @@ impl SharedLimits {
             enabled: true,
             consecutive_failures: 3,
             open_for: Duration::from_millis(500),
-            max_open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(1),
             half_open_probes: 1,
             ..BreakerPolicy::disabled()
         });

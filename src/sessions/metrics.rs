@@ -25,6 +25,9 @@ pub struct SessionMetrics {
     pub data_refused: IntCounter,
     /// Writes that `WAIT` did not see reach `durability.replicas` replicas in time.
     pub writes_unreplicated: IntCounter,
+    /// Writes whose store call failed (not sent, timed out, errored): not saved, or
+    /// saved without drover knowing.
+    pub writes_failed: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -122,6 +125,11 @@ impl SessionMetrics {
                 r,
                 SESSION_DATA_REFUSED_TOTAL,
                 "Session updates from workers refused (too large or not a header value)",
+            ),
+            writes_failed: counter(
+                r,
+                SESSION_WRITES_FAILED_TOTAL,
+                "Session writes whose store call failed (breaker open, timeout, error): not saved, or saved without drover knowing",
             ),
             writes_unreplicated: counter(
                 r,

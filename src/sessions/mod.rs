@@ -336,7 +336,7 @@ impl SessionService {
             enabled: true,
             consecutive_failures: 3,
             open_for: Duration::from_millis(500),
-            max_open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(1),
             half_open_probes: 1,
             ..BreakerPolicy::disabled()
         });
@@ -934,6 +934,8 @@ impl SessionService {
                     };
                     if ok == Some(false) {
                         self.conflict(s, "destroy");
+                    } else if ok.is_none() {
+                        self.metrics.writes_failed.inc();
                     }
                 }
             }
@@ -1002,6 +1004,8 @@ impl SessionService {
                     s.cookie = CookieAction::Issue;
                 } else if ok == Some(false) {
                     self.conflict(s, "regenerate");
+                } else {
+                    self.metrics.writes_failed.inc();
                 }
             }
             None => match (&update, s.origin) {
@@ -1075,18 +1079,24 @@ impl SessionService {
     ) -> Option<bool> {
         match &self.backing {
             Backing::Memory(m) => Some(m.write_if(id, expect, rec.clone(), ttl, now_ms())),
-            Backing::Redis(r) => self
-                .guarded(r.commit(
-                    id,
-                    token,
-                    Commit::Write {
-                        expect,
-                        record: rec,
-                        ttl,
-                    },
-                ))
-                .await
-                .ok(),
+            Backing::Redis(r) => {
+                let r = self
+                    .guarded(r.commit(
+                        id,
+                        token,
+                        Commit::Write {
+                            expect,
+                            record: rec,
+                            ttl,
+                        },
+                    ))
+                    .await
+                    .ok();
+                if r.is_none() {
+                    self.metrics.writes_failed.inc();
+                }
+                r
+            }
         }
     }
 
