@@ -113,7 +113,16 @@ pub struct RedisStore {
     abandon: LuaScript,
     /// Writes `WAIT` did not see replicated in time.
     unreplicated: Option<prometheus::IntCounter>,
+    /// Sessions this instance wrote in the last [`FRESH_WRITE`]: their reads skip the
+    /// local cache, so a client's next request through this instance reads its own
+    /// write even if Redis' invalidation is still on its way.
+    recent: std::sync::Mutex<std::collections::HashMap<SessionId, Instant>>,
 }
+
+/// How long after its own write an instance reads a session from Redis, not the cache.
+const FRESH_WRITE: Duration = Duration::from_millis(250);
+/// Recent writes remembered at most (older ones are dropped first).
+const RECENT_CAP: usize = 16_384;
 
 fn px(d: Duration) -> u64 {
     d.as_millis().max(1) as u64
@@ -139,6 +148,7 @@ impl RedisStore {
             commit: LuaScript::new(COMMIT),
             abandon: LuaScript::new(ABANDON),
             unreplicated: None,
+            recent: std::sync::Mutex::new(std::collections::HashMap::new()),
             link,
         }
     }
@@ -191,6 +201,29 @@ impl RedisStore {
             )
             .await;
         });
+    }
+
+    fn wrote(&self, id: &SessionId) {
+        if !self.link.caches() {
+            return;
+        }
+        if let Ok(mut m) = self.recent.lock() {
+            let now = Instant::now();
+            if m.len() >= RECENT_CAP {
+                m.retain(|_, t| now.duration_since(*t) < FRESH_WRITE);
+                if m.len() >= RECENT_CAP {
+                    m.clear();
+                }
+            }
+            m.insert(*id, now);
+        }
+    }
+
+    fn written_lately(&self, id: &SessionId) -> bool {
+        self.recent
+            .lock()
+            .map(|m| m.get(id).is_some_and(|t| t.elapsed() < FRESH_WRITE))
+            .unwrap_or(true)
     }
 
     fn decode(bytes: Option<Vec<u8>>) -> Option<Record> {
@@ -351,6 +384,10 @@ impl RedisStore {
         } else {
             self.con()?
         };
+        if writes {
+            // Noted before the call: a write whose answer is lost may still apply.
+            self.wrote(id);
+        }
         let applied: i64 = self
             .timed(self.commit.run(&mut con, &keys, &all_args))
             .await?;
@@ -406,6 +443,7 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let new_key = self.key("s:", new);
+        self.wrote(new);
         let durable = self.link.config().wait_replicas > 0;
         let mut con = if durable {
             self.link.durable_conn().map_err(link_err)?
@@ -531,7 +569,7 @@ impl SessionStore for RedisStore {
         let key = self.key("s:", id);
         let mut cmd = redis::cmd("GET");
         cmd.arg(&key);
-        if self.link.caches() {
+        if self.link.caches() && !self.written_lately(id) {
             // Answered from the local cache when Redis has not said the key changed.
             cmd.set_cache_config(redis::CommandCacheConfig::new().set_enable_cache(true));
         }
