@@ -886,7 +886,13 @@ fn dnsmasq(dir: &Path, srv: &[&str]) -> Dns {
     let port = free_port();
     let hosts = dir.join("hosts.d");
     std::fs::create_dir_all(&hosts).unwrap();
-    let mut cmd = Command::new("dnsmasq");
+    // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+    let bin = if Path::new("/usr/sbin/dnsmasq").exists() {
+        "/usr/sbin/dnsmasq"
+    } else {
+        "dnsmasq"
+    };
+    let mut cmd = Command::new(bin);
     cmd.args([
         "--keep-in-foreground",
         "--no-resolv",
