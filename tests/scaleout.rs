@@ -571,6 +571,10 @@ fn cluster_sessions_spread_over_slots_survive_a_slot_migration_under_load() {
         after[0] < per_node[0],
         "the migration moved keys: {per_node:?} -> {after:?}"
     );
+    // The admin API counts sessions over every master.
+    let api: serde_json::Value = serde_json::from_str(&a.admin_get("/api/sessions").body).unwrap();
+    assert_eq!(api["redis"]["topology"], "cluster", "{api}");
+    assert!(api["active"].as_u64().unwrap_or(0) >= 100, "{api}");
     // A regenerate moves a session to a new id, in another slot.
     let c = &cookies[0];
     let r = a.get_with("/session/regenerate", &[("cookie", c)]).unwrap();

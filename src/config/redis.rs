@@ -120,7 +120,8 @@ impl Default for DurabilityFile {
 #[serde(deny_unknown_fields, default)]
 pub struct LocalCacheFile {
     /// Session records kept in drover's memory, invalidated by Redis itself (RESP3
-    /// client tracking): a read of a cached session costs no round trip. 0 turns it off.
+    /// client tracking): a read of a cached session costs no round trip. Needs Redis 6+
+    /// (RESP3). 0 turns it off (and speaks RESP2, for older servers).
     pub max_entries: usize,
     /// Longest time a cached record is used without asking Redis again (bounds how
     /// stale a read can be if an invalidation is lost with a broken connection).
