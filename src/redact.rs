@@ -212,7 +212,17 @@ mod tests {
         });
         config(&mut v);
         let text = v.to_string();
-        for secret in ["s3cret", "hunter2", "\"pw\"", "\"a\"", "p@ss", "ss@", "XYZ", "redisPW", "sentinelPW"] {
+        for secret in [
+            "s3cret",
+            "hunter2",
+            "\"pw\"",
+            "\"a\"",
+            "p@ss",
+            "ss@",
+            "XYZ",
+            "redisPW",
+            "sentinelPW",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("127.0.0.1:9090") && text.contains("host:6379"));

@@ -101,7 +101,7 @@ enum Plan {
     },
     Sentinel(sentinel::Plan),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
     },
 }
 
@@ -225,7 +225,7 @@ impl RedisLink {
                     b = b.cache_config(cache);
                 }
                 Plan::Cluster {
-                    client: b.build().map_err(setup_err)?,
+                    client: Box::new(b.build().map_err(setup_err)?),
                 }
             }
         };
