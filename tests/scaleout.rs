@@ -1097,3 +1097,66 @@ fn srv_records_give_ports_and_weights_of_the_lowest_priority() {
         "weights 3:1: {counts:?}"
     );
 }
+
+#[test]
+fn drover_starts_and_serves_while_no_redis_topology_answers_then_uses_the_cluster_once_it_is_up() {
+    let dead: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sentinel = Drover::start(
+        1,
+        &sessions_yaml(&format!(
+            "    sentinel:\n      master_name: mymaster\n      nodes: [{}]\n    timeout: 100ms\n",
+            list(&dead)
+        )),
+    );
+    let cluster = Drover::start(
+        1,
+        &sessions_yaml(&format!(
+            "    cluster:\n      nodes: [{}]\n    timeout: 100ms\n",
+            list(&dead)
+        )),
+    );
+    for d in [&sentinel, &cluster] {
+        for _ in 0..10 {
+            let r = d.get("/session/incr").unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            let c = cookie_of(&r);
+            let r = d.get_with("/session", &[("cookie", &c)]).unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(json(&r)["state"], "unavailable", "{}", r.body);
+        }
+    }
+    // The cluster comes up on those very ports: drover starts using it by itself.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for p in &dead {
+        let conf = format!("nodes-{p}.conf");
+        nodes.push(redis_server(
+            dir.path(),
+            *p,
+            &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+        ));
+        wait_pong(*p);
+    }
+    let addrs: Vec<String> = dead.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(out.status.success());
+    assert!(
+        wait_sessions_work(&cluster, Duration::from_secs(20)),
+        "{}",
+        cluster.log()
+    );
+    drop(nodes);
+}
