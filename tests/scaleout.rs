@@ -203,6 +203,21 @@ fn reported_unsaved(drovers: &[&Drover], unavailable: u64) -> f64 {
     drovers.iter().map(|d| unsaved(d)).sum::<f64>() - unavailable as f64
 }
 
+/// (refused, failed, unreplicated) writes over `drovers`, for the record.
+fn unsaved_parts(drovers: &[&Drover], unavailable: u64) -> (f64, f64, f64) {
+    let sum = |name: &str| -> f64 {
+        drovers
+            .iter()
+            .map(|d| common::metric_value(&d.metrics(), name))
+            .sum()
+    };
+    (
+        sum("drover_session_write_conflicts_total") - unavailable as f64,
+        sum("drover_session_writes_failed_total"),
+        sum("drover_session_writes_unreplicated_total"),
+    )
+}
+
 /// Reads every session back through `d`: (readable sessions, sum of their counters).
 fn read_back(d: &Drover, cookies: &[String]) -> (usize, u64, Vec<u64>) {
     let mut readable = 0;
@@ -214,6 +229,8 @@ fn read_back(d: &Drover, cookies: &[String]) -> (usize, u64, Vec<u64>) {
         let v = json(&r);
         if v["state"] == "existing" {
             readable += 1;
+        } else if readable == 0 && each.is_empty() {
+            eprintln!("read back: {}", r.body);
         }
         let n = v["session"]["counter"].as_u64().unwrap_or(0);
         sum += n;
@@ -272,8 +289,8 @@ fn sentinel_setup() -> SentinelSetup {
             mp,
             &["INFO", "replication"]
         )
-        .contains("connected_slaves:1")),
-        "the replica did not attach"
+        .contains("state=online")),
+        "the replica did not attach and finish its first sync (WAIT counts online replicas only)"
     );
     let mut sentinels = Vec::new();
     let mut ports = Vec::new();
@@ -400,14 +417,23 @@ fn sentinel_master_killed_under_load_loses_no_acknowledged_write_and_serves_no_5
     let (readable, final_sum, finals) = read_back(&a, &cookies);
     let lost = tally.lost.load(Ordering::Relaxed) + lost_at_end(&last, &finals);
     let reported = reported_unsaved(&[&a, &b], unavailable);
+    let parts = unsaved_parts(&[&a, &b], unavailable);
     eprintln!(
-        "sentinel failover: {available} increments saw the session ({before_kill} before the kill), {unavailable} were served with the session unavailable; final sum {final_sum}; lost {lost}, drover reported {reported} not (surely) saved; master {} -> {:?} promoted after {failover:?}, sessions working again through both drovers after {recovered:?}; 5xx {}, other {}, transport {}",
+        "sentinel failover: (refused, failed, unreplicated) = {parts:?}; {available} increments saw the session ({before_kill} before the kill), {unavailable} were served with the session unavailable; final sum {final_sum}; lost {lost}, drover reported {reported} not (surely) saved; master {} -> {:?} promoted after {failover:?}, sessions working again through both drovers after {recovered:?}; 5xx {}, other {}, transport {}",
         s.master_port,
         sentinel_master_port(&s),
         tally.server_errors.load(Ordering::Relaxed),
         tally.other.load(Ordering::Relaxed),
         tally.transport.load(Ordering::Relaxed),
     );
+    let log = a.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("redis:") || (l.contains("WARN") && !l.contains("not saved")))
+        .collect();
+    for l in lines.iter().rev().take(30).rev() {
+        eprintln!("drover a: {l}");
+    }
     assert_eq!(tally.server_errors.load(Ordering::Relaxed), 0, "no 5xx");
     assert_eq!(
         tally.transport.load(Ordering::Relaxed),
@@ -429,9 +455,6 @@ fn sentinel_master_killed_under_load_loses_no_acknowledged_write_and_serves_no_5
         available > before_kill,
         "the load went on after the failover"
     );
-    for l in a.log().lines().filter(|l| l.contains("redis:")) {
-        eprintln!("drover a: {l}");
-    }
     let status = a.admin_get("/api/sessions");
     let api: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     assert_eq!(api["redis"]["topology"], "sentinel", "{api}");

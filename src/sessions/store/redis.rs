@@ -117,7 +117,14 @@ pub struct RedisStore {
     /// local cache, so a client's next request through this instance reads its own
     /// write even if Redis' invalidation is still on its way.
     recent: std::sync::Mutex<std::collections::HashMap<SessionId, Instant>>,
+    /// Until this time (ms), writes do not `WAIT` (the last `WAIT` went unanswered).
+    wait_skip_until: std::sync::atomic::AtomicU64,
 }
+
+/// After a `WAIT` that the replicas did not answer in time, writes skip `WAIT` (and are
+/// counted as unreplicated) for this long, so they never queue behind one another's
+/// `WAIT` on the shared write connection while no replica is there.
+const WAIT_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long after its own write an instance reads a session from Redis, not the cache.
 const FRESH_WRITE: Duration = Duration::from_millis(250);
@@ -149,6 +156,7 @@ impl RedisStore {
             abandon: LuaScript::new(ABANDON),
             unreplicated: None,
             recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+            wait_skip_until: std::sync::atomic::AtomicU64::new(0),
             link,
         }
     }
@@ -388,9 +396,17 @@ impl RedisStore {
             // Noted before the call: a write whose answer is lost may still apply.
             self.wrote(id);
         }
-        let applied: i64 = self
-            .timed(self.commit.run(&mut con, &keys, &all_args))
-            .await?;
+        // On the write connection a commit may queue behind another write's WAIT.
+        let limit = if durable {
+            self.timeout + self.link.config().wait_timeout
+        } else {
+            self.timeout
+        };
+        let applied: i64 =
+            match tokio::time::timeout(limit, self.commit.run(&mut con, &keys, &all_args)).await {
+                Ok(r) => r.map_err(backend_err)?,
+                Err(_) => return Err(StoreError::Timeout),
+            };
         if durable && applied == 1 {
             self.await_replicas(&mut con, &[rec.as_bytes()]).await;
         }
@@ -401,6 +417,19 @@ impl RedisStore {
     /// acknowledged in time (or a failed `WAIT`) is counted, not undone.
     async fn await_replicas(&self, con: &mut Conn, slot_keys: &[&[u8]]) {
         let cfg = self.link.config();
+        let now = super::memory::now_ms();
+        if now
+            < self
+                .wait_skip_until
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // The replicas did not answer a moment ago (none attached, e.g. right after a
+            // failover): counted without waiting, so writes do not queue behind WAITs.
+            if let Some(c) = &self.unreplicated {
+                c.inc();
+            }
+            return;
+        }
         for key in slot_keys {
             let budget = self.timeout + cfg.wait_timeout;
             let r = tokio::time::timeout(budget, self.link.wait_replicas(con, key)).await;
@@ -409,15 +438,20 @@ impl RedisStore {
                 if let Some(c) = &self.unreplicated {
                     c.inc();
                 }
+                self.wait_skip_until.store(
+                    super::memory::now_ms() + WAIT_PAUSE.as_millis() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 log::warn!(
-                    "sessions: a write was not acknowledged by {} replica(s) within {:?} ({}); it may be lost if the master fails now",
+                    "sessions: a write was not acknowledged by {} replica(s) within {:?} ({}); it may be lost if the master fails now; writes in the next {:?} do not wait",
                     cfg.wait_replicas,
                     cfg.wait_timeout,
                     match r {
                         Ok(Ok(n)) => format!("{n} acknowledged"),
                         Ok(Err(e)) => e.to_string(),
                         Err(_) => "timed out".into(),
-                    }
+                    },
+                    WAIT_PAUSE
                 );
                 return;
             }
