@@ -20,7 +20,8 @@
 //! Every response carries `X-Worker-Id` and `X-Worker-Pid`.
 //!
 //! Endpoints:
-//! - `GET /` → 200 `hello from worker <id>`
+//! - `GET /` → 200 `hello from worker <id>`; `POST /` and `PUT /` the same after
+//!   reading the whole body
 //! - `GET /health` → 200 `ok`, or 503 while `HEALTH_FAIL_FILE` exists
 //! - `GET /delay?ms=N` → sleeps N ms (≤ 60000), then 200
 //! - `GET /status?code=N` → status N (100..=599; 1xx get a 400, as hyper

@@ -55,6 +55,12 @@ pub struct ResCtx {
 }
 
 impl ResCtx {
+    /// Something may make an attempt wait or go elsewhere before a backend is picked:
+    /// a tripped route's fallback upstream, or a deadline to check.
+    pub(super) fn may_wait(&self) -> bool {
+        self.fallback_upstream || self.deadline.is_some()
+    }
+
     pub fn route_name(&self) -> Option<&str> {
         self.route.as_deref().map(|r| &*r.name)
     }
@@ -306,14 +312,8 @@ impl Pipeline {
         Ok(None)
     }
 
-    /// `upstream_peer`, once a backend is picked: per-route timeouts capped by the
-    /// deadline, then chaos.
-    pub(super) async fn resilience_after_select(
-        &self,
-        req: &RequestHeader,
-        ex: &mut Exchange,
-        target: &mut Target,
-    ) -> Result<()> {
+    /// Once a backend is picked: per-route timeouts capped by the deadline.
+    pub(super) fn resilience_timeouts(&self, ex: &Exchange, target: &mut Target) {
         if let Some(r) = &ex.res.route {
             if r.connect_timeout.is_some() {
                 target.connect_timeout = r.connect_timeout;
@@ -328,6 +328,14 @@ impl Pipeline {
             target.connect_timeout = cap(target.connect_timeout);
             target.read_timeout = cap(target.read_timeout);
         }
+    }
+
+    /// Chaos faults installed through the admin API, once a backend is picked.
+    pub(super) async fn resilience_chaos(
+        &self,
+        req: &RequestHeader,
+        ex: &mut Exchange,
+    ) -> Result<()> {
         let worker = ex.guard.as_ref().and_then(|g| g.backend().worker_id);
         let Some((fault, label)) =
             self.shared
