@@ -33,7 +33,8 @@
 //! - `GET /session` → JSON with the `X-Drover-Session` object,
 //!   `X-Drover-Session-Id` and `X-Drover-Session-State`
 //! - `GET|POST /session/incr[?ms=N]` → increments `counter` in the session,
-//!   returns it in the body and the whole object in `X-Drover-Session-Set`
+//!   returns it (and the session state drover reported) in the body and the whole
+//!   object in `X-Drover-Session-Set`
 //! - `GET /session/set?key=K&value=V` → sets string field K, returns the
 //!   object in the body and in `X-Drover-Session-Set`
 //! - `GET|POST /session/regenerate[?key=K&value=V]` → like `/session`, with
