@@ -426,8 +426,17 @@ fn per_backend_counters_match_the_split_clients_saw_for_every_strategy() {
         assert_eq!(r.status, 200, "{}", r.body);
         let before = d.metrics();
         let seen = spread(&d, "/", 300, 3);
-        let after = d.metrics();
         assert_eq!(seen.values().sum::<usize>(), 300);
+        // drover counts a request once its response is written (`finish`), so the last
+        // responses' counts may land just after the client saw them: wait for all 300.
+        let mut after = d.metrics();
+        wait_until(Duration::from_secs(5), || {
+            after = d.metrics();
+            (0..3)
+                .map(|w| requests(&after, w) - requests(&before, w))
+                .sum::<f64>()
+                >= 300.0
+        });
         for w in 0..3 {
             let client = *seen.get(&w).unwrap_or(&0) as f64;
             assert_eq!(

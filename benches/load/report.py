@@ -12,6 +12,9 @@ Subcommands (run.sh is the only caller; the interface is not stable):
                                   connection; print each response's first Set-Cookie pair
                                   (name=value), one per line; exit 3 if none is set
   lua COOKIES_FILE                print a wrk script sending those Cookie headers in turn
+  post-lua N                      print a wrk script POSTing an N-byte body
+  errors RUNS_TSV                 exit 1 if a run of a scenario other than kill9 saw
+                                  errors (one line per such target)
 
 RUNS_TSV columns (tab-separated, no header):
   scenario  target  round  wrk_output_file  cpu_ticks|-  clk_tck  note  user_ticks|-  syscalls|-
@@ -384,13 +387,23 @@ end""")
     return 0
 
 
+def cmd_post_lua(args):
+    """A wrk script that POSTs a body of N bytes (application/octet-stream)."""
+    n = int(args[0])
+    print(f"""wrk.method = "POST"
+wrk.body = string.rep("x", {n})
+wrk.headers["Content-Type"] = "application/octet-stream"
+""")
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     cmd = {"line": cmd_line, "table": cmd_table, "drover-healthy": cmd_drover_healthy,
            "merge": cmd_merge, "cookies": cmd_cookies, "lua": cmd_lua,
-           "errors": cmd_errors}.get(argv[1])
+           "errors": cmd_errors, "post-lua": cmd_post_lua}.get(argv[1])
     if cmd is None:
         print(f"unknown subcommand {argv[1]!r}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub workers: WorkersFile,
     pub upstreams: Vec<UpstreamFile>,
+    pub discovery: DiscoveryFile,
     pub balancing: BalancingFile,
     pub health_check: HealthCheckFile,
     pub proxy: ProxyFile,
@@ -53,6 +54,7 @@ impl Default for FileConfig {
             admin: AdminFile::default(),
             workers: WorkersFile::default(),
             upstreams: Vec::new(),
+            discovery: DiscoveryFile::default(),
             balancing: BalancingFile::default(),
             health_check: HealthCheckFile::default(),
             proxy: ProxyFile::default(),
@@ -192,10 +194,48 @@ impl Default for BackoffFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// `host:port` of a remote backend (resolved once at load).
-    pub address: String,
+    /// `host:port` of a remote backend (resolved once at load, unless `discover: dns`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `dns`: every A/AAAA record of `address`'s host is a backend on its port,
+    /// re-resolved as the records' TTLs run out (`discovery:`).
+    #[serde(default)]
+    pub discover: Option<String>,
+    /// A DNS SRV name (`_http._tcp.app.service.consul`): every target of its lowest
+    /// priority is a backend, with the record's port and weight.
+    #[serde(default)]
+    pub srv: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
+}
+
+/// How discovered upstreams (`discover: dns`, `srv:`) are resolved.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryFile {
+    /// DNS servers, `ip[:port]`; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
+    /// Re-resolve no sooner than this after an answer, whatever its TTL...
+    pub min_interval: Dur,
+    /// ...and no later than this, even with a longer TTL.
+    pub max_interval: Dur,
+    /// Per query.
+    pub timeout: Dur,
+    /// A newly discovered backend's share of traffic ramps up over this long (0: at
+    /// once); `balancing.slow_start` applies when it is longer.
+    pub slow_start: Dur,
+}
+
+impl Default for DiscoveryFile {
+    fn default() -> Self {
+        DiscoveryFile {
+            nameservers: Vec::new(),
+            min_interval: Dur::secs(1),
+            max_interval: Dur::secs(30),
+            timeout: Dur::secs(2),
+            slow_start: Dur::secs(10),
+        }
+    }
 }
 
 fn one() -> u32 {

@@ -21,6 +21,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub workers: WorkersConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Upstreams found through DNS (`discover: dns`, `srv:`).
+    pub discovered: Vec<DiscoveredUpstream>,
+    pub discovery: DiscoveryConfig,
     pub balancing: BalancingConfig,
     pub health: HealthConfig,
     pub proxy: ProxyConfig,
@@ -85,6 +88,43 @@ pub struct BackoffPolicy {
     pub max: Duration,
     pub reset_after: Duration,
     pub crash_loop_restarts: u32,
+}
+
+/// What a discovered upstream entry asks DNS for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoverySource {
+    /// A/AAAA records of `host`, each a backend on `port`.
+    Dns { host: String, port: u16 },
+    /// SRV records of `name`: targets, ports and weights.
+    Srv { name: String },
+}
+
+impl DiscoverySource {
+    /// The entry's name (the `host:port` or SRV name as written), used as the prefix of
+    /// its backends' names (`{label}@{ip}:{port}`).
+    pub fn label(&self) -> String {
+        match self {
+            DiscoverySource::Dns { host, port } => format!("{host}:{port}"),
+            DiscoverySource::Srv { name } => name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredUpstream {
+    pub source: DiscoverySource,
+    /// Weight of each backend found (SRV records carry their own).
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    /// Empty: the system's resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    pub timeout: Duration,
+    pub slow_start: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,21 +453,93 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     );
 
     let mut upstreams = Vec::new();
+    let mut discovered = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
         let field = format!("upstreams[{i}]");
         c.range_u32(&format!("{field}.weight"), u.weight, 1, 10_000);
-        match u.address.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(addr)) => upstreams.push(UpstreamConfig {
-                name: u.address.clone(),
-                addr,
-                weight: u.weight,
-            }),
-            _ => c.fail(
-                &format!("{field}.address"),
-                format!("`{}` does not resolve; write `host:port`", u.address),
+        match (&u.address, &u.srv, u.discover.as_deref()) {
+            (Some(_), Some(_), _) | (None, None, _) => c.fail(
+                &field,
+                "give `address` (host:port) or `srv` (a DNS SRV name), not both",
+            ),
+            (None, Some(name), d) => {
+                if d.is_some() {
+                    c.fail(&format!("{field}.discover"), "an `srv` entry is always discovered; remove `discover`");
+                }
+                let ok = !name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if ok {
+                    discovered.push(DiscoveredUpstream {
+                        source: DiscoverySource::Srv { name: name.clone() },
+                        weight: u.weight,
+                    });
+                } else {
+                    c.fail(&format!("{field}.srv"), format!("`{name}` is not a DNS name"));
+                }
+            }
+            (Some(address), None, Some("dns")) => {
+                match crate::config::redis::host_port(address, 0) {
+                    Ok((host, port)) if port > 0 => discovered.push(DiscoveredUpstream {
+                        source: DiscoverySource::Dns { host, port },
+                        weight: u.weight,
+                    }),
+                    _ => c.fail(
+                        &format!("{field}.address"),
+                        format!("`{address}` is not `host:port`"),
+                    ),
+                }
+            }
+            (Some(_), None, Some(other)) => c.fail(
+                &format!("{field}.discover"),
+                format!("`{other}` is not accepted; accepted: dns"),
+            ),
+            (Some(address), None, None) => match address.to_socket_addrs().map(|mut it| it.next()) {
+                Ok(Some(addr)) => upstreams.push(UpstreamConfig {
+                    name: address.clone(),
+                    addr,
+                    weight: u.weight,
+                }),
+                _ => c.fail(
+                    &format!("{field}.address"),
+                    format!("`{address}` does not resolve; write `host:port` (or add `discover: dns` to resolve it again and again)"),
+                ),
+            },
+        }
+    }
+    let d = &file.discovery;
+    let mut nameservers = Vec::new();
+    for (i, n) in d.nameservers.iter().enumerate() {
+        let parsed = n.parse::<SocketAddr>().or_else(|_| {
+            n.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) => nameservers.push(a),
+            Err(_) => c.fail(
+                &format!("discovery.nameservers[{i}]"),
+                format!("`{n}` is not an IP address (with an optional :port)"),
             ),
         }
     }
+    if d.min_interval.0 < Duration::from_millis(100) || d.max_interval.0 < d.min_interval.0 {
+        c.fail(
+            "discovery.min_interval",
+            "must be at least 100ms and at most `discovery.max_interval`",
+        );
+    }
+    if d.timeout.0.is_zero() {
+        c.fail("discovery.timeout", "must be greater than zero");
+    }
+    let discovery = DiscoveryConfig {
+        nameservers,
+        min_interval: d.min_interval.0,
+        max_interval: d.max_interval.0,
+        timeout: d.timeout.0,
+        slow_start: d.slow_start.0,
+    };
     if w.count == 0 && file.upstreams.is_empty() {
         c.fail(
             "workers.count",
@@ -600,10 +712,16 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             None
         }
     };
+    let shared_limits = file.rate_limit.store == "redis"
+        || file
+            .routes
+            .iter()
+            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.store == "redis"));
     let sessions = match super::sessions::validate_sessions(
         &file.sessions,
         |p| relative_to(source, p),
         &runtime_dir,
+        shared_limits,
     ) {
         Ok(s) => Some(s),
         Err(mut issues) => {
@@ -669,6 +787,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             weights: w.weights.clone(),
         },
         upstreams,
+        discovered,
+        discovery,
         balancing: BalancingConfig {
             strategy,
             panic_threshold,

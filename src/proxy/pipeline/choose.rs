@@ -78,12 +78,17 @@ impl Pipeline {
     /// bounded queue when every backend is full).
     pub async fn choose(&self, req: &RequestHeader, ex: &mut Exchange) -> Result<Target> {
         ex.tries += 1;
-        if let Some(peer) = self.resilience_before_select(ex).await? {
-            let target = Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend)?;
-            if let Some(r) = ex.spans.as_mut() {
-                r.start_attempt(ex.tries, "fallback", &target.addr.to_string());
+        // The waits (a tripped route's fallback, backoff before a retry, the deadline)
+        // are rare: boxed, so the common path's future stays small (moving a large
+        // future costs a copy per request).
+        if ex.res.may_wait() || ex.tries > 1 {
+            if let Some(peer) = Box::pin(self.resilience_before_select(ex)).await? {
+                let target = Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend)?;
+                if let Some(r) = ex.spans.as_mut() {
+                    r.start_attempt(ex.tries, "fallback", &target.addr.to_string());
+                }
+                return Ok(target);
             }
-            return Ok(target);
         }
         let cfg = self.shared.config.load();
         let key = {
@@ -107,7 +112,9 @@ impl Pipeline {
         };
         let guard = match self.try_select(key, ex, limits) {
             Ok(g) => g,
-            Err(SelectError::AllBusy) => self.wait_in_queue(key, ex, limits, &cfg).await?,
+            Err(SelectError::AllBusy) => {
+                Box::pin(self.wait_in_queue(key, ex, limits, &cfg)).await?
+            }
             Err(SelectError::NoBackend) => {
                 self.shared.metrics.no_backend.inc();
                 ex.reject = Some("no backend available");
@@ -130,7 +137,10 @@ impl Pipeline {
             backend: Some(backend),
             fallback: None,
         };
-        self.resilience_after_select(req, ex, &mut target).await?;
+        self.resilience_timeouts(ex, &mut target);
+        if self.shared.chaos.armed() {
+            Box::pin(self.resilience_chaos(req, ex)).await?;
+        }
         Ok(target)
     }
 
@@ -183,7 +193,8 @@ impl Pipeline {
         };
         m.queue_length.set(queue.len() as i64);
         let start = Instant::now();
-        let span_start = crate::observe::otlp::unix_nanos();
+        // Wall-clock start for the queue span, read only for a traced request.
+        let span_start = ex.spans.is_some().then(crate::observe::otlp::unix_nanos);
         let deadline = start + cfg.balancing.queue_timeout;
         let outcome = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -200,7 +211,7 @@ impl Pipeline {
         drop(place);
         m.queue_length.set(queue.len() as i64);
         m.queue_wait.observe(start.elapsed().as_secs_f64());
-        if let Some(r) = ex.spans.as_mut() {
+        if let (Some(r), Some(span_start)) = (ex.spans.as_mut(), span_start) {
             use crate::observe::otlp::Attr;
             let result = match &outcome {
                 Ok(_) => "served",
