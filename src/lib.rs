@@ -29,3 +29,4 @@ pub mod resilience;
 pub mod sessions;
 pub mod state;
 pub mod supervisor;
+pub mod tls;

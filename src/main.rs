@@ -158,6 +158,12 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
             std::net::TcpListener::bind(cfg.listen)
                 .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?,
         );
+        for a in &cfg.tls.listen {
+            drop(
+                std::net::TcpListener::bind(a)
+                    .map_err(|e| format!("cannot listen on tls.listen {a}: {e}"))?,
+            );
+        }
         (control::AdminBind::Bound(admin), None)
     };
 
@@ -175,6 +181,7 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     };
 
     let listen = cfg.listen;
+    let tls_listen = cfg.tls.listen.clone();
     let shared = Shared::new(cfg, path);
     let cfg = shared.config();
     if cfg.sessions.enabled {
@@ -208,14 +215,21 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     if let Err(e) = pidfile::write(&pid_file) {
         log::warn!("cannot write the pid file: {e}");
     }
-    let pipeline = Pipeline::new(shared);
-    let pingora =
+    let pipeline = Pipeline::new(shared.clone());
+    let mut pingora =
         pingora_proxy::http_proxy(&server.configuration, PingoraCarrier::new(pipeline.clone()));
+    drover::proxy::h2::configure(&mut pingora, &shared.config().http2);
     let mut proxy = pingora_core::services::listening::Service::new(
-        "drover HTTP/1 proxy".to_string(),
+        "drover proxy".to_string(),
         drover::proxy::h1::H1App::new(pipeline, pingora),
     );
     proxy.add_tcp(&listen.to_string());
+    for addr in &tls_listen {
+        let settings = drover::proxy::h2::tls_settings(&shared)
+            .map_err(|e| format!("tls.listen {addr}: {e}"))?;
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        log::info!("listening for HTTPS on {addr}");
+    }
     server.add_service(proxy);
     server.run(RunArgs {
         shutdown_signal: Box::new(DroverSignals {

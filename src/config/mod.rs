@@ -11,6 +11,7 @@ mod file;
 pub mod observability;
 mod resilience_file;
 mod sessions;
+pub mod tls;
 mod validate;
 
 pub use autoscale::*;
@@ -20,6 +21,7 @@ pub use error::{locate, ConfigError, ConfigIssue};
 pub use file::*;
 pub use resilience_file::*;
 pub use sessions::*;
+pub use tls::{Http2Config, Link, Protocol, TlsConfig, UpstreamTls};
 pub use validate::*;
 
 use std::path::Path;

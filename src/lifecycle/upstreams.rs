@@ -20,7 +20,7 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
         let keep = cfg
             .upstreams
             .iter()
-            .any(|u| u.addr == b.addr && u.weight == b.weight && *u.name == *b.name);
+            .any(|u| u.addr == b.addr && u.weight == b.weight && *u.name == *b.name && u.link == b.link);
         if !keep {
             log::info!("upstreams: {} removed from config, draining", b.name);
             b.set_state(BackendState::Draining);
@@ -41,9 +41,9 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
     for u in &cfg.upstreams {
         let exists = remote
             .iter()
-            .any(|b| b.addr == u.addr && b.weight == u.weight && *b.name == *u.name);
+            .any(|b| b.addr == u.addr && b.weight == u.weight && *b.name == *u.name && b.link == u.link);
         if !exists {
-            let b = shared.make_backend(&u.name, None, u.addr, u.weight);
+            let b = shared.make_backend(&u.name, None, u.addr, u.weight, &u.link);
             log::info!(
                 "upstreams: added {} ({}) weight {}",
                 u.name,

@@ -37,6 +37,15 @@ pub struct Exchange {
     pub(super) trace: Option<TraceContext>,
     /// The request was HEAD: answers carry no body.
     pub(super) head_request: bool,
+    /// It arrived over TLS (an HTTPS listener): `X-Forwarded-Proto: https`, the session
+    /// cookie's `Secure`, HSTS; no redirect to HTTPS.
+    pub(super) https: bool,
+    /// The worker switched protocols (101): an upgraded connection (WebSocket) counted
+    /// in `drover_upgraded_connections` until the exchange finishes.
+    pub(super) upgraded: Option<super::edge::UpgradedGuard>,
+    /// The worker answered with gRPC, and the call's `grpc-status` once known.
+    pub(super) grpc: bool,
+    pub(super) grpc_status: Option<u32>,
 }
 
 impl Exchange {
@@ -58,7 +67,16 @@ impl Exchange {
             res: Default::default(),
             trace: None,
             head_request: false,
+            https: false,
+            upgraded: None,
+            grpc: false,
+            grpc_status: None,
         }
+    }
+
+    /// The carrier says the request came over TLS.
+    pub fn set_https(&mut self, https: bool) {
+        self.https = https;
     }
 
     /// The client went away mid-request: the backend is not to blame, so its slot and

@@ -61,6 +61,8 @@ impl Pipeline {
         if let (Some(sessions), Some(mut s)) = (self.shared.sessions.get(), ex.session.take()) {
             sessions.finish(&mut s).await;
         }
+        // A failed gRPC call is judged like the HTTP status it amounts to.
+        let judged = self.edge_finish(req.version, status, ex);
         let m = &self.shared.metrics;
         if ex.counted {
             m.in_flight.dec();
@@ -80,7 +82,7 @@ impl Pipeline {
                 .map(|s| now.saturating_duration_since(s))
                 .unwrap_or(elapsed);
             let success =
-                Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
+                Outcome::of_request(e, judged).is_some_and(|o| guard.finish(o, upstream_elapsed));
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, success);
             if let Some(h) = b.metrics.get() {
@@ -94,7 +96,7 @@ impl Pipeline {
             backend_name = Some(b.name.clone());
             worker_id = b.worker_id;
         }
-        self.resilience_done(ex, e, status);
+        self.resilience_done(ex, e, judged);
         if self.shared.config.load().logging.access_log {
             let client = match ex.client_ip {
                 Some(ip) => ip.to_string(),
