@@ -253,7 +253,7 @@ async fn rapid_reset_flood_leaves_drover_healthy_and_bounded() {
             let mut sent = 0usize;
             let mut error = None;
             while sent < STREAMS / 4 {
-                client = match client.ready().await {
+                client = match client.clone().ready().await {
                     Ok(c) => c,
                     Err(e) => {
                         error = Some(e.to_string());

@@ -130,11 +130,12 @@ impl TestCa {
 
 fn pingora_rustls_der(pem: &[u8]) -> Vec<u8> {
     let mut r = pem;
-    rustls_pemfile::certs(&mut r)
+    let der = rustls_pemfile::certs(&mut r)
         .next()
         .expect("a certificate")
         .expect("valid PEM")
-        .to_vec()
+        .to_vec();
+    der
 }
 
 /// What one HTTPS exchange saw.
