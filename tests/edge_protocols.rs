@@ -22,7 +22,10 @@ fn which(cmd: &str) -> String {
         .output()
         .unwrap();
     let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{cmd} is not installed (.ci/run installs it)");
+    assert!(
+        !p.is_empty(),
+        "{cmd} is not installed (.ci/run installs it)"
+    );
     p
 }
 
@@ -34,17 +37,13 @@ fn family_sum(text: &str, family: &str) -> f64 {
         .sum()
 }
 
-fn ws_connect(
-    port: u16,
-    cookie: Option<&str>,
-) -> tungstenite::WebSocket<std::net::TcpStream> {
+fn ws_connect(port: u16, cookie: Option<&str>) -> tungstenite::WebSocket<std::net::TcpStream> {
     use tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://127.0.0.1:{port}/ws")
         .into_client_request()
         .unwrap();
     if let Some(c) = cookie {
-        req.headers_mut()
-            .insert("cookie", c.parse().unwrap());
+        req.headers_mut().insert("cookie", c.parse().unwrap());
     }
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -126,7 +125,10 @@ fn websocket_is_sticky_counted_per_worker_and_drained_on_shutdown() {
         "shutdown took {took:?} with a 3 s grace period"
     );
     let closed = (0..50).any(|_| ws.read().is_err());
-    assert!(closed, "the WebSocket must be closed once drover has stopped");
+    assert!(
+        closed,
+        "the WebSocket must be closed once drover has stopped"
+    );
 }
 
 fn grpc_drover(extra_workers: &str, tls: Option<(&tls::Issued, u16)>) -> Drover {
@@ -191,8 +193,15 @@ fn grpc_unary_and_streaming_calls_pass_through_with_trailers_and_statuses_counte
         assert_eq!(r[3]["code"], "UNAVAILABLE");
     }
     let m = d.metrics();
-    assert_eq!(metric_value(&m, "drover_grpc_responses_total{code=\"0\"}"), 6.0, "{m}");
-    assert_eq!(metric_value(&m, "drover_grpc_responses_total{code=\"14\"}"), 2.0);
+    assert_eq!(
+        metric_value(&m, "drover_grpc_responses_total{code=\"0\"}"),
+        6.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "drover_grpc_responses_total{code=\"14\"}"),
+        2.0
+    );
     assert_eq!(
         metric_value(&m, "drover_requests_by_version_total{version=\"2\"}"),
         8.0

@@ -4,9 +4,9 @@
 //! `X-Forwarded-Proto` and the session cookie's `Secure` flag by scheme, HTTP/2 with
 //! prior knowledge on the cleartext listener, and TLS to upstreams.
 
-mod common;
 #[path = "support/cdp.rs"]
 mod cdp;
+mod common;
 #[path = "support/tls.rs"]
 mod tls;
 
@@ -82,8 +82,7 @@ fn curl_gets_http11_and_h2_over_tls_and_workers_see_https() {
     assert!(wait_until(Duration::from_secs(5), || {
         let m = d.metrics();
         common::metric_value(&m, "drover_requests_by_version_total{version=\"2\"}") == 1.0
-            && common::metric_value(&m, "drover_requests_by_version_total{version=\"1.1\"}")
-                >= 2.0
+            && common::metric_value(&m, "drover_requests_by_version_total{version=\"1.1\"}") >= 2.0
     }));
     // TLS 1.1 is refused; 1.3 and 1.2 are offered.
     let (code, _, _) = curl(&[
@@ -153,7 +152,9 @@ async fn sni_picks_the_certificate_and_unknown_or_missing_names_get_the_default(
         assert_eq!(&seen, want, "certificate for SNI {name}");
     }
     // No SNI at all (an IP address as the name): the default.
-    let s = tls::get_once(cfg(), tls_port, "127.0.0.1", "/").await.unwrap();
+    let s = tls::get_once(cfg(), tls_port, "127.0.0.1", "/")
+        .await
+        .unwrap();
     assert_eq!(s.leaf_der, b.leaf_der);
     // ALPN offered h2 first: the server picked it.
     let h2 = tls::client_config(&ca.cert, &[b"h2", b"http/1.1"]);
@@ -273,7 +274,10 @@ async fn certificate_rotation_under_load_fails_no_request_and_a_bad_one_keeps_th
         failed.len()
     );
     assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(saw_new.load(Ordering::Relaxed) >= 20, "new handshakes must see the new certificate");
+    assert!(
+        saw_new.load(Ordering::Relaxed) >= 20,
+        "new handshakes must see the new certificate"
+    );
     assert!(before_rotation > 0 && total > before_rotation);
     // After the refused reload the rotated certificate is still served.
     let cfg = tls::client_config(&ca.cert, &[b"http/1.1"]);
@@ -291,11 +295,7 @@ fn bad_certificate_files_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let check = |tls: String| -> String {
         let path = dir.path().join("d.yaml");
-        std::fs::write(
-            &path,
-            format!("workers:\n  command: [/bin/sh]\n{tls}"),
-        )
-        .unwrap();
+        std::fs::write(&path, format!("workers:\n  command: [/bin/sh]\n{tls}")).unwrap();
         let out = Command::new(common::drover_bin())
             .args(["-t", "-c"])
             .arg(&path)
@@ -312,7 +312,10 @@ fn bad_certificate_files_are_refused_with_the_reason() {
         )
     };
     let e = check(pair(&a.cert, &b.key));
-    assert!(e.contains(":6: tls.certificates[0]:") && e.contains("does not belong"), "{e}");
+    assert!(
+        e.contains(":6: tls.certificates[0]:") && e.contains("does not belong"),
+        "{e}"
+    );
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     let e = check(pair(&empty, &a.key));
@@ -321,7 +324,10 @@ fn bad_certificate_files_are_refused_with_the_reason() {
     let e = check(pair(&a.cert, &a.key));
     assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
     let e = check("tls:\n  listen: [127.0.0.1:1]\n".into());
-    assert!(e.contains("tls.certificates") && e.contains("no certificate is listed"), "{e}");
+    assert!(
+        e.contains("tls.certificates") && e.contains("no certificate is listed"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -343,7 +349,9 @@ fn redirect_hsts_and_secure_cookie_follow_the_scheme() {
     let head = out.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 308"), "{out}");
     assert!(
-        head.contains(&format!("location: https://a.test:{tls_port}/session/incr?x=1\r\n")),
+        head.contains(&format!(
+            "location: https://a.test:{tls_port}/session/incr?x=1\r\n"
+        )),
         "{out}"
     );
     assert!(!head.contains("strict-transport-security"), "{out}");
@@ -373,7 +381,10 @@ fn redirect_hsts_and_secure_cookie_follow_the_scheme() {
 
 #[test]
 fn cleartext_cookie_is_not_secure_and_h2c_prior_knowledge_is_served() {
-    let d = start(1, "http2:\n  cleartext: true\nsessions:\n  enabled: true\n  store: memory\n");
+    let d = start(
+        1,
+        "http2:\n  cleartext: true\nsessions:\n  enabled: true\n  store: memory\n",
+    );
     let r = d.get("/session/incr").unwrap();
     let cookie = r.header("set-cookie").unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
@@ -392,7 +403,10 @@ fn cleartext_cookie_is_not_secure_and_h2c_prior_knowledge_is_served() {
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    assert!(buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200"), "{buf}");
+    assert!(
+        buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200"),
+        "{buf}"
+    );
     assert!(d.get("/").unwrap().status == 200);
 }
 
@@ -427,19 +441,25 @@ fn h2load_over_tls_and_h2c_succeeds_on_every_request() {
     let tls_port = common::free_port();
     let d = start(
         2,
-        &format!("{}http2:\n  cleartext: true\n", tls_yaml(tls_port, &[&a], "")),
+        &format!(
+            "{}http2:\n  cleartext: true\n",
+            tls_yaml(tls_port, &[&a], "")
+        ),
     );
-    for url in [
-        format!("https://127.0.0.1:{tls_port}/"),
-        d.url("/"),
-    ] {
+    for url in [format!("https://127.0.0.1:{tls_port}/"), d.url("/")] {
         let out = Command::new("h2load")
             .args(["-n", "3000", "-c", "8", "-m", "10", &url])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (succeeded, failed) = h2load_summary(&text);
-        eprintln!("h2load {url}: {}", text.lines().filter(|l| l.starts_with("finished in") || l.starts_with("requests:")).collect::<Vec<_>>().join(" | "));
+        eprintln!(
+            "h2load {url}: {}",
+            text.lines()
+                .filter(|l| l.starts_with("finished in") || l.starts_with("requests:"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         assert_eq!((succeeded, failed), (3000, 0), "{text}");
     }
     assert_eq!(d.metric("drover_requests_in_flight"), 0.0);
@@ -458,7 +478,8 @@ fn chromium_loads_the_page_over_https_with_h2() {
     ])
     .expect("headless chromium");
     let mut page = browser.page().unwrap();
-    page.navigate(&format!("https://a.test:{tls_port}/")).unwrap();
+    page.navigate(&format!("https://a.test:{tls_port}/"))
+        .unwrap();
     let proto = page
         .wait_for(
             "performance.getEntriesByType('navigation')[0]?.nextHopProtocol",

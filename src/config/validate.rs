@@ -620,8 +620,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             format!("`{l}` is also the cleartext `listen`; give HTTPS its own port"),
         );
     }
-    let plain_backends = worker_protocol == super::tls::Protocol::Http1
-        && upstreams.iter().all(|u| u.link.plain());
+    let plain_backends =
+        worker_protocol == super::tls::Protocol::Http1 && upstreams.iter().all(|u| u.link.plain());
 
     if !c.issues.is_empty() {
         return Err(c.issues);
@@ -791,9 +791,9 @@ fn upstream_link(
         .to_string();
     let sni = u.sni.clone().unwrap_or(host);
     let ca_file = u.ca_file.as_deref().map(|p| relative_to(source, p));
-    let ca = ca_file.as_deref().and_then(|p| {
-        super::tls::load_upstream_ca(p, &format!("{field}.ca_file"), issues)
-    });
+    let ca = ca_file
+        .as_deref()
+        .and_then(|p| super::tls::load_upstream_ca(p, &format!("{field}.ca_file"), issues));
     super::tls::Link {
         protocol,
         tls: Some(super::tls::UpstreamTls {

@@ -17,10 +17,9 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
         .cloned()
         .collect();
     for b in &remote {
-        let keep = cfg
-            .upstreams
-            .iter()
-            .any(|u| u.addr == b.addr && u.weight == b.weight && *u.name == *b.name && u.link == b.link);
+        let keep = cfg.upstreams.iter().any(|u| {
+            u.addr == b.addr && u.weight == b.weight && *u.name == *b.name && u.link == b.link
+        });
         if !keep {
             log::info!("upstreams: {} removed from config, draining", b.name);
             b.set_state(BackendState::Draining);
@@ -39,9 +38,9 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
         }
     }
     for u in &cfg.upstreams {
-        let exists = remote
-            .iter()
-            .any(|b| b.addr == u.addr && b.weight == u.weight && *b.name == *u.name && b.link == u.link);
+        let exists = remote.iter().any(|b| {
+            b.addr == u.addr && b.weight == u.weight && *b.name == *u.name && b.link == u.link
+        });
         if !exists {
             let b = shared.make_backend(&u.name, None, u.addr, u.weight, &u.link);
             log::info!(

@@ -67,11 +67,7 @@ impl ProxyHttp for PingoraCarrier {
             .limits
             .client_body_timeout;
         session.as_mut().set_read_timeout(Some(body_timeout));
-        ex.set_https(
-            session
-                .digest()
-                .is_some_and(|d| d.ssl_digest.is_some()),
-        );
+        ex.set_https(session.digest().is_some_and(|d| d.ssl_digest.is_some()));
         match self
             .pipeline
             .admit(session.req_header_mut(), peer, ex)

@@ -316,8 +316,7 @@ async fn run_slot(
             protocol: cfg.workers.protocol,
             tls: None,
         };
-        let backend =
-            shared.make_backend(&name, Some(id), addr, cfg.workers.weight_of(id), &link);
+        let backend = shared.make_backend(&name, Some(id), addr, cfg.workers.weight_of(id), &link);
         backend.set_standby(standby.load(Ordering::Acquire));
         shared.pool.add(backend.clone());
         health::spawn_probe(shared.clone(), backend.clone());

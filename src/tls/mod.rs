@@ -50,9 +50,7 @@ pub enum TlsError {
 
 /// Trust anchors for an upstream reached over TLS: the certificates of a PEM CA file,
 /// in the form Pingora's connector takes (`HttpPeer.options.ca`).
-pub fn load_ca_file(
-    path: &Path,
-) -> Result<Arc<pingora_core::protocols::tls::CaType>, TlsError> {
+pub fn load_ca_file(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, TlsError> {
     use pingora_core::utils::tls::WrappedX509;
     let bytes = std::fs::read(path).map_err(|e| TlsError::Read(path.to_path_buf(), e))?;
     if bytes.len() as u64 > certs::PEM_FILE_CAP {

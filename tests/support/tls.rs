@@ -46,10 +46,25 @@ impl TestCa {
         let dir = tempfile::tempdir().unwrap();
         openssl(
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "3", "-subj",
-                "/CN=drover test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3",
+                "-subj",
+                "/CN=drover test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
             ],
             dir.path(),
         );
@@ -90,16 +105,39 @@ impl TestCa {
         let cn = format!("/CN={}", names.first().copied().unwrap_or("localhost"));
         openssl(
             &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", &d(&key), "-out", &d(&csr), "-subj", &cn,
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &d(&key),
+                "-out",
+                &d(&csr),
+                "-subj",
+                &cn,
             ],
             dir,
         );
         private(&key);
         openssl(
             &[
-                "x509", "-req", "-in", &d(&csr), "-CA", &d(&self.cert), "-CAkey", &d(&self.key),
-                "-set_serial", &n.to_string(), "-days", "2", "-out", &d(&leaf), "-extfile",
+                "x509",
+                "-req",
+                "-in",
+                &d(&csr),
+                "-CA",
+                &d(&self.cert),
+                "-CAkey",
+                &d(&self.key),
+                "-set_serial",
+                &n.to_string(),
+                "-days",
+                "2",
+                "-out",
+                &d(&leaf),
+                "-extfile",
                 &d(&ext),
             ],
             dir,
@@ -175,8 +213,8 @@ pub async fn get_once(
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let server_name = pingora_rustls::ServerName::try_from(name.to_string())
-        .map_err(|e| format!("name: {e}"))?;
+    let server_name =
+        pingora_rustls::ServerName::try_from(name.to_string()).map_err(|e| format!("name: {e}"))?;
     let mut tls = pingora_rustls::TlsConnector::from(cfg)
         .connect(server_name, tcp)
         .await

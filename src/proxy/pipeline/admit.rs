@@ -29,6 +29,13 @@ impl Pipeline {
             return LocalResponse::failure(v.status(), None).map(Some);
         }
         ex.max_body_bytes = cfg.limits.max_body_bytes;
+        // `TE: trailers` is hop-by-hop, but an HTTP/2 backend (gRPC) needs to hear that
+        // the client takes trailers: remembered for `upstream_request`.
+        ex.te_trailers = req.headers.get_all(http::header::TE).iter().any(|v| {
+            v.as_bytes()
+                .windows(8)
+                .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+        });
         // First, so nothing a client nominates or spells with underscores can remove or
         // shadow the fields drover adds below.
         headers::sanitize_request(req);

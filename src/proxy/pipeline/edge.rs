@@ -125,10 +125,7 @@ impl Pipeline {
         }
         match ex.grpc_status {
             Some(code) => {
-                self.edge
-                    .grpc
-                    .with_label_values(&[&code.to_string()])
-                    .inc();
+                self.edge.grpc.with_label_values(&[&code.to_string()]).inc();
                 grpc_outcome_status(code)
                     .filter(|_| status < 500)
                     .unwrap_or(status)

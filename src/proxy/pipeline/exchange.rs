@@ -46,6 +46,8 @@ pub struct Exchange {
     /// The worker answered with gRPC, and the call's `grpc-status` once known.
     pub(super) grpc: bool,
     pub(super) grpc_status: Option<u32>,
+    /// The client sent `TE: trailers`.
+    pub(super) te_trailers: bool,
 }
 
 impl Exchange {
@@ -71,6 +73,7 @@ impl Exchange {
             upgraded: None,
             grpc: false,
             grpc_status: None,
+            te_trailers: false,
         }
     }
 
