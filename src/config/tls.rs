@@ -353,3 +353,80 @@ impl Link {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn err(yaml: &str) -> String {
+        let yaml = format!("workers:\n  command: [/bin/sh]\n{yaml}");
+        parse(&yaml, Path::new("/etc/drover/d.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn ok(yaml: &str) -> crate::config::Config {
+        let yaml = format!("workers:\n  command: [/bin/sh]\n{yaml}");
+        parse(&yaml, Path::new("/etc/drover/d.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn tls_and_http2_errors_name_the_field_and_line() {
+        let e = err("tls:\n  listen: [nope]\n  redirect_http: true\n");
+        assert!(e.contains("tls.listen[0]"), "{e}");
+        assert!(e.contains(":5: tls.redirect_http"), "{e}");
+        let e = err("tls:\n  listen: [127.0.0.1:8443]\n");
+        assert!(e.contains("no certificate is listed"), "{e}");
+        let e = err("tls:\n  certificates:\n    - cert_file: /nonexistent/c.pem\n      key_file: /nonexistent/k.pem\n");
+        assert!(
+            e.contains("tls.certificates[0]") && e.contains("cannot read /nonexistent/c.pem"),
+            "{e}"
+        );
+        let e = err("listen: 127.0.0.1:8443\ntls:\n  listen: [127.0.0.1:8443]\n");
+        assert!(e.contains("also the cleartext `listen`"), "{e}");
+        let e = err("http2:\n  max_concurrent_streams: 0\n  max_header_list_size: 10\n");
+        assert!(
+            e.contains("http2.max_concurrent_streams") && e.contains("http2.max_header_list_size"),
+            "{e}"
+        );
+        let e = err("tls:\n  hsts_max_age: 60s\n  hsts_preload: true\n");
+        assert!(e.contains("tls.hsts_preload"), "{e}");
+    }
+
+    #[test]
+    fn upstream_protocols_and_tls_are_checked() {
+        let e = err("upstreams:\n  - address: 127.0.0.1:1\n    protocol: h2\n");
+        assert!(
+            e.contains("upstreams[0].protocol") && e.contains("tls: true"),
+            "{e}"
+        );
+        let e = err("upstreams:\n  - address: 127.0.0.1:1\n    sni: x\n");
+        assert!(
+            e.contains("upstreams[0].sni") && e.contains("only with `tls: true`"),
+            "{e}"
+        );
+        let e = err("upstreams:\n  - address: 127.0.0.1:1\n    tls: true\n    ca_file: /nonexistent/ca.pem\n");
+        assert!(e.contains("upstreams[0].ca_file"), "{e}");
+        let e = parse(
+            "workers:\n  command: [/bin/sh]\n  protocol: h2\n",
+            Path::new("/etc/drover/d.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(":3: workers.protocol"), "{e}");
+        let c = ok("upstreams:\n  - address: localhost:443\n    tls: true\n");
+        let t = c.upstreams[0].link.tls.as_ref().unwrap();
+        assert_eq!((t.sni.as_str(), t.verify), ("localhost", true));
+        assert!(
+            !c.plain_backends,
+            "a TLS upstream turns drover's engine off"
+        );
+        assert!(ok("").plain_backends);
+        let c = ok("tls:\n  hsts_max_age: 24h\n  hsts_include_subdomains: true\n");
+        assert_eq!(
+            c.tls.hsts.unwrap().to_str().unwrap(),
+            "max-age=86400; includeSubDomains"
+        );
+    }
+}

@@ -287,3 +287,46 @@ fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_files_must_be_private_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_key_file(&key).is_ok());
+        for mode in [0o640, 0o644, 0o604] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_key_file(&key).unwrap_err();
+            assert!(matches!(e, TlsError::KeyOpen { .. }), "{mode:o}: {e}");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        assert!(matches!(
+            read_key_file(dir.path()),
+            Err(TlsError::NotAFile(_))
+        ));
+        let e = read_key_file(&dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_big_file_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, vec![b'a'; PEM_FILE_CAP as usize + 1]).unwrap();
+        assert!(matches!(read_cert_file(&cert), Err(TlsError::TooLarge(_))));
+    }
+
+    #[test]
+    fn an_empty_set_chooses_nothing() {
+        let set = CertSet::new(Vec::new(), None);
+        assert!(set.is_empty());
+        assert!(set.choose(Some("a.test")).is_none());
+        assert!(set.choose(None).is_none());
+    }
+}
