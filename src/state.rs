@@ -57,6 +57,7 @@ impl Shared {
             .custom
             .set_policy(config.observability.worker_metrics);
         let tls = Arc::new(crate::tls::CertResolver::new(config.tls.certs.clone()));
+        tls.register(&metrics.registry);
         Arc::new(Shared {
             tls,
             config: ArcSwap::from_pointee(config),

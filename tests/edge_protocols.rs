@@ -62,6 +62,24 @@ fn ws_echo(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, text: &str) -> 
     }
 }
 
+/// Reads once: true when the peer closed the WebSocket (a close frame, a reset, EOF),
+/// false on a message or when nothing arrived within the read timeout.
+fn ws_closed(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> bool {
+    match ws.read() {
+        Ok(tungstenite::Message::Close(_)) => true,
+        Ok(_) => false,
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 #[test]
 fn websocket_is_sticky_counted_per_worker_and_drained_on_shutdown() {
     let node = which("node");
@@ -124,11 +142,55 @@ fn websocket_is_sticky_counted_per_worker_and_drained_on_shutdown() {
         took < Duration::from_secs(3 + 6),
         "shutdown took {took:?} with a 3 s grace period"
     );
-    let closed = (0..50).any(|_| ws.read().is_err());
+    let closed = (0..5).any(|_| ws_closed(&mut ws));
     assert!(
         closed,
         "the WebSocket must be closed once drover has stopped"
     );
+}
+
+#[test]
+fn worker_drain_keeps_websockets_until_the_drain_timeout_then_closes_them() {
+    let node = which("node");
+    let script = apps().join("socketio/ws-echo.js");
+    let d = Drover::start_opts(Options {
+        workers: 2,
+        command: Some(vec![node, script.display().to_string()]),
+        worker_keys: "  drain_timeout: 2s\n",
+        extra: "sessions:\n  enabled: true\n  store: memory\n",
+        ..Options::default()
+    });
+    let first = d.get("/").unwrap();
+    let pinned = first.worker().unwrap();
+    let cookie = first
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut ws = ws_connect(d.port, Some(&cookie));
+    assert_eq!(ws_echo(&mut ws, "a"), format!("{pinned}:a"));
+    let t0 = Instant::now();
+    let r = d.admin_post(&format!("/api/workers/{pinned}/drain"), "");
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    // Draining: no new requests go there, but the open WebSocket keeps working.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(ws_echo(&mut ws, "b"), format!("{pinned}:b"));
+    // At the drain timeout the worker is stopped and the socket closes.
+    let closed = wait_until(Duration::from_secs(10), || ws_closed(&mut ws));
+    let took = t0.elapsed();
+    assert!(
+        closed,
+        "the WebSocket must close once its worker is stopped"
+    );
+    assert!(
+        took >= Duration::from_millis(1800),
+        "the drain must wait for the WebSocket (closed after {took:?})"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        family_sum(&d.metrics(), "drover_upgraded_connections") == 0.0
+    }));
 }
 
 fn grpc_drover(extra_workers: &str, tls: Option<(&tls::Issued, u16)>) -> Drover {

@@ -84,6 +84,22 @@ fn curl_gets_http11_and_h2_over_tls_and_workers_see_https() {
         common::metric_value(&m, "drover_requests_by_version_total{version=\"2\"}") == 1.0
             && common::metric_value(&m, "drover_requests_by_version_total{version=\"1.1\"}") >= 2.0
     }));
+    // When the certificate expires is exported (issued for 2 days).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let not_after = common::metric_value(
+        &d.metrics(),
+        &format!(
+            "drover_tls_certificate_not_after_seconds{{cert_file=\"{}\"}}",
+            a.cert.display()
+        ),
+    );
+    assert!(
+        not_after > now + 86_400.0 && not_after < now + 3.0 * 86_400.0,
+        "{not_after}"
+    );
     // TLS 1.1 is refused; 1.3 and 1.2 are offered.
     let (code, _, _) = curl(&[
         "--tlsv1.1",
@@ -463,6 +479,61 @@ fn h2load_over_tls_and_h2c_succeeds_on_every_request() {
         assert_eq!((succeeded, failed), (3000, 0), "{text}");
     }
     assert_eq!(d.metric("drover_requests_in_flight"), 0.0);
+}
+
+#[test]
+fn http2_requests_meet_the_same_rate_limit_and_header_limit_as_http11() {
+    let ca = TestCa::new();
+    let a = ca.issue("a", &["a.test"]);
+    let tls_port = common::free_port();
+    let d = start(
+        1,
+        &format!(
+            "{}rate_limit:\n  requests_per_second: 1\n  burst: 10\nlimits:\n  max_header_bytes: 8192\n",
+            tls_yaml(tls_port, &[&a], "")
+        ),
+    );
+    // 40 HTTP/2 requests from one client: the burst passes, the rest get 429.
+    let out = Command::new("h2load")
+        .args(["-n", "40", "-c", "1", "-m", "1"])
+        .arg(format!("https://127.0.0.1:{tls_port}/"))
+        .output()
+        .expect("h2load (nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        codes.contains("10 2xx") || codes.contains("11 2xx"),
+        "{codes}"
+    );
+    assert!(
+        codes.contains("30 4xx") || codes.contains("29 4xx"),
+        "{codes}"
+    );
+    assert!(d.metric("drover_rate_limited_total{scope=\"global\"}") >= 29.0);
+    // A header block over limits.max_header_bytes: 431 on HTTP/2 as on HTTP/1.1.
+    let big = format!("X-Big: {}", "b".repeat(10_000));
+    let ca_path = ca.cert.display().to_string();
+    for flag in ["--http2", "--http1.1"] {
+        let (code, out, err) = curl(&[
+            flag,
+            "--cacert",
+            &ca_path,
+            "--resolve",
+            &resolve(tls_port),
+            "-H",
+            &big,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &https(tls_port, "/"),
+        ]);
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(out.starts_with("431 "), "{flag}: {out}");
+    }
 }
 
 #[test]

@@ -110,6 +110,7 @@ impl CertSet {
 /// The listeners' certificate resolver: the current [`CertSet`], swapped on reload.
 pub struct CertResolver {
     set: ArcSwap<CertSet>,
+    expiry: std::sync::OnceLock<prometheus::IntGaugeVec>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -124,12 +125,41 @@ impl CertResolver {
     pub fn new(set: Arc<CertSet>) -> Self {
         CertResolver {
             set: ArcSwap::new(set),
+            expiry: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Exports `drover_tls_certificate_not_after_seconds{cert_file}` (when each loaded
+    /// certificate expires, for alerting on renewals that did not happen) in `registry`.
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let g = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                crate::observe::names::TLS_CERTIFICATE_NOT_AFTER,
+                "When each served TLS certificate expires (Unix time), by certificate file",
+            ),
+            &["cert_file"],
+        )
+        .expect("valid metric");
+        if registry.register(Box::new(g.clone())).is_ok() {
+            let _ = self.expiry.set(g);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Some(g) = self.expiry.get() {
+            g.reset();
+            for c in &self.set.load().certs {
+                g.with_label_values(&[&c.cert_file.display().to_string()])
+                    .set(c.not_after_unix);
+            }
         }
     }
 
     /// New handshakes use `set` from now on; established connections keep theirs.
     pub fn replace(&self, set: Arc<CertSet>) {
         self.set.store(set);
+        self.publish();
     }
 
     pub fn current(&self) -> Arc<CertSet> {
