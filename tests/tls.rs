@@ -4,6 +4,7 @@
 //! `X-Forwarded-Proto` and the session cookie's `Secure` flag by scheme, HTTP/2 with
 //! prior knowledge on the cleartext listener, and TLS to upstreams.
 
+#[allow(dead_code)]
 #[path = "support/cdp.rs"]
 mod cdp;
 mod common;
@@ -545,7 +546,7 @@ fn chromium_loads_the_page_over_https_with_h2() {
     let spki = TestCa::spki_hash(&a.cert);
     let browser = cdp::Browser::launch_with(&[
         &format!("--ignore-certificate-errors-spki-list={spki}"),
-        &format!("--host-resolver-rules=MAP a.test 127.0.0.1"),
+        "--host-resolver-rules=MAP a.test 127.0.0.1",
     ])
     .expect("headless chromium");
     let mut page = browser.page().unwrap();

@@ -1,8 +1,6 @@
 //! A small Chrome DevTools Protocol client: launches headless Chromium, connects to its
 //! page target over WebSocket (tungstenite) and evaluates JavaScript in the page.
 
-#![allow(dead_code)]
-
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
