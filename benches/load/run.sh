@@ -494,7 +494,8 @@ merge_into() {
 }
 for t in "${DROVERS[@]}"; do
     conf=${T_CONF[$t]}
-    mkdir -p "$WORK/run-$t"
+    # drover refuses a runtime_dir others can open (private_fs).
+    mkdir -p -m 700 "$WORK/run-$t"
     render "$DROVER_CONFIG" "$conf" \
         LISTEN "127.0.0.1:${T_PORT[$t]}" ADMIN_LISTEN "127.0.0.1:${T_ADMIN[$t]}" \
         RUNTIME_DIR "$WORK/run-$t" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
@@ -901,6 +902,8 @@ export BENCH_VERSIONS="drover $git_rev; $wrk_v${NGINX_PID:+; $nginx_v}${HAPROXY_
 conns_txt="-c$CONNECTIONS"
 contains conns1000 "${SCENARIO_LIST[@]}" && conns_txt+=" (conns1000: -c1000)"
 setup="wrk -t1 $conns_txt --latency, ${DURATION}s per run, $ROUNDS interleaved round(s), ${WARMUP}s warm-up per target; $WORKERS upstream-workers shared by all targets"
+contains h2 "${SCENARIO_LIST[@]}" && setup+="; h2: h2load -t1 -c$(scenario_conns h2) -m10"
+[[ -z $NEED_TLS ]] || setup+="; TLS scenarios: one RSA-2048 self-signed certificate for drover, nginx (ssl http2) and HAProxy (ssl alpn h2,http/1.1)"
 if ((${#DROVERS[@]})); then
     setup+="; drover threads 1, strategy $STRATEGY"
     [[ $DROVER_CONFIG == "$TEMPLATES/drover.yaml.tmpl" ]] || setup+=", config $DROVER_CONFIG"
