@@ -538,11 +538,28 @@ fn http2_requests_meet_the_same_rate_limit_and_header_limit_as_http11() {
 }
 
 #[test]
-fn chromium_loads_the_page_over_https_with_h2() {
+fn chromium_loads_the_page_over_https_with_h2_and_opens_a_wss_websocket() {
     let ca = TestCa::new();
     let a = ca.issue("a", &["a.test"]);
     let tls_port = common::free_port();
-    let _d = start(1, &tls_yaml(tls_port, &[&a], ""));
+    // Node `ws` echo workers (tests/apps/socketio/ws-echo.js): a page and a WebSocket.
+    let node = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v node"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/socketio/ws-echo.js");
+    let _d = Drover::start_opts(Options {
+        workers: 1,
+        command: Some(vec![node, script.display().to_string()]),
+        extra: &tls_yaml(tls_port, &[&a], ""),
+        ..Options::default()
+    });
     let spki = TestCa::spki_hash(&a.cert);
     let browser = cdp::Browser::launch_with(&[
         &format!("--ignore-certificate-errors-spki-list={spki}"),
@@ -560,10 +577,19 @@ fn chromium_loads_the_page_over_https_with_h2() {
         .unwrap();
     assert_eq!(proto, "h2");
     let text = page.eval("document.body.innerText").unwrap();
-    assert!(
-        text.as_str().unwrap_or("").contains("hello from worker"),
-        "{text}"
-    );
+    assert!(text.as_str().unwrap_or("").contains("worker 0"), "{text}");
+    // The browser opens the WebSocket over HTTP/1.1 on the same TLS listener (drover
+    // does not offer RFC 8441 WebSockets over HTTP/2) and gets the worker's echo.
+    let echo = page
+        .eval(
+            "new Promise((ok, fail) => { const ws = new WebSocket(`wss://${location.host}/ws`); \
+             ws.onopen = () => ws.send('ping'); \
+             ws.onmessage = (e) => { ok(e.data); ws.close(); }; \
+             ws.onerror = () => fail('websocket error'); \
+             setTimeout(() => fail('timeout'), 10000); })",
+        )
+        .unwrap();
+    assert_eq!(echo, "0:ping");
 }
 
 #[test]
