@@ -400,7 +400,7 @@ fn redirect_hsts_and_secure_cookie_follow_the_scheme() {
 fn cleartext_cookie_is_not_secure_and_h2c_prior_knowledge_is_served() {
     let d = start(
         1,
-        "http2:\n  cleartext: true\nsessions:\n  enabled: true\n  store: memory\n",
+        "http2:\n  cleartext: true\n  max_concurrent_streams: 50\n  max_header_list_size: 2048\nlimits:\n  max_header_bytes: 65536\nsessions:\n  enabled: true\n  store: memory\n",
     );
     let r = d.get("/session/incr").unwrap();
     let cookie = r.header("set-cookie").unwrap();
@@ -413,6 +413,34 @@ fn cleartext_cookie_is_not_secure_and_h2c_prior_knowledge_is_served() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200 2"), "{out}");
+    // The HTTP/2 limits are advertised in drover's SETTINGS (nghttp prints them) and
+    // enforced: a header list over max_header_list_size is refused with 431 before
+    // it reaches the pipeline (whose own limit here is larger).
+    let out = Command::new("nghttp")
+        .args(["-nv", &d.url("/")])
+        .output()
+        .expect("nghttp (nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):50"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):2048"),
+        "{text}"
+    );
+    let big = format!("X-Big: {}", "b".repeat(4000));
+    let (code, out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        &big,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &d.url("/"),
+    ]);
+    assert_eq!((code, out.as_str()), (0, "431"), "{err}");
     // HTTP/1.x on the same port, including a request shorter than the h2 preface.
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
