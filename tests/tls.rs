@@ -254,6 +254,16 @@ async fn certificate_rotation_under_load_fails_no_request_and_a_bad_one_keeps_th
             }
         }));
     }
+    // A keep-alive connection set up with the old certificate.
+    let mut kept = tls::KeepAlive::connect(
+        tls::client_config(&ca.cert, &[b"http/1.1"]),
+        tls_port,
+        "a.test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept.get("/").await.unwrap(), 200);
+    assert_eq!(kept.leaf_der(), v1.leaf_der);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let before_rotation = ok.load(Ordering::Relaxed);
     // certbot-style renewal: new files written over the old ones, then SIGHUP.
@@ -283,6 +293,8 @@ async fn certificate_rotation_under_load_fails_no_request_and_a_bad_one_keeps_th
     for t in tasks {
         t.await.unwrap();
     }
+    // The connection made before the rotation was not dropped: it still serves.
+    assert_eq!(kept.get("/").await.unwrap(), 200);
     let failed = failed.lock().unwrap().clone();
     let total = ok.load(Ordering::Relaxed);
     eprintln!(

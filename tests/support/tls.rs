@@ -268,3 +268,93 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// One TLS connection kept open across requests (HTTP/1.1 keep-alive).
+pub struct KeepAlive {
+    tls: tokio_rustls_stream::Stream,
+    host: String,
+}
+
+mod tokio_rustls_stream {
+    pub type Stream = pingora_rustls::ClientTlsStream<tokio::net::TcpStream>;
+}
+
+impl KeepAlive {
+    pub async fn connect(
+        cfg: Arc<pingora_rustls::ClientConfig>,
+        port: u16,
+        name: &str,
+    ) -> Result<KeepAlive, String> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let sn = pingora_rustls::ServerName::try_from(name.to_string())
+            .map_err(|e| format!("name: {e}"))?;
+        let tls = pingora_rustls::TlsConnector::from(cfg)
+            .connect(sn, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        Ok(KeepAlive {
+            tls,
+            host: name.to_string(),
+        })
+    }
+
+    /// The leaf certificate this connection was set up with.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// GET `path` on the connection; the status of an answer with a Content-Length.
+    pub async fn get(&mut self, path: &str) -> Result<u16, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.tls
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self
+                .tls
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed before the response head".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no content-length")?;
+        while buf.len() < head_end + len {
+            let n = self
+                .tls
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed in the body".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        head.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line in {head:?}"))
+    }
+}
