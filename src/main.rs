@@ -180,6 +180,11 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
         ..ServerConf::default()
     };
 
+    if cfg.proxy.fast_path && !cfg.plain_backends {
+        log::info!(
+            "backends speak h2c or TLS: Pingora's carrier serves every request (drover's own HTTP/1 engine speaks HTTP/1.1 to workers only)"
+        );
+    }
     let listen = cfg.listen;
     let tls_listen = cfg.tls.listen.clone();
     let shared = Shared::new(cfg, path);
