@@ -34,6 +34,10 @@ fn build_check(cfg: &HealthConfig, backend: &Backend) -> Option<HttpHealthCheck>
     if backend.link.protocol != crate::config::Protocol::Http1 {
         grpc_style(&mut check, cfg)?;
     }
+    // A remote host reached over TLS is asked under the name it is verified for.
+    if let Some(t) = &backend.link.tls {
+        check.req.insert_header("Host", t.sni.as_str()).ok()?;
+    }
     Some(check)
 }
 
