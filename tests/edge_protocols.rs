@@ -1,6 +1,6 @@
 //! Protocols through drover (issue 16): WebSocket (sticky, counted per worker, drained
 //! on shutdown), gRPC to h2c workers with a real gRPC client and server (grpcio from
-//! PyPI; unary and streaming calls, trailers, statuses counted, breakers that see gRPC
+//! PyPI; unary, server-streaming and bidirectional calls, trailers, statuses counted, breakers that see gRPC
 //! failures), and an HTTP/2 rapid-reset flood (CVE-2023-44487).
 
 mod common;
@@ -243,7 +243,10 @@ fn grpc_unary_and_streaming_calls_pass_through_with_trailers_and_statuses_counte
     let h2c = format!("127.0.0.1:{}", d.port);
     let over_tls = format!("tls:127.0.0.1:{tls_port}:{}:a.test", ca.cert.display());
     for target in [&h2c, &over_tls] {
-        let r = grpc_calls(target, &["say:hello", "say:again", "count:5", "fail"]);
+        let r = grpc_calls(
+            target,
+            &["say:hello", "say:again", "count:5", "fail", "chat:4"],
+        );
         assert_eq!(r[0]["code"], "OK", "{target}: {r:?}");
         let reply = r[0]["reply"].as_str().unwrap();
         assert!(reply.ends_with(":hello"), "{reply}");
@@ -253,21 +256,25 @@ fn grpc_unary_and_streaming_calls_pass_through_with_trailers_and_statuses_counte
         assert_eq!(r[2]["code"], "OK");
         assert_eq!(r[2]["replies"].as_array().unwrap().len(), 5, "{r:?}");
         assert_eq!(r[3]["code"], "UNAVAILABLE");
+        // Bidirectional streaming: 4 messages each way on one call.
+        assert_eq!(r[4]["code"], "OK", "{r:?}");
+        let chat: Vec<&str> = r[4]["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(chat.len(), 4, "{r:?}");
+        assert!(chat[3].ends_with(":m3"), "{chat:?}");
     }
-    let m = d.metrics();
-    assert_eq!(
-        metric_value(&m, "drover_grpc_responses_total{code=\"0\"}"),
-        6.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric_value(&m, "drover_grpc_responses_total{code=\"14\"}"),
-        2.0
-    );
-    assert_eq!(
-        metric_value(&m, "drover_requests_by_version_total{version=\"2\"}"),
-        8.0
-    );
+    // Counted when each exchange ends, which may be just after the client's last read.
+    let counted = wait_until(Duration::from_secs(5), || {
+        let m = d.metrics();
+        metric_value(&m, "drover_grpc_responses_total{code=\"0\"}") == 8.0
+            && metric_value(&m, "drover_grpc_responses_total{code=\"14\"}") == 2.0
+            && metric_value(&m, "drover_requests_by_version_total{version=\"2\"}") == 10.0
+    });
+    assert!(counted, "{}", d.metrics());
 }
 
 #[test]

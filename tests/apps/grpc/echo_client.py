@@ -4,6 +4,7 @@ TARGET is host:port of drover (h2c) or `tls:host:port:CAFILE:SNI` (HTTPS, h2 by 
 Each CALL prints one JSON line:
   say:TEXT    -> {"call":"say","code":"OK","reply":"...","trailers":{...}}
   count:N     -> {"call":"count","code":"OK","replies":[...]}
+  chat:N      -> {"call":"chat","code":"OK","replies":[...]} (N messages each way)
   fail        -> {"call":"fail","code":"UNAVAILABLE"}
 """
 import json
@@ -38,6 +39,10 @@ def main():
             elif name == "count":
                 fn = ch.unary_stream("/echo.Echo/Count", request_serializer=ident, response_deserializer=ident)
                 stream = fn(arg.encode(), timeout=10)
+                out.update(replies=[r.decode() for r in stream], code=stream.code().name)
+            elif name == "chat":
+                fn = ch.stream_stream("/echo.Echo/Chat", request_serializer=ident, response_deserializer=ident)
+                stream = fn(iter([f"m{i}".encode() for i in range(int(arg))]), timeout=10)
                 out.update(replies=[r.decode() for r in stream], code=stream.code().name)
             elif name == "fail":
                 fn = ch.unary_unary("/echo.Echo/Fail", request_serializer=ident, response_deserializer=ident)

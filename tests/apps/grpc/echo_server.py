@@ -5,6 +5,7 @@ Messages are raw bytes (no protobuf needed): the generic handler below serves
   /echo.Echo/Say      unary: answers b"<worker id>:<request>", trailing metadata
                       `x-worker: <id>`
   /echo.Echo/Count    server streaming: the request is a number N; answers N messages
+  /echo.Echo/Chat     bidirectional streaming: answers each message as b"<id>:<message>"
   /echo.Echo/Fail     unary: always UNAVAILABLE (a sick backend)
 A plain HTTP/2 GET of /health (drover's health check) is not a gRPC call; grpcio answers
 it with HTTP 200 and a grpc-status (UNIMPLEMENTED), which is enough to show it is up.
@@ -33,6 +34,11 @@ def count(request, context):
         yield f"{WORKER}:{i}".encode()
 
 
+def chat(requests, context):
+    for r in requests:
+        yield WORKER.encode() + b":" + r
+
+
 def fail(request, context):
     context.abort(grpc.StatusCode.UNAVAILABLE, "always unavailable")
 
@@ -41,6 +47,7 @@ def main():
     handlers = {
         "Say": grpc.unary_unary_rpc_method_handler(say),
         "Count": grpc.unary_stream_rpc_method_handler(count),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
