@@ -165,6 +165,7 @@ fn resilience(c: &mut Criterion) {
             burst: 20,
             key: LimitKey::ClientIp,
             slots: 65536,
+            shared: None,
         })
     };
     let roomy = limiter(1e6);

@@ -14,6 +14,7 @@
 //! - `lifecycle`: control thread, signals, reload, shutdown, pid file.
 //! - `private_fs`: the private runtime folder and the files drover reads and writes there.
 //! - `redact`: hiding secrets in what drover shows (admin API, logs).
+//! - `redis_link`: the connection to Redis (one node, Sentinel or Cluster; TLS; ACL).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod observe;
 pub mod private_fs;
 pub mod proxy;
 pub mod redact;
+pub mod redis_link;
 pub mod resilience;
 pub mod sessions;
 pub mod state;

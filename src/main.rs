@@ -7,6 +7,7 @@ use drover::lifecycle::{control, pidfile};
 use drover::proxy::pingora_carrier::PingoraCarrier;
 use drover::proxy::Pipeline;
 use drover::state::Shared;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use std::path::PathBuf;
@@ -228,7 +229,17 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
         "drover proxy".to_string(),
         drover::proxy::h1::H1App::new(pipeline, pingora),
     );
-    proxy.add_tcp(&listen.to_string());
+    // No L4 read buffer on the cleartext listener: drover's engine reads into its own
+    // per-connection buffer, so Pingora's default 64 KiB read buffer per connection was a
+    // second copy of every request and ~64 KiB of memory per idle keep-alive connection
+    // (docs/PERFORMANCE.md). The h2c sniff puts its bytes back with `rewind`, which does
+    // not depend on that buffer.
+    proxy.add_listener(
+        ListenerConfig::tcp(listen.to_string())
+            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+    );
+    // HTTPS listeners keep Pingora's default L4 buffers: rustls reads TLS records
+    // through them.
     for addr in &tls_listen {
         let settings = drover::proxy::h2::tls_settings(&shared)
             .map_err(|e| format!("tls.listen {addr}: {e}"))?;

@@ -95,7 +95,7 @@ pub fn args(args: &[String]) -> Vec<String> {
 }
 
 /// Keys of the config file whose values are replaced wholesale.
-const SECRET_KEYS: &[&str] = &["token", "secrets", "keys"];
+const SECRET_KEYS: &[&str] = &["token", "secrets", "keys", "password"];
 
 /// Redacts a serialized config file (`/api/config`).
 pub fn config(v: &mut Value) {
@@ -206,12 +206,23 @@ mod tests {
             "admin": {"token": "s3cret", "listen": "127.0.0.1:9090"},
             "workers": {"command": ["/srv/app", "--db-password=hunter2"], "env": {"DB": "pw"}},
             "sessions": {"secrets": ["a"], "encryption": {"keys": []},
-                         "redis": {"url": "redis://user:p@ss@host:6379"}},
+                         "redis": {"url": "redis://user:p@ss@host:6379", "password": "redisPW",
+                                   "sentinel": {"password": "sentinelPW"}}},
             "observability": {"alerts": {"webhook": "http://hooks:80/T/B/XYZ"}},
         });
         config(&mut v);
         let text = v.to_string();
-        for secret in ["s3cret", "hunter2", "\"pw\"", "\"a\"", "p@ss", "ss@", "XYZ"] {
+        for secret in [
+            "s3cret",
+            "hunter2",
+            "\"pw\"",
+            "\"a\"",
+            "p@ss",
+            "ss@",
+            "XYZ",
+            "redisPW",
+            "sentinelPW",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("127.0.0.1:9090") && text.contains("host:6379"));

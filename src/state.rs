@@ -39,6 +39,10 @@ pub struct Shared {
     pub chaos: crate::resilience::chaos::Chaos,
     /// The HTTPS listeners' certificates, swapped by reload (`crate::tls`).
     pub tls: Arc<crate::tls::CertResolver>,
+    /// DNS discovery of upstreams: one task per discovered entry.
+    pub discovery: crate::lifecycle::discovery::Discovery,
+    /// Rate limits shared through Redis, made on first use (`rate_limit.store: redis`).
+    shared_limits: std::sync::OnceLock<Option<Arc<crate::resilience::shared_limit::SharedLimits>>>,
     next_backend_id: AtomicU64,
 }
 
@@ -72,12 +76,44 @@ impl Shared {
             auto_reason: std::sync::Mutex::new(String::new()),
             sessions: std::sync::OnceLock::new(),
             chaos: Default::default(),
+            shared_limits: std::sync::OnceLock::new(),
+            discovery: Default::default(),
             next_backend_id: AtomicU64::new(1),
         })
     }
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The shared rate limits' Redis client: the session store's connection when
+    /// sessions are on Redis, else one of its own to `sessions.redis`. Made once; a
+    /// change of `sessions.redis` needs a restart. `None` if the settings are unusable
+    /// (logged once; limits then stay local).
+    pub fn shared_limits(&self) -> Option<&Arc<crate::resilience::shared_limit::SharedLimits>> {
+        self.shared_limits
+            .get_or_init(|| {
+                let link = match self.sessions.get().and_then(|s| s.redis_link()) {
+                    Some(l) => l,
+                    None => {
+                        match crate::redis_link::RedisLink::new(&self.config.load().sessions.redis)
+                        {
+                            Ok(l) => l,
+                            Err(e) => {
+                                log::error!("rate limit: shared limits stay local: {e}");
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Some(Arc::new(
+                    crate::resilience::shared_limit::SharedLimits::new(
+                        link,
+                        &self.metrics.registry,
+                    ),
+                ))
+            })
+            .as_ref()
     }
 
     pub fn is_shutting_down(&self) -> bool {

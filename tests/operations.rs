@@ -342,6 +342,7 @@ fn shipped_example_configs_pass_drover_t() {
         "conf/drover.yaml",
         "conf/examples/multi-node/drover-a.yaml",
         "conf/examples/multi-node/drover-b.yaml",
+        "conf/examples/multi-node/drover-sentinel.yaml",
     ] {
         let out = std::process::Command::new(common::drover_bin())
             .arg("-t")
@@ -350,6 +351,7 @@ fn shipped_example_configs_pass_drover_t() {
             .env("SESSION_SECRET", "0123456789abcdef0123456789abcdef0123")
             .env("SESSION_DATA_KEY", "00".repeat(32))
             .env("DROVER_ADMIN_TOKEN", "example-token-0123456789")
+            .env("REDIS_PASSWORD", "example-redis-password")
             .output()
             .unwrap();
         assert!(

@@ -233,6 +233,18 @@ fn killing_the_pinned_worker_migrates_its_sessions_with_data_intact() {
         .and_then(|w| w["pid"].as_u64())
         .unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // kill() returns before the kernel has torn the process down; until then its listening
+    // socket still completes connections, which it then resets (a request racing a crash,
+    // which drover does not replay by default). Wait until it is gone or a zombie.
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }));
 
     // The first session is the victim's and is asked for at once, while the victim is
     // surely down; later ones may find it restarted (same worker slot, new process).

@@ -4,8 +4,9 @@
 # Instruction counts do not depend on how busy the machine is, so unlike req/s they can
 # be compared between builds on a shared machine. The script starts 2 upstream-workers
 # and drover (the load harness's template plus optional extra YAML) under callgrind with
-# instrumentation off, warms up with wrk, switches instrumentation on for one wrk run,
-# dumps, and prints Ir / request plus the top functions (inclusive and self).
+# instrumentation off, counts an idle baseline over the same seconds, warms up with wrk,
+# switches instrumentation on for one wrk run, dumps, and prints Ir / request (also net
+# of the idle baseline) plus the top functions (inclusive and self).
 #
 #   benches/load/callgrind.sh                               plain GET /
 #   benches/load/callgrind.sh --extra benches/load/templates/sessions-memory.yaml --cookies 256
@@ -24,13 +25,15 @@ CONNS=64
 OUT=
 PORT_BASE=18780
 PATH_Q=/
+BODY=0
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options: --extra FILE (YAML merged into the config), --cookies N (send N session cookies
 issued by this drover in turn), --seconds S (measured run, default 8), --connections N
-(default 64), --path P (default /), --out DIR (keep callgrind.out + annotations),
+(default 64), --path P (default /), --body N (POST an N-byte body instead of GET),
+--out DIR (keep callgrind.out + annotations),
 --port-base P (default 18780; uses P, P+9, P+20, P+21).
 EOF
 }
@@ -42,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --seconds) SECONDS_RUN=$2; shift 2 ;;
     --connections) CONNS=$2; shift 2 ;;
     --path) PATH_Q=$2; shift 2 ;;
+    --body) BODY=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --port-base) PORT_BASE=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -82,7 +86,7 @@ sed -e "s|@LISTEN@|127.0.0.1:$P|" -e "s|@ADMIN_LISTEN@|127.0.0.1:$((P + 9))|" \
     -e "s|@RUNTIME_DIR@|$WORK/run|" -e "s|@STRATEGY@|least_connections|" \
     -e "s|@UPSTREAMS@|  - address: 127.0.0.1:$W0\n  - address: 127.0.0.1:$W1|" \
     "$SCRIPT_DIR/templates/drover.yaml.tmpl" >"$WORK/drover.yaml"
-mkdir -p "$WORK/run"
+mkdir -p -m 700 "$WORK/run"  # drover refuses a runtime_dir others can enter
 if [[ -n $EXTRA ]]; then
     python3 "$REPORT" merge "$WORK/drover.yaml" "$EXTRA" >"$WORK/merged.yaml"
     mv "$WORK/merged.yaml" "$WORK/drover.yaml"
@@ -106,7 +110,22 @@ if ((COOKIES > 0)); then
     python3 "$REPORT" lua "$WORK/cookies.txt" >"$WORK/cookies.lua"
     SCRIPT=(-s "$WORK/cookies.lua")
 fi
+if ((BODY > 0)); then
+    python3 "$REPORT" post-lua "$BODY" >"$WORK/post.lua"
+    SCRIPT=(-s "$WORK/post.lua")
+fi
 URL="http://127.0.0.1:$P$PATH_Q"
+# What drover does per second with no request at all (samplers, tickers, health
+# checks): subtracted, so a slower run (fewer requests in the same seconds) does not
+# look costlier per request.
+echo "idle baseline (${SECONDS_RUN} s, instrumentation on, no load)" >&2
+callgrind_control -i on "$VG" >/dev/null
+sleep "$SECONDS_RUN"
+callgrind_control -d "$VG" >/dev/null
+callgrind_control -i off "$VG" >/dev/null
+sleep 1
+IDLE_DUMP=$(ls "$WORK"/callgrind.out.* | sort -V | tail -n1)
+IR_IDLE=$(grep -E '^(summary|totals):' "$IDLE_DUMP" | head -n1 | awk '{print $2}')
 echo "warm-up (3 s, instrumentation off)" >&2
 wrk -t1 -c"$CONNS" -d3s "${SCRIPT[@]}" "$URL" >"$WORK/wrk-warmup.txt" 2>&1 || true
 callgrind_control -i on "$VG" >/dev/null
@@ -121,7 +140,7 @@ REQS=$(grep -oE '^ *[0-9]+ requests in' "$WORK/wrk.txt" | grep -oE '[0-9]+' | he
 IR=$(grep -E '^(summary|totals):' "$DUMP" | head -n1 | awk '{print $2}')
 callgrind_annotate --inclusive=yes "$DUMP" 2>/dev/null | head -n 80 >"$WORK/inclusive.txt" || true
 callgrind_annotate "$DUMP" 2>/dev/null | head -n 60 >"$WORK/self.txt" || true
-echo "requests: $REQS; instructions: $IR; instructions/request: $((IR / REQS))"
+echo "requests: $REQS; instructions: $IR; instructions/request: $((IR / REQS)); idle baseline $IR_IDLE; net instructions/request: $(((IR - IR_IDLE) / REQS))"
 echo
 echo "top functions by self cost:"
 sed -n '/^Ir/,$p' "$WORK/self.txt" | head -n 40

@@ -379,12 +379,23 @@ end""")
     return 0
 
 
+def cmd_post_lua(args):
+    """A wrk script that POSTs a body of N bytes (application/octet-stream)."""
+    n = int(args[0])
+    print(f"""wrk.method = "POST"
+wrk.body = string.rep("x", {n})
+wrk.headers["Content-Type"] = "application/octet-stream"
+""")
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     cmd = {"line": cmd_line, "table": cmd_table, "drover-healthy": cmd_drover_healthy,
-           "merge": cmd_merge, "cookies": cmd_cookies, "lua": cmd_lua}.get(argv[1])
+           "merge": cmd_merge, "cookies": cmd_cookies, "lua": cmd_lua,
+           "post-lua": cmd_post_lua}.get(argv[1])
     if cmd is None:
         print(f"unknown subcommand {argv[1]!r}", file=sys.stderr)
         return 2

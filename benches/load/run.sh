@@ -9,6 +9,7 @@
 #   benches/load/run.sh --scenario conns1000    1000 client connections
 #   benches/load/run.sh --scenario kill9        kill -9 a worker mid-run, count errors
 #   benches/load/run.sh --scenario ab,abk       ApacheBench (HTTP/1.0), without and with -k
+#   benches/load/run.sh --scenario post1k,post64k   POST / with a 1 KiB or 64 KiB body
 #   benches/load/run.sh --scenario tls,tlsnew,h2
 #                                               HTTPS (one RSA-2048 certificate for all):
 #                                               keep-alive, a new handshake per request, HTTP/2
@@ -26,7 +27,7 @@ DROVER_BIN=${DROVER_BIN:-$REPO/target/release/drover}
 WORKER_BIN=${WORKER_BIN:-$REPO/target/release/upstream-worker}
 
 ALL_TARGETS=(direct drover nginx haproxy)
-ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk tls tlsnew h2)
+ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk post1k post64k tls tlsnew h2)
 TLS_SCENARIOS=(tls tlsnew h2)
 MAX_VARIANTS=5
 STRATEGIES=(round_robin random least_connections weighted_round_robin latency consistent_hash)
@@ -66,12 +67,13 @@ Options:
                        with a Cookie header rotating over --session-cookies sessions; the
                        same headers for every target), ab and abk (GET / with
                        ApacheBench, HTTP/1.0: a connection per request, and -k keep-alive;
-                       needs apache2-utils), tls (GET / over HTTPS with keep-alive, wrk),
-                       tlsnew (GET / over HTTPS, Connection: close: a new TLS handshake
-                       per request, wrk), h2 (GET / over HTTPS with HTTP/2, h2load -c 32
-                       -m 10; needs nghttp2-client). TLS scenarios run drover, nginx and
-                       HAProxy only (no direct, no variants), all with the same RSA-2048
-                       certificate made by openssl. Default: plain
+                       needs apache2-utils), post1k and post64k (POST / with a 1 KiB or
+                       64 KiB body the worker reads whole), tls (GET / over HTTPS with
+                       keep-alive, wrk), tlsnew (GET / over HTTPS, Connection: close: a
+                       new TLS handshake per request, wrk), h2 (GET / over HTTPS with
+                       HTTP/2, h2load -c 32 -m 10; needs nghttp2-client). TLS scenarios
+                       run drover, nginx and HAProxy only (no direct, no variants), all
+                       with the same RSA-2048 certificate made by openssl. Default: plain
   --targets LIST       comma-separated subset of direct,drover,nginx,haproxy (default: all;
                        nginx/haproxy are skipped with a note if not installed)
   --rounds N           interleaved rounds A B C D A B C D ... (default 3)
@@ -365,7 +367,7 @@ if [[ -n $OUT ]]; then
     OUT=$(cd -- "$OUT" && pwd)
     RAW=$OUT/raw
 fi
-mkdir -p "$RAW" "$WORK/run" "$WORK/nginx-tmp"
+mkdir -p "$RAW" "$WORK/nginx-tmp" && mkdir -p -m 700 "$WORK/run"
 RUNS_TSV=$WORK/runs.tsv
 : >"$RUNS_TSV"
 
@@ -494,8 +496,7 @@ merge_into() {
 }
 for t in "${DROVERS[@]}"; do
     conf=${T_CONF[$t]}
-    # drover refuses a runtime_dir others can open (private_fs).
-    mkdir -p -m 700 "$WORK/run-$t"
+    mkdir -p -m 700 "$WORK/run-$t" # drover refuses a runtime_dir others can enter
     render "$DROVER_CONFIG" "$conf" \
         LISTEN "127.0.0.1:${T_PORT[$t]}" ADMIN_LISTEN "127.0.0.1:${T_ADMIN[$t]}" \
         RUNTIME_DIR "$WORK/run-$t" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
@@ -740,6 +741,8 @@ export BENCH_DESC_plain="GET / (small body)"
 export BENCH_DESC_body64k="GET /bytes?n=65536 (64 KiB body)"
 export BENCH_DESC_conns1000="GET / with 1000 connections"
 export BENCH_DESC_ab="GET / with ApacheBench (HTTP/1.0, a new connection per request)"
+export BENCH_DESC_post1k="POST / with a 1 KiB body (Content-Length), read whole by the worker"
+export BENCH_DESC_post64k="POST / with a 64 KiB body (Content-Length), read whole by the worker"
 export BENCH_DESC_abk="GET / with ApacheBench -k (HTTP/1.0 with Connection: keep-alive)"
 export BENCH_DESC_sessions="GET / with one of $SESSION_COOKIES session cookies per request, in turn (the same headers to every target; each sessions variant gets cookies it issued itself)"
 
@@ -781,7 +784,15 @@ for i in range(int(sys.argv[1])): print('drover_session=%054d' % i)" "$SESSION_C
     done
 }
 scenario_script() {
-    if [[ $1 == sessions ]]; then echo "${T_LUA[$2]}"; fi
+    case $1 in
+    sessions) echo "${T_LUA[$2]}" ;;
+    post1k | post64k)
+        local n=1024
+        [[ $1 == post64k ]] && n=65536
+        [[ -f $WORK/post-$n.lua ]] || python3 "$REPORT" post-lua "$n" >"$WORK/post-$n.lua"
+        echo "$WORK/post-$n.lua"
+        ;;
+    esac
 }
 export BENCH_DESC_kill9="GET /, worker $((WORKERS - 1)) killed with SIGKILL half-way through each proxied run and restarted before the next run; errors are what wrk saw (non-2xx + socket errors); req/s here is not a throughput figure"
 

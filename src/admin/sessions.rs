@@ -24,6 +24,15 @@ pub async fn sessions(State(s): State<AdminState>) -> Response {
         "lock_timeouts": m.lock_timeouts.get(),
         "write_conflicts": m.write_conflicts.get(),
         "data_refused": m.data_refused.get(),
+        "writes_unreplicated": m.writes_unreplicated.get(),
+    });
+    let redis = svc.redis_link().map(|l| {
+        json!({
+            "topology": l.topology(),
+            "master": l.current_master(),
+            "master_switches": l.master_switches(),
+            "local_cache": l.caches(),
+        })
     });
     match svc.stats().await {
         Ok(st) => Json(json!({
@@ -36,6 +45,7 @@ pub async fn sessions(State(s): State<AdminState>) -> Response {
             "evicted": st.evicted,
             "per_worker": st.per_worker,
             "counters": counters,
+            "redis": redis,
         }))
         .into_response(),
         Err(e) => (
@@ -46,6 +56,7 @@ pub async fn sessions(State(s): State<AdminState>) -> Response {
                 "store_up": false,
                 "error": e.to_string(),
                 "counters": counters,
+                "redis": redis,
             })),
         )
             .into_response(),

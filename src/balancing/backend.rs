@@ -110,6 +110,9 @@ pub struct Backend {
     /// Set once the backend has left the pool for good (its process exited, its upstream
     /// was removed): connection pools drop what they hold for it.
     retired: std::sync::atomic::AtomicBool,
+    /// This backend's own slow-start window (discovered upstreams), used when longer
+    /// than `balancing.slow_start`.
+    slow_start: std::sync::OnceLock<Duration>,
 }
 
 /// Backends retired so far in this process; a connection pool that saw a different count
@@ -174,6 +177,7 @@ impl Backend {
             started: Instant::now(),
             metrics: std::sync::OnceLock::new(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            slow_start: std::sync::OnceLock::new(),
         }
     }
 
@@ -235,6 +239,16 @@ impl Backend {
         }
         let age = now.saturating_sub(self.healthy_since.load(Ordering::Relaxed)) as f64;
         (age / window.as_nanos() as f64).clamp(0.1, 1.0)
+    }
+
+    /// Gives this backend its own slow-start window (set once, before it is added).
+    pub fn set_slow_start(&self, window: Duration) {
+        let _ = self.slow_start.set(window);
+    }
+
+    /// The slow-start window for this backend: its own, or `global` when longer.
+    pub fn slow_start_window(&self, global: Duration) -> Duration {
+        self.slow_start.get().map_or(global, |w| (*w).max(global))
     }
 
     /// Test hook: pretend the backend became healthy `ago` before now.

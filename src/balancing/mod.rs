@@ -427,8 +427,7 @@ impl Pool {
         limits: SelectLimits,
     ) -> Result<InflightGuard, SelectError> {
         let n = sel.backends.len();
-        let slow_start = !limits.slow_start.is_zero();
-        let now = if slow_start { backend::now_nanos() } else { 0 };
+        let mut now = 0;
         let mut busy = false;
         let mut throttled: Option<&Arc<Backend>> = None;
         for step in 0..n {
@@ -443,8 +442,12 @@ impl Pool {
                 busy = true;
                 continue;
             }
-            if slow_start {
-                let share = b.slow_start_share(limits.slow_start, now);
+            let window = b.slow_start_window(limits.slow_start);
+            if !window.is_zero() {
+                if now == 0 {
+                    now = backend::now_nanos();
+                }
+                let share = b.slow_start_share(window, now);
                 if share < 1.0 && rand::random::<f64>() >= share {
                     throttled.get_or_insert(b);
                     continue;

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub workers: WorkersFile,
     pub upstreams: Vec<UpstreamFile>,
+    pub discovery: DiscoveryFile,
     pub balancing: BalancingFile,
     pub health_check: HealthCheckFile,
     pub proxy: ProxyFile,
@@ -57,6 +58,7 @@ impl Default for FileConfig {
             admin: AdminFile::default(),
             workers: WorkersFile::default(),
             upstreams: Vec::new(),
+            discovery: DiscoveryFile::default(),
             balancing: BalancingFile::default(),
             health_check: HealthCheckFile::default(),
             proxy: ProxyFile::default(),
@@ -202,8 +204,17 @@ impl Default for BackoffFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// `host:port` of a remote backend (resolved once at load).
-    pub address: String,
+    /// `host:port` of a remote backend (resolved once at load, unless `discover: dns`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `dns`: every A/AAAA record of `address`'s host is a backend on its port,
+    /// re-resolved as the records' TTLs run out (`discovery:`).
+    #[serde(default)]
+    pub discover: Option<String>,
+    /// A DNS SRV name (`_http._tcp.app.service.consul`): every target of its lowest
+    /// priority is a backend, with the record's port and weight.
+    #[serde(default)]
+    pub srv: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
     /// `http1` (default), `h2c` (HTTP/2 in cleartext, e.g. gRPC) or `h2` (HTTP/2 over
@@ -213,7 +224,8 @@ pub struct UpstreamFile {
     /// Reach it over TLS, verifying its certificate against `sni`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
-    /// Name sent as SNI and verified in its certificate; default: the host of `address`.
+    /// Name sent as SNI and verified in its certificate; default: the host of `address`
+    /// (an `srv` entry must give it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     /// PEM file of the CA(s) that sign its certificate; default: the system's roots.
@@ -223,6 +235,35 @@ pub struct UpstreamFile {
     /// for tests only.
     #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
     pub verify: bool,
+}
+
+/// How discovered upstreams (`discover: dns`, `srv:`) are resolved.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryFile {
+    /// DNS servers, `ip[:port]`; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
+    /// Re-resolve no sooner than this after an answer, whatever its TTL...
+    pub min_interval: Dur,
+    /// ...and no later than this, even with a longer TTL.
+    pub max_interval: Dur,
+    /// Per query.
+    pub timeout: Dur,
+    /// A newly discovered backend's share of traffic ramps up over this long (0: at
+    /// once); `balancing.slow_start` applies when it is longer.
+    pub slow_start: Dur,
+}
+
+impl Default for DiscoveryFile {
+    fn default() -> Self {
+        DiscoveryFile {
+            nameservers: Vec::new(),
+            min_interval: Dur::secs(1),
+            max_interval: Dur::secs(30),
+            timeout: Dur::secs(2),
+            slow_start: Dur::secs(10),
+        }
+    }
 }
 
 fn one() -> u32 {

@@ -69,6 +69,10 @@ pub struct RateLimitFile {
     /// Clients tracked at once (table slots, rounded up to a power of two). Memory is
     /// fixed at 8 bytes per slot; beyond it, clients share slots (and so budgets).
     pub max_clients: u32,
+    /// `local` (this instance's own buckets) or `redis`: one budget shared by every
+    /// drover using the Redis of `sessions.redis` (one atomic script per decision), with
+    /// this instance's local buckets while Redis is unreachable.
+    pub store: String,
 }
 
 impl Default for RateLimitFile {
@@ -78,6 +82,7 @@ impl Default for RateLimitFile {
             burst: 20,
             key: "client_ip".into(),
             max_clients: 65536,
+            store: "local".into(),
         }
     }
 }

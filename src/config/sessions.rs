@@ -5,6 +5,7 @@
 
 use super::duration::Dur;
 use super::error::ConfigIssue;
+pub use super::redis::RedisStoreFile;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -142,29 +143,6 @@ impl Default for MemoryStoreFile {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RedisStoreFile {
-    /// `redis://[user:pass@]host:port[/db]`.
-    pub url: String,
-    pub key_prefix: String,
-    /// Per-call timeout; a slower Redis counts as down for that request.
-    pub timeout: Dur,
-    /// A lock left by a crashed instance expires after this long.
-    pub lock_ttl: Dur,
-}
-
-impl Default for RedisStoreFile {
-    fn default() -> Self {
-        RedisStoreFile {
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "drover:".into(),
-            timeout: Dur::ms(250),
-            lock_ttl: Dur::secs(10),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct EncryptionFile {
     /// Encrypt session data at rest (ChaCha20-Poly1305).
     pub enabled: bool,
@@ -258,10 +236,9 @@ pub struct SessionsConfig {
     pub max_sessions: usize,
     pub snapshot_path: Option<PathBuf>,
     pub sweep_interval: Duration,
-    pub redis_url: String,
-    pub redis_prefix: String,
-    pub redis_timeout: Duration,
-    pub redis_lock_ttl: Duration,
+    /// How drover reaches Redis (checked in full when the store or a shared rate limit
+    /// uses it).
+    pub redis: super::redis::RedisConfig,
     pub encrypt: bool,
     pub data_keys: Vec<[u8; 32]>,
 }
@@ -336,6 +313,7 @@ pub fn validate_sessions(
     f: &SessionsFile,
     resolve: impl Fn(&str) -> PathBuf,
     runtime_dir: &Path,
+    shared_limits: bool,
 ) -> Result<SessionsConfig, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     let store = match f.store.as_str() {
@@ -456,24 +434,14 @@ pub fn validate_sessions(
             "must be greater than zero",
         ));
     }
-    if f.redis.timeout.0.is_zero() {
-        issues.push(issue("sessions.redis.timeout", "must be greater than zero"));
-    }
     if f.redis.lock_ttl.0 < f.lock_timeout.0 {
         issues.push(issue(
             "sessions.redis.lock_ttl",
             "must be at least `sessions.lock_timeout`",
         ));
     }
-    if store == StoreKind::Redis && !f.redis.url.starts_with("redis://") {
-        issues.push(issue(
-            "sessions.redis.url",
-            format!(
-                "`{}` must start with redis://",
-                crate::redact::url_userinfo(&f.redis.url)
-            ),
-        ));
-    }
+    let redis_used = (f.enabled && store == StoreKind::Redis) || shared_limits;
+    let redis = super::redis::validate_redis(&f.redis, &resolve, redis_used, &mut issues);
 
     let mut secret_texts = f.secrets.clone();
     if let Some(p) = &f.secret_file {
@@ -556,10 +524,7 @@ pub fn validate_sessions(
         max_sessions: f.memory.max_sessions,
         snapshot_path,
         sweep_interval: f.memory.sweep_interval.0,
-        redis_url: f.redis.url.clone(),
-        redis_prefix: f.redis.key_prefix.clone(),
-        redis_timeout: f.redis.timeout.0,
-        redis_lock_ttl: f.redis.lock_ttl.0,
+        redis,
         encrypt: f.encryption.enabled,
         data_keys,
     })
@@ -578,7 +543,7 @@ mod tests {
 
     fn validate(f: &SessionsFile) -> Result<SessionsConfig, Vec<ConfigIssue>> {
         let dir = std::env::temp_dir();
-        validate_sessions(f, |p| dir.join(p), &dir)
+        validate_sessions(f, |p| dir.join(p), &dir, false)
     }
 
     #[test]

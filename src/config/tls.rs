@@ -429,4 +429,30 @@ mod tests {
             "max-age=86400; includeSubDomains"
         );
     }
+
+    #[test]
+    fn discovered_upstreams_carry_their_link() {
+        let c = ok("upstreams:\n  - address: app.internal:443\n    discover: dns\n    tls: true\n    protocol: h2\n");
+        let d = &c.discovered[0];
+        assert_eq!(d.link.protocol, crate::config::Protocol::H2);
+        assert_eq!(d.link.tls.as_ref().unwrap().sni, "app.internal");
+        assert!(
+            !c.plain_backends,
+            "a discovered TLS upstream turns drover's engine off too"
+        );
+        let c = ok("upstreams:\n  - srv: _grpc._tcp.app\n    protocol: h2c\n");
+        assert_eq!(c.discovered[0].link.protocol, crate::config::Protocol::H2c);
+        assert!(!c.plain_backends);
+        let e = err("upstreams:\n  - srv: _https._tcp.app\n    tls: true\n");
+        assert!(
+            e.contains("upstreams[0].sni") && e.contains("needs `sni`"),
+            "{e}"
+        );
+        let c = ok("upstreams:\n  - srv: _https._tcp.app\n    tls: true\n    sni: app.example\n");
+        assert_eq!(
+            c.discovered[0].link.tls.as_ref().unwrap().sni,
+            "app.example"
+        );
+        assert!(ok("upstreams:\n  - srv: _http._tcp.app\n").plain_backends);
+    }
 }

@@ -21,6 +21,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub workers: WorkersConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Upstreams found through DNS (`discover: dns`, `srv:`).
+    pub discovered: Vec<DiscoveredUpstream>,
+    pub discovery: DiscoveryConfig,
     pub balancing: BalancingConfig,
     pub health: HealthConfig,
     pub proxy: ProxyConfig,
@@ -94,6 +97,45 @@ pub struct BackoffPolicy {
     pub max: Duration,
     pub reset_after: Duration,
     pub crash_loop_restarts: u32,
+}
+
+/// What a discovered upstream entry asks DNS for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoverySource {
+    /// A/AAAA records of `host`, each a backend on `port`.
+    Dns { host: String, port: u16 },
+    /// SRV records of `name`: targets, ports and weights.
+    Srv { name: String },
+}
+
+impl DiscoverySource {
+    /// The entry's name (the `host:port` or SRV name as written), used as the prefix of
+    /// its backends' names (`{label}@{ip}:{port}`).
+    pub fn label(&self) -> String {
+        match self {
+            DiscoverySource::Dns { host, port } => format!("{host}:{port}"),
+            DiscoverySource::Srv { name } => name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredUpstream {
+    pub source: DiscoverySource,
+    /// Weight of each backend found (SRV records carry their own).
+    pub weight: u32,
+    /// Protocol and TLS to each backend found.
+    pub link: super::tls::Link,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    /// Empty: the system's resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    pub timeout: Duration,
+    pub slow_start: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,23 +476,97 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     );
 
     let mut upstreams = Vec::new();
+    let mut discovered = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
         let field = format!("upstreams[{i}]");
         c.range_u32(&format!("{field}.weight"), u.weight, 1, 10_000);
         let link = upstream_link(u, &field, source, &mut c.issues);
-        match u.address.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(addr)) => upstreams.push(UpstreamConfig {
-                name: u.address.clone(),
-                addr,
-                weight: u.weight,
-                link,
-            }),
-            _ => c.fail(
-                &format!("{field}.address"),
-                format!("`{}` does not resolve; write `host:port`", u.address),
+        match (&u.address, &u.srv, u.discover.as_deref()) {
+            (Some(_), Some(_), _) | (None, None, _) => c.fail(
+                &field,
+                "give `address` (host:port) or `srv` (a DNS SRV name), not both",
+            ),
+            (None, Some(name), d) => {
+                if d.is_some() {
+                    c.fail(&format!("{field}.discover"), "an `srv` entry is always discovered; remove `discover`");
+                }
+                let ok = !name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if ok {
+                    discovered.push(DiscoveredUpstream {
+                        source: DiscoverySource::Srv { name: name.clone() },
+                        weight: u.weight,
+                        link,
+                    });
+                } else {
+                    c.fail(&format!("{field}.srv"), format!("`{name}` is not a DNS name"));
+                }
+            }
+            (Some(address), None, Some("dns")) => {
+                match crate::config::redis::host_port(address, 0) {
+                    Ok((host, port)) if port > 0 => discovered.push(DiscoveredUpstream {
+                        source: DiscoverySource::Dns { host, port },
+                        weight: u.weight,
+                        link,
+                    }),
+                    _ => c.fail(
+                        &format!("{field}.address"),
+                        format!("`{address}` is not `host:port`"),
+                    ),
+                }
+            }
+            (Some(_), None, Some(other)) => c.fail(
+                &format!("{field}.discover"),
+                format!("`{other}` is not accepted; accepted: dns"),
+            ),
+            (Some(address), None, None) => match address.to_socket_addrs().map(|mut it| it.next()) {
+                Ok(Some(addr)) => upstreams.push(UpstreamConfig {
+                    name: address.clone(),
+                    addr,
+                    weight: u.weight,
+                    link,
+                }),
+                _ => c.fail(
+                    &format!("{field}.address"),
+                    format!("`{address}` does not resolve; write `host:port` (or add `discover: dns` to resolve it again and again)"),
+                ),
+            },
+        }
+    }
+    let d = &file.discovery;
+    let mut nameservers = Vec::new();
+    for (i, n) in d.nameservers.iter().enumerate() {
+        let parsed = n.parse::<SocketAddr>().or_else(|_| {
+            n.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) => nameservers.push(a),
+            Err(_) => c.fail(
+                &format!("discovery.nameservers[{i}]"),
+                format!("`{n}` is not an IP address (with an optional :port)"),
             ),
         }
     }
+    if d.min_interval.0 < Duration::from_millis(100) || d.max_interval.0 < d.min_interval.0 {
+        c.fail(
+            "discovery.min_interval",
+            "must be at least 100ms and at most `discovery.max_interval`",
+        );
+    }
+    if d.timeout.0.is_zero() {
+        c.fail("discovery.timeout", "must be greater than zero");
+    }
+    let discovery = DiscoveryConfig {
+        nameservers,
+        min_interval: d.min_interval.0,
+        max_interval: d.max_interval.0,
+        timeout: d.timeout.0,
+        slow_start: d.slow_start.0,
+    };
     if w.count == 0 && file.upstreams.is_empty() {
         c.fail(
             "workers.count",
@@ -600,10 +716,16 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             None
         }
     };
+    let shared_limits = file.rate_limit.store == "redis"
+        || file
+            .routes
+            .iter()
+            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.store == "redis"));
     let sessions = match super::sessions::validate_sessions(
         &file.sessions,
         |p| relative_to(source, p),
         &runtime_dir,
+        shared_limits,
     ) {
         Ok(s) => Some(s),
         Err(mut issues) => {
@@ -620,8 +742,9 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             format!("`{l}` is also the cleartext `listen`; give HTTPS its own port"),
         );
     }
-    let plain_backends =
-        worker_protocol == super::tls::Protocol::Http1 && upstreams.iter().all(|u| u.link.plain());
+    let plain_backends = worker_protocol == super::tls::Protocol::Http1
+        && upstreams.iter().all(|u| u.link.plain())
+        && discovered.iter().all(|d| d.link.plain());
 
     if !c.issues.is_empty() {
         return Err(c.issues);
@@ -681,6 +804,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             weights: w.weights.clone(),
         },
         upstreams,
+        discovered,
+        discovery,
         balancing: BalancingConfig {
             strategy,
             panic_threshold,
@@ -783,13 +908,25 @@ fn upstream_link(
             tls: None,
         };
     }
-    let host = u
-        .address
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(&u.address)
-        .to_string();
-    let sni = u.sni.clone().unwrap_or(host);
+    // The default name is the host of `address`; an `srv` entry's targets are many
+    // names, so the one their certificates carry must be given.
+    let host = u.address.as_deref().map(|a| {
+        a.rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(a)
+            .to_string()
+    });
+    let sni = match (u.sni.clone(), host) {
+        (Some(s), _) | (None, Some(s)) => s,
+        (None, None) => {
+            fail(
+                issues,
+                "sni",
+                "an `srv` entry with `tls: true` needs `sni`: the name its backends' certificates carry".into(),
+            );
+            String::new()
+        }
+    };
     let ca_file = u.ca_file.as_deref().map(|p| relative_to(source, p));
     let ca = ca_file
         .as_deref()

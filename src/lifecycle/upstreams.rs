@@ -1,19 +1,21 @@
-//! Static remote upstreams from `upstreams:`; registered at start and re-synced on reload.
+//! Remote upstreams from `upstreams:`: static ones registered at start and re-synced on
+//! reload; discovered ones (`discover: dns`, `srv:`) handed to `discovery`.
 
-use crate::balancing::BackendState;
+use crate::balancing::{Backend, BackendState};
 use crate::config::Config;
 use crate::health;
 use crate::state::Shared;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Makes the pool's remote backends match `cfg.upstreams`: new ones are added (and get
-/// traffic once healthy); removed or changed ones drain and leave.
+/// Makes the pool's static remote backends match `cfg.upstreams`: new ones are added
+/// (and get traffic once healthy); removed or changed ones drain and leave. Then starts
+/// or stops the discovery of DNS-discovered entries.
 pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
     let members = shared.pool.members();
     let remote: Vec<_> = members
         .iter()
-        .filter(|b| b.worker_id.is_none())
+        .filter(|b| b.worker_id.is_none() && !super::discovery::is_discovered(b))
         .cloned()
         .collect();
     for b in &remote {
@@ -22,19 +24,7 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
         });
         if !keep {
             log::info!("upstreams: {} removed from config, draining", b.name);
-            b.set_state(BackendState::Draining);
-            shared.pool.refresh();
-            let shared = shared.clone();
-            let b = b.clone();
-            let timeout = cfg.workers.drain_timeout;
-            tokio::spawn(async move {
-                let deadline = Instant::now() + timeout;
-                while b.inflight() > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                b.set_state(BackendState::Stopped);
-                shared.pool.remove(b.id);
-            });
+            drain_and_remove(shared, b, cfg.workers.drain_timeout);
         }
     }
     for u in &cfg.upstreams {
@@ -53,4 +43,22 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
             health::spawn_probe(shared.clone(), b);
         }
     }
+    super::discovery::sync(shared, cfg);
+}
+
+/// Takes `b` out of rotation at once, waits for its in-flight requests (at most
+/// `timeout`), then removes it from the pool.
+pub fn drain_and_remove(shared: &Arc<Shared>, b: &Arc<Backend>, timeout: Duration) {
+    b.set_state(BackendState::Draining);
+    shared.pool.refresh();
+    let shared = shared.clone();
+    let b = b.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + timeout;
+        while b.inflight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        b.set_state(BackendState::Stopped);
+        shared.pool.remove(b.id);
+    });
 }

@@ -188,6 +188,11 @@ impl Chaos {
     }
 
     /// The fault to inject into this request, if any. `unit` is uniform in [0, 1).
+    /// Whether any fault is installed (one relaxed load: checked on every request).
+    pub fn armed(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
     pub fn pick(
         &self,
         route: Option<&str>,

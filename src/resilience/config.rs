@@ -135,7 +135,24 @@ pub fn breaker_policy(
     }
 }
 
-fn rate_limiter(f: &RateLimitFile, field: &str, c: &mut Issues) -> Option<Arc<RateLimiter>> {
+/// `scope` names the limit in Redis when it is shared (`global` or the route's name).
+fn rate_limiter(
+    f: &RateLimitFile,
+    field: &str,
+    scope: &str,
+    c: &mut Issues,
+) -> Option<Arc<RateLimiter>> {
+    let shared = match f.store.as_str() {
+        "local" => None,
+        "redis" => Some(Arc::from(scope)),
+        other => {
+            c.fail(
+                &format!("{field}.store"),
+                format!("`{other}` is not accepted; accepted: local, redis"),
+            );
+            None
+        }
+    };
     let rps = f.requests_per_second;
     if !rps.is_finite() || !(0.0..=1e6).contains(&rps) {
         c.fail(
@@ -177,6 +194,7 @@ fn rate_limiter(f: &RateLimitFile, field: &str, c: &mut Issues) -> Option<Arc<Ra
             burst: f.burst.max(1),
             key,
             slots,
+            shared,
         }))
     })
 }
@@ -247,7 +265,7 @@ pub fn build(file: &FileConfig, issues: &mut Vec<ConfigIssue>) -> Resilience {
     if bb.window.0 < Duration::from_millis(100) {
         c.fail("proxy.retry_budget.window", "must be at least 100ms");
     }
-    let global_limit = rate_limiter(&file.rate_limit, "rate_limit", &mut c);
+    let global_limit = rate_limiter(&file.rate_limit, "rate_limit", "global", &mut c);
 
     if file.routes.len() > MAX_ROUTES {
         c.fail(
@@ -334,7 +352,7 @@ pub fn build(file: &FileConfig, issues: &mut Vec<ConfigIssue>) -> Resilience {
             .and_then(|f| fallback(f, &format!("{field}.fallback"), (connect, read), &mut c));
         let rate_limit = match &r.rate_limit {
             None => RouteLimit::Inherit,
-            Some(f) => match rate_limiter(f, &format!("{field}.rate_limit"), &mut c) {
+            Some(f) => match rate_limiter(f, &format!("{field}.rate_limit"), &r.name, &mut c) {
                 Some(l) => RouteLimit::On(l),
                 None => RouteLimit::Off,
             },

@@ -3,6 +3,7 @@
 //! - `breaker`: circuit breaker state machine (per worker and per route).
 //! - `classify`: what counts as a failure.
 //! - `window`: lock-free rolling window of counts (breaker ratios, retry budget).
+//! - `rate_limit`: per-client GCRA buckets; `shared_limit`: the same through Redis.
 
 pub mod breaker;
 pub mod chaos;
@@ -12,4 +13,5 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod retry;
 pub mod routes;
+pub mod shared_limit;
 pub mod window;

@@ -97,6 +97,9 @@ pub struct RatePolicy {
     pub key: LimitKey,
     /// Table slots (a power of two).
     pub slots: usize,
+    /// `Some(scope)`: the budget is shared through Redis under this name (`global` or a
+    /// route's name); the table above is the fallback while Redis is unreachable.
+    pub shared: Option<std::sync::Arc<str>>,
 }
 
 /// The answer for one request.
@@ -163,6 +166,12 @@ impl RateLimiter {
 
     pub fn slots(&self) -> usize {
         self.slots.len()
+    }
+
+    /// (emission interval, tolerance) in µs: the GCRA parameters, for the shared
+    /// (Redis) form of the same limit.
+    pub fn gcra_us(&self) -> (u64, u64) {
+        (self.interval, self.tolerance)
     }
 
     pub fn check(&self, key_hash: u64) -> Decision {
@@ -258,6 +267,7 @@ mod tests {
             burst,
             key: LimitKey::ClientIp,
             slots,
+            shared: None,
         })
     }
 
@@ -342,6 +352,7 @@ mod tests {
                 burst: 3,
                 key: key.parse().unwrap(),
                 slots: 1024,
+                shared: None,
             });
             let t0 = l.base + Duration::from_secs(1);
             (0..10)

@@ -23,6 +23,11 @@ pub struct SessionMetrics {
     pub lock_timeouts: IntCounter,
     pub write_conflicts: IntCounter,
     pub data_refused: IntCounter,
+    /// Writes that `WAIT` did not see reach `durability.replicas` replicas in time.
+    pub writes_unreplicated: IntCounter,
+    /// Writes whose store call failed (not sent, timed out, errored): not saved, or
+    /// saved without drover knowing.
+    pub writes_failed: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -120,6 +125,16 @@ impl SessionMetrics {
                 r,
                 SESSION_DATA_REFUSED_TOTAL,
                 "Session updates from workers refused (too large or not a header value)",
+            ),
+            writes_failed: counter(
+                r,
+                SESSION_WRITES_FAILED_TOTAL,
+                "Session writes whose store call failed (breaker open, timeout, error): not saved, or saved without drover knowing",
+            ),
+            writes_unreplicated: counter(
+                r,
+                SESSION_WRITES_UNREPLICATED_TOTAL,
+                "Session writes applied on the Redis master but not acknowledged by sessions.redis.durability.replicas replicas within its timeout",
             ),
         }
     }

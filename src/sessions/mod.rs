@@ -198,7 +198,8 @@ pub struct SessionService {
     store_breaker: Breaker,
     pub metrics: metrics::SessionMetrics,
     kind: StoreKind,
-    redis_url: String,
+    /// The Redis connection settings the store was built with (a change needs a restart).
+    redis_cfg: crate::config::RedisConfig,
     generated_secret: Option<Vec<u8>>,
     generated_data_key: Option<[u8; 32]>,
     last_stats: std::sync::Mutex<(u64, u64)>,
@@ -308,6 +309,8 @@ impl SessionService {
         } else {
             None
         };
+        let metrics = metrics::SessionMetrics::new(registry);
+        metrics.store_up.set(1);
         let backing = match cfg.store {
             StoreKind::Memory => {
                 let m = MemoryStore::new(cfg.max_sessions);
@@ -323,23 +326,29 @@ impl SessionService {
                 }
                 Backing::Memory(Arc::new(m))
             }
-            StoreKind::Redis => Backing::Redis(Arc::new(RedisStore::new(
-                &cfg.redis_url,
-                &cfg.redis_prefix,
-                cfg.redis_timeout,
-            )?)),
+            StoreKind::Redis => {
+                let link =
+                    crate::redis_link::RedisLink::new(&cfg.redis).map_err(|e| e.to_string())?;
+                log::info!(
+                    "sessions: Redis store ({}{})",
+                    link.topology(),
+                    if link.caches() { ", local cache" } else { "" }
+                );
+                Backing::Redis(Arc::new(
+                    RedisStore::new(link)
+                        .with_unreplicated_counter(metrics.writes_unreplicated.clone()),
+                ))
+            }
         };
         let store_breaker = Breaker::new(BreakerPolicy {
             enabled: true,
             consecutive_failures: 3,
             open_for: Duration::from_millis(500),
-            max_open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(1),
             half_open_probes: 1,
             ..BreakerPolicy::disabled()
         });
         store_breaker.set_name("session-store");
-        let metrics = metrics::SessionMetrics::new(registry);
-        metrics.store_up.set(1);
         let svc = SessionService {
             policy: ArcSwap::from_pointee(Policy {
                 cfg: cfg.clone(),
@@ -353,7 +362,7 @@ impl SessionService {
             store_breaker,
             metrics,
             kind: cfg.store,
-            redis_url: cfg.redis_url.clone(),
+            redis_cfg: cfg.redis.clone(),
             generated_secret,
             generated_data_key,
             last_stats: std::sync::Mutex::new((0, 0)),
@@ -390,9 +399,9 @@ impl SessionService {
     /// the process (its contents would be lost); changing it needs a restart.
     pub fn apply(&self, cfg: &SessionsConfig) {
         if cfg.store != self.kind
-            || (cfg.store == StoreKind::Redis && cfg.redis_url != self.redis_url)
+            || (cfg.store == StoreKind::Redis && !cfg.redis.same_connection(&self.redis_cfg))
         {
-            log::warn!("reload: `sessions.store` / `sessions.redis.url` changed; it takes effect only after a restart");
+            log::warn!("reload: `sessions.store` / `sessions.redis` changed; it takes effect only after a restart");
         }
         if cfg.encrypt && self.generated_data_key.is_none() && cfg.data_keys.is_empty() {
             log::warn!("reload: `sessions.encryption` turned on without keys; it takes effect only after a restart");
@@ -405,6 +414,15 @@ impl SessionService {
         match self.backing {
             Backing::Memory(_) => "memory",
             Backing::Redis(_) => "redis",
+        }
+    }
+
+    /// The Redis connection of the session store, if it is on Redis (shared limits use
+    /// the same one).
+    pub fn redis_link(&self) -> Option<Arc<crate::redis_link::RedisLink>> {
+        match &self.backing {
+            Backing::Redis(r) => Some(r.link().clone()),
+            Backing::Memory(_) => None,
         }
     }
 
@@ -587,7 +605,7 @@ impl SessionService {
             Backing::Redis(r) => {
                 let read = if s.lock.is_some() {
                     let left = wait.saturating_sub(started.elapsed());
-                    let lease = s.policy.cfg.redis_lock_ttl;
+                    let lease = s.policy.cfg.redis.lock_ttl;
                     match self.guarded(r.lock_and_get(&s.id, left, lease)).await {
                         Ok((t, rec)) => {
                             s.token = Some(t);
@@ -644,13 +662,12 @@ impl SessionService {
         s.data = None;
     }
 
-    /// Drops the in-process lock and, on Redis, the shared one.
+    /// Drops the in-process lock and, on Redis, the shared one (without waiting for
+    /// Redis' answer: nothing depends on it, and a lost release expires with its lease).
     async fn release(&self, s: &mut SessionCtx) {
         s.lock = None;
         if let (Backing::Redis(r), Some(t)) = (&self.backing, s.token.take()) {
-            let _ = self
-                .guarded(r.commit(&s.id, Some(&t), Commit::Release))
-                .await;
+            r.release_detached(&s.id, t);
         }
     }
 
@@ -926,6 +943,8 @@ impl SessionService {
                     };
                     if ok == Some(false) {
                         self.conflict(s, "destroy");
+                    } else if ok.is_none() {
+                        self.metrics.writes_failed.inc();
                     }
                 }
             }
@@ -994,6 +1013,8 @@ impl SessionService {
                     s.cookie = CookieAction::Issue;
                 } else if ok == Some(false) {
                     self.conflict(s, "regenerate");
+                } else {
+                    self.metrics.writes_failed.inc();
                 }
             }
             None => match (&update, s.origin) {
@@ -1048,9 +1069,9 @@ impl SessionService {
         s.lock = None;
         if !committed {
             if let (Backing::Redis(r), Some(t)) = (&self.backing, token) {
-                let _ = self
-                    .guarded(r.commit(&s.id, Some(&t), Commit::Release))
-                    .await;
+                // The worker changed nothing: one round trip for the request (lock and
+                // read); the release goes out without the response waiting for it.
+                r.release_detached(&s.id, t);
             }
         }
     }
@@ -1067,18 +1088,24 @@ impl SessionService {
     ) -> Option<bool> {
         match &self.backing {
             Backing::Memory(m) => Some(m.write_if(id, expect, rec.clone(), ttl, now_ms())),
-            Backing::Redis(r) => self
-                .guarded(r.commit(
-                    id,
-                    token,
-                    Commit::Write {
-                        expect,
-                        record: rec,
-                        ttl,
-                    },
-                ))
-                .await
-                .ok(),
+            Backing::Redis(r) => {
+                let r = self
+                    .guarded(r.commit(
+                        id,
+                        token,
+                        Commit::Write {
+                            expect,
+                            record: rec,
+                            ttl,
+                        },
+                    ))
+                    .await
+                    .ok();
+                if r.is_none() {
+                    self.metrics.writes_failed.inc();
+                }
+                r
+            }
         }
     }
 

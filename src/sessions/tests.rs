@@ -7,7 +7,7 @@ use crate::config::{CookieConfig, SameSite};
 fn cfg() -> SessionsConfig {
     let file = crate::config::SessionsFile::default();
     let dir = std::env::temp_dir();
-    let mut c = crate::config::validate_sessions(&file, |p| dir.join(p), &dir).unwrap();
+    let mut c = crate::config::validate_sessions(&file, |p| dir.join(p), &dir, false).unwrap();
     c.secrets = vec![b"0123456789abcdef0123456789abcdef".to_vec()];
     c.data_keys = vec![[7u8; 32]];
     c.snapshot_path = None;

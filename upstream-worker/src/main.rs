@@ -20,7 +20,8 @@
 //! Every response carries `X-Worker-Id` and `X-Worker-Pid`.
 //!
 //! Endpoints:
-//! - `GET /` → 200 `hello from worker <id>`
+//! - `GET /` → 200 `hello from worker <id>`; `POST /` and `PUT /` the same after
+//!   reading the whole body
 //! - `GET /health` → 200 `ok`, or 503 while `HEALTH_FAIL_FILE` exists
 //! - `GET /delay?ms=N` → sleeps N ms (≤ 60000), then 200
 //! - `GET /status?code=N` → status N (100..=599; 1xx get a 400, as hyper
@@ -32,7 +33,8 @@
 //! - `GET /session` → JSON with the `X-Drover-Session` object,
 //!   `X-Drover-Session-Id` and `X-Drover-Session-State`
 //! - `GET|POST /session/incr[?ms=N]` → increments `counter` in the session,
-//!   returns it in the body and the whole object in `X-Drover-Session-Set`
+//!   returns it (and the session state drover reported) in the body and the whole
+//!   object in `X-Drover-Session-Set`
 //! - `GET /session/set?key=K&value=V` → sets string field K, returns the
 //!   object in the body and in `X-Drover-Session-Set`
 //! - `GET|POST /session/regenerate[?key=K&value=V]` → like `/session`, with

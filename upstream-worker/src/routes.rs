@@ -119,7 +119,11 @@ async fn route(w: &'static Worker, req: Request<Incoming>) -> Resp {
     drain(body).await;
 
     match path {
-        "/" if get => text(StatusCode::OK, w.hello.clone()),
+        // POST and PUT too, after the body was read whole (drain above): what the load
+        // harness's body scenarios measure.
+        "/" if get || parts.method == Method::POST || parts.method == Method::PUT => {
+            text(StatusCode::OK, w.hello.clone())
+        }
         "/health" if get => health(w),
         "/delay" if get => delay(query).await,
         "/status" if get => status(query),
@@ -374,7 +378,13 @@ async fn session_incr(w: &Worker, query: Option<&str>, headers: &hyper::HeaderMa
     }
     let mut session = FlatObject::parse_or_empty(header_text(headers, &X_DROVER_SESSION));
     let counter = session.incr_counter();
-    let mut resp = json(format!("{{\"counter\":{counter},\"worker_id\":{}}}", w.id));
+    let mut out = format!("{{\"counter\":{counter},\"worker_id\":{},\"state\":", w.id);
+    match header_text(headers, &X_DROVER_SESSION_STATE) {
+        Some(st) => escape_json_into(&mut out, st, false),
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    let mut resp = json(out);
     set_session_header(&mut resp, &session.to_json());
     resp
 }

@@ -1,14 +1,15 @@
 //! Session data as drover carries it: a JSON object in a header.
 //!
-//! A hand-written parser keeps the worker free of serde. Only the top level
-//! is decoded into fields; every non-string value is kept as minified JSON
-//! text, so fields the worker does not understand (floats, nested objects)
-//! survive a read-modify-write round trip untouched.
+//! Parsed with serde_json. Only the top level is decoded into fields; every
+//! non-string value is kept as its minified JSON text (`RawValue`), so fields the
+//! worker does not understand (floats, nested objects) survive a
+//! read-modify-write round trip untouched, down to how a number was spelled.
 
-use crate::routes::escape_json_into;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
 
-/// Deeper nesting than this is refused rather than risking the stack on a
-/// hostile header.
+/// Deeper nesting than this is refused (serde_json's own limit is 128).
 const MAX_DEPTH: usize = 64;
 
 /// A top-level field value.
@@ -37,42 +38,83 @@ pub struct FlatObject {
     fields: Vec<(String, Value)>,
 }
 
+/// The top level of an object, in order, each value as its raw JSON text.
+struct Fields(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> Visitor<'de> for InOrder {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    fields.push((k, v));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(InOrder)
+    }
+}
+
+/// Removes insignificant whitespace from valid JSON text and returns its nesting
+/// depth (strings are copied as they are).
+fn minify(raw: &str) -> (String, usize) {
+    let mut out = String::with_capacity(raw.len());
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            ' ' | '\t' | '\n' | '\r' => continue,
+            '"' => in_string = true,
+            '{' | '[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        out.push(c);
+    }
+    (out, deepest)
+}
+
 impl FlatObject {
     /// Returns `None` for anything that is not exactly one JSON object, so
     /// callers can fall back to an empty session.
     pub fn parse(text: &str) -> Option<FlatObject> {
-        let mut p = Parser::new(text);
-        p.ws();
-        p.expect(b'{')?;
+        let Fields(raw) = serde_json::from_str(text).ok()?;
         let mut obj = FlatObject::default();
-        p.ws();
-        if p.eat(b'}') {
-            p.ws();
-            return p.at_end().then_some(obj);
-        }
-        loop {
-            p.ws();
-            let key = p.string()?;
-            p.ws();
-            p.expect(b':')?;
-            p.ws();
-            let value = if p.peek() == Some(b'"') {
-                Value::Str(p.string()?)
+        for (key, value) in raw {
+            let text = value.get();
+            let value = if text.starts_with('"') {
+                Value::Str(serde_json::from_str(text).ok()?)
             } else {
-                let mut raw = String::new();
-                p.value(&mut raw, 1)?;
-                Value::Raw(raw)
+                let (min, depth) = minify(text);
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                Value::Raw(min)
             };
             // Last duplicate wins, as in most JSON readers.
             obj.set(&key, value);
-            p.ws();
-            if p.eat(b'}') {
-                break;
-            }
-            p.expect(b',')?;
         }
-        p.ws();
-        p.at_end().then_some(obj)
+        Some(obj)
     }
 
     /// Unparseable or absent session data starts a fresh session instead of
@@ -114,10 +156,10 @@ impl FlatObject {
             if i > 0 {
                 out.push(',');
             }
-            escape_json_into(&mut out, key, true);
+            ascii_json_string(&mut out, key);
             out.push(':');
             match value {
-                Value::Str(s) => escape_json_into(&mut out, s, true),
+                Value::Str(s) => ascii_json_string(&mut out, s),
                 Value::Raw(raw) => out.push_str(raw),
             }
         }
@@ -126,258 +168,30 @@ impl FlatObject {
     }
 }
 
-/// Checks that `text` is a complete JSON object (any depth) so it can be
-/// embedded verbatim in a JSON response without breaking it.
+/// A JSON string with every non-ASCII character escaped (`\uXXXX`, surrogate pairs
+/// beyond the BMP): serde_json writes UTF-8, which a header value built with
+/// `HeaderValue::from_str` would refuse.
+fn ascii_json_string(out: &mut String, s: &str) {
+    let quoted = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
+    for c in quoted.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+}
+
+/// Checks that `text` is a complete JSON object (nesting below the limit) so it
+/// can be embedded verbatim in a JSON response without breaking it.
 pub fn is_json_object(text: &str) -> bool {
-    let mut p = Parser::new(text);
-    p.ws();
-    if p.peek() != Some(b'{') {
+    let Ok(raw) = serde_json::from_str::<&RawValue>(text) else {
         return false;
-    }
-    let mut sink = String::new();
-    if p.value(&mut sink, 0).is_none() {
-        return false;
-    }
-    p.ws();
-    p.at_end()
-}
-
-struct Parser<'a> {
-    src: &'a str,
-    pos: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn new(src: &'a str) -> Self {
-        Parser { src, pos: 0 }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.src.as_bytes().get(self.pos).copied()
-    }
-
-    fn at_end(&self) -> bool {
-        self.pos == self.src.len()
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        if self.peek() == Some(b) {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, b: u8) -> Option<()> {
-        self.eat(b).then_some(())
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    fn hex4(&mut self) -> Option<u16> {
-        let digits = self.src.get(self.pos..self.pos + 4)?;
-        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        self.pos += 4;
-        u16::from_str_radix(digits, 16).ok()
-    }
-
-    /// Decodes a string. Lone surrogates become U+FFFD rather than an error,
-    /// since they are syntactically legal JSON.
-    fn string(&mut self) -> Option<String> {
-        self.expect(b'"')?;
-        let mut out = String::new();
-        loop {
-            let start = self.pos;
-            // Copy the run of plain characters in one go; the input is a
-            // &str, so a run between ASCII delimiters is valid UTF-8.
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
-            }
-            out.push_str(&self.src[start..self.pos]);
-            match self.peek()? {
-                b'"' => {
-                    self.pos += 1;
-                    return Some(out);
-                }
-                b'\\' => {
-                    self.pos += 1;
-                    let esc = self.peek()?;
-                    self.pos += 1;
-                    let c = match esc {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => self.unicode_escape()?,
-                        _ => return None,
-                    };
-                    out.push(c);
-                }
-                _ => return None, // raw control character
-            }
-        }
-    }
-
-    fn unicode_escape(&mut self) -> Option<char> {
-        let hi = self.hex4()?;
-        if (0xD800..0xDC00).contains(&hi) && self.src[self.pos..].starts_with("\\u") {
-            let save = self.pos;
-            self.pos += 2;
-            let lo = self.hex4()?;
-            if (0xDC00..0xE000).contains(&lo) {
-                let cp = 0x10000 + ((u32::from(hi) - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
-                return char::from_u32(cp);
-            }
-            // Not a pair: leave the second escape for the next round.
-            self.pos = save;
-        }
-        Some(char::from_u32(u32::from(hi)).unwrap_or('\u{FFFD}'))
-    }
-
-    /// Validates a string and copies its source text unchanged.
-    fn raw_string(&mut self, out: &mut String) -> Option<()> {
-        let start = self.pos;
-        self.expect(b'"')?;
-        loop {
-            match self.peek()? {
-                b'"' => {
-                    self.pos += 1;
-                    break;
-                }
-                b'\\' => {
-                    self.pos += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
-                        b'u' => {
-                            self.pos += 1;
-                            self.hex4()?;
-                        }
-                        _ => return None,
-                    }
-                }
-                b if b < 0x20 => return None,
-                _ => self.pos += 1,
-            }
-        }
-        out.push_str(&self.src[start..self.pos]);
-        Some(())
-    }
-
-    fn number(&mut self, out: &mut String) -> Option<()> {
-        let start = self.pos;
-        self.eat(b'-');
-        match self.peek()? {
-            b'0' => self.pos += 1,
-            b'1'..=b'9' => self.digits(),
-            _ => return None,
-        }
-        if self.eat(b'.') {
-            self.require_digits()?;
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.pos += 1;
-            if !self.eat(b'+') {
-                self.eat(b'-');
-            }
-            self.require_digits()?;
-        }
-        out.push_str(&self.src[start..self.pos]);
-        Some(())
-    }
-
-    fn digits(&mut self) {
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.pos += 1;
-        }
-    }
-
-    fn require_digits(&mut self) -> Option<()> {
-        let start = self.pos;
-        self.digits();
-        (self.pos > start).then_some(())
-    }
-
-    fn literal(&mut self, word: &str, out: &mut String) -> Option<()> {
-        if self.src[self.pos..].starts_with(word) {
-            self.pos += word.len();
-            out.push_str(word);
-            Some(())
-        } else {
-            None
-        }
-    }
-
-    /// Validates any JSON value and appends it minified, so preserved fields
-    /// never carry whitespace that would be awkward in a header.
-    fn value(&mut self, out: &mut String, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'"' => self.raw_string(out),
-            b'{' => {
-                self.pos += 1;
-                out.push('{');
-                self.ws();
-                if !self.eat(b'}') {
-                    loop {
-                        self.ws();
-                        self.raw_string(out)?;
-                        self.ws();
-                        self.expect(b':')?;
-                        out.push(':');
-                        self.ws();
-                        self.value(out, depth + 1)?;
-                        self.ws();
-                        if self.eat(b'}') {
-                            break;
-                        }
-                        self.expect(b',')?;
-                        out.push(',');
-                    }
-                }
-                out.push('}');
-                Some(())
-            }
-            b'[' => {
-                self.pos += 1;
-                out.push('[');
-                self.ws();
-                if !self.eat(b']') {
-                    loop {
-                        self.ws();
-                        self.value(out, depth + 1)?;
-                        self.ws();
-                        if self.eat(b']') {
-                            break;
-                        }
-                        self.expect(b',')?;
-                        out.push(',');
-                    }
-                }
-                out.push(']');
-                Some(())
-            }
-            b't' => self.literal("true", out),
-            b'f' => self.literal("false", out),
-            b'n' => self.literal("null", out),
-            _ => self.number(out),
-        }
-    }
+    };
+    raw.get().starts_with('{') && minify(raw.get()).1 < MAX_DEPTH
 }
 
 #[cfg(test)]
@@ -439,12 +253,13 @@ mod tests {
 
     #[test]
     fn string_escapes_decode_and_reencode() {
-        let obj =
-            FlatObject::parse(r#"{"k":"q\"b\\s\/\n\u00e9\ud83d\ude00\ud800x"}"#).expect("valid");
+        let obj = FlatObject::parse(r#"{"k":"q\"b\\s\/\n\u00e9\ud83d\ude00x"}"#).expect("valid");
         assert_eq!(
             obj.get("k"),
-            Some(&Value::Str("q\"b\\s/\n\u{e9}\u{1F600}\u{FFFD}x".into()))
+            Some(&Value::Str("q\"b\\s/\n\u{e9}\u{1F600}x".into()))
         );
+        // A lone surrogate is not valid JSON text for serde_json: a fresh session.
+        assert_eq!(FlatObject::parse(r#"{"k":"\ud800x"}"#), None);
         let json = obj.to_json();
         assert!(json.is_ascii());
         assert_eq!(FlatObject::parse(&json), Some(obj));

@@ -85,6 +85,14 @@ impl ClientStream {
         self.send_timeout = t;
     }
 
+    /// Gives the read buffer's memory back while the connection is idle (it is empty
+    /// then); the next read allocates it again.
+    pub fn release_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Reads more bytes from the client into `buf`; `Ok(0)`: the client closed.
     pub async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await

@@ -66,6 +66,16 @@ pub struct Head {
     target: (u32, u32),
 }
 
+impl Head {
+    /// For a request another carrier will parse: its origin-form target is a valid URI
+    /// path (drover's engine finds out when it builds the request).
+    pub fn target_parses(&self, buf: &[u8]) -> bool {
+        let (at, len) = (self.target.0 as usize, self.target.1 as usize);
+        self.facts.target != request::TargetForm::Origin
+            || request::valid_origin_target(&buf[at..at + len])
+    }
+}
+
 pub enum HeadParse {
     /// More bytes are needed.
     Partial,
@@ -135,12 +145,7 @@ pub fn parse_head(buf: &[u8], limits: HeadLimits, fields: &mut Vec<FieldAt>) -> 
         if fields::is_request_hop_by_hop(name) || facts.connection.nominates(name) {
             continue;
         }
-        if HeaderValue::from_bytes(h.value).is_err() {
-            return HeadParse::Reject(Rejection {
-                status: 400,
-                why: "invalid field value",
-            });
-        }
+        // (httparse admits exactly what `HeaderValue` does: HTAB, SP, VCHAR, obs-text.)
         fields.push((
             at(name),
             name.len() as u32,
@@ -293,10 +298,30 @@ impl Expectations<'_> {
 /// Parses a response head at the start of `buf`.
 pub fn parse_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, ResponseError> {
     let (head_request, max_bytes, picked) = (x.head_request, x.max_bytes, x.picked);
-    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match response_parser().parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
-    {
+    // The strict parser first (the common, clean head); only a head it refuses goes
+    // through Pingora's lenient settings (obsolete line folding, whitespace before a
+    // colon), and such a head is rewritten, never copied (RFC 9112 section 5).
+    let mut strict_slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut lenient_slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut strict = httparse::Response::new(&mut []);
+    let mut lenient = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut strict,
+        buf,
+        &mut strict_slots,
+    );
+    let (parsed, normalise_all) = match parsed {
+        Err(httparse::Error::TooManyHeaders) | Ok(_) => (parsed, false),
+        Err(_) => (
+            response_parser().parse_response_with_uninit_headers(
+                &mut lenient,
+                buf,
+                &mut lenient_slots,
+            ),
+            true,
+        ),
+    };
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(ResponseError::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => {
@@ -306,6 +331,7 @@ pub fn parse_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, 
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
         Err(_) => return Err(ResponseError::Invalid("malformed response head")),
     };
+    let resp = if normalise_all { &lenient } else { &strict };
     let status = resp.code.ok_or(ResponseError::Invalid("no status"))?;
     let version = resp.version.unwrap_or(1);
     let facts = resp_rules::check(
@@ -317,18 +343,7 @@ pub fn parse_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, 
     .map_err(|e| ResponseError::Invalid(e.0))?;
     // Obsolete line folding and whitespace before a colon are accepted as Pingora does,
     // and normalised (RFC 9112 section 5): such a head is rewritten, never copied.
-    let mut normalise = false;
-    for h in resp.headers.iter() {
-        if h.value.iter().any(|b| matches!(b, b'\r' | b'\n')) {
-            normalise = true;
-        } else if HeaderValue::from_bytes(h.value).is_err() {
-            return Err(ResponseError::Invalid("invalid field value"));
-        }
-        let after_name = h.name.as_ptr() as usize - buf.as_ptr() as usize + h.name.len();
-        if buf.get(after_name) != Some(&b':') {
-            normalise = true;
-        }
-    }
+    let normalise = normalise_all;
     // Copying lines verbatim is only done for the usual CRLF-terminated head.
     let plain_status_line = !normalise
         && buf.len() > 9
@@ -580,8 +595,17 @@ mod tests {
     #[test]
     fn rejections_and_limits() {
         assert_eq!(status_of(b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(400));
+        // A target the URI parser refuses is refused when the request is built (or,
+        // for a request handed to Pingora, by `Head::target_parses`).
+        let raw = b"GET /a<b HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut fields = Vec::new();
+        let HeadParse::Complete(h) = parse_head(raw, LIMITS, &mut fields) else {
+            panic!("judged as a head")
+        };
+        assert!(!h.target_parses(raw));
+        let mut buf = BytesMut::from(&raw[..]);
         assert_eq!(
-            status_of(b"GET /a<b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            take_request(&mut buf, &h, &fields).err().map(|r| r.status),
             Some(400)
         );
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();

@@ -44,6 +44,8 @@ use tokio::net::TcpStream;
 
 /// Body bytes up to this size go out in the same write as the response head.
 const COALESCE: usize = 16 * 1024;
+/// How long an idle connection keeps its buffers before giving them back.
+const IDLE_BUFFERS_KEPT: Duration = Duration::from_secs(1);
 
 /// The data plane's `ServerApp`: drover's engine, with Pingora's proxy behind it.
 pub struct H1App {
@@ -220,12 +222,18 @@ enum ReadHead {
     Reject(Rejection),
 }
 
-/// The settings one request reads, loaded once.
+/// The settings one request reads, loaded once (one config load per request).
+#[derive(Clone, Copy)]
 struct ConnSettings {
     fast_path: bool,
     limits: HeadLimits,
     header_timeout: Duration,
     keepalive: Duration,
+    body_timeout: Duration,
+    max_body: u64,
+    pool_cap: usize,
+    pool_max_idle: Duration,
+    max_response_head: usize,
 }
 
 impl Conn<'_> {
@@ -240,6 +248,11 @@ impl Conn<'_> {
             },
             header_timeout: cfg.limits.client_header_timeout,
             keepalive: cfg.limits.client_keepalive_timeout,
+            body_timeout: cfg.limits.client_body_timeout,
+            max_body: cfg.limits.max_body_bytes,
+            pool_cap: cfg.proxy.keepalive_pool_size,
+            pool_max_idle: cfg.proxy.keepalive_timeout,
+            max_response_head: cfg.proxy.max_response_header_bytes,
         }
     }
 
@@ -265,18 +278,30 @@ impl Conn<'_> {
                 && facts.target == TargetForm::Origin;
             let next = if here {
                 match codec::take_request(&mut io.buf, &head, &self.fields) {
-                    Ok(req) => self.serve(&mut io, req, &head, shutdown).await,
+                    // Boxed: a request's future is most of a connection's state (~15 KB),
+                    // so an idle keep-alive connection holds only the loop's (~1.7 KB);
+                    // the allocation costs ~600 instructions per request.
+                    Ok(req) => Box::pin(self.serve(&mut io, req, &head, &settings, shutdown)).await,
                     Err(r) => {
                         self.reject(&mut io, r).await;
                         Next::Close
                     }
                 }
+            } else if !head.target_parses(&io.buf) {
+                self.reject(
+                    &mut io,
+                    Rejection {
+                        status: 400,
+                        why: "invalid request target",
+                    },
+                )
+                .await;
+                Next::Close
             } else {
-                match self
-                    .app
-                    .delegate(io, &head, settings.keepalive, shutdown)
-                    .await
-                {
+                // Boxed: Pingora's request future is large, and inline it would make
+                // every connection's task that large, idle or not (measured: ~85 KiB
+                // per idle keep-alive connection; docs/PERFORMANCE.md).
+                match Box::pin(self.app.delegate(io, &head, settings.keepalive, shutdown)).await {
                     Some(back) => {
                         io = back;
                         Next::KeepAlive
@@ -312,9 +337,27 @@ impl Conn<'_> {
             }
             let read = match deadline {
                 None => {
-                    tokio::select! {
-                        r = tokio::time::timeout(settings.keepalive, io.fill()) => r,
+                    // Idle between requests. After a second the connection's buffers are
+                    // given back, so many idle keep-alive clients cost little memory; a
+                    // busy connection never waits that long and keeps them.
+                    let idle_since = Instant::now();
+                    let first = settings.keepalive.min(IDLE_BUFFERS_KEPT);
+                    let r = tokio::select! {
+                        r = tokio::time::timeout(first, io.fill()) => r,
                         _ = shutdown.changed() => return ReadHead::Closed,
+                    };
+                    match r {
+                        Err(_) if first < settings.keepalive => {
+                            io.release_buffer();
+                            self.out = BytesMut::new();
+                            self.fields = Vec::new();
+                            let left = settings.keepalive.saturating_sub(idle_since.elapsed());
+                            tokio::select! {
+                                r = tokio::time::timeout(left, io.fill()) => r,
+                                _ = shutdown.changed() => return ReadHead::Closed,
+                            }
+                        }
+                        r => r,
                     }
                 }
                 Some(dl) => tokio::time::timeout_at(dl.into(), io.fill()).await,
@@ -358,6 +401,7 @@ impl Conn<'_> {
         io: &mut ClientStream,
         mut header: RequestHeader,
         head: &Head,
+        settings: &ConnSettings,
         shutdown: &ShutdownWatch,
     ) -> Next {
         let p = &self.app.pipeline;
@@ -367,25 +411,23 @@ impl Conn<'_> {
         let peer_ip = self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         match p.admit(&mut header, peer_ip, &mut ex).await {
             Ok(None) => {}
-            Ok(Some(answer)) => return self.answer(io, &header, answer, &mut ex, head).await,
-            Err(e) => return self.fail(io, &header, &e, &mut ex).await,
+            Ok(Some(answer)) => {
+                return Box::pin(self.answer(io, &header, answer, &mut ex, head)).await
+            }
+            Err(e) => return Box::pin(self.fail(io, &header, &e, &mut ex)).await,
         }
         let client = ClientSide {
             keep_alive: head.facts.keep_alive && !*shutdown.borrow(),
             http10: head.facts.http10,
         };
-        let (body_timeout, max_body) = {
-            let cfg = p.shared().config.load();
-            (cfg.limits.client_body_timeout, cfg.limits.max_body_bytes)
-        };
+        let (body_timeout, max_body) = (settings.body_timeout, settings.max_body);
         let body = match body::read_small(io, head.facts.framing, body_timeout, max_body).await {
             Ok(b) => b,
-            Err(e) => return self.body_failed(io, &header, e, &mut ex).await,
+            Err(e) => return Box::pin(self.body_failed(io, &header, e, &mut ex)).await,
         };
         if let body::RequestBody::Buffered(b) = &body {
             if p.body_chunk(&mut ex, b.len()).is_err() {
-                return self
-                    .body_failed(io, &header, body::BodyError::TooLarge, &mut ex)
+                return Box::pin(self.body_failed(io, &header, body::BodyError::TooLarge, &mut ex))
                     .await;
             }
         }
@@ -399,14 +441,17 @@ impl Conn<'_> {
             timeout: body_timeout,
             max_body,
         };
-        match self.proxy(io, &mut header, &mut ex, client, &sending).await {
+        match self
+            .proxy(io, &mut header, &mut ex, client, &sending, settings)
+            .await
+        {
             Ok((status, sent, next)) => {
                 p.finish(&header, self.peer.as_ref(), status, sent, None, &mut ex)
                     .await;
                 next
             }
-            Err(Failure::Before(e)) => self.fail(io, &header, &e, &mut ex).await,
-            Err(Failure::Body(e)) => self.body_failed(io, &header, e, &mut ex).await,
+            Err(Failure::Before(e)) => Box::pin(self.fail(io, &header, &e, &mut ex)).await,
+            Err(Failure::Body(e)) => Box::pin(self.body_failed(io, &header, e, &mut ex)).await,
             Err(Failure::During {
                 status,
                 sent,
@@ -583,17 +628,15 @@ impl Conn<'_> {
         ex: &mut Exchange,
         client: ClientSide,
         sending: &Sending<'_>,
+        settings: &ConnSettings,
     ) -> Result<(u16, usize, Next), Failure> {
         let p = &self.app.pipeline;
         let replayable = sending.body.replayable();
-        let (cap, max_idle, max_head) = {
-            let cfg = p.shared().config.load();
-            (
-                cfg.proxy.keepalive_pool_size,
-                cfg.proxy.keepalive_timeout,
-                cfg.proxy.max_response_header_bytes,
-            )
-        };
+        let (cap, max_idle, max_head) = (
+            settings.pool_cap,
+            settings.pool_max_idle,
+            settings.max_response_head,
+        );
         let head_request = header.method == http::Method::HEAD;
         let names = p.response_field_names(ex);
         loop {

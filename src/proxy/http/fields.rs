@@ -53,12 +53,14 @@ const DROVER_SET: [&[u8]; 6] = [
     b"x-request-id",
 ];
 
+#[inline]
 pub fn is_request_hop_by_hop(name: &[u8]) -> bool {
     REQUEST_HOP_BY_HOP
         .iter()
         .any(|h| h.eq_ignore_ascii_case(name))
 }
 
+#[inline]
 pub fn is_response_hop_by_hop(name: &[u8]) -> bool {
     RESPONSE_HOP_BY_HOP
         .iter()
@@ -78,6 +80,7 @@ fn eq_spelling(name: &[u8], target: &[u8]) -> bool {
 }
 
 /// `x-drover-*`, in any case and with `_` for `-`.
+#[inline]
 pub fn is_internal(name: &[u8]) -> bool {
     name.len() >= INTERNAL_PREFIX.len()
         && eq_spelling(&name[..INTERNAL_PREFIX.len()], INTERNAL_PREFIX)

@@ -104,6 +104,7 @@ pub fn check<'a>(
 /// Whether a response field is forwarded to the client: not hop-by-hop, not nominated by
 /// the worker's `Connection`, not internal, not a `Content-Length` that a transfer coding
 /// overrides.
+#[inline]
 pub fn forwarded(name: &[u8], facts: &ResponseFacts) -> bool {
     let overridden = facts.drop_content_length && name.eq_ignore_ascii_case(b"content-length");
     !(fields::is_response_hop_by_hop(name)

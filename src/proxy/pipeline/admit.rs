@@ -72,6 +72,11 @@ impl Pipeline {
         if let Some(answer) = self.resilience_request(req, ex)? {
             return Ok(Some(answer));
         }
+        if let Some(check) = ex.res.shared.take() {
+            if let Some(answer) = self.shared_rate_limit(check, ex).await? {
+                return Ok(Some(answer));
+            }
+        }
         if let Some(sessions) = self.shared.sessions.get() {
             sessions.strip_client_headers(req);
             let client = super::ip_hash(ex.client_ip);

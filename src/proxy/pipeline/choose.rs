@@ -78,8 +78,13 @@ impl Pipeline {
     /// bounded queue when every backend is full).
     pub async fn choose(&self, req: &RequestHeader, ex: &mut Exchange) -> Result<Target> {
         ex.tries += 1;
-        if let Some(peer) = self.resilience_before_select(ex).await? {
-            return Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend);
+        // The waits (a tripped route's fallback, backoff before a retry, the deadline)
+        // are rare: boxed, so the common path's future stays small (moving a large
+        // future costs a copy per request).
+        if ex.res.may_wait() || ex.tries > 1 {
+            if let Some(peer) = Box::pin(self.resilience_before_select(ex)).await? {
+                return Target::of_peer(&peer, None).ok_or_else(not_a_tcp_backend);
+            }
         }
         let cfg = self.shared.config.load();
         let key = if self.shared.pool.selector().needs_key() {
@@ -95,7 +100,9 @@ impl Pipeline {
         };
         let guard = match self.try_select(key, ex, limits) {
             Ok(g) => g,
-            Err(SelectError::AllBusy) => self.wait_in_queue(key, ex, limits, &cfg).await?,
+            Err(SelectError::AllBusy) => {
+                Box::pin(self.wait_in_queue(key, ex, limits, &cfg)).await?
+            }
             Err(SelectError::NoBackend) => {
                 self.shared.metrics.no_backend.inc();
                 ex.reject = Some("no backend available");
@@ -115,7 +122,10 @@ impl Pipeline {
             backend: Some(backend),
             fallback: None,
         };
-        self.resilience_after_select(req, ex, &mut target).await?;
+        self.resilience_timeouts(ex, &mut target);
+        if self.shared.chaos.armed() {
+            Box::pin(self.resilience_chaos(req, ex)).await?;
+        }
         Ok(target)
     }
 

@@ -32,9 +32,20 @@ impl Drop for RoutePermit {
     }
 }
 
+/// A request whose rate limit is shared through Redis, between the synchronous part of
+/// `resilience_request` and `admit`'s awaited decision.
+pub struct SharedCheck {
+    limiter: Arc<RateLimiter>,
+    scope: Arc<str>,
+    buckets: crate::resilience::rate_limit::Buckets,
+    route: Option<Arc<Route>>,
+}
+
 /// Resilience state of one request.
 #[derive(Default)]
 pub struct ResCtx {
+    /// Set by `resilience_request` when a shared rate limit must be asked.
+    pub(super) shared: Option<SharedCheck>,
     route: Option<Arc<Route>>,
     _slot: Option<BulkheadSlot>,
     permit: Option<RoutePermit>,
@@ -44,6 +55,12 @@ pub struct ResCtx {
 }
 
 impl ResCtx {
+    /// Something may make an attempt wait or go elsewhere before a backend is picked:
+    /// a tripped route's fallback upstream, or a deadline to check.
+    pub(super) fn may_wait(&self) -> bool {
+        self.fallback_upstream || self.deadline.is_some()
+    }
+
     pub fn route_name(&self) -> Option<&str> {
         self.route.as_deref().map(|r| &*r.name)
     }
@@ -125,11 +142,59 @@ impl Pipeline {
                 .policy
                 .key
                 .buckets(&req.headers, super::ip_hash(ex.client_ip));
+            if l.policy.shared.is_some() {
+                // Decided by Redis in `shared_rate_limit` (awaited by `admit`).
+                ex.res.shared = Some(SharedCheck {
+                    limiter: l.clone(),
+                    scope: Arc::from(scope),
+                    buckets,
+                    route,
+                });
+                return Ok(None);
+            }
             if let Decision::Deny { retry_after, reset } = l.check_buckets(buckets) {
                 m.rate_limited.with_label_values(&[scope]).inc();
                 return too_many(l, retry_after, reset).map(Some);
             }
         }
+        drop(cfg);
+        self.after_rate_limit(route, ex)
+    }
+
+    /// A shared limit's decision (Redis, or this instance's buckets while Redis is
+    /// unreachable), then the rest of `resilience_request`.
+    pub(super) async fn shared_rate_limit(
+        &self,
+        check: SharedCheck,
+        ex: &mut Exchange,
+    ) -> Result<Option<LocalResponse>> {
+        let l = &check.limiter;
+        let decision = match self.shared.shared_limits() {
+            Some(s) => s.check(l, check.buckets).await,
+            None => l.check_buckets(check.buckets),
+        };
+        if let Decision::Deny { retry_after, reset } = decision {
+            self.shared
+                .metrics
+                .resilience
+                .rate_limited
+                .with_label_values(&[&check.scope])
+                .inc();
+            return too_many(l, retry_after, reset).map(Some);
+        }
+        self.after_rate_limit(check.route, ex)
+    }
+
+    /// Retry budget, deadline, bulkhead and route breaker, once the rate limit let the
+    /// request through.
+    fn after_rate_limit(
+        &self,
+        route: Option<Arc<Route>>,
+        ex: &mut Exchange,
+    ) -> Result<Option<LocalResponse>> {
+        let cfg = self.shared.config.load();
+        let res = &cfg.resilience;
+        let m = &self.shared.metrics.resilience;
         res.budget.on_request(ex.start);
         let Some(route) = route else {
             ex.res.deadline = res.total_timeout.map(|d| ex.start + d);
@@ -247,14 +312,8 @@ impl Pipeline {
         Ok(None)
     }
 
-    /// `upstream_peer`, once a backend is picked: per-route timeouts capped by the
-    /// deadline, then chaos.
-    pub(super) async fn resilience_after_select(
-        &self,
-        req: &RequestHeader,
-        ex: &mut Exchange,
-        target: &mut Target,
-    ) -> Result<()> {
+    /// Once a backend is picked: per-route timeouts capped by the deadline.
+    pub(super) fn resilience_timeouts(&self, ex: &Exchange, target: &mut Target) {
         if let Some(r) = &ex.res.route {
             if r.connect_timeout.is_some() {
                 target.connect_timeout = r.connect_timeout;
@@ -269,6 +328,14 @@ impl Pipeline {
             target.connect_timeout = cap(target.connect_timeout);
             target.read_timeout = cap(target.read_timeout);
         }
+    }
+
+    /// Chaos faults installed through the admin API, once a backend is picked.
+    pub(super) async fn resilience_chaos(
+        &self,
+        req: &RequestHeader,
+        ex: &mut Exchange,
+    ) -> Result<()> {
         let worker = ex.guard.as_ref().and_then(|g| g.backend().worker_id);
         let Some((fault, label)) =
             self.shared

@@ -2,17 +2,18 @@
 //! re-parse paths, and what goes to the client parses as one complete head.
 #![no_main]
 use drover::proxy::h1::codec::{
-    for_each_picked, forward_parsed_head, forward_response_head, parse_response,
+    for_each_picked, forward_parsed_head, forward_response_head, parse_response, Expectations,
+    Persist,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(head) = parse_response(data, false, 64 * 1024, [None, None]) else {
+    let Ok(head) = parse_response(data, &Expectations::plain()) else {
         return;
     };
     let (mut a, mut b) = (bytes::BytesMut::new(), bytes::BytesMut::new());
-    let fast = forward_parsed_head(data, &head, false, &[], &mut a);
-    let full = forward_response_head(&data[..head.len], &head, false, &[], &mut b);
+    let fast = forward_parsed_head(data, &head, Persist::Open, &[], &mut a);
+    let full = forward_response_head(&data[..head.len], &head, Persist::Open, &[], &mut b);
     if fast.is_ok() && full.is_ok() {
         // The same head either way (the copy keeps a value's optional whitespace), and
         // one complete head.
