@@ -31,3 +31,4 @@ pub mod resilience;
 pub mod sessions;
 pub mod state;
 pub mod supervisor;
+pub mod tls;

@@ -177,6 +177,12 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
             std::net::TcpListener::bind(cfg.listen)
                 .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?,
         );
+        for a in &cfg.tls.listen {
+            drop(
+                std::net::TcpListener::bind(a)
+                    .map_err(|e| format!("cannot listen on tls.listen {a}: {e}"))?,
+            );
+        }
         (control::AdminBind::Bound(admin), None)
     };
 
@@ -193,7 +199,13 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
         ..ServerConf::default()
     };
 
+    if cfg.proxy.fast_path && !cfg.plain_backends {
+        log::info!(
+            "backends speak h2c or TLS: Pingora's carrier serves every request (drover's own HTTP/1 engine speaks HTTP/1.1 to workers only)"
+        );
+    }
     let listen = cfg.listen;
+    let tls_listen = cfg.tls.listen.clone();
     let shared = Shared::new(cfg, path);
     let cfg = shared.config();
     if cfg.sessions.enabled {
@@ -227,20 +239,31 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     if let Err(e) = pidfile::write(&pid_file) {
         log::warn!("cannot write the pid file: {e}");
     }
-    let pipeline = Pipeline::new(shared);
-    let pingora =
+    let pipeline = Pipeline::new(shared.clone());
+    let mut pingora =
         pingora_proxy::http_proxy(&server.configuration, PingoraCarrier::new(pipeline.clone()));
+    drover::proxy::h2::configure(&mut pingora, &shared.config().http2);
     let mut proxy = pingora_core::services::listening::Service::new(
-        "drover HTTP/1 proxy".to_string(),
+        "drover proxy".to_string(),
         drover::proxy::h1::H1App::new(pipeline, pingora),
     );
-    // No L4 read buffer: drover's engine reads into its own per-connection buffer, so
-    // Pingora's default 64 KiB read buffer per connection was a second copy of every
-    // request and ~64 KiB of memory per idle keep-alive connection (docs/PERFORMANCE.md).
+    // No L4 read buffer on the cleartext listener: drover's engine reads into its own
+    // per-connection buffer, so Pingora's default 64 KiB read buffer per connection was a
+    // second copy of every request and ~64 KiB of memory per idle keep-alive connection
+    // (docs/PERFORMANCE.md). The h2c sniff puts its bytes back with `rewind`, which does
+    // not depend on that buffer.
     proxy.add_listener(
         ListenerConfig::tcp(listen.to_string())
             .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
     );
+    // HTTPS listeners keep Pingora's default L4 buffers: rustls reads TLS records
+    // through them.
+    for addr in &tls_listen {
+        let settings = drover::proxy::h2::tls_settings(&shared)
+            .map_err(|e| format!("tls.listen {addr}: {e}"))?;
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        log::info!("listening for HTTPS on {addr}");
+    }
     server.add_service(proxy);
     server.run(RunArgs {
         shutdown_signal: Box::new(DroverSignals {

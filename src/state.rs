@@ -37,6 +37,8 @@ pub struct Shared {
     pub sessions: std::sync::OnceLock<Arc<crate::sessions::SessionService>>,
     /// Faults installed through the chaos admin endpoints.
     pub chaos: crate::resilience::chaos::Chaos,
+    /// The HTTPS listeners' certificates, swapped by reload (`crate::tls`).
+    pub tls: Arc<crate::tls::CertResolver>,
     /// DNS discovery of upstreams: one task per discovered entry.
     pub discovery: crate::lifecycle::discovery::Discovery,
     /// Rate limits shared through Redis, made on first use (`rate_limit.store: redis`).
@@ -58,7 +60,10 @@ impl Shared {
         observe
             .custom
             .set_policy(config.observability.worker_metrics);
+        let tls = Arc::new(crate::tls::CertResolver::new(config.tls.certs.clone()));
+        tls.register(&metrics.registry);
         Arc::new(Shared {
+            tls,
             config: ArcSwap::from_pointee(config),
             config_path,
             version: AtomicU64::new(1),
@@ -122,9 +127,11 @@ impl Shared {
         worker_id: Option<usize>,
         addr: SocketAddr,
         weight: u32,
+        link: &crate::config::Link,
     ) -> Arc<Backend> {
         let cfg = self.config.load();
         let mut peer = HttpPeer::new(addr, false, String::new());
+        link.apply(&mut peer);
         peer.options.connection_timeout = Some(cfg.proxy.connect_timeout);
         peer.options.read_timeout = Some(cfg.proxy.read_timeout);
         peer.options.idle_timeout = Some(cfg.proxy.keepalive_timeout);
@@ -133,7 +140,8 @@ impl Shared {
         let breaker = Breaker::new(policy);
         breaker.set_name(name);
         let id = self.next_backend_id.fetch_add(1, Ordering::Relaxed);
-        let backend = Backend::new(id, name, worker_id, addr, weight, peer, breaker);
+        let mut backend = Backend::new(id, name, worker_id, addr, weight, peer, breaker);
+        backend.link = link.clone();
         let _ = backend.metrics.set(self.metrics.backend_handles(name));
         Arc::new(backend)
     }

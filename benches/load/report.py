@@ -61,6 +61,8 @@ def parse_wrk(path):
          "non2xx": 0, "socket": 0, "socket_detail": "", "ok": False}
     if "ApacheBench" in text:
         return parse_ab(text, r)
+    if "h2load" in text or re.search(r"^finished in .* req/s", text, re.M):
+        return parse_h2load(text, r)
     m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
     if m:
         r["rps"] = float(m.group(1))
@@ -98,6 +100,28 @@ def parse_ab(text, r):
     m = re.search(r"^Non-2xx responses:\s+(\d+)", text, re.M)
     if m:
         r["non2xx"] = int(m.group(1))
+    r["ok"] = r["rps"] is not None and r["requests"] is not None
+    return r
+
+
+def parse_h2load(text, r):
+    """The same fields from h2load's report: req/s, succeeded requests, mean request time
+    as p50 (h2load prints no percentiles), failed/errored as socket errors, non-2xx."""
+    m = re.search(r"^finished in [0-9.]+\w+, ([0-9.]+) req/s", text, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text, re.M)
+    if m:
+        total, _, done, ok, failed, errored, timeout = (int(x) for x in m.groups())
+        r["requests"] = ok
+        r["socket"] = failed + errored + timeout
+        r["socket_detail"] = f"failed {failed}, errored {errored}, timeout {timeout}"
+    m = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if m:
+        r["non2xx"] = sum(int(x) for x in m.groups()[2:])
+    m = re.search(r"^time for request:\s+\S+\s+\S+\s+(\S+)", text, re.M)
+    if m:
+        r["p50"] = to_ms(m.group(1))
     r["ok"] = r["rps"] is not None and r["requests"] is not None
     return r
 

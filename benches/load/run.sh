@@ -10,6 +10,9 @@
 #   benches/load/run.sh --scenario kill9        kill -9 a worker mid-run, count errors
 #   benches/load/run.sh --scenario ab,abk       ApacheBench (HTTP/1.0), without and with -k
 #   benches/load/run.sh --scenario post1k,post64k   POST / with a 1 KiB or 64 KiB body
+#   benches/load/run.sh --scenario tls,tlsnew,h2
+#                                               HTTPS (one RSA-2048 certificate for all):
+#                                               keep-alive, a new handshake per request, HTTP/2
 #   benches/load/run.sh --scenario plain,sessions --variant sessions-memory --variant sessions-redis
 #                                               drover plain vs drover+sessions in one run
 #   benches/load/run.sh --help                  every option
@@ -24,7 +27,8 @@ DROVER_BIN=${DROVER_BIN:-$REPO/target/release/drover}
 WORKER_BIN=${WORKER_BIN:-$REPO/target/release/upstream-worker}
 
 ALL_TARGETS=(direct drover nginx haproxy)
-ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk post1k post64k)
+ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk post1k post64k tls tlsnew h2)
+TLS_SCENARIOS=(tls tlsnew h2)
 MAX_VARIANTS=5
 STRATEGIES=(round_robin random least_connections weighted_round_robin latency consistent_hash)
 
@@ -64,7 +68,12 @@ Options:
                        same headers for every target), ab and abk (GET / with
                        ApacheBench, HTTP/1.0: a connection per request, and -k keep-alive;
                        needs apache2-utils), post1k and post64k (POST / with a 1 KiB or
-                       64 KiB body the worker reads whole). Default: plain
+                       64 KiB body the worker reads whole), tls (GET / over HTTPS with
+                       keep-alive, wrk), tlsnew (GET / over HTTPS, Connection: close: a
+                       new TLS handshake per request, wrk), h2 (GET / over HTTPS with
+                       HTTP/2, h2load -c 32 -m 10; needs nghttp2-client). TLS scenarios
+                       run drover, nginx and HAProxy only (no direct, no variants), all
+                       with the same RSA-2048 certificate made by openssl. Default: plain
   --targets LIST       comma-separated subset of direct,drover,nginx,haproxy (default: all;
                        nginx/haproxy are skipped with a note if not installed)
   --rounds N           interleaved rounds A B C D A B C D ... (default 3)
@@ -183,6 +192,14 @@ done
 
 # ---------------------------------------------------------------- prerequisites
 command -v wrk >/dev/null || die "wrk not found. Install it: apt-get install wrk (Debian/Ubuntu)"
+NEED_TLS=
+for s in "${SCENARIO_LIST[@]}"; do contains "$s" "${TLS_SCENARIOS[@]}" && NEED_TLS=1; done
+if [[ -n $NEED_TLS ]]; then
+    command -v openssl >/dev/null || die "TLS scenarios need openssl: apt-get install openssl"
+fi
+if [[ ,$SCENARIOS, == *,h2,* ]]; then
+    command -v h2load >/dev/null || die "scenario h2 needs h2load: apt-get install nghttp2-client"
+fi
 if [[ ,$SCENARIOS, == *,ab,* || ,$SCENARIOS, == *,abk,* ]]; then
     command -v ab >/dev/null || die "ab not found. Install it: apt-get install apache2-utils (Debian/Ubuntu)"
 fi
@@ -383,6 +400,9 @@ block_free() {
         port_busy $((b + 10 + i)) && return 1
     done
     [[ -z $NEED_REDIS ]] || ! port_busy $((b + 15)) || return 1
+    if [[ -n $NEED_TLS ]]; then
+        for p in $((b + 16)) $((b + 17)) $((b + 18)); do port_busy "$p" && return 1; done
+    fi
     for ((i = 0; i < WORKERS; i++)); do port_busy $((b + 20 + i)) && return 1; done
     return 0
 }
@@ -399,6 +419,8 @@ NGINX_PORT=$((PORT_BASE + 1))
 HAPROXY_PORT=$((PORT_BASE + 2))
 ADMIN_PORT=$((PORT_BASE + 9))
 REDIS_PORT=$((PORT_BASE + 15))
+# HTTPS listeners of the TLS scenarios.
+declare -A TLS_PORT=([drover]=$((PORT_BASE + 16)) [nginx]=$((PORT_BASE + 17)) [haproxy]=$((PORT_BASE + 18)))
 WORKER_PORTS=()
 for ((i = 0; i < WORKERS; i++)); do WORKER_PORTS+=($((PORT_BASE + 20 + i))); done
 # Per drover-like target: listen port, admin port, pid, rendered config.
@@ -444,6 +466,19 @@ render() {
 # ---------------------------------------------------------------- configs
 # Rendered and checked before anything starts, so a bad config fails fast.
 
+# One certificate for every TLS target: RSA-2048 (what most sites still serve), made
+# here, self-signed; wrk and h2load do not verify it.
+if [[ -n $NEED_TLS ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.pem" \
+        -days 2 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        >"$WORK/openssl.log" 2>&1 || { cat "$WORK/openssl.log" >&2; die "openssl could not make the test certificate"; }
+    chmod 600 "$WORK/tls.key"
+    cat "$WORK/tls.pem" "$WORK/tls.key" >"$WORK/haproxy-tls.pem"
+    chmod 600 "$WORK/haproxy-tls.pem"
+    printf 'tls:\n  listen: [127.0.0.1:%s]\n  certificates:\n    - cert_file: %s\n      key_file: %s\n' \
+        "${TLS_PORT[drover]}" "$WORK/tls.pem" "$WORK/tls.key" >"$WORK/drover-tls.yaml"
+fi
+
 # drover and its variants
 DROVER_PID=
 if ((${#DROVERS[@]})); then
@@ -466,6 +501,7 @@ for t in "${DROVERS[@]}"; do
         LISTEN "127.0.0.1:${T_PORT[$t]}" ADMIN_LISTEN "127.0.0.1:${T_ADMIN[$t]}" \
         RUNTIME_DIR "$WORK/run-$t" UPSTREAMS "${upstreams%$'\n'}" STRATEGY "$STRATEGY"
     [[ -z $DROVER_EXTRA ]] || merge_into "$conf" "$DROVER_EXTRA"
+    [[ -z $NEED_TLS || $t != drover ]] || merge_into "$conf" "$WORK/drover-tls.yaml"
     if [[ $t != drover ]]; then
         for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
             [[ ${VARIANT_NAMES[i]} == "$t" ]] || continue
@@ -488,7 +524,15 @@ if has_target nginx; then
     # As root nginx would switch its worker to 'nobody', which cannot enter the 0700
     # temp dir; the worker stays root instead (loopback-only benchmark).
     ((EUID == 0)) && user_line="user root;"
+    tls_lines="# (no TLS scenario)"
+    if [[ -n $NEED_TLS ]]; then
+        tls_lines="listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 reuseport;
+        ssl_certificate $WORK/tls.pem;
+        ssl_certificate_key $WORK/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+    fi
     render "$TEMPLATES/nginx.conf.tmpl" "$WORK/nginx.conf" \
+        TLS_LINES "$tls_lines" \
         USER_LINE "$user_line" DIR "$WORK" NOFILE "$NOFILE" \
         WORKER_CONNECTIONS $((2 * MAX_CONNS + 256)) SERVERS "${servers%$'\n'}" \
         KEEPALIVE "$MAX_CONNS" LISTEN "127.0.0.1:$NGINX_PORT"
@@ -504,7 +548,9 @@ HAPROXY_PID=
 if has_target haproxy; then
     servers=""
     for ((i = 0; i < WORKERS; i++)); do servers+="    server w$i 127.0.0.1:${WORKER_PORTS[i]}"$'\n'; done
-    render "$TEMPLATES/haproxy.cfg.tmpl" "$WORK/haproxy.cfg" \
+    tls_bind="# (no TLS scenario)"
+    [[ -z $NEED_TLS ]] || tls_bind="bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $WORK/haproxy-tls.pem alpn h2,http/1.1"
+    render "$TEMPLATES/haproxy.cfg.tmpl" "$WORK/haproxy.cfg" TLS_BIND "$tls_bind" \
         MAXCONN $((MAX_CONNS + 256)) LISTEN "127.0.0.1:$HAPROXY_PORT" SERVERS "${servers%$'\n'}"
     if ! "$HAPROXY_BIN" -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1; then
         cat "$WORK/haproxy-check.log" >&2
@@ -618,12 +664,13 @@ check_alive() {
     done
 }
 
-# run_wrk OUTFILE CONNS SECONDS URL [LUA_SCRIPT]
+# run_wrk OUTFILE CONNS SECONDS URL [LUA_SCRIPT] [HEADER]
 run_wrk() {
-    local outf=$1 conns=$2 secs=$3 url=$4 threads=1 script=()
+    local outf=$1 conns=$2 secs=$3 url=$4 threads=1 script=() header=()
     [[ -z ${5:-} ]] || script=(-s "$5")
+    [[ -z ${6:-} ]] || header=(-H "$6")
     if ! timeout --foreground -k 5 $((secs + 30)) \
-        wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "${script[@]}" "$url" >"$outf" 2>&1; then
+        wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "${header[@]}" "${script[@]}" "$url" >"$outf" 2>&1; then
         log "warning: wrk exited non-zero (see $outf)"
     fi
 }
@@ -639,15 +686,36 @@ run_ab() {
     fi
 }
 
-# run_client SCENARIO OUTFILE CONNS SECONDS URL [LUA_SCRIPT]: wrk, or ab for ab/abk.
+# run_h2load OUTFILE CONNS SECONDS URL: HTTP/2 over TLS, 10 streams per connection.
+run_h2load() {
+    local outf=$1 conns=$2 secs=$3 url=$4
+    if ! timeout --foreground -k 5 $((secs + 30)) \
+        h2load -c "$conns" -m 10 -t 1 -D "$secs" "$url" >"$outf" 2>&1; then
+        log "warning: h2load exited non-zero (see $outf)"
+    fi
+}
+
+# run_client SCENARIO OUTFILE CONNS SECONDS URL [LUA_SCRIPT]: wrk, ab for ab/abk, h2load
+# for h2.
 run_client() {
     local scenario=$1
     shift
     case $scenario in
     ab) run_ab "$1" "$2" "$3" "$4" no ;;
     abk) run_ab "$1" "$2" "$3" "$4" yes ;;
+    h2) run_h2load "$1" "$2" "$3" "$4" ;;
+    tlsnew) run_wrk "$1" "$2" "$3" "$4" "" "Connection: close" ;;
     *) run_wrk "$@" ;;
     esac
+}
+
+# The URL a scenario reaches a target at: its HTTPS listener for the TLS scenarios.
+scenario_url() {
+    if contains "$1" "${TLS_SCENARIOS[@]}"; then
+        echo "https://127.0.0.1:${TLS_PORT[$2]}"
+    else
+        target_url "$2"
+    fi
 }
 
 scenario_path() {
@@ -657,8 +725,18 @@ scenario_path() {
     esac
 }
 scenario_conns() {
-    if [[ $1 == conns1000 ]]; then echo 1000; else echo "$CONNECTIONS"; fi
+    if [[ $1 == conns1000 ]]; then
+        echo 1000
+    elif [[ $1 == h2 && -z $CONNECTIONS_SET ]]; then
+        echo 32
+    else
+        echo "$CONNECTIONS"
+    fi
 }
+export BENCH_DESC_tls="GET / over HTTPS (TLS 1.3, RSA-2048), keep-alive"
+export BENCH_DESC_tlsnew="GET / over HTTPS with Connection: close: a new TCP connection and full TLS 1.3 handshake (RSA-2048) per request"
+export BENCH_DESC_h2="GET / over HTTPS with HTTP/2, h2load -m 10 (10 streams per connection); p50 column: h2load's mean, no p99"
+
 export BENCH_DESC_plain="GET / (small body)"
 export BENCH_DESC_body64k="GET /bytes?n=65536 (64 KiB body)"
 export BENCH_DESC_conns1000="GET / with 1000 connections"
@@ -746,6 +824,11 @@ for scenario in "${SCENARIO_LIST[@]}"; do
         log "note: conns1000 uses 1000 connections regardless of --connections"
     fi
     targets=("${TARGET_LIST[@]}")
+    if contains "$scenario" "${TLS_SCENARIOS[@]}"; then
+        targets=()
+        for t in drover nginx haproxy; do has_target "$t" && targets+=("$t"); done
+        ((${#targets[@]})) || { log "$scenario: no TLS target selected, skipping"; continue; }
+    fi
     if [[ $scenario == kill9 ]] && has_target direct; then
         log "kill9: skipping 'direct' (it only talks to worker 0, which is never killed)"
         targets=()
@@ -757,7 +840,7 @@ for scenario in "${SCENARIO_LIST[@]}"; do
     if ((WARMUP > 0)); then
         for t in "${targets[@]}"; do
             log "  warm-up $t (${WARMUP}s)"
-            run_client "$scenario" "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
+            run_client "$scenario" "$RAW/$scenario-$t-warmup.txt" "$conns" "$WARMUP" "$(scenario_url "$scenario" "$t")$path" "$(scenario_script "$scenario" "$t")"
         done
     fi
     for ((round = 1; round <= ROUNDS; round++)); do
@@ -791,7 +874,7 @@ for scenario in "${SCENARIO_LIST[@]}"; do
                 STARTED_PIDS+=("$killer")
                 note="killed worker $victim (pid $vpid) at ${half}s"
             fi
-            run_client "$scenario" "$outf" "$conns" "$DURATION" "$(target_url "$t")$path" "$(scenario_script "$scenario" "$t")"
+            run_client "$scenario" "$outf" "$conns" "$DURATION" "$(scenario_url "$scenario" "$t")$path" "$(scenario_script "$scenario" "$t")"
             ticks=-
             uticks=-
             if [[ -n $pids ]]; then
@@ -830,6 +913,8 @@ export BENCH_VERSIONS="drover $git_rev; $wrk_v${NGINX_PID:+; $nginx_v}${HAPROXY_
 conns_txt="-c$CONNECTIONS"
 contains conns1000 "${SCENARIO_LIST[@]}" && conns_txt+=" (conns1000: -c1000)"
 setup="wrk -t1 $conns_txt --latency, ${DURATION}s per run, $ROUNDS interleaved round(s), ${WARMUP}s warm-up per target; $WORKERS upstream-workers shared by all targets"
+contains h2 "${SCENARIO_LIST[@]}" && setup+="; h2: h2load -t1 -c$(scenario_conns h2) -m10"
+[[ -z $NEED_TLS ]] || setup+="; TLS scenarios: one RSA-2048 self-signed certificate for drover, nginx (ssl http2) and HAProxy (ssl alpn h2,http/1.1)"
 if ((${#DROVERS[@]})); then
     setup+="; drover threads 1, strategy $STRATEGY"
     [[ $DROVER_CONFIG == "$TEMPLATES/drover.yaml.tmpl" ]] || setup+=", config $DROVER_CONFIG"

@@ -86,6 +86,8 @@ pub struct Backend {
     pub weight: u32,
     /// Built once; cloning it is cheaper than building a peer per request.
     pub peer: HttpPeer,
+    /// Protocol and TLS drover speaks to it (plain HTTP/1.1 unless configured).
+    pub link: crate::config::Link,
     state: AtomicU8,
     inflight: AtomicU32,
     requests: AtomicU64,
@@ -171,6 +173,7 @@ impl Backend {
             addr,
             weight: weight.max(1),
             peer,
+            link: Default::default(),
             state: AtomicU8::new(BackendState::Starting as u8),
             inflight: AtomicU32::new(0),
             requests: AtomicU64::new(0),

@@ -43,6 +43,10 @@ pub struct FileConfig {
     pub chaos: super::ChaosFile,
     /// Alert rules, webhook and SLOs (`config/observability.rs`).
     pub observability: super::observability::ObservabilityFile,
+    /// HTTPS listeners, certificates, redirect and HSTS (`config/tls.rs`).
+    pub tls: super::tls::TlsFile,
+    /// HTTP/2 to clients: h2c, stream and header limits (`config/tls.rs`).
+    pub http2: super::tls::Http2File,
 }
 
 impl Default for FileConfig {
@@ -68,6 +72,8 @@ impl Default for FileConfig {
             rate_limit: super::RateLimitFile::default(),
             chaos: super::ChaosFile::default(),
             observability: Default::default(),
+            tls: Default::default(),
+            http2: Default::default(),
         }
     }
 }
@@ -137,6 +143,9 @@ pub struct WorkersFile {
     pub weights: Vec<u32>,
     /// Address workers bind; drover connects to it.
     pub host: String,
+    /// How drover speaks to workers: `http1`, or `h2c` (HTTP/2 in cleartext with prior
+    /// knowledge, e.g. gRPC servers; served through Pingora's carrier).
+    pub protocol: String,
     /// First port; worker slot N gets `base_port + N`. 0 lets the OS pick free ports.
     pub base_port: u16,
     pub restart_backoff: BackoffFile,
@@ -159,6 +168,7 @@ impl Default for WorkersFile {
             inherit_env: Vec::new(),
             weights: Vec::new(),
             host: "127.0.0.1".into(),
+            protocol: "http1".into(),
             base_port: 0,
             restart_backoff: BackoffFile::default(),
             stop_timeout: Dur::secs(5),
@@ -207,6 +217,24 @@ pub struct UpstreamFile {
     pub srv: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
+    /// `http1` (default), `h2c` (HTTP/2 in cleartext, e.g. gRPC) or `h2` (HTTP/2 over
+    /// TLS; needs `tls: true`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// Reach it over TLS, verifying its certificate against `sni`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// Name sent as SNI and verified in its certificate; default: the host of `address`
+    /// (an `srv` entry must give it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file of the CA(s) that sign its certificate; default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Verify its certificate and name (default true). false accepts any certificate:
+    /// for tests only.
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub verify: bool,
 }
 
 /// How discovered upstreams (`discover: dns`, `srv:`) are resolved.
@@ -240,6 +268,10 @@ impl Default for DiscoveryFile {
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -12,6 +12,7 @@ pub mod observability;
 pub mod redis;
 mod resilience_file;
 mod sessions;
+pub mod tls;
 mod validate;
 
 pub use autoscale::*;
@@ -22,6 +23,7 @@ pub use file::*;
 pub use redis::{RedisConfig, RedisTls, RedisTopology};
 pub use resilience_file::*;
 pub use sessions::*;
+pub use tls::{Http2Config, Link, Protocol, TlsConfig, UpstreamTls};
 pub use validate::*;
 
 use std::path::Path;

@@ -36,6 +36,13 @@ pub struct Config {
     /// Routes, rate limits, retry pacing and budget (`crate::resilience::config`).
     pub resilience: std::sync::Arc<crate::resilience::config::Resilience>,
     pub observability: super::observability::ObservabilityConfig,
+    /// HTTPS listeners and their certificates, redirect, HSTS.
+    pub tls: super::tls::TlsConfig,
+    /// HTTP/2 to clients.
+    pub http2: super::tls::Http2Config,
+    /// Every backend speaks HTTP/1.1 in cleartext (workers and upstreams), so drover's
+    /// own engine can serve requests; otherwise Pingora's carrier serves them all.
+    pub plain_backends: bool,
     /// The parsed file, kept to show the running config (`/api/config`).
     pub file: FileConfig,
 }
@@ -66,6 +73,8 @@ pub struct WorkersConfig {
     /// Variables the config file read through `${VAR}`: never inherited by workers.
     pub withheld_env: std::collections::BTreeSet<String>,
     pub host: IpAddr,
+    /// How drover speaks to workers (`http1` or `h2c`).
+    pub protocol: super::tls::Protocol,
     pub base_port: u16,
     pub backoff: BackoffPolicy,
     pub stop_timeout: Duration,
@@ -115,6 +124,8 @@ pub struct DiscoveredUpstream {
     pub source: DiscoverySource,
     /// Weight of each backend found (SRV records carry their own).
     pub weight: u32,
+    /// Protocol and TLS to each backend found.
+    pub link: super::tls::Link,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +143,8 @@ pub struct UpstreamConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Protocol and TLS to it.
+    pub link: super::tls::Link,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -421,6 +434,20 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             );
         }
     }
+    let worker_protocol = match w.protocol.parse::<super::tls::Protocol>() {
+        Ok(super::tls::Protocol::H2) => {
+            c.fail(
+                "workers.protocol",
+                "`h2` needs TLS, which drover does not speak to its own workers; use `h2c`",
+            );
+            super::tls::Protocol::Http1
+        }
+        Ok(p) => p,
+        Err(e) => {
+            c.fail("workers.protocol", e);
+            super::tls::Protocol::Http1
+        }
+    };
     let host = match w.host.parse::<IpAddr>() {
         Ok(h) => h,
         Err(_) => {
@@ -457,6 +484,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     for (i, u) in file.upstreams.iter().enumerate() {
         let field = format!("upstreams[{i}]");
         c.range_u32(&format!("{field}.weight"), u.weight, 1, 10_000);
+        let link = upstream_link(u, &field, source, &mut c.issues);
         match (&u.address, &u.srv, u.discover.as_deref()) {
             (Some(_), Some(_), _) | (None, None, _) => c.fail(
                 &field,
@@ -475,6 +503,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
                     discovered.push(DiscoveredUpstream {
                         source: DiscoverySource::Srv { name: name.clone() },
                         weight: u.weight,
+                        link,
                     });
                 } else {
                     c.fail(&format!("{field}.srv"), format!("`{name}` is not a DNS name"));
@@ -485,6 +514,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
                     Ok((host, port)) if port > 0 => discovered.push(DiscoveredUpstream {
                         source: DiscoverySource::Dns { host, port },
                         weight: u.weight,
+                        link,
                     }),
                     _ => c.fail(
                         &format!("{field}.address"),
@@ -501,6 +531,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
                     name: address.clone(),
                     addr,
                     weight: u.weight,
+                    link,
                 }),
                 _ => c.fail(
                     &format!("{field}.address"),
@@ -730,6 +761,18 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
     };
 
+    let tls = super::tls::validate_tls(&file.tls, |p| relative_to(source, p), &mut c.issues);
+    let http2 = super::tls::validate_http2(&file.http2, &mut c.issues);
+    if let Some(l) = listen.filter(|l| tls.listen.contains(l)) {
+        c.fail(
+            "tls.listen",
+            format!("`{l}` is also the cleartext `listen`; give HTTPS its own port"),
+        );
+    }
+    let plain_backends = worker_protocol == super::tls::Protocol::Http1
+        && upstreams.iter().all(|u| u.link.plain())
+        && discovered.iter().all(|d| d.link.plain());
+
     if !c.issues.is_empty() {
         return Err(c.issues);
     }
@@ -772,6 +815,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             inherit_env: w.inherit_env.clone(),
             withheld_env: Default::default(),
             host,
+            protocol: worker_protocol,
             base_port: w.base_port,
             backoff: BackoffPolicy {
                 initial: b.initial.0,
@@ -836,8 +880,95 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         },
         resilience: std::sync::Arc::new(resilience),
         observability,
+        tls,
+        http2,
+        plain_backends,
         file,
     })
+}
+
+/// `upstreams[i]`'s protocol and TLS settings.
+fn upstream_link(
+    u: &UpstreamFile,
+    field: &str,
+    source: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> super::tls::Link {
+    use super::tls::Protocol;
+    let fail = |issues: &mut Vec<ConfigIssue>, f: &str, m: String| {
+        issues.push(ConfigIssue {
+            field: format!("{field}.{f}"),
+            line: None,
+            message: m,
+        })
+    };
+    let protocol = match u.protocol.parse::<Protocol>() {
+        Ok(p) => p,
+        Err(e) => {
+            fail(issues, "protocol", e);
+            Protocol::Http1
+        }
+    };
+    match (protocol, u.tls) {
+        (Protocol::H2, false) => fail(
+            issues,
+            "protocol",
+            "`h2` is HTTP/2 over TLS: set `tls: true`, or use `h2c` for cleartext".into(),
+        ),
+        (Protocol::H2c, true) => fail(
+            issues,
+            "protocol",
+            "`h2c` is cleartext HTTP/2; with `tls: true` use `h2`".into(),
+        ),
+        _ => {}
+    }
+    if !u.tls {
+        for (set, key) in [
+            (u.sni.is_some(), "sni"),
+            (u.ca_file.is_some(), "ca_file"),
+            (!u.verify, "verify"),
+        ] {
+            if set {
+                fail(issues, key, "applies only with `tls: true`".into());
+            }
+        }
+        return super::tls::Link {
+            protocol,
+            tls: None,
+        };
+    }
+    // The default name is the host of `address`; an `srv` entry's targets are many
+    // names, so the one their certificates carry must be given.
+    let host = u.address.as_deref().map(|a| {
+        a.rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(a)
+            .to_string()
+    });
+    let sni = match (u.sni.clone(), host) {
+        (Some(s), _) | (None, Some(s)) => s,
+        (None, None) => {
+            fail(
+                issues,
+                "sni",
+                "an `srv` entry with `tls: true` needs `sni`: the name its backends' certificates carry".into(),
+            );
+            String::new()
+        }
+    };
+    let ca_file = u.ca_file.as_deref().map(|p| relative_to(source, p));
+    let ca = ca_file
+        .as_deref()
+        .and_then(|p| super::tls::load_upstream_ca(p, &format!("{field}.ca_file"), issues));
+    super::tls::Link {
+        protocol,
+        tls: Some(super::tls::UpstreamTls {
+            sni,
+            verify: u.verify,
+            ca_file,
+            ca,
+        }),
+    }
 }
 
 /// Largest secret file read (`token_file`, `secret_file`, `key_file`).

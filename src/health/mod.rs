@@ -16,8 +16,13 @@ use std::time::Duration;
 
 const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
-fn build_check(cfg: &HealthConfig) -> Option<HttpHealthCheck> {
+/// The probe for one backend: an HTTP GET of `health_check.path`, spoken the way drover
+/// speaks to that backend (HTTP/1.1, h2c, or TLS with its SNI and CA).
+fn build_check(cfg: &HealthConfig, backend: &Backend) -> Option<HttpHealthCheck> {
     let mut check = HttpHealthCheck::new("localhost", false);
+    if !backend.link.plain() {
+        check.peer_template = backend.peer.clone();
+    }
     check.req = RequestHeader::build("GET", cfg.path.as_bytes(), None).ok()?;
     check.req.insert_header("Host", "localhost").ok()?;
     check
@@ -26,7 +31,47 @@ fn build_check(cfg: &HealthConfig) -> Option<HttpHealthCheck> {
         .ok()?;
     check.peer_template.options.connection_timeout = Some(cfg.timeout);
     check.peer_template.options.read_timeout = Some(cfg.timeout);
+    if backend.link.protocol != crate::config::Protocol::Http1 {
+        grpc_style(&mut check, cfg)?;
+    }
+    // A remote host reached over TLS is asked under the name it is verified for.
+    if let Some(t) = &backend.link.tls {
+        check.req.insert_header("Host", t.sni.as_str()).ok()?;
+    }
     Some(check)
+}
+
+/// HTTP/2 backends (`h2c`, `h2`) are gRPC servers here, which refuse a plain GET (grpcio
+/// resets the stream). They are probed with a gRPC-shaped call instead: `POST
+/// health_check.path` with `content-type: application/grpc`. A gRPC server answers any
+/// call with HTTP 200 and the call's status in `grpc-status` (UNIMPLEMENTED for a path it
+/// does not serve: it is up); UNAVAILABLE fails the probe.
+fn grpc_style(check: &mut HttpHealthCheck, cfg: &HealthConfig) -> Option<()> {
+    check.req = RequestHeader::build("POST", cfg.path.as_bytes(), None).ok()?;
+    check.req.insert_header("Host", "localhost").ok()?;
+    check
+        .req
+        .insert_header("Content-Type", "application/grpc")
+        .ok()?;
+    check.req.insert_header("TE", "trailers").ok()?;
+    check
+        .req
+        .insert_header("User-Agent", "drover-health-check")
+        .ok()?;
+    check.validator = Some(Box::new(|resp| {
+        let unavailable = resp
+            .headers
+            .get("grpc-status")
+            .is_some_and(|v| v.as_bytes() == b"14");
+        if resp.status.as_u16() != 200 || unavailable {
+            return pingora_core::Error::e_explain(
+                pingora_core::ErrorType::Custom("health check failed"),
+                "the gRPC backend is not serving",
+            );
+        }
+        Ok(())
+    }));
+    Some(())
 }
 
 /// Decides state changes from consecutive probe results.
@@ -69,7 +114,7 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
         ext: Default::default(),
     };
     let mut cfg = shared.config().health.clone();
-    let mut check = build_check(&cfg);
+    let mut check = build_check(&cfg, &backend);
     let mut streaks = Streaks::default();
     loop {
         let state = backend.state();
@@ -78,7 +123,7 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
         }
         let latest = shared.config().health.clone();
         if latest != cfg {
-            check = build_check(&latest);
+            check = build_check(&latest, &backend);
             cfg = latest;
         }
         let ok = match &check {

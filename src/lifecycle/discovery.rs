@@ -20,7 +20,7 @@
 //! backends); nothing else needs a reload.
 
 use crate::balancing::{Backend, BackendState};
-use crate::config::{Config, DiscoveryConfig, DiscoverySource};
+use crate::config::{Config, DiscoveryConfig, DiscoverySource, Link};
 use crate::health;
 use crate::state::Shared;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
@@ -53,6 +53,7 @@ pub struct Discovery {
 
 struct Task {
     weight: u32,
+    link: Link,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -93,14 +94,14 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
     let Ok(mut tasks) = shared.discovery.tasks.lock() else {
         return;
     };
-    let wanted: HashMap<&DiscoverySource, u32> = cfg
+    let wanted: HashMap<&DiscoverySource, (u32, &Link)> = cfg
         .discovered
         .iter()
-        .map(|d| (&d.source, d.weight))
+        .map(|d| (&d.source, (d.weight, &d.link)))
         .collect();
     let gone: Vec<DiscoverySource> = tasks
         .iter()
-        .filter(|(src, t)| wanted.get(src) != Some(&t.weight))
+        .filter(|(src, t)| wanted.get(src) != Some(&(t.weight, &t.link)))
         .map(|(src, _)| src.clone())
         .collect();
     for src in gone {
@@ -110,15 +111,22 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
                 "upstreams: {} no longer discovered, draining its backends",
                 src.label()
             );
-            apply(shared, &src.label(), &[], cfg);
+            apply(shared, &src.label(), &[], &Link::default(), cfg);
         }
     }
-    for (src, weight) in wanted {
+    for (src, (weight, link)) in wanted {
         if tasks.contains_key(src) {
             continue;
         }
-        let handle = tokio::spawn(run(shared.clone(), src.clone(), weight));
-        tasks.insert(src.clone(), Task { weight, handle });
+        let handle = tokio::spawn(run(shared.clone(), src.clone(), weight, link.clone()));
+        tasks.insert(
+            src.clone(),
+            Task {
+                weight,
+                link: link.clone(),
+                handle,
+            },
+        );
     }
 }
 
@@ -219,7 +227,7 @@ async fn lookup(
     }
 }
 
-async fn run(shared: Arc<Shared>, src: DiscoverySource, weight: u32) {
+async fn run(shared: Arc<Shared>, src: DiscoverySource, weight: u32, link: Link) {
     let label = src.label();
     let mut settings: Option<DiscoveryConfig> = None;
     let mut r: Option<TokioResolver> = None;
@@ -243,7 +251,7 @@ async fn run(shared: Arc<Shared>, src: DiscoverySource, weight: u32) {
             Some(res) => match lookup(res, &src, weight).await {
                 Ok((backends, until)) => {
                     failures = 0;
-                    apply(&shared, &label, &backends, &cfg);
+                    apply(&shared, &label, &backends, &link, &cfg);
                     m.backends
                         .with_label_values(&[&label])
                         .set(backends.len() as i64);
@@ -266,8 +274,8 @@ async fn run(shared: Arc<Shared>, src: DiscoverySource, weight: u32) {
     }
 }
 
-/// Makes the pool's backends of entry `label` match `want`.
-fn apply(shared: &Arc<Shared>, label: &str, want: &[(SocketAddr, u32)], cfg: &Config) {
+/// Makes the pool's backends of entry `label` match `want`, each reached over `link`.
+fn apply(shared: &Arc<Shared>, label: &str, want: &[(SocketAddr, u32)], link: &Link, cfg: &Config) {
     let prefix = format!("{label}@");
     let members = shared.pool.members();
     let mine: Vec<&Arc<Backend>> = members
@@ -276,17 +284,20 @@ fn apply(shared: &Arc<Shared>, label: &str, want: &[(SocketAddr, u32)], cfg: &Co
         .filter(|b| !matches!(b.state(), BackendState::Draining | BackendState::Stopped))
         .collect();
     for b in &mine {
-        if !want.contains(&(b.addr, b.weight)) {
+        if !want.contains(&(b.addr, b.weight)) || b.link != *link {
             log::info!("upstreams: {} gone from DNS, draining", b.name);
             super::upstreams::drain_and_remove(shared, b, cfg.workers.drain_timeout);
         }
     }
     for (addr, weight) in want {
-        if mine.iter().any(|b| b.addr == *addr && b.weight == *weight) {
+        if mine
+            .iter()
+            .any(|b| b.addr == *addr && b.weight == *weight && b.link == *link)
+        {
             continue;
         }
         let name = format!("{prefix}{addr}");
-        let b = shared.make_backend(&name, None, *addr, *weight);
+        let b = shared.make_backend(&name, None, *addr, *weight, link);
         b.set_slow_start(cfg.discovery.slow_start);
         log::info!("upstreams: discovered {name} weight {weight}");
         shared.pool.add(b.clone());

@@ -32,6 +32,9 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         ("threads", old.threads != new.threads),
         ("admin.listen", old.admin.listen != new.admin.listen),
         ("runtime_dir", old.runtime_dir != new.runtime_dir),
+        ("tls.listen", old.tls.listen != new.tls.listen),
+        ("tls.http2", old.tls.http2 != new.tls.http2),
+        ("http2", old.http2 != new.http2),
         (
             "proxy.keepalive_pool_size",
             old.proxy.keepalive_pool_size != new.proxy.keepalive_pool_size,
@@ -46,7 +49,8 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
     let workers_changed = old.workers.program != new.workers.program
         || old.workers.args != new.workers.args
         || old.workers.env != new.workers.env
-        || old.workers.inherit_env != new.workers.inherit_env;
+        || old.workers.inherit_env != new.workers.inherit_env
+        || old.workers.protocol != new.workers.protocol;
     let count = new.workers.count;
     crate::resilience::config::adopt(&mut new, &old);
     shared
@@ -54,6 +58,19 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
         .set_max_ejected_share(new.resilience.max_ejected_share);
     let level = new.logging.level;
     let new = Arc::new(new);
+    // Certificates were read and checked with the file: new handshakes use them from
+    // here on; connections already up keep theirs.
+    shared.tls.replace(new.tls.certs.clone());
+    if new.tls.enabled() {
+        for c in &new.tls.certs.certs {
+            log::info!(
+                "reload: certificate {} for {} (valid until {})",
+                c.cert_file.display(),
+                c.names.join(", "),
+                c.not_after
+            );
+        }
+    }
     shared.config.store(new.clone());
     let version = shared.version.fetch_add(1, Ordering::AcqRel) + 1;
     shared.metrics.config_version.set(version as i64);

@@ -19,21 +19,20 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
         .cloned()
         .collect();
     for b in &remote {
-        let keep = cfg
-            .upstreams
-            .iter()
-            .any(|u| u.addr == b.addr && u.weight == b.weight && *u.name == *b.name);
+        let keep = cfg.upstreams.iter().any(|u| {
+            u.addr == b.addr && u.weight == b.weight && *u.name == *b.name && u.link == b.link
+        });
         if !keep {
             log::info!("upstreams: {} removed from config, draining", b.name);
             drain_and_remove(shared, b, cfg.workers.drain_timeout);
         }
     }
     for u in &cfg.upstreams {
-        let exists = remote
-            .iter()
-            .any(|b| b.addr == u.addr && b.weight == u.weight && *b.name == *u.name);
+        let exists = remote.iter().any(|b| {
+            b.addr == u.addr && b.weight == u.weight && *b.name == *u.name && b.link == u.link
+        });
         if !exists {
-            let b = shared.make_backend(&u.name, None, u.addr, u.weight);
+            let b = shared.make_backend(&u.name, None, u.addr, u.weight, &u.link);
             log::info!(
                 "upstreams: added {} ({}) weight {}",
                 u.name,

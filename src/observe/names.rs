@@ -4,6 +4,10 @@
 pub const REQUESTS_TOTAL: &str = "drover_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "drover_request_duration_seconds";
 pub const REQUESTS_IN_FLIGHT: &str = "drover_requests_in_flight";
+pub const REQUESTS_BY_VERSION_TOTAL: &str = "drover_requests_by_version_total";
+pub const UPGRADED_CONNECTIONS: &str = "drover_upgraded_connections";
+pub const GRPC_RESPONSES_TOTAL: &str = "drover_grpc_responses_total";
+pub const TLS_CERTIFICATE_NOT_AFTER: &str = "drover_tls_certificate_not_after_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "drover_upstream_errors_total";
 pub const RETRIES_TOTAL: &str = "drover_retries_total";
 pub const NO_BACKEND_TOTAL: &str = "drover_no_backend_total";

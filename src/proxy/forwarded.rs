@@ -94,16 +94,18 @@ pub fn client_ip(cfg: &ForwardedConfig, peer: IpAddr, req: &RequestHeader) -> Ip
 /// batches `edit` with the other steps' changes).
 pub fn apply(cfg: &ForwardedConfig, req: &mut RequestHeader, peer: IpAddr, client: IpAddr) {
     let mut edits = HeaderEdits::default();
-    edit(cfg, req, peer, client, &mut edits);
+    edit(cfg, req, peer, client, false, &mut edits);
     edits.apply(req);
 }
 
 /// The forwarding headers' changes, decided from the request as the client sent it.
+/// `https`: the request came through an HTTPS listener (`X-Forwarded-Proto: https`).
 pub fn edit(
     cfg: &ForwardedConfig,
     req: &RequestHeader,
     peer: IpAddr,
     client: IpAddr,
+    https: bool,
     edits: &mut HeaderEdits,
 ) {
     let from_trusted = trusted(cfg, peer);
@@ -149,7 +151,8 @@ pub fn edit(
     }
     // An untrusted peer's own values were removed above: drover states what it saw.
     if !from_trusted || !h.contains_key(&X_FORWARDED_PROTO) {
-        edits.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if https { "https" } else { "http" };
+        edits.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !from_trusted || !h.contains_key(&X_FORWARDED_HOST) {
         if let Some(host) = h.get(HOST) {

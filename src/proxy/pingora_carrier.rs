@@ -14,6 +14,8 @@ use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+const GRPC_STATUS: &str = "grpc-status";
+
 #[derive(Clone)]
 pub struct PingoraCarrier {
     pipeline: Pipeline,
@@ -65,6 +67,7 @@ impl ProxyHttp for PingoraCarrier {
             .limits
             .client_body_timeout;
         session.as_mut().set_read_timeout(Some(body_timeout));
+        ex.set_https(session.digest().is_some_and(|d| d.ssl_digest.is_some()));
         match self
             .pipeline
             .admit(session.req_header_mut(), peer, ex)
@@ -237,6 +240,17 @@ impl ProxyHttp for PingoraCarrier {
             self.pipeline.worker_metrics(ex, v.as_bytes());
         }
         headers::sanitize_response(resp, &facts);
+        let grpc = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            self.pipeline.grpc_response(ex);
+            // A trailers-only answer carries its status in the head.
+            if let Some(v) = resp.headers.get(GRPC_STATUS) {
+                self.pipeline.grpc_status(ex, v.as_bytes());
+            }
+        }
         let status = resp.status.as_u16();
         let adds = self
             .pipeline
@@ -251,6 +265,21 @@ impl ProxyHttp for PingoraCarrier {
             .await;
         if let Some(c) = adds.set_cookie {
             resp.append_header(http::header::SET_COOKIE, c)?;
+        }
+        if let Some(v) = adds.hsts {
+            resp.append_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ex: &mut Exchange,
+    ) -> Result<()> {
+        if let Some(v) = trailers.get(GRPC_STATUS) {
+            self.pipeline.grpc_status(ex, v.as_bytes());
         }
         Ok(())
     }

@@ -210,12 +210,12 @@ impl CookieCodec {
 
 /// The `Set-Cookie` value for a new session.
 pub fn set_cookie(cfg: &crate::config::CookieConfig, value: &str) -> String {
-    CookieHeader::new(cfg).set(value)
+    CookieHeader::new(cfg).set(value, false)
 }
 
 /// The `Set-Cookie` value that makes the browser drop the cookie (a destroyed session).
 pub fn expire_cookie(cfg: &crate::config::CookieConfig) -> String {
-    CookieHeader::new(cfg).expire()
+    CookieHeader::new(cfg).expire(false)
 }
 
 /// `Set-Cookie` values for one cookie configuration, its attributes formatted once
@@ -227,6 +227,9 @@ pub struct CookieHeader {
     attributes: String,
     /// The same with `Max-Age=0`.
     expired: String,
+    /// `; Secure`, added over HTTPS when `attributes` lacks it (`cookie.secure: false`
+    /// makes the flag follow the listener's scheme; `true` sets it always).
+    secure_suffix: &'static str,
 }
 
 impl CookieHeader {
@@ -253,21 +256,31 @@ impl CookieHeader {
             prefix: format!("{}=", cfg.name),
             attributes: attributes(cfg.max_age.as_secs()),
             expired: attributes(0),
+            secure_suffix: if cfg.secure { "" } else { "; Secure" },
         }
     }
 
-    pub fn set(&self, value: &str) -> String {
-        let mut s = String::with_capacity(self.prefix.len() + value.len() + self.attributes.len());
+    /// The cookie for a session; `https`: the request came over HTTPS.
+    pub fn set(&self, value: &str, https: bool) -> String {
+        let mut s = String::with_capacity(
+            self.prefix.len() + value.len() + self.attributes.len() + self.secure_suffix.len(),
+        );
         s.push_str(&self.prefix);
         s.push_str(value);
         s.push_str(&self.attributes);
+        if https {
+            s.push_str(self.secure_suffix);
+        }
         s
     }
 
-    pub fn expire(&self) -> String {
-        let mut s = String::with_capacity(self.prefix.len() + self.expired.len());
+    pub fn expire(&self, https: bool) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + self.expired.len() + 8);
         s.push_str(&self.prefix);
         s.push_str(&self.expired);
+        if https {
+            s.push_str(self.secure_suffix);
+        }
         s
     }
 }

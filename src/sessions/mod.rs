@@ -234,6 +234,9 @@ pub struct SessionCtx {
     /// Hash used to pick a backend when the session is not pinned (or its pin is gone).
     key: u64,
     done: bool,
+    /// The request came over HTTPS: its cookie is `Secure` even without
+    /// `sessions.cookie.secure`.
+    https: bool,
 }
 
 impl SessionCtx {
@@ -241,6 +244,11 @@ impl SessionCtx {
     /// the body (up to [`LOCK_BODY_BUFFER`]) and then calls [`SessionService::acquire`].
     pub fn lock_pending(&self) -> bool {
         self.pending
+    }
+
+    /// The request came over HTTPS (the cookie it gets is `Secure`).
+    pub fn set_https(&mut self, https: bool) {
+        self.https = https;
     }
 }
 
@@ -503,6 +511,7 @@ impl SessionService {
             key,
             policy,
             done: false,
+            https: false,
         }
     }
 
@@ -802,7 +811,7 @@ impl SessionService {
         let headers = &s.policy.set_cookie;
         match action {
             CookieAction::None => None,
-            CookieAction::Expire => Some(headers.expire()),
+            CookieAction::Expire => Some(headers.expire(s.https)),
             CookieAction::Issue => {
                 // Issued now: a fresh or regenerated session's record was created now.
                 let pin = s.record.worker.as_deref().map(cookie::pin_of);
@@ -810,7 +819,7 @@ impl SessionService {
                     .policy
                     .codec
                     .encode(&s.id, s.record.created_ms / 1000, pin);
-                Some(headers.set(&value))
+                Some(headers.set(&value, s.https))
             }
         }
     }

@@ -312,7 +312,11 @@ async fn run_slot(
         };
         let pid = child.id();
         let addr = SocketAddr::new(cfg.workers.host, port);
-        let backend = shared.make_backend(&name, Some(id), addr, cfg.workers.weight_of(id));
+        let link = crate::config::Link {
+            protocol: cfg.workers.protocol,
+            tls: None,
+        };
+        let backend = shared.make_backend(&name, Some(id), addr, cfg.workers.weight_of(id), &link);
         backend.set_standby(standby.load(Ordering::Acquire));
         shared.pool.add(backend.clone());
         health::spawn_probe(shared.clone(), backend.clone());

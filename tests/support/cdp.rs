@@ -40,6 +40,11 @@ impl Drop for Browser {
 
 impl Browser {
     pub fn launch() -> Result<Browser, String> {
+        Self::launch_with(&[])
+    }
+
+    /// Launches with extra command-line switches (e.g. which test certificate to trust).
+    pub fn launch_with(extra: &[&str]) -> Result<Browser, String> {
         let bin = chromium().ok_or("chromium not found (apt-get install -y chromium)")?;
         let profile = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut child = Command::new(bin)
@@ -54,6 +59,7 @@ impl Browser {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -431,7 +431,7 @@ pub fn forward_parsed_head(
     buf: &[u8],
     head: &ResponseHead,
     persist: Persist,
-    extra: Option<(&[u8], &[u8])>,
+    extra: &[(&[u8], &[u8])],
     out: &mut BytesMut,
 ) -> Result<(), ResponseError> {
     let Some((ranges, count)) = &head.dropped else {
@@ -448,7 +448,7 @@ pub fn forward_parsed_head(
     }
     // Up to the final empty line (CRLF: checked by the parse).
     out.put_slice(&buf[at..(head.len - 2).max(at)]);
-    if let Some((name, value)) = extra {
+    for (name, value) in extra {
         put_field(out, name, value);
     }
     persist.write(out);
@@ -462,7 +462,7 @@ pub fn forward_response_head(
     raw: &[u8],
     head: &ResponseHead,
     persist: Persist,
-    extra: Option<(&[u8], &[u8])>,
+    extra: &[(&[u8], &[u8])],
     out: &mut BytesMut,
 ) -> Result<(), ResponseError> {
     with_complete_head(raw, |code, resp| {
@@ -475,7 +475,7 @@ pub fn forward_response_head(
                 put_field(out, n, value.as_bytes());
             }
         }
-        if let Some((name, value)) = extra {
+        for (name, value) in extra {
             put_field(out, name, value);
         }
         persist.write(out);
@@ -689,8 +689,8 @@ mod tests {
                 return Ok(());
             };
             let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
-            forward_parsed_head(raw.as_bytes(), &parsed, Persist::for_client(close, false), None, &mut fast).unwrap();
-            forward_response_head(raw.as_bytes(), &parsed, Persist::for_client(close, false), None, &mut full).unwrap();
+            forward_parsed_head(raw.as_bytes(), &parsed, Persist::for_client(close, false), &[], &mut fast).unwrap();
+            forward_response_head(raw.as_bytes(), &parsed, Persist::for_client(close, false), &[], &mut full).unwrap();
             // The same head either way (the copy keeps a value's optional whitespace).
             let fields_of = |bytes: &[u8]| {
                 let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -753,7 +753,7 @@ mod tests {
         let r = parse_response(both, &Expectations::plain()).unwrap();
         assert_eq!(r.framing, ResponseFraming::Chunked);
         let mut out = BytesMut::new();
-        forward_parsed_head(both, &r, Persist::Open, None, &mut out).unwrap();
+        forward_parsed_head(both, &r, Persist::Open, &[], &mut out).unwrap();
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -797,8 +797,8 @@ mod tests {
         )
         .unwrap();
         let (mut fast, mut full) = (BytesMut::new(), BytesMut::new());
-        forward_parsed_head(head, &parsed, Persist::Close, None, &mut fast).unwrap();
-        forward_response_head(head, &parsed, Persist::Close, None, &mut full).unwrap();
+        forward_parsed_head(head, &parsed, Persist::Close, &[], &mut fast).unwrap();
+        forward_response_head(head, &parsed, Persist::Close, &[], &mut full).unwrap();
         assert_eq!(
             &fast[..],
             b"HTTP/1.1 201 Made\r\nX-A: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

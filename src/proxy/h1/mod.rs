@@ -120,19 +120,31 @@ impl ServerApp for H1App {
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.pingora.process_new(stream, shutdown).await;
         }
-        let send_timeout = self
-            .pipeline
-            .shared()
-            .config
-            .load()
-            .limits
-            .client_send_timeout;
+        let https = stream.get_ssl_digest().is_some();
+        let (send_timeout, h2c, first_byte) = {
+            let cfg = self.pipeline.shared().config.load();
+            (
+                cfg.limits.client_send_timeout,
+                cfg.http2.cleartext,
+                cfg.limits.client_keepalive_timeout,
+            )
+        };
+        let stream = if h2c && !https {
+            // HTTP/2 with prior knowledge on the cleartext listener: Pingora's too.
+            match sniff_h2c(stream, first_byte).await? {
+                Sniffed::H2(s) => return self.pingora.process_new(s, shutdown).await,
+                Sniffed::Http1(s) => s,
+            }
+        } else {
+            stream
+        };
         let io = Box::new(ClientStream::new(stream, Some(send_timeout)));
         Conn {
             app: self,
             out: BytesMut::with_capacity(4096),
             fields: Vec::with_capacity(32),
             peer: None,
+            https,
         }
         .run(io, shutdown)
         .await;
@@ -144,9 +156,52 @@ impl ServerApp for H1App {
     }
 }
 
+/// The HTTP/2 connection preface a cleartext h2c client starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Sniffed {
+    H2(Stream),
+    Http1(Stream),
+}
+
+/// Reads the first bytes of a cleartext connection until they either are the HTTP/2
+/// preface or cannot be, then puts them back (`rewind`) so whichever carrier follows
+/// reads the connection from its first byte. Unlike a fixed-size peek, a short HTTP/1
+/// request (`GET / HTTP/1.0` and a blank line is 18 bytes) is not held waiting for 24.
+/// `None`: the client closed or sent nothing within `wait`.
+async fn sniff_h2c(stream: Stream, wait: Duration) -> Option<Sniffed> {
+    use pingora_core::protocols::l4::stream::Stream as L4;
+    let any = stream.into_any();
+    let mut l4: Box<L4> = match any.downcast::<L4>() {
+        Ok(l4) => l4,
+        // Not a plain socket (cannot happen on the TCP listener): no sniffing.
+        Err(_) => return None,
+    };
+    let mut got = Vec::with_capacity(H2_PREFACE.len());
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut chunk = [0u8; 24];
+    while got.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&got) {
+        let want = H2_PREFACE.len() - got.len();
+        match tokio::time::timeout_at(deadline, l4.read(&mut chunk[..want])).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+    let h2 = got == H2_PREFACE;
+    l4.rewind(&got);
+    let stream: Stream = l4;
+    Some(if h2 {
+        Sniffed::H2(stream)
+    } else {
+        Sniffed::Http1(stream)
+    })
+}
+
 /// One client connection.
 struct Conn<'a> {
     app: &'a H1App,
+    /// It came through an HTTPS listener.
+    https: bool,
     /// Bytes to write: request heads to workers, response heads to the client.
     out: BytesMut,
     /// Where the fields of the last parsed request head are.
@@ -185,7 +240,8 @@ impl Conn<'_> {
     fn settings(&self) -> ConnSettings {
         let cfg = self.app.pipeline.shared().config.load();
         ConnSettings {
-            fast_path: cfg.proxy.fast_path,
+            // Backends drover's engine cannot speak to (h2c, TLS) are Pingora's.
+            fast_path: cfg.proxy.fast_path && cfg.plain_backends,
             limits: HeadLimits {
                 max_bytes: cfg.limits.max_header_bytes,
                 max_headers: cfg.limits.max_headers,
@@ -351,6 +407,7 @@ impl Conn<'_> {
         let p = &self.app.pipeline;
         self.app.served_fast.inc();
         let mut ex = Exchange::new();
+        ex.set_https(self.https);
         let peer_ip = self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         match p.admit(&mut header, peer_ip, &mut ex).await {
             Ok(None) => {}
@@ -688,12 +745,14 @@ impl Conn<'_> {
         })
         .map_err(|_| Failure::Before(bad_response()))?;
         let adds = p.on_response(ex, picked).await;
-        let extra = adds
-            .set_cookie
-            .as_deref()
-            .map(|c| (http::header::SET_COOKIE.as_str().as_bytes(), c.as_bytes()));
+        let mut extra: [(&[u8], &[u8]); 2] = [(b"", b""); 2];
+        let mut n = 0;
+        for f in adds.fields() {
+            extra[n] = f;
+            n += 1;
+        }
         self.out.clear();
-        codec::forward_parsed_head(&up.buf, &head, persist, extra, &mut self.out)
+        codec::forward_parsed_head(&up.buf, &head, persist, &extra[..n], &mut self.out)
             .map_err(|_| Failure::Before(bad_response()))?;
         up.buf.advance(head.len);
         let during = |status, sent, error| Failure::During {

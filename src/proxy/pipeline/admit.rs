@@ -29,6 +29,13 @@ impl Pipeline {
             return LocalResponse::failure(v.status(), None).map(Some);
         }
         ex.max_body_bytes = cfg.limits.max_body_bytes;
+        // `TE: trailers` is hop-by-hop, but an HTTP/2 backend (gRPC) needs to hear that
+        // the client takes trailers: remembered for `upstream_request`.
+        ex.te_trailers = req.headers.get_all(http::header::TE).iter().any(|v| {
+            v.as_bytes()
+                .windows(8)
+                .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+        });
         // First, so nothing a client nominates or spells with underscores can remove or
         // shadow the fields drover adds below.
         headers::sanitize_request(req);
@@ -59,10 +66,16 @@ impl Pipeline {
         ex.trace = Some(trace);
         if let Some(peer) = peer {
             let client = forwarded::client_ip(&cfg.forwarded, peer, req);
-            forwarded::edit(&cfg.forwarded, req, peer, client, &mut edits);
+            forwarded::edit(&cfg.forwarded, req, peer, client, ex.https, &mut edits);
             ex.client_ip = Some(client);
         }
         edits.apply(req);
+        // Plain HTTP goes to HTTPS before any other work (rate limits, sessions).
+        if cfg.tls.redirect_http && !ex.https {
+            if let Some(answer) = super::scheme::redirect_to_https(req, &cfg) {
+                return Ok(Some(answer));
+            }
+        }
         drop(cfg);
         // Rate limits, bulkheads and route breakers answer before any session work.
         if let Some(answer) = self.resilience_request(req, ex)? {
@@ -76,7 +89,9 @@ impl Pipeline {
         if let Some(sessions) = self.shared.sessions.get() {
             sessions.strip_client_headers(req);
             let client = super::ip_hash(ex.client_ip);
-            ex.session = Some(sessions.begin(req, client).await);
+            let mut s = sessions.begin(req, client).await;
+            s.set_https(ex.https);
+            ex.session = Some(s);
         }
         Ok(None)
     }

@@ -226,9 +226,19 @@ impl Pipeline {
         outcome.map_err(|why| rejected(ex, why))
     }
 
-    /// Step 3: the request as the worker sees it: the session's fields added.
+    /// Step 3: the request as the worker sees it: the session's fields added, and
+    /// `te: trailers` for an HTTP/2 backend when the client accepts trailers (gRPC
+    /// servers refuse calls without it; RFC 9113 §8.2.2 allows exactly that value).
     /// A traced request's worker sees the attempt's span as its parent.
     pub fn upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) {
+        if ex.te_trailers
+            && ex
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.backend().link.protocol != crate::config::Protocol::Http1)
+        {
+            let _ = req.insert_header(http::header::TE, "trailers");
+        }
         let attempt = ex.spans.as_ref().and_then(|r| r.attempt_span());
         let sessions = self.shared.sessions.get().zip(ex.session.as_ref());
         if attempt.is_none() && sessions.is_none() {

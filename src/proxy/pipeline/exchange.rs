@@ -39,6 +39,17 @@ pub struct Exchange {
     pub(super) head_request: bool,
     /// Spans of a sampled request (`observe::otlp`), when tracing exports them.
     pub(super) spans: Option<Box<crate::observe::otlp::Recording>>,
+    /// It arrived over TLS (an HTTPS listener): `X-Forwarded-Proto: https`, the session
+    /// cookie's `Secure`, HSTS; no redirect to HTTPS.
+    pub(super) https: bool,
+    /// The worker switched protocols (101): an upgraded connection (WebSocket) counted
+    /// in `drover_upgraded_connections` until the exchange finishes.
+    pub(super) upgraded: Option<super::edge::UpgradedGuard>,
+    /// The worker answered with gRPC, and the call's `grpc-status` once known.
+    pub(super) grpc: bool,
+    pub(super) grpc_status: Option<u32>,
+    /// The client sent `TE: trailers`.
+    pub(super) te_trailers: bool,
 }
 
 impl Exchange {
@@ -61,7 +72,17 @@ impl Exchange {
             trace: None,
             head_request: false,
             spans: None,
+            https: false,
+            upgraded: None,
+            grpc: false,
+            grpc_status: None,
+            te_trailers: false,
         }
+    }
+
+    /// The carrier says the request came over TLS.
+    pub fn set_https(&mut self, https: bool) {
+        self.https = https;
     }
 
     /// The client went away mid-request: the backend is not to blame, so its slot and

@@ -61,6 +61,8 @@ impl Pipeline {
         if let (Some(sessions), Some(mut s)) = (self.shared.sessions.get(), ex.session.take()) {
             sessions.finish(&mut s).await;
         }
+        // A failed gRPC call is judged like the HTTP status it amounts to.
+        let judged = self.edge_finish(req.version, status, ex);
         let m = &self.shared.metrics;
         if ex.counted {
             m.in_flight.dec();
@@ -80,7 +82,7 @@ impl Pipeline {
                 .map(|s| now.saturating_duration_since(s))
                 .unwrap_or(elapsed);
             let success =
-                Outcome::of_request(e, status).is_some_and(|o| guard.finish(o, upstream_elapsed));
+                Outcome::of_request(e, judged).is_some_and(|o| guard.finish(o, upstream_elapsed));
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, success);
             if let Some(h) = b.metrics.get() {
@@ -94,7 +96,7 @@ impl Pipeline {
             backend_name = Some(b.name.clone());
             worker_id = b.worker_id;
         }
-        self.resilience_done(ex, e, status);
+        self.resilience_done(ex, e, judged);
         if let Some(r) = ex.spans.take() {
             use crate::observe::otlp::{submit, Attr};
             let mut attrs = vec![
@@ -115,7 +117,15 @@ impl Pipeline {
             if let Some(id) = &ex.request_id {
                 attrs.push(("drover.request_id", Attr::Str(id.clone())));
             }
-            let (trace, spans) = r.finish(attrs, status, e.map(|e| e.to_string()));
+            if let Some(code) = ex.grpc_status {
+                attrs.push(("rpc.grpc.status_code", Attr::Int(code as i64)));
+            }
+            // A failed gRPC call (HTTP 200, failing grpc-status) is an error span too.
+            let error = e.map(|e| e.to_string()).or_else(|| {
+                (judged >= 500 && status < 500)
+                    .then(|| format!("grpc-status {}", ex.grpc_status.unwrap_or_default()))
+            });
+            let (trace, spans) = r.finish(attrs, status, error);
             submit(trace, spans);
         }
         let cfg = self.shared.config.load();

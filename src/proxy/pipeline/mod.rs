@@ -21,13 +21,16 @@
 
 mod admit;
 mod choose;
+mod edge;
 mod exchange;
 mod finish;
 mod local;
 mod resilience;
 mod respond;
+mod scheme;
 
 pub use choose::Target;
+pub use edge::{grpc_outcome_status, parse_grpc_status};
 pub use exchange::Exchange;
 pub use local::LocalResponse;
 pub use respond::{ResponseFieldNames, WorkerResponse};
@@ -42,6 +45,8 @@ pub struct Pipeline {
     pub(crate) shared: Arc<Shared>,
     /// `drover_limit_rejections_total{limit}`, one handle per limit.
     limit_rejections: [prometheus::IntCounter; 6],
+    /// HTTP versions, upgraded connections, gRPC statuses (`edge.rs`).
+    edge: Arc<edge::EdgeMetrics>,
 }
 
 /// Edge limits counted in `drover_limit_rejections_total`.
@@ -75,9 +80,11 @@ impl Pipeline {
             "header_timeout",
         ]
         .map(|l| vec.with_label_values(&[l]));
+        let edge = Arc::new(edge::EdgeMetrics::new(&shared.metrics.registry));
         Pipeline {
             shared,
             limit_rejections,
+            edge,
         }
     }
 

@@ -40,6 +40,25 @@ pub struct WorkerResponse {
 #[derive(Debug, Default)]
 pub struct ResponseAdditions {
     pub set_cookie: Option<String>,
+    /// `Strict-Transport-Security` (HTTPS requests, `tls.hsts_max_age` set).
+    pub hsts: Option<http::HeaderValue>,
+}
+
+impl ResponseAdditions {
+    /// The fields to add, as name and value bytes (for carriers that write heads).
+    pub fn fields(&self) -> impl Iterator<Item = (&'static [u8], &[u8])> {
+        let cookie = self
+            .set_cookie
+            .as_deref()
+            .map(|c| (http::header::SET_COOKIE.as_str().as_bytes(), c.as_bytes()));
+        let hsts = self.hsts.as_ref().map(|v| {
+            (
+                http::header::STRICT_TRANSPORT_SECURITY.as_str().as_bytes(),
+                v.as_bytes(),
+            )
+        });
+        cookie.into_iter().chain(hsts)
+    }
 }
 
 impl Pipeline {
@@ -72,7 +91,13 @@ impl Pipeline {
             return ResponseAdditions::default();
         }
         ex.response_started = true;
-        let mut adds = ResponseAdditions::default();
+        if r.status == 101 {
+            self.on_upgraded(ex);
+        }
+        let mut adds = ResponseAdditions {
+            hsts: self.hsts(ex),
+            ..Default::default()
+        };
         if let (Some(svc), Some(s)) = (self.shared.sessions.get(), ex.session.as_mut()) {
             adds.set_cookie = svc
                 .respond(s, r.session_update, r.session_control.as_deref())

@@ -12,8 +12,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (mut a, mut b) = (bytes::BytesMut::new(), bytes::BytesMut::new());
-    let fast = forward_parsed_head(data, &head, Persist::Open, None, &mut a);
-    let full = forward_response_head(&data[..head.len], &head, Persist::Open, None, &mut b);
+    let fast = forward_parsed_head(data, &head, Persist::Open, &[], &mut a);
+    let full = forward_response_head(&data[..head.len], &head, Persist::Open, &[], &mut b);
     if fast.is_ok() && full.is_ok() {
         // The same head either way (the copy keeps a value's optional whitespace), and
         // one complete head.
