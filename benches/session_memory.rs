@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Resident memory per session in the embedded store: fills a `MemoryStore` with N
 //! sessions (pinned to one of 4 workers, no data, as after a first request) and prints
 //! the growth of this process's RSS divided by N, plus the same with 64 bytes of data.

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Alerts, SLOs, worker-reported metrics and the scaling recommendation, end to end.
 
 mod common;

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Capacity planning end to end: the estimate `/api/capacity` makes under moderate load
 //! is checked against the saturation point measured by driving the pool flat out.
 

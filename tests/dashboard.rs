@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! The dashboard in a real headless Chromium, driven over the DevTools protocol.
 
 #[path = "support/cdp.rs"]

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Differential tests of drover's two HTTP/1 carriers.
 //!
 //! The same raw byte streams go to drover with `proxy.fast_path: true` (drover's engine

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Protocols through drover (issue 16): WebSocket (sticky, counted per worker, drained
 //! on shutdown), gRPC to h2c workers with a real gRPC client and server (grpcio from
 //! PyPI; unary, server-streaming and bidirectional calls, trailers, statuses counted, breakers that see gRPC

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! drover's own HTTP/1 engine (`src/proxy/h1/`): framing, pipelining, hand-over to
 //! Pingora's path and back on one connection, pooled worker connections.
 

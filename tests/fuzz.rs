@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Property-based fuzzing of every parser that sees outside input: the session cookie
 //! codec, the config loader, the forwarding-header and trace-context parsers, the cookie
 //! header lookup, the session record decoder and the snapshot loader. (`cargo fuzz` needs

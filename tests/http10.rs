@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! HTTP/1.0 clients (ApacheBench, proxies that speak 1.0 upstream), on both carriers:
 //! keep-alive only when asked for and the length is known, no chunked encoding towards
 //! a 1.0 client, Host optional; sessions and rate limits as for HTTP/1.1; and real `ab`.

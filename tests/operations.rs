@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Deploy operations end to end under load: rolling restart, blue-green deploy and
 //! rollback, an aborted deploy, and the admin plane's guards on them.
 

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! End-to-end resilience tests: real drover, real workers (made to fail through their
 //! FAIL_FILE / SLOW_FILE), real sockets; plus small test-side TCP upstreams where a test
 //! needs an upstream drover cannot reach otherwise (one that resets every request, a

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Beyond one machine (issue 17): sessions on Redis Sentinel and Redis Cluster across a
 //! failover and a slot migration, TLS and ACL to Redis, rate limits shared through
 //! Redis, upstreams discovered through DNS. Every server is a real process the test

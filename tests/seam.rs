@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! The seam between drover's two HTTP/1 carriers (its own engine, `proxy.fast_path:
 //! true`, and Pingora's proxy, `false`): one regression test per defect of the seam
 //! issue, each run on both carriers.

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! Sticky sessions end to end: the real drover binary, real workers, a real
 //! `redis-server` on a free port, real HTTP clients.
 

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! A real Socket.IO application (Node: socket.io and socket.io-client from the npm
 //! registry, `tests/apps/socketio/`, installed by `.ci/run`) in 4 workers forked by
 //! drover, with drover's sticky sessions in front: long-polling clients (whose long

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! TLS termination at the edge (issue 16): HTTPS listeners with real clients (curl,
 //! h2load, headless Chromium, rustls), certificates chosen by SNI and rotated on reload
 //! under load, bad certificates refused with reasons, redirect to HTTPS and HSTS,

@@ -1,3 +1,5 @@
+// A test may unwrap and sleep; src/ may not (Cargo.toml workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 //! OTLP span export, checked by an independent decoder: a Python receiver
 //! (`tests/support/otlp_receiver.py`) decodes drover's protobuf with the reference
 //! `opentelemetry-proto` package (installed by `.ci/run` into `target/ci-venv`).
