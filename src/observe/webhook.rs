@@ -188,29 +188,39 @@ pub async fn post_bytes(t: &WebhookTarget, content_type: &str, body: &[u8]) -> R
         .await
         .map_err(|e| format!("write: {e}"))?;
     s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
-    let mut buf = [0u8; 64];
-    let mut got = 0;
-    while got < 12 {
-        let n = s
-            .read(&mut buf[got..])
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    let line = std::str::from_utf8(&buf[..got]).unwrap_or("");
-    let code: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.get(..3))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+    let code = read_status(&mut s).await?;
     if (200..300).contains(&code) {
         Ok(())
     } else {
         Err(format!("status {code}"))
+    }
+}
+
+/// The status code of the answer, parsed by httparse as soon as the status line is in
+/// (the rest of the head and the body are not needed).
+async fn read_status(s: &mut tokio::net::TcpStream) -> Result<u16, String> {
+    const MAX_HEAD: usize = 16 * 1024;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let parsed = resp.parse(&buf);
+        if let Some(code) = resp.code {
+            return Ok(code);
+        }
+        if let Err(e) = parsed {
+            return Err(format!("not an HTTP response: {e}"));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err("response head too large".into());
+        }
+        let n = s
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before a status line".into());
+        }
     }
 }
 
