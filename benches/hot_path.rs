@@ -35,11 +35,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use drover::balancing::consistent_hash::fnv1a;
 use drover::balancing::{Backend, BackendState, Pool, StrategyKind};
 use drover::observe::access_log::{self, AccessRecord};
-use drover::proxy::headers;
 use drover::resilience::breaker::{Breaker, BreakerPolicy};
 use drover::resilience::classify::{Classifier, Outcome};
 use drover::resilience::rate_limit::{LimitKey, RateLimiter, RatePolicy};
 use drover::resilience::retry::{BudgetPolicy, RetryBudget};
+use drover::wire::headers;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::hint::black_box;

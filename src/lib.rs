@@ -32,3 +32,4 @@ pub mod sessions;
 pub mod state;
 pub mod supervisor;
 pub mod tls;
+pub mod wire;

@@ -75,8 +75,8 @@ proptest! {
         let peer: std::net::IpAddr = "10.0.0.1".parse().unwrap();
         let client = drover::proxy::forwarded::client_ip(&cfg, peer, &req);
         drover::proxy::forwarded::apply(&cfg, &mut req, peer, client);
-        let _ = drover::proxy::headers::cookie(&req, "drover_session");
-        let _ = drover::proxy::headers::request_id(&req, true);
+        let _ = drover::wire::headers::cookie(&req, "drover_session");
+        let _ = drover::wire::headers::request_id(&req, true);
         let _ = drover::observe::trace::parse(value.as_bytes());
         let _ = drover::observe::trace::TraceContext::from_request(&req);
     }

@@ -122,14 +122,14 @@ impl TraceContext {
     /// Replaces the request's `traceparent` with drover's (the request path batches
     /// `edit` with the other steps' changes instead).
     pub fn apply(&self, req: &mut RequestHeader) {
-        let mut edits = crate::proxy::headers::HeaderEdits::default();
+        let mut edits = crate::wire::headers::HeaderEdits::default();
         self.edit(&mut edits);
         edits.apply(req);
     }
 
     /// Adds drover's `traceparent` to `edits`. Hex-encoded by hand: this runs on every
     /// request and `format!` costs several times more.
-    pub fn edit(&self, edits: &mut crate::proxy::headers::HeaderEdits) {
+    pub fn edit(&self, edits: &mut crate::wire::headers::HeaderEdits) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
         let mut put = |at: usize, digits: usize, x: u128| {

@@ -5,8 +5,8 @@
 //! untrusted address is the client (what nginx's `real_ip_recursive` does). Headers from
 //! an untrusted peer are replaced, never extended, so a client cannot plant an address.
 
-use super::headers::HeaderEdits;
 use crate::config::ForwardedConfig;
+use crate::wire::headers::HeaderEdits;
 use http::header::{FORWARDED, HOST};
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;

@@ -16,8 +16,6 @@
 pub mod forwarded;
 pub mod h1;
 pub mod h2;
-pub mod headers;
-pub mod http;
 pub mod limits;
 pub mod pingora_carrier;
 pub mod pipeline;

@@ -3,9 +3,9 @@
 //! bodies, upgrades, HTTP/1.0, other target forms) and every request when
 //! `proxy.fast_path` is off, and HTTP/2 when that is enabled.
 
-use crate::proxy::headers;
-use crate::proxy::http::response as response_rules;
 use crate::proxy::pipeline::{Exchange, LocalResponse, Pipeline, WorkerResponse};
+use crate::wire::headers;
+use crate::wire::response as response_rules;
 use async_trait::async_trait;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::*;

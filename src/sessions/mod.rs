@@ -165,7 +165,7 @@ struct WireNames {
 
 impl WireNames {
     fn new(cfg: &SessionsConfig) -> Self {
-        let internal = crate::proxy::headers::is_internal;
+        let internal = crate::wire::headers::is_internal;
         WireNames {
             id: cfg.id_header.clone(),
             state: cfg.state_header.clone(),
@@ -545,7 +545,7 @@ impl SessionService {
     pub async fn begin(&self, req: &RequestHeader, client_hash: u64) -> SessionCtx {
         let policy = self.policy.load_full();
         let now = now_ms();
-        let Some(value) = crate::proxy::headers::cookie(req, &policy.cfg.cookie.name) else {
+        let Some(value) = crate::wire::headers::cookie(req, &policy.cfg.cookie.name) else {
             return self.fresh(policy, client_hash, now);
         };
         let decoded = match policy.codec.decode(value, now / 1000) {
@@ -724,13 +724,13 @@ impl SessionService {
     /// Adds the session headers to the request going to the worker.
     #[cfg(test)]
     pub fn annotate_request(&self, s: &SessionCtx, req: &mut RequestHeader) {
-        let mut edits = crate::proxy::headers::HeaderEdits::default();
+        let mut edits = crate::wire::headers::HeaderEdits::default();
         self.annotate(s, &mut edits);
         edits.apply(req);
     }
 
     /// The session's headers for the worker, as edits to apply with the others.
-    pub fn annotate(&self, s: &SessionCtx, edits: &mut crate::proxy::headers::HeaderEdits) {
+    pub fn annotate(&self, s: &SessionCtx, edits: &mut crate::wire::headers::HeaderEdits) {
         let w = &s.policy.wire;
         if let Ok(id) = http::HeaderValue::from_bytes(&s.id.hex_bytes()) {
             edits.insert(w.id.clone(), id);

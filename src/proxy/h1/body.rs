@@ -11,8 +11,8 @@
 //! the client before the response.
 
 use super::client::ClientStream;
-use crate::proxy::http::chunked::ChunkedScanner;
-use crate::proxy::http::request::BodyFraming;
+use crate::wire::chunked::ChunkedScanner;
+use crate::wire::request::BodyFraming;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;

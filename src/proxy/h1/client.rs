@@ -13,8 +13,8 @@
 //! reading is dropped once no byte could be written for that long, freeing the request's
 //! backend slot (nginx's `send_timeout`).
 
-use crate::proxy::http::chunked::ChunkedScanner;
-use crate::proxy::http::request::BodyFraming;
+use crate::wire::chunked::ChunkedScanner;
+use crate::wire::request::BodyFraming;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora_core::protocols::{

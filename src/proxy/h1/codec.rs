@@ -5,11 +5,11 @@
 //! [`take_request`] split the head off and build a Pingora `RequestHeader` whose values
 //! point into it. A request handed to Pingora therefore leaves the buffer exactly as the
 //! client sent it. Response heads are forwarded as the worker wrote them, minus the
-//! fields that stop at drover ([`crate::proxy::http::response::forwarded`]).
+//! fields that stop at drover ([`crate::wire::response::forwarded`]).
 
-use crate::proxy::http::fields;
-use crate::proxy::http::request::{self, Rejection, RequestFacts};
-use crate::proxy::http::response::{self as resp_rules, ResponseFacts, ResponseFraming};
+use crate::wire::fields;
+use crate::wire::request::{self, Rejection, RequestFacts};
+use crate::wire::response::{self as resp_rules, ResponseFacts, ResponseFraming};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -717,7 +717,7 @@ mod tests {
             for_each_picked(raw.as_bytes(), &parsed, |n, _| picked.push(n.to_vec())).unwrap();
             let internal: Vec<Vec<u8>> = fields
                 .iter()
-                .filter(|(n, _)| crate::proxy::http::fields::is_internal(n.as_bytes()))
+                .filter(|(n, _)| crate::wire::fields::is_internal(n.as_bytes()))
                 .map(|(n, _)| n.as_bytes().to_vec())
                 .collect();
             prop_assert_eq!(picked, internal);

@@ -19,13 +19,13 @@ mod client;
 pub mod codec;
 mod pool;
 
-use crate::proxy::http::chunked::ChunkedScanner;
-use crate::proxy::http::request::{Rejection, TargetForm};
-use crate::proxy::http::response::ResponseFraming;
 use crate::proxy::pingora_carrier::PingoraCarrier;
 use crate::proxy::pipeline::{
     Exchange, LimitKind, LocalResponse, Pipeline, ResponseFieldNames, Target, WorkerResponse,
 };
+use crate::wire::chunked::ChunkedScanner;
+use crate::wire::request::{Rejection, TargetForm};
+use crate::wire::response::ResponseFraming;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use client::ClientStream;

@@ -2,8 +2,8 @@
 
 use super::{Exchange, LocalResponse, Pipeline};
 use crate::observe::trace::TraceContext;
-use crate::proxy::headers::{self, HeaderEdits};
 use crate::proxy::{forwarded, limits};
+use crate::wire::headers::{self, HeaderEdits};
 use pingora_core::prelude::*;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;

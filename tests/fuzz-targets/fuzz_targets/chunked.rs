@@ -1,7 +1,7 @@
 //! The chunked scanner gives the same answer however the body is split, never reads
 //! past what it is given, and forwards only a prefix of what it consumed.
 #![no_main]
-use drover::proxy::http::chunked::ChunkedScanner;
+use drover::wire::chunked::ChunkedScanner;
 use libfuzzer_sys::fuzz_target;
 
 fn scan(input: &[u8], cut: usize) -> Option<(usize, usize, bool)> {

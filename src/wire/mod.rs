@@ -1,4 +1,5 @@
-//! HTTP/1 message rules that both carriers share: what a valid request head is and how
+//! HTTP/1 message rules that both carriers share (a leaf: it imports nothing else of
+//! drover, so proxy, sessions and observe can all use it without a cycle): what a valid request head is and how
 //! its body is framed, which fields describe one hop and never cross drover, how a
 //! worker's response head is judged and framed, and a strict chunked-body scanner.
 //!
@@ -11,5 +12,6 @@
 
 pub mod chunked;
 pub mod fields;
+pub mod headers;
 pub mod request;
 pub mod response;

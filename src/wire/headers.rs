@@ -5,7 +5,7 @@
 //! internal signals). A client must never be able to inject them, and a worker's must
 //! never leak to a client, so they are stripped in both directions.
 
-use crate::proxy::http::fields;
+use crate::wire::fields;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 pub use fields::INTERNAL_PREFIX;
@@ -143,14 +143,11 @@ pub fn strip_internal_response(resp: &mut ResponseHeader) {
 
 /// Removes from a worker's response the fields that stop at drover: hop-by-hop ones,
 /// those its `Connection` nominates, internal ones.
-pub fn sanitize_response(
-    resp: &mut ResponseHeader,
-    facts: &crate::proxy::http::response::ResponseFacts,
-) {
+pub fn sanitize_response(resp: &mut ResponseHeader, facts: &crate::wire::response::ResponseFacts) {
     let doomed: Vec<http::HeaderName> = resp
         .headers
         .keys()
-        .filter(|k| !crate::proxy::http::response::forwarded(k.as_str().as_bytes(), facts))
+        .filter(|k| !crate::wire::response::forwarded(k.as_str().as_bytes(), facts))
         .filter(|k| {
             !(resp.status == http::StatusCode::SWITCHING_PROTOCOLS
                 && (*k == http::header::UPGRADE || *k == http::header::CONNECTION))

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Which top-level folders of src/ import which (from `crate::` paths, grouped `use
+crate::{..}` included), and the pairs that import each other. docs/ARCHITECTURE.md shows
+its output; run it as `python3 .ci/imports.py` from the repository root."""
+import collections
+import os
+import re
+import sys
+
+root = sys.argv[1] if len(sys.argv) > 1 else "src"
+edges = collections.defaultdict(set)
+
+
+def top(path):
+    first = os.path.relpath(path, root).split(os.sep)[0]
+    return first[:-3] if first.endswith(".rs") else first
+
+
+def targets(src):
+    for m in re.finditer(r"crate::([a-z_]+)", src):
+        yield m.group(1)
+    for m in re.finditer(r"crate::\{([^}]*)\}", src):
+        for part in m.group(1).split(","):
+            name = part.strip().split("::")[0]
+            if re.fullmatch(r"[a-z_]+", name):
+                yield name
+
+
+for dirpath, _, files in os.walk(root):
+    for f in files:
+        if not f.endswith(".rs"):
+            continue
+        path = os.path.join(dirpath, f)
+        me = top(path)
+        if me in ("lib", "main"):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for t in targets(fh.read()):
+                if t != me and t != "self":
+                    edges[me].add(t)
+
+for m in sorted(set(edges) | {t for s in edges.values() for t in s}):
+    print(f"{m} -> {', '.join(sorted(edges.get(m, ())))}")
+both = sorted({tuple(sorted((a, b))) for a in edges for b in edges[a] if a in edges.get(b, ())})
+print()
+print("import each other: " + (", ".join(f"{a} <-> {b}" for a, b in both) or "none"))
