@@ -321,9 +321,15 @@ impl Pipeline {
         let outcome = Outcome::from_error(e).unwrap_or(Outcome::Reset);
         self.settle_failed_attempt(ex, outcome);
         let cfg = self.shared.config.load();
+        // A reset before any answer to a bodiless request means the worker closed with
+        // the request unread in its socket (a worker killed with connections in its
+        // accept queue); one that read the request and then crashed closes with a FIN,
+        // which stays unretried. An unread request never reached the application, so it
+        // is as safe to send elsewhere as a refused connection.
+        let unread = !ex.response_started && !has_body(req) && reset_by_peer(e);
         let allowed = match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => cfg.proxy.retry_on.timeout,
-            _ => cfg.proxy.retry_on.reset,
+            _ => cfg.proxy.retry_on.reset || unread,
         };
         let retry = allowed
             && req.method.is_idempotent()
@@ -355,4 +361,21 @@ impl Pipeline {
             ex.tried.push(b.id);
         }
     }
+}
+
+/// Whether the worker reset the connection (RST: it closed with our bytes unread).
+fn reset_by_peer(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// Whether the request carries a body (whose head the worker may have acted on before
+/// resetting the connection with the body unread).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
