@@ -176,6 +176,12 @@ impl ResolvesServerCert for CertResolver {
 /// Reads a certificate chain file: a regular file within [`PEM_FILE_CAP`]. Certificates
 /// are public; the file need not be private.
 fn read_cert_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let (file, _) = open_regular(path)?;
+    read_capped(file, path)
+}
+
+/// Opens `path` without blocking on a FIFO and refuses anything but a regular file.
+fn open_regular(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), TlsError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
@@ -187,7 +193,7 @@ fn read_cert_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     if !meta.is_file() {
         return Err(TlsError::NotAFile(path.to_path_buf()));
     }
-    read_capped(file, path)
+    Ok((file, meta))
 }
 
 fn read_capped(file: std::fs::File, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -208,17 +214,7 @@ fn read_capped(file: std::fs::File, path: &Path) -> Result<Vec<u8>, TlsError> {
 /// key shared through a group such as Debian's `ssl-cert`). Links are followed (certbot's
 /// `live/` folder is links) and the target is checked.
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| TlsError::Read(path.to_path_buf(), e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| TlsError::Read(path.to_path_buf(), e))?;
-    if !meta.is_file() {
-        return Err(TlsError::NotAFile(path.to_path_buf()));
-    }
+    let (file, meta) = open_regular(path)?;
     let me = crate::private_fs::euid();
     let mode = meta.mode() & 0o7777;
     let allowed = if meta.uid() == me {
