@@ -343,7 +343,7 @@ impl Conn<'_> {
                     let idle_since = Instant::now();
                     let first = settings.keepalive.min(IDLE_BUFFERS_KEPT);
                     let r = tokio::select! {
-                        r = tokio::time::timeout(first, io.fill()) => r,
+                        r = pingora_timeout::timeout(first, io.fill()) => r,
                         _ = shutdown.changed() => return ReadHead::Closed,
                     };
                     match r {
@@ -353,14 +353,17 @@ impl Conn<'_> {
                             self.fields = Vec::new();
                             let left = settings.keepalive.saturating_sub(idle_since.elapsed());
                             tokio::select! {
-                                r = tokio::time::timeout(left, io.fill()) => r,
+                                r = pingora_timeout::timeout(left, io.fill()) => r,
                                 _ = shutdown.changed() => return ReadHead::Closed,
                             }
                         }
                         r => r,
                     }
                 }
-                Some(dl) => tokio::time::timeout_at(dl.into(), io.fill()).await,
+                Some(dl) => {
+                    let left = dl.saturating_duration_since(Instant::now());
+                    pingora_timeout::timeout(left, io.fill()).await
+                }
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -960,7 +963,7 @@ async fn connect(target: &Target) -> Result<pool::UpstreamConn, Box<Error>> {
     let addr = target.addr;
     let connecting = TcpStream::connect(addr);
     let stream = match target.connect_timeout {
-        Some(t) => match tokio::time::timeout(t, connecting).await {
+        Some(t) => match pingora_timeout::timeout(t, connecting).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(upstream(Error::explain(
@@ -1061,7 +1064,7 @@ async fn read_upstream(
     up.buf.reserve(want.max(pool::READ_CHUNK));
     let read = up.stream.read_buf(&mut up.buf);
     let n = match read_timeout {
-        Some(t) => match tokio::time::timeout(t, read).await {
+        Some(t) => match pingora_timeout::timeout(t, read).await {
             Ok(r) => r,
             Err(_) => {
                 let e = Error::explain(ErrorType::ReadTimedout, format!("waiting for {what}"));
