@@ -10,13 +10,21 @@
 //! of at most `max_batch` spans every `flush_interval` as an
 //! `ExportTraceServiceRequest` (POST `endpoint`, `application/x-protobuf`).
 //!
-//! The protobuf encoding is written by hand (the handful of messages of
-//! `opentelemetry/proto/{collector/trace,trace,common,resource}/v1`, field numbers in
-//! the comments) rather than pulling the OpenTelemetry SDK, prost and an HTTP client
-//! into the build (docs/DECISIONS.md). `tests/tracing.rs` decodes what drover sends with
-//! the reference Python implementation (`opentelemetry-proto`).
+//! The messages are the OpenTelemetry crates' own: the types `opentelemetry-proto`
+//! generates from the official OTLP .proto files, encoded by `prost`. Drover keeps its
+//! own span model, sampler, queue and batcher and posts with the webhook's HTTP/1.1
+//! client rather than running the SDK's batch processor and the `opentelemetry-otlp`
+//! exporter with its HTTP client (docs/DECISIONS.md). `tests/tracing.rs` decodes what
+//! drover sends with the reference Python implementation (`opentelemetry-proto`).
 
 use crate::config::observability::TracingConfig;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    self as proto, span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Status,
+};
+use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use tokio::sync::mpsc;
@@ -179,116 +187,92 @@ impl Recording {
     }
 }
 
-// ---- protobuf encoding -----------------------------------------------------------
+// ---- OTLP messages ----------------------------------------------------------------
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+fn any_value(v: &Attr) -> AnyValue {
+    AnyValue {
+        value: Some(match v {
+            Attr::Str(s) => any_value::Value::StringValue(s.clone()),
+            Attr::Int(i) => any_value::Value::IntValue(*i),
+            Attr::Bool(b) => any_value::Value::BoolValue(*b),
+        }),
     }
-    out.push(v as u8);
 }
 
-fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
-    varint(out, ((field as u64) << 3) | wire as u64);
+fn key_value(k: &str, v: &Attr) -> KeyValue {
+    KeyValue {
+        key: k.to_string(),
+        value: Some(any_value(v)),
+        ..Default::default()
+    }
 }
 
-fn bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
-    key(out, field, 2);
-    varint(out, b.len() as u64);
-    out.extend_from_slice(b);
+fn otlp_span(trace_id: u128, s: &Span) -> proto::Span {
+    proto::Span {
+        trace_id: trace_id.to_be_bytes().to_vec(),
+        span_id: s.span_id.to_be_bytes().to_vec(),
+        // Empty: a root span.
+        parent_span_id: if s.parent_id != 0 {
+            s.parent_id.to_be_bytes().to_vec()
+        } else {
+            Vec::new()
+        },
+        // The W3C trace flags: sampled.
+        flags: 1,
+        name: s.name.to_string(),
+        kind: match s.kind {
+            Kind::Internal => SpanKind::Internal,
+            Kind::Server => SpanKind::Server,
+            Kind::Client => SpanKind::Client,
+        } as i32,
+        start_time_unix_nano: s.start_ns,
+        end_time_unix_nano: s.end_ns.max(s.start_ns),
+        attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+        status: Some(Status {
+            message: s.error.clone().unwrap_or_default(),
+            code: if s.error.is_some() {
+                StatusCode::Error
+            } else {
+                StatusCode::Ok
+            } as i32,
+        }),
+        ..Default::default()
+    }
 }
 
-fn message(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    f(&mut inner);
-    bytes_field(out, field, &inner);
+/// One `ExportTraceServiceRequest` for a batch: one resource (`service.name`,
+/// `service.version`) and one scope (`drover`) holding every span of the batch.
+pub fn request(service: &str, batch: &[(u128, Vec<Span>)]) -> ExportTraceServiceRequest {
+    let version = env!("CARGO_PKG_VERSION");
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    key_value("service.name", &Attr::Str(service.to_string())),
+                    key_value("service.version", &Attr::Str(version.to_string())),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "drover".to_string(),
+                    version: version.to_string(),
+                    ..Default::default()
+                }),
+                spans: batch
+                    .iter()
+                    .flat_map(|(trace_id, spans)| spans.iter().map(|s| otlp_span(*trace_id, s)))
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
 }
 
-fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
-    key(out, field, 1);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// `KeyValue { string key = 1; AnyValue value = 2 }`, `AnyValue { string_value = 1;
-/// bool_value = 2; int_value = 3 }`.
-fn key_value(out: &mut Vec<u8>, field: u32, k: &str, v: &Attr) {
-    message(out, field, |kv| {
-        bytes_field(kv, 1, k.as_bytes());
-        message(kv, 2, |av| match v {
-            Attr::Str(s) => bytes_field(av, 1, s.as_bytes()),
-            Attr::Bool(b) => {
-                key(av, 2, 0);
-                varint(av, *b as u64);
-            }
-            Attr::Int(i) => {
-                key(av, 3, 0);
-                varint(av, *i as u64);
-            }
-        });
-    });
-}
-
-/// `Span` (opentelemetry/proto/trace/v1/trace.proto): trace_id = 1, span_id = 2,
-/// parent_span_id = 4, name = 5, kind = 6, start = 7, end = 8, attributes = 9,
-/// status = 15 (`message = 2`, `code = 3`: 1 ok, 2 error), flags = 16.
-fn span(out: &mut Vec<u8>, trace_id: u128, s: &Span) {
-    message(out, 2, |m| {
-        bytes_field(m, 1, &trace_id.to_be_bytes());
-        bytes_field(m, 2, &s.span_id.to_be_bytes());
-        if s.parent_id != 0 {
-            bytes_field(m, 4, &s.parent_id.to_be_bytes());
-        }
-        bytes_field(m, 5, s.name.as_bytes());
-        key(m, 6, 0);
-        varint(m, s.kind as u64);
-        fixed64(m, 7, s.start_ns);
-        fixed64(m, 8, s.end_ns.max(s.start_ns));
-        for (k, v) in &s.attributes {
-            key_value(m, 9, k, v);
-        }
-        message(m, 15, |st| {
-            if let Some(e) = &s.error {
-                bytes_field(st, 2, e.as_bytes());
-            }
-            key(st, 3, 0);
-            varint(st, if s.error.is_some() { 2 } else { 1 });
-        });
-        // Flags: the W3C trace flags (sampled).
-        key(m, 16, 5);
-        m.extend_from_slice(&1u32.to_le_bytes());
-    });
-}
-
-/// `ExportTraceServiceRequest { repeated ResourceSpans resource_spans = 1 }`,
-/// `ResourceSpans { Resource resource = 1; repeated ScopeSpans scope_spans = 2 }`,
-/// `Resource { repeated KeyValue attributes = 1 }`, `ScopeSpans { InstrumentationScope
-/// scope = 1; repeated Span spans = 2 }`, `InstrumentationScope { name = 1; version = 2 }`.
+/// The protobuf body of a batch's export request.
 pub fn encode(service: &str, batch: &[(u128, Vec<Span>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 * batch.len());
-    message(&mut out, 1, |rs| {
-        message(rs, 1, |r| {
-            key_value(r, 1, "service.name", &Attr::Str(service.to_string()));
-            key_value(
-                r,
-                1,
-                "service.version",
-                &Attr::Str(env!("CARGO_PKG_VERSION").to_string()),
-            );
-        });
-        message(rs, 2, |ss| {
-            message(ss, 1, |scope| {
-                bytes_field(scope, 1, b"drover");
-                bytes_field(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
-            });
-            for (trace_id, spans) in batch {
-                for s in spans {
-                    span(ss, *trace_id, s);
-                }
-            }
-        });
-    });
-    out
+    request(service, batch).encode_to_vec()
 }
 
 // ---- the exporter ------------------------------------------------------------------
@@ -435,16 +419,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn varints_and_fixed_fields_encode_as_protobuf_does() {
-        let mut v = Vec::new();
-        varint(&mut v, 300);
-        assert_eq!(v, [0xac, 0x02]);
-        let mut f = Vec::new();
-        fixed64(&mut f, 7, 1);
-        assert_eq!(f, [0x39, 1, 0, 0, 0, 0, 0, 0, 0]);
-    }
-
-    #[test]
     fn a_recording_links_attempts_to_the_request_span() {
         let mut r = Recording::new(0xabc, 0x11, Some(0x22));
         let a1 = r.start_attempt(1, "worker-0", "127.0.0.1:1");
@@ -472,9 +446,106 @@ mod tests {
         assert!(spans[1]
             .attributes
             .contains(&("http.response.status_code", Attr::Int(200))));
-        let body = encode("drover", &[(trace, spans)]);
-        // The trace id appears as 16 big-endian bytes.
-        let id = 0xabcu128.to_be_bytes();
-        assert!(body.windows(16).any(|w| w == id));
+    }
+
+    fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+        kvs.iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    #[test]
+    fn an_export_request_carries_the_spans_links_kinds_status_and_attributes() {
+        let mut r = Recording::new(0xabc, 0x11, None);
+        r.child(
+            "queue",
+            unix_nanos(),
+            vec![("drover.queue.result", Attr::Str("served".into()))],
+        );
+        r.start_attempt(1, "worker-0", "127.0.0.1:1");
+        r.end_attempt(None, Some("connection reset".into()));
+        let a2 = r.start_attempt(2, "worker-1", "127.0.0.1:2");
+        let (trace, spans) = r.finish(
+            vec![("http.request.method", Attr::Str("GET".into()))],
+            200,
+            None,
+        );
+        let other = Recording::new(0xdef, 0x33, Some(0x44)).finish(Vec::new(), 503, None);
+        let body = encode("edge", &[(trace, spans), other]);
+
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        let res = rs.resource.as_ref().unwrap();
+        assert_eq!(
+            attr(&res.attributes, "service.name"),
+            Some(&any_value::Value::StringValue("edge".into()))
+        );
+        assert_eq!(
+            attr(&res.attributes, "service.version"),
+            Some(&any_value::Value::StringValue(
+                env!("CARGO_PKG_VERSION").into()
+            ))
+        );
+        assert_eq!(rs.scope_spans.len(), 1);
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, "drover");
+        let spans = &ss.spans;
+        assert_eq!(spans.len(), 5);
+        let by_name = |n: &str| spans.iter().filter(|s| s.name == n).collect::<Vec<_>>();
+
+        let root = by_name("request")[0];
+        assert_eq!(root.trace_id, 0xabcu128.to_be_bytes());
+        assert_eq!(root.span_id, 0x11u64.to_be_bytes());
+        assert!(root.parent_span_id.is_empty(), "a root span has no parent");
+        assert_eq!(root.kind, SpanKind::Server as i32);
+        assert_eq!(root.flags, 1);
+        assert!(root.end_time_unix_nano >= root.start_time_unix_nano);
+        assert_eq!(
+            attr(&root.attributes, "http.request.method"),
+            Some(&any_value::Value::StringValue("GET".into()))
+        );
+        assert_eq!(root.status.as_ref().unwrap().code, StatusCode::Ok as i32);
+
+        let queue = by_name("queue")[0];
+        assert_eq!(queue.kind, SpanKind::Internal as i32);
+        assert_eq!(queue.parent_span_id, 0x11u64.to_be_bytes());
+
+        let attempts = by_name("upstream attempt");
+        assert_eq!(attempts.len(), 2);
+        assert!(attempts.iter().all(
+            |a| a.kind == SpanKind::Client as i32 && a.parent_span_id == 0x11u64.to_be_bytes()
+        ));
+        let failed = attempts[0].status.as_ref().unwrap();
+        assert_eq!(
+            (failed.code, failed.message.as_str()),
+            (StatusCode::Error as i32, "connection reset")
+        );
+        assert_eq!(attempts[1].span_id, a2.to_be_bytes());
+        assert_eq!(
+            attr(&attempts[1].attributes, "drover.attempt"),
+            Some(&any_value::Value::IntValue(2))
+        );
+        assert_eq!(
+            attr(&attempts[1].attributes, "drover.retry"),
+            Some(&any_value::Value::BoolValue(true))
+        );
+        assert_eq!(
+            attr(&attempts[1].attributes, "http.response.status_code"),
+            Some(&any_value::Value::IntValue(200))
+        );
+
+        // The second request of the batch: a continued trace that failed with a 5xx.
+        let cont = spans
+            .iter()
+            .find(|s| s.trace_id == 0xdefu128.to_be_bytes())
+            .unwrap();
+        assert_eq!(cont.parent_span_id, 0x44u64.to_be_bytes());
+        let st = cont.status.as_ref().unwrap();
+        assert_eq!(
+            (st.code, st.message.as_str()),
+            (StatusCode::Error as i32, "status 503")
+        );
     }
 }
