@@ -520,16 +520,19 @@ pub enum Force {
     Reset,
 }
 
+/// A breaker action drover does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an action; accepted: open, close, reset")]
+pub struct UnknownAction(pub String);
+
 impl std::str::FromStr for Force {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownAction;
+    fn from_str(s: &str) -> Result<Self, UnknownAction> {
         match s {
             "open" => Ok(Force::Open),
             "close" => Ok(Force::Close),
             "reset" => Ok(Force::Reset),
-            _ => Err(format!(
-                "`{s}` is not an action; accepted: open, close, reset"
-            )),
+            _ => Err(UnknownAction(s.to_string())),
         }
     }
 }
