@@ -66,8 +66,50 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             eprintln!("drover: {e}");
-            ExitCode::FAILURE
+            e.exit_code()
         }
+    }
+}
+
+/// Why drover did not start (or stopped early). `main` logs it, prints it as
+/// `drover: <message>` and exits with [`StartError::exit_code`]; a config file that
+/// does not load is reported before this (every problem in it, exit status 1).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("runtime_dir: {0}")]
+    RuntimeDir(#[source] drover::private_fs::PrivateFsError),
+    #[error("--upgrade: {0}")]
+    Upgrade(#[source] pidfile::PidFileError),
+    #[error("cannot listen on admin.listen {addr}: {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on tls.listen {addr}: {source}")]
+    TlsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("sessions: {0}")]
+    Sessions(#[source] drover::sessions::StartError),
+    #[error("cannot start control thread: {0}")]
+    Control(#[source] control::StartError),
+    #[error("tls.listen {addr}: {source}")]
+    TlsSettings {
+        addr: std::net::SocketAddr,
+        source: Box<pingora_core::Error>,
+    },
+}
+
+impl StartError {
+    /// Every start failure exits with status 1, like an invalid config file.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::FAILURE
     }
 }
 
@@ -166,26 +208,32 @@ fn init_logging(cfg: &Config) {
     let _ = b.try_init();
 }
 
-fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
+fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), StartError> {
     raise_fd_limit();
-    drover::private_fs::prepare_dir(&cfg.runtime_dir).map_err(|e| format!("runtime_dir: {e}"))?;
+    drover::private_fs::prepare_dir(&cfg.runtime_dir).map_err(StartError::RuntimeDir)?;
     let pid_file = cfg.runtime_dir.join("drover.pid");
     let (admin, old_pid) = if upgrade {
-        let old = pidfile::running_drover(&pid_file).map_err(|e| format!("--upgrade: {e}"))?;
+        let old = pidfile::running_drover(&pid_file).map_err(StartError::Upgrade)?;
         (control::AdminBind::Later(cfg.admin.listen), Some(old))
     } else {
         // Bind-check both addresses first so a taken port is a clear error, not a panic
         // deep inside Pingora after workers were already forked.
-        let admin = std::net::TcpListener::bind(cfg.admin.listen)
-            .map_err(|e| format!("cannot listen on admin.listen {}: {e}", cfg.admin.listen))?;
+        let admin = std::net::TcpListener::bind(cfg.admin.listen).map_err(|source| {
+            StartError::AdminListen {
+                addr: cfg.admin.listen,
+                source,
+            }
+        })?;
         drop(
-            std::net::TcpListener::bind(cfg.listen)
-                .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?,
+            std::net::TcpListener::bind(cfg.listen).map_err(|source| StartError::Listen {
+                addr: cfg.listen,
+                source,
+            })?,
         );
-        for a in &cfg.tls.listen {
+        for &addr in &cfg.tls.listen {
             drop(
-                std::net::TcpListener::bind(a)
-                    .map_err(|e| format!("cannot listen on tls.listen {a}: {e}"))?,
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| StartError::TlsListen { addr, source })?,
             );
         }
         (control::AdminBind::Bound(admin), None)
@@ -219,7 +267,7 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
             &cfg.runtime_dir,
             &shared.metrics.registry,
         )
-        .map_err(|e| format!("sessions: {e}"))?;
+        .map_err(StartError::Sessions)?;
         let _ = shared.sessions.set(Arc::new(svc));
     }
     if old_pid.is_some() {
@@ -228,8 +276,8 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
         }
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(ShutdownKind::None);
-    let control = control::start(shared.clone(), admin, shutdown_rx)
-        .map_err(|e| format!("cannot start control thread: {e}"))?;
+    let control =
+        control::start(shared.clone(), admin, shutdown_rx).map_err(StartError::Control)?;
 
     let opt = old_pid.map(|old| {
         take_over_from(&shared, old);
@@ -263,9 +311,9 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     );
     // HTTPS listeners keep Pingora's default L4 buffers: rustls reads TLS records
     // through them.
-    for addr in &tls_listen {
+    for &addr in &tls_listen {
         let settings = drover::proxy::h2::tls_settings(&shared)
-            .map_err(|e| format!("tls.listen {addr}: {e}"))?;
+            .map_err(|source| StartError::TlsSettings { addr, source })?;
         proxy.add_tls_with_settings(&addr.to_string(), None, settings);
         log::info!("listening for HTTPS on {addr}");
     }

@@ -17,13 +17,12 @@
 //! Handlers that read JSON also require `Content-Type: application/json` ([`json_body`]).
 
 use super::auth;
+use super::error::AdminError;
 use super::AdminState;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use axum::response::Response;
 use std::net::{IpAddr, SocketAddr};
 
 /// What a request needs.
@@ -121,19 +120,6 @@ pub fn cross_site(method: &Method, headers: &HeaderMap) -> Option<String> {
     None
 }
 
-fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "ok": false, "error": msg.into() }))).into_response()
-}
-
-fn unauthorized(why: &str) -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [("www-authenticate", "Bearer")],
-        Json(json!({ "ok": false, "error": why })),
-    )
-        .into_response()
-}
-
 fn is_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
@@ -141,7 +127,11 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 }
 
 /// The middleware: see the module doc.
-pub async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+pub async fn guard(
+    State(s): State<AdminState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, AdminError> {
     let cfg = s.shared.config();
     let admin = &cfg.admin;
     let headers = req.headers();
@@ -149,28 +139,19 @@ pub async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Res
         let text = host.to_str().unwrap_or("");
         if !host_allowed(text, admin.listen, &admin.allowed_hosts) {
             s.refused("host");
-            return refuse(
-                StatusCode::FORBIDDEN,
-                format!("Host `{text}` is not this admin listener; add the name to admin.allowed_hosts if it is"),
-            );
+            return Err(AdminError::Host(text.to_string()));
         }
     }
     if let Some(why) = cross_site(req.method(), headers) {
         s.refused("cross_site");
-        return refuse(StatusCode::FORBIDDEN, why);
+        return Err(AdminError::CrossSite(why));
     }
     let need = access(req.method(), req.uri().path());
     if need != Access::Open {
-        let token = match s.tokens.effective(admin.token.as_deref()) {
-            Ok(t) => t,
-            Err(e) => {
-                log::error!("{e}");
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no admin token available; see drover's log",
-                );
-            }
-        };
+        let token = s.tokens.effective(admin.token.as_deref()).map_err(|e| {
+            log::error!("{e}");
+            AdminError::NoToken
+        })?;
         if need == Access::Write || token.configured {
             let checked = if is_websocket(headers) {
                 auth::check_ws(&token.token, headers)
@@ -179,19 +160,15 @@ pub async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Res
             };
             if let Err(why) = checked {
                 s.refused("token");
-                return unauthorized(why);
+                return Err(AdminError::Unauthorized(why));
             }
         }
     }
     let limit = admin.request_timeout;
     drop(cfg);
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => refuse(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("request not completed within admin.request_timeout ({limit:?})"),
-        ),
-    }
+    tokio::time::timeout(limit, next.run(req))
+        .await
+        .map_err(|_| AdminError::Timeout(limit))
 }
 
 /// Why a JSON body was not accepted.
@@ -206,18 +183,8 @@ pub enum JsonBodyError {
     },
 }
 
-impl IntoResponse for JsonBodyError {
-    fn into_response(self) -> Response {
-        let status = match self {
-            JsonBodyError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            JsonBodyError::Malformed { .. } => StatusCode::BAD_REQUEST,
-        };
-        refuse(status, self.to_string())
-    }
-}
-
 /// Parses a JSON body, requiring `Content-Type: application/json` so that no "simple"
-/// cross-origin form or text POST can carry it (415 otherwise).
+/// cross-origin form or text POST can carry it (415 otherwise: `AdminError::status`).
 pub fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],

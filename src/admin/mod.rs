@@ -17,9 +17,11 @@
 //!
 //! Every request first passes `guard.rs` (Host, cross-site, token; see `auth.rs` for
 //! which endpoints need the token), and the listener caps connections and times out
-//! slow or idle clients (`server.rs`).
+//! slow or idle clients (`server.rs`). Refusals and failures are `error::AdminError`,
+//! which alone decides their HTTP status.
 
 pub mod auth;
+pub mod error;
 pub mod guard;
 pub mod observe;
 mod operations;
@@ -36,6 +38,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use error::AdminError;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -235,15 +238,9 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn reload_config(State(s): State<AdminState>) -> Response {
-    match reload::reload(&s.shared, &s.supervisor) {
-        Ok(version) => Json(json!({ "ok": true, "config_version": version })).into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "ok": false, "error": e })),
-        )
-            .into_response(),
-    }
+async fn reload_config(State(s): State<AdminState>) -> Result<Response, AdminError> {
+    let version = reload::reload(&s.shared, &s.supervisor)?;
+    Ok(Json(json!({ "ok": true, "config_version": version })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -255,64 +252,39 @@ async fn set_strategy(
     State(s): State<AdminState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let requested: Result<String, String> = match guard::json_body::<StrategyRequest>(
+) -> Result<Response, AdminError> {
+    let req = guard::json_body::<StrategyRequest>(
         &headers,
         &body,
         r#"{"strategy": "least_connections"}"#,
-    ) {
-        Ok(req) => Ok(req.strategy),
-        Err(e) => return e.into_response(),
-    };
+    )?;
     let before = s.shared.pool.strategy();
-    let result = requested.and_then(|name| {
-        if name == "auto" {
-            s.shared.auto_strategy.store(true, Ordering::Relaxed);
-            Ok("auto".to_string())
-        } else {
-            let kind = name
-                .parse::<StrategyKind>()
-                .map_err(|e| format!("{e}, auto"))?;
-            // An explicit choice overrides auto until the file's choice changes.
-            s.shared.auto_strategy.store(false, Ordering::Relaxed);
-            s.shared.pool.set_strategy(kind);
-            Ok(kind.as_str().to_string())
-        }
-    });
-    match result {
-        Ok(now) => {
-            log::info!("admin: strategy {before} -> {now}");
-            Json(json!({ "ok": true, "strategy": now, "previous": before.as_str() }))
-                .into_response()
-        }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "ok": false, "error": e })),
-        )
-            .into_response(),
-    }
+    let now = if req.strategy == "auto" {
+        s.shared.auto_strategy.store(true, Ordering::Relaxed);
+        "auto".to_string()
+    } else {
+        let kind = req.strategy.parse::<StrategyKind>()?;
+        // An explicit choice overrides auto until the file's choice changes.
+        s.shared.auto_strategy.store(false, Ordering::Relaxed);
+        s.shared.pool.set_strategy(kind);
+        kind.as_str().to_string()
+    };
+    log::info!("admin: strategy {before} -> {now}");
+    Ok(Json(json!({ "ok": true, "strategy": now, "previous": before.as_str() })).into_response())
 }
 
-async fn drain_worker(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<usize>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "ok": false, "error": "worker id must be a number" })),
-        )
-            .into_response();
-    };
-    if s.supervisor.recycle(id) {
-        log::info!("admin: draining worker-{id}; a fresh worker replaces it");
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "ok": true, "worker": id })),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "ok": false, "error": format!("no worker {id}") })),
-        )
-            .into_response()
+async fn drain_worker(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    let id = id.parse::<usize>().map_err(|_| AdminError::WorkerId)?;
+    if !s.supervisor.recycle(id) {
+        return Err(AdminError::NoWorker(id));
     }
+    log::info!("admin: draining worker-{id}; a fresh worker replaces it");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "ok": true, "worker": id })),
+    )
+        .into_response())
 }

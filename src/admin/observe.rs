@@ -14,11 +14,11 @@
 //! - `GET /api/capacity[?target_rps=R&target_p99=250ms]`: sustainable rate, headroom
 //!   and the workers needed for a target rate and p99 (`observe::capacity`).
 
+use super::error::AdminError;
 use super::AdminState;
-use crate::config::parse_duration;
+use crate::config::{parse_duration, DurationError};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -74,32 +74,26 @@ struct CapacityQuery {
     target_p99: Option<String>,
 }
 
-async fn capacity(State(s): State<AdminState>, Query(q): Query<CapacityQuery>) -> Response {
-    let p99 =
-        match q.target_p99.as_deref().map(parse_duration) {
-            None => None,
-            Some(Ok(d)) if d >= Duration::from_millis(1) => Some(d),
-            Some(_) => return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": "target_p99 must be a duration of at least 1ms, e.g. 250ms"})),
-            )
-                .into_response(),
-        };
+async fn capacity(
+    State(s): State<AdminState>,
+    Query(q): Query<CapacityQuery>,
+) -> Result<Response, AdminError> {
+    let p99 = match q.target_p99.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) if d >= Duration::from_millis(1) => Some(d),
+        Some(_) => return Err(AdminError::TargetP99),
+    };
     if q.target_rps
         .is_some_and(|r| !r.is_finite() || !(0.0..=1e9).contains(&r))
     {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "target_rps must be between 0 and 1e9"})),
-        )
-            .into_response();
+        return Err(AdminError::TargetRps);
     }
-    Json(
+    Ok(Json(
         s.shared
             .observe
             .capacity_estimate(&s.shared, q.target_rps, p99),
     )
-    .into_response()
+    .into_response())
 }
 
 async fn live(State(s): State<AdminState>) -> Response {
@@ -115,7 +109,7 @@ impl Drop for Subscriber {
     }
 }
 
-async fn stream(State(s): State<AdminState>, ws: WebSocketUpgrade) -> Response {
+async fn stream(State(s): State<AdminState>, ws: WebSocketUpgrade) -> Result<Response, AdminError> {
     let cap = s.shared.config().admin.max_stream_subscribers;
     let taken = s
         .subscribers
@@ -124,15 +118,12 @@ async fn stream(State(s): State<AdminState>, ws: WebSocketUpgrade) -> Response {
         });
     if taken.is_err() {
         s.refused("subscriber_cap");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ok": false, "error": format!("{cap} stream subscribers already (admin.max_stream_subscribers); poll /api/live instead") })),
-        )
-            .into_response();
+        return Err(AdminError::Subscribers(cap));
     }
     let place = Subscriber(s.subscribers.clone());
-    ws.protocols([super::auth::WS_PROTOCOL])
-        .on_upgrade(move |socket| push_snapshots(s, socket, place))
+    Ok(ws
+        .protocols([super::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| push_snapshots(s, socket, place)))
 }
 
 /// Sends the snapshot at once, then every second, until the client goes away.
@@ -162,15 +153,10 @@ struct HistoryQuery {
     backend: Option<String>,
 }
 
-fn bad_request(msg: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "ok": false, "error": msg })),
-    )
-        .into_response()
-}
-
-async fn history(State(s): State<AdminState>, Query(q): Query<HistoryQuery>) -> Response {
+async fn history(
+    State(s): State<AdminState>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, AdminError> {
     let h = s
         .shared
         .observe
@@ -179,14 +165,17 @@ async fn history(State(s): State<AdminState>, Query(q): Query<HistoryQuery>) -> 
         .unwrap_or_else(|p| p.into_inner());
     let Some(metric) = q.metric else {
         let names: Vec<&str> = h.names().collect();
-        return Json(json!({ "metrics": names })).into_response();
+        return Ok(Json(json!({ "metrics": names })).into_response());
     };
-    let range = match q.range.as_deref().map(parse_range).transpose() {
-        Ok(r) => r.unwrap_or(Duration::from_secs(900)),
-        Err(e) => return bad_request(format!("range: {e}")),
-    };
+    let range = q
+        .range
+        .as_deref()
+        .map(parse_range)
+        .transpose()
+        .map_err(AdminError::Range)?
+        .unwrap_or(Duration::from_secs(900));
     if range.is_zero() || range > MAX_RANGE {
-        return bad_request("range: accepted: 1s to 7d (e.g. 15m, 6h, 7d)".into());
+        return Err(AdminError::RangeBounds);
     }
     let name = match &q.backend {
         Some(b) => format!("{metric}/{b}"),
@@ -194,24 +183,16 @@ async fn history(State(s): State<AdminState>, Query(q): Query<HistoryQuery>) -> 
     };
     let now = super::super::observe::events::unix_now() as u64;
     match h.query(&name, now, range.as_secs().max(1)) {
-        Some(points) => Json(points).into_response(),
-        None => {
-            let names: Vec<&str> = h.names().collect();
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({
-                    "ok": false,
-                    "error": format!("no series `{name}`; per-backend series take `backend=`"),
-                    "metrics": names,
-                })),
-            )
-                .into_response()
-        }
+        Some(points) => Ok(Json(points).into_response()),
+        None => Err(AdminError::NoSeries {
+            name,
+            metrics: h.names().map(String::from).collect(),
+        }),
     }
 }
 
 /// A config duration (`90s`, `15m`, `6h`) or whole days (`7d`).
-fn parse_range(text: &str) -> Result<Duration, String> {
+fn parse_range(text: &str) -> Result<Duration, DurationError> {
     match text.strip_suffix('d').map(str::parse::<u64>) {
         Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
         _ => parse_duration(text),

@@ -13,8 +13,10 @@
 //! Operations run in the background and answer 202 at once; progress is in
 //! `/api/status` under `deploy`. A second operation while one runs gets 409.
 
+use super::error::AdminError;
 use super::guard::json_body;
 use super::AdminState;
+use crate::supervisor::deploy::DeployError;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,30 +60,6 @@ struct DeployRequest {
     health_timeout: Option<String>,
 }
 
-fn forbidden(msg: impl Into<String>) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        Json(json!({ "ok": false, "error": msg.into() })),
-    )
-        .into_response()
-}
-
-fn bad(msg: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "ok": false, "error": msg.into() })),
-    )
-        .into_response()
-}
-
-fn busy() -> Response {
-    (
-        StatusCode::CONFLICT,
-        Json(json!({ "ok": false, "error": "another deploy, rollback or rolling restart is running" })),
-    )
-        .into_response()
-}
-
 fn accepted(kind: &str, version: &str) -> Response {
     (
         StatusCode::ACCEPTED,
@@ -90,50 +68,51 @@ fn accepted(kind: &str, version: &str) -> Response {
         .into_response()
 }
 
-fn timeout_of(s: &AdminState, text: Option<&str>) -> Result<Duration, String> {
+fn timeout_of(s: &AdminState, text: Option<&str>) -> Result<Duration, AdminError> {
     match text {
         None => Ok(s.shared.config().workers.health_timeout),
-        Some(t) => crate::config::parse_duration(t).map_err(|e| format!("health_timeout: {e}")),
+        Some(t) => crate::config::parse_duration(t).map_err(AdminError::HealthTimeout),
     }
+}
+
+fn not_busy(s: &AdminState) -> Result<(), AdminError> {
+    if s.supervisor.busy() {
+        return Err(DeployError::Busy.into());
+    }
+    Ok(())
 }
 
 pub async fn deploy(
     State(s): State<AdminState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Response, AdminError> {
     let req: DeployRequest = if body.is_empty() {
         DeployRequest::default()
     } else {
-        match json_body(
+        json_body(
             &headers,
             &body,
             r#"{"version": "v2", "command": ["/srv/app"], "env": {}}"#,
-        ) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        }
+        )?
     };
-    let timeout = match timeout_of(&s, req.health_timeout.as_deref()) {
-        Ok(t) => t,
-        Err(e) => return bad(e),
-    };
+    let timeout = timeout_of(&s, req.health_timeout.as_deref())?;
     let cfg = s.shared.config();
     let current = s.supervisor.image();
     let mut image = (*current).clone();
     if let Some(cmd) = req.command {
         let Some((program, args)) = cmd.split_first() else {
-            return bad("command must not be empty");
+            return Err(AdminError::EmptyCommand);
         };
         if program.trim().is_empty() {
-            return bad("command must not be empty");
+            return Err(AdminError::EmptyCommand);
         }
         image.program = crate::config::resolve_program(&s.shared.config_path, program);
         image.args = args.to_vec();
         let configured = image.program == cfg.workers.program && image.args == cfg.workers.args;
         if !configured && !cfg.admin.allow_deploy_command {
             log::warn!("admin: deploy refused: command differs from workers.command");
-            return forbidden("`command` differs from workers.command; deploy another program by changing workers.command and reloading, or set admin.allow_deploy_command: true");
+            return Err(AdminError::CommandNotAllowed);
         }
     }
     if let Some(env) = req.env {
@@ -145,7 +124,7 @@ pub async fn deploy(
             });
             if let Some(k) = loading {
                 log::warn!("admin: deploy refused: env sets {k}");
-                return forbidden(format!("`env` sets {k}, which can make workers run other code; set it in workers.env and reload, or set admin.allow_deploy_command: true"));
+                return Err(AdminError::EnvNotAllowed(k.clone()));
             }
         }
         image.env.extend(env);
@@ -153,49 +132,38 @@ pub async fn deploy(
     image.version = req
         .version
         .unwrap_or_else(|| format!("deploy-{}", s.shared.started.elapsed().as_secs()));
-    if s.supervisor.busy() {
-        return busy();
-    }
+    not_busy(&s)?;
     let version = image.version.clone();
     let sup = s.supervisor.clone();
     tokio::spawn(async move {
         let _ = sup.deploy(image, timeout).await;
     });
-    accepted("deploy", &version)
+    Ok(accepted("deploy", &version))
 }
 
-pub async fn rollback(State(s): State<AdminState>) -> Response {
-    let Some(previous) = s.supervisor.previous_image() else {
-        return (
-            StatusCode::CONFLICT,
-            Json(
-                json!({ "ok": false, "error": "nothing to roll back to: no deploy has completed" }),
-            ),
-        )
-            .into_response();
-    };
-    if s.supervisor.busy() {
-        return busy();
-    }
+pub async fn rollback(State(s): State<AdminState>) -> Result<Response, AdminError> {
+    let previous = s
+        .supervisor
+        .previous_image()
+        .ok_or(DeployError::NothingToRollBack)?;
+    not_busy(&s)?;
     let timeout = s.shared.config().workers.health_timeout;
     let sup = s.supervisor.clone();
     tokio::spawn(async move {
         let _ = sup.rollback(timeout).await;
     });
-    accepted("rollback", &previous.version)
+    Ok(accepted("rollback", &previous.version))
 }
 
-pub async fn restart(State(s): State<AdminState>) -> Response {
-    if s.supervisor.busy() {
-        return busy();
-    }
+pub async fn restart(State(s): State<AdminState>) -> Result<Response, AdminError> {
+    not_busy(&s)?;
     let timeout = s.shared.config().workers.health_timeout;
     let sup = s.supervisor.clone();
     let version = sup.image().version.clone();
     tokio::spawn(async move {
         let _ = sup.rolling_restart(None, timeout).await;
     });
-    accepted("rolling_restart", &version)
+    Ok(accepted("rolling_restart", &version))
 }
 
 pub async fn config(State(s): State<AdminState>) -> Response {

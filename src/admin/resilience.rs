@@ -10,6 +10,7 @@
 //!   them. `POST /api/chaos/workers/{id}/kill` SIGKILLs a worker (the supervisor
 //!   restarts it). Chaos endpoints need the token and `chaos.enabled: true`.
 
+use super::error::AdminError;
 use super::guard::json_body;
 use super::AdminState;
 use crate::resilience::breaker::{Breaker, Force};
@@ -30,10 +31,6 @@ pub fn router() -> Router<AdminState> {
         .route("/api/chaos", get(list_faults))
         .route("/api/chaos/faults", post(add_fault).delete(clear_faults))
         .route("/api/chaos/workers/{id}/kill", post(kill_worker))
-}
-
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "ok": false, "error": msg.into() }))).into_response()
 }
 
 pub(crate) fn describe(name: &str, scope: &str, b: &Breaker) -> Value {
@@ -99,11 +96,8 @@ async fn list_breakers(State(s): State<AdminState>) -> Json<Value> {
 async fn force_breaker(
     State(s): State<AdminState>,
     Path((name, action)): Path<(String, String)>,
-) -> Response {
-    let action = match action.parse::<Force>() {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+) -> Result<Response, AdminError> {
+    let action = action.parse::<Force>()?;
     let members = s.shared.pool.members();
     let done = if let Some(b) = members.iter().find(|b| *b.name == name) {
         b.breaker.force(action);
@@ -112,24 +106,18 @@ async fn force_breaker(
         b.force(action);
         describe(&name, "route", &b)
     } else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no breaker `{name}`; see GET /api/breakers"),
-        );
+        return Err(AdminError::NoBreaker(name));
     };
     s.shared.pool.refresh();
     log::warn!("admin: breaker {name}: {action:?}");
-    Json(json!({ "ok": true, "breaker": done })).into_response()
+    Ok(Json(json!({ "ok": true, "breaker": done })).into_response())
 }
 
-fn chaos_denied(s: &AdminState) -> Option<Response> {
+fn chaos_allowed(s: &AdminState) -> Result<(), AdminError> {
     if !s.shared.config().resilience.chaos_enabled {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "chaos is disabled; set `chaos.enabled: true` and reload",
-        ));
+        return Err(AdminError::ChaosDisabled);
     }
-    None
+    Ok(())
 }
 
 async fn list_faults(State(s): State<AdminState>) -> Json<Value> {
@@ -154,68 +142,48 @@ async fn add_fault(
     State(s): State<AdminState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = chaos_denied(&s) {
-        return r;
-    }
-    let spec: FaultSpec = match json_body(
+) -> Result<Response, AdminError> {
+    chaos_allowed(&s)?;
+    let spec: FaultSpec = json_body(
         &headers,
         &body,
         r#"{"target": {"worker": 0}, "kind": "error", "status": 500, "share": 0.5}"#,
-    ) {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    match s.shared.chaos.add(spec) {
-        Ok(id) => (StatusCode::CREATED, Json(json!({ "ok": true, "id": id }))).into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
-    }
+    )?;
+    let id = s.shared.chaos.add(spec)?;
+    Ok((StatusCode::CREATED, Json(json!({ "ok": true, "id": id }))).into_response())
 }
 
-async fn clear_faults(State(s): State<AdminState>) -> Response {
-    if let Some(r) = chaos_denied(&s) {
-        return r;
-    }
+async fn clear_faults(State(s): State<AdminState>) -> Result<Response, AdminError> {
+    chaos_allowed(&s)?;
     let n = s.shared.chaos.clear();
-    Json(json!({ "ok": true, "cleared": n })).into_response()
+    Ok(Json(json!({ "ok": true, "cleared": n })).into_response())
 }
 
-async fn kill_worker(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
-    if let Some(r) = chaos_denied(&s) {
-        return r;
-    }
-    let Ok(id) = id.parse::<usize>() else {
-        return error(StatusCode::BAD_REQUEST, "worker id must be a number");
-    };
+async fn kill_worker(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    chaos_allowed(&s)?;
+    let id = id.parse::<usize>().map_err(|_| AdminError::WorkerId)?;
     let pid = s
         .supervisor
         .status()
         .iter()
         .find(|w| w.id == id)
-        .and_then(|w| w.pid);
-    let Some(pid) = pid else {
-        return error(StatusCode::NOT_FOUND, format!("no running worker {id}"));
-    };
-    let Ok(raw) = i32::try_from(pid) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "pid out of range");
-    };
-    match nix::sys::signal::kill(
+        .and_then(|w| w.pid)
+        .ok_or(AdminError::NoRunningWorker(id))?;
+    let raw = i32::try_from(pid).map_err(|_| AdminError::PidOutOfRange)?;
+    nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(raw),
         nix::sys::signal::Signal::SIGKILL,
-    ) {
-        Ok(()) => {
-            s.shared
-                .metrics
-                .resilience
-                .chaos_injected
-                .with_label_values(&["kill", &format!("worker-{id}")])
-                .inc();
-            log::warn!(target: "chaos", "chaos: killed worker-{id} (pid {pid})");
-            Json(json!({ "ok": true, "worker": id, "pid": pid })).into_response()
-        }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("kill {pid}: {e}"),
-        ),
-    }
+    )
+    .map_err(|source| AdminError::Kill { pid, source })?;
+    s.shared
+        .metrics
+        .resilience
+        .chaos_injected
+        .with_label_values(&["kill", &format!("worker-{id}")])
+        .inc();
+    log::warn!(target: "chaos", "chaos: killed worker-{id} (pid {pid})");
+    Ok(Json(json!({ "ok": true, "worker": id, "pid": pid })).into_response())
 }

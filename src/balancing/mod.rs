@@ -74,16 +74,18 @@ impl fmt::Display for StrategyKind {
     }
 }
 
+/// A strategy name drover does not know; the message lists the accepted ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown strategy `{0}`; accepted: {names}", names = StrategyKind::ALL.map(StrategyKind::as_str).join(", "))]
+pub struct UnknownStrategy(pub String);
+
 impl FromStr for StrategyKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownStrategy;
+    fn from_str(s: &str) -> Result<Self, UnknownStrategy> {
         StrategyKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown strategy `{s}`; accepted: {}", names.join(", "))
-            })
+            .ok_or_else(|| UnknownStrategy(s.to_string()))
     }
 }
 
@@ -515,7 +517,7 @@ mod tests {
         for k in StrategyKind::ALL {
             assert_eq!(k.as_str().parse::<StrategyKind>().unwrap(), k);
         }
-        let e = "fastest".parse::<StrategyKind>().unwrap_err();
+        let e = "fastest".parse::<StrategyKind>().unwrap_err().to_string();
         assert!(
             e.contains("least_connections") && e.contains("consistent_hash"),
             "{e}"

@@ -20,34 +20,48 @@ impl Dur {
     }
 }
 
+/// Why a duration was not accepted (the text is quoted back to the operator).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` has no unit; write e.g. `250ms`, `15s`, `5m` or `1h`")]
+    NoUnit(String),
+    #[error("`{0}` does not start with a number")]
+    NotANumber(String),
+    #[error("unknown unit `{unit}` in `{text}`; accepted units: ms, s, m, h")]
+    UnknownUnit { unit: String, text: String },
+    #[error("`{0}` is out of range (0 to 365 days)")]
+    OutOfRange(String),
+}
+
 /// Parses `<number><unit>` where unit is one of `ms`, `s`, `m`, `h`. Fractions are allowed
 /// (`1.5s`). A bare `0` is accepted as zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     if t == "0" {
         return Ok(Duration::ZERO);
     }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{t}` has no unit; write e.g. `250ms`, `15s`, `5m` or `1h`"))?;
+        .ok_or_else(|| DurationError::NoUnit(t.to_string()))?;
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
-        .map_err(|_| format!("`{t}` does not start with a number"))?;
+        .map_err(|_| DurationError::NotANumber(t.to_string()))?;
     let scale = match unit {
         "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
         other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{t}`; accepted units: ms, s, m, h"
-            ))
+            return Err(DurationError::UnknownUnit {
+                unit: other.to_string(),
+                text: t.to_string(),
+            })
         }
     };
     let secs = value * scale;
     if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
-        return Err(format!("`{t}` is out of range (0 to 365 days)"));
+        return Err(DurationError::OutOfRange(t.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -121,11 +135,18 @@ mod tests {
 
     #[test]
     fn rejects_missing_or_unknown_units() {
-        assert!(parse_duration("15").unwrap_err().contains("no unit"));
-        assert!(parse_duration("15d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("15")
+            .unwrap_err()
+            .to_string()
+            .contains("no unit"));
+        assert!(parse_duration("15d")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("99999999h")
             .unwrap_err()
+            .to_string()
             .contains("out of range"));
     }
 

@@ -16,14 +16,14 @@ pub mod tls;
 mod validate;
 
 pub use autoscale::*;
-pub use duration::{parse_duration, Dur};
+pub use duration::{parse_duration, Dur, DurationError};
 pub use edge::*;
 pub use error::{locate, ConfigError, ConfigIssue};
 pub use file::*;
 pub use redis::{RedisConfig, RedisTls, RedisTopology};
 pub use resilience_file::*;
 pub use sessions::*;
-pub use tls::{Http2Config, Link, Protocol, TlsConfig, UpstreamTls};
+pub use tls::{Http2Config, Link, Protocol, TlsConfig, UnknownProtocol, UpstreamTls};
 pub use validate::*;
 
 use std::path::Path;

@@ -420,13 +420,27 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Why a webhook or collector URL was not accepted. The URL is kept as shown to the
+/// operator, without the credential receivers often carry in the path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookUrlError {
+    #[error("`{shown}` must start with http:// (use a local relay for HTTPS receivers)")]
+    NotHttp { shown: String },
+    #[error("`{port}` is not a port in `{shown}`")]
+    BadPort { port: String, shown: String },
+    #[error("`{shown}` has no valid host")]
+    NoHost { shown: String },
+    #[error("`{shown}` has an invalid path")]
+    BadPath { shown: String },
+}
+
 /// Parses `http://host:port/path`.
-pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
+pub fn parse_webhook(url: &str) -> Result<WebhookTarget, WebhookUrlError> {
     // Receivers often carry a credential in the path: errors show the URL without it.
-    let shown = crate::redact::url_path(url);
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{shown}` must start with http:// (use a local relay for HTTPS receivers)")
-    })?;
+    let shown = || crate::redact::url_path(url);
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| WebhookUrlError::NotHttp { shown: shown() })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -434,16 +448,18 @@ pub fn parse_webhook(url: &str) -> Result<WebhookTarget, String> {
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (
             h,
-            p.parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a port in `{shown}`"))?,
+            p.parse::<u16>().map_err(|_| WebhookUrlError::BadPort {
+                port: p.to_string(),
+                shown: shown(),
+            })?,
         ),
         None => (authority, 80),
     };
     if host.is_empty() || host.contains(['@', ' ']) {
-        return Err(format!("`{shown}` has no valid host"));
+        return Err(WebhookUrlError::NoHost { shown: shown() });
     }
     if path.contains([' ', '\r', '\n']) {
-        return Err(format!("`{shown}` has an invalid path"));
+        return Err(WebhookUrlError::BadPath { shown: shown() });
     }
     Ok(WebhookTarget {
         url: url.to_string(),
@@ -467,7 +483,7 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         Some(url) => match parse_webhook(url) {
             Ok(t) => Some(t),
             Err(e) => {
-                fail("observability.alerts.webhook".into(), e);
+                fail("observability.alerts.webhook".into(), e.to_string());
                 None
             }
         },
@@ -518,7 +534,7 @@ pub fn validate(file: &ObservabilityFile, issues: &mut Vec<ConfigIssue>) -> Obse
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
-            fail("observability.tracing.endpoint".into(), e);
+            fail("observability.tracing.endpoint".into(), e.to_string());
             None
         }
     };

@@ -259,10 +259,21 @@ fn issue(field: &str, message: impl Into<String>) -> ConfigIssue {
     }
 }
 
+/// Why a `host:port` was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPortError {
+    #[error("`{0}` is not `host:port`")]
+    NotHostPort(String),
+    #[error("`{0}`: write an IPv6 address as `[addr]:port`")]
+    UnbracketedIpv6(String),
+    #[error("`{text}`: `{port}` is not a port")]
+    BadPort { text: String, port: String },
+}
+
 /// `host:port` (IPv6 in brackets), with `default_port` when the port is left out.
-pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), HostPortError> {
     let t = text.trim();
-    let bad = || format!("`{t}` is not `host:port`");
+    let bad = || HostPortError::NotHostPort(t.to_string());
     if t.is_empty() || t.contains("://") || t.contains(['/', '@', ' ']) {
         return Err(bad());
     }
@@ -276,7 +287,7 @@ pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String>
     } else {
         match t.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => (h, Some(p)),
-            Some(_) => return Err(format!("`{t}`: write an IPv6 address as `[addr]:port`")),
+            Some(_) => return Err(HostPortError::UnbracketedIpv6(t.to_string())),
             None => (t, None),
         }
     };
@@ -284,11 +295,15 @@ pub fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String>
         return Err(bad());
     }
     let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("`{t}`: `{p}` is not a port"))?,
+        Some(p) => {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| HostPortError::BadPort {
+                    text: t.to_string(),
+                    port: p.to_string(),
+                })?
+        }
         None => default_port,
     };
     Ok((host.to_string(), port))
@@ -310,7 +325,7 @@ fn nodes(
         .filter_map(|n| match host_port(n, default_port) {
             Ok(hp) => Some(hp),
             Err(e) => {
-                issues.push(issue(field, e));
+                issues.push(issue(field, e.to_string()));
                 None
             }
         })
@@ -321,7 +336,7 @@ fn first_line(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Option
     match super::validate::read_secret_file(path) {
         Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
         Err(e) => {
-            issues.push(issue(field, e));
+            issues.push(issue(field, e.to_string()));
             None
         }
     }
@@ -348,17 +363,32 @@ fn password(
     }
 }
 
+/// Why a public PEM file was not read.
+#[derive(Debug, thiserror::Error)]
+enum PemFileError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a regular file of at most 1 MiB", path.display())]
+    NotARegularFile { path: PathBuf },
+}
+
 /// A public PEM file (CA, certificate): any readable regular file up to 1 MiB.
 fn public_pem(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Option<Vec<u8>> {
-    let read = || -> Result<Vec<u8>, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let io = |source| PemFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let read = || -> Result<Vec<u8>, PemFileError> {
+        let meta = std::fs::metadata(path).map_err(io)?;
         if !meta.is_file() || meta.len() > PEM_CAP {
-            return Err(format!(
-                "{}: not a regular file of at most 1 MiB",
-                path.display()
-            ));
+            return Err(PemFileError::NotARegularFile {
+                path: path.to_path_buf(),
+            });
         }
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::read(path).map_err(io)
     };
     match read() {
         Ok(b) if String::from_utf8_lossy(&b).contains("-----BEGIN") => Some(b),
@@ -367,7 +397,7 @@ fn public_pem(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Option
             None
         }
         Err(e) => {
-            issues.push(issue(field, e));
+            issues.push(issue(field, e.to_string()));
             None
         }
     }
@@ -498,7 +528,7 @@ pub fn validate_redis(
                 let key = match super::validate::read_secret_file(&resolve(k)) {
                     Ok(t) => Some(t.into_bytes()),
                     Err(e) => {
-                        issues_here.push(issue("sessions.redis.tls.key_file", e));
+                        issues_here.push(issue("sessions.redis.tls.key_file", e.to_string()));
                         None
                     }
                 };

@@ -278,7 +278,7 @@ fn read_lines(path: &Path, field: &str, issues: &mut Vec<ConfigIssue>) -> Vec<St
             .map(String::from)
             .collect(),
         Err(e) => {
-            issues.push(issue(field, e));
+            issues.push(issue(field, e.to_string()));
             Vec::new()
         }
     }

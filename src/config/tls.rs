@@ -283,16 +283,19 @@ pub enum Protocol {
     H2,
 }
 
+/// A `protocol` value drover does not speak.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a protocol; accepted: http1, h2c (HTTP/2 in cleartext, e.g. gRPC workers), h2 (HTTP/2 over TLS)")]
+pub struct UnknownProtocol(pub String);
+
 impl std::str::FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownProtocol;
+    fn from_str(s: &str) -> Result<Self, UnknownProtocol> {
         match s {
             "http1" | "" => Ok(Protocol::Http1),
             "h2c" => Ok(Protocol::H2c),
             "h2" => Ok(Protocol::H2),
-            other => Err(format!(
-                "`{other}` is not a protocol; accepted: http1, h2c (HTTP/2 in cleartext, e.g. gRPC workers), h2 (HTTP/2 over TLS)"
-            )),
+            other => Err(UnknownProtocol(other.to_string())),
         }
     }
 }

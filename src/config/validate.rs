@@ -194,9 +194,18 @@ pub enum HashKey {
     Cookie(String),
 }
 
+/// Why `balancing.hash_key` was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashKeyError {
+    #[error("`{0}` is not a valid header name")]
+    HeaderName(String),
+    #[error("`{0}` is not a hash key; accepted: client_ip, path, header:NAME, cookie:NAME")]
+    Unknown(String),
+}
+
 impl std::str::FromStr for HashKey {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = HashKeyError;
+    fn from_str(s: &str) -> Result<Self, HashKeyError> {
         match s {
             "client_ip" => Ok(HashKey::ClientIp),
             "path" => Ok(HashKey::Path),
@@ -204,11 +213,11 @@ impl std::str::FromStr for HashKey {
                 if let Some(h) = s.strip_prefix("header:") {
                     http::HeaderName::from_bytes(h.as_bytes())
                         .map(HashKey::Header)
-                        .map_err(|_| format!("`{h}` is not a valid header name"))
+                        .map_err(|_| HashKeyError::HeaderName(h.to_string()))
                 } else if let Some(c) = s.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
                     Ok(HashKey::Cookie(c.to_string()))
                 } else {
-                    Err(format!("`{s}` is not a hash key; accepted: client_ip, path, header:NAME, cookie:NAME"))
+                    Err(HashKeyError::Unknown(s.to_string()))
                 }
             }
         }
@@ -342,7 +351,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         (None, Some(path)) => match read_secret_file(&relative_to(source, path)) {
             Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
             Err(e) => {
-                c.fail("admin.token_file", e);
+                c.fail("admin.token_file", e.to_string());
                 None
             }
         },
@@ -444,7 +453,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         }
         Ok(p) => p,
         Err(e) => {
-            c.fail("workers.protocol", e);
+            c.fail("workers.protocol", e.to_string());
             super::tls::Protocol::Http1
         }
     };
@@ -611,7 +620,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     let hash_key = match file.balancing.hash_key.parse::<HashKey>() {
         Ok(k) => k,
         Err(e) => {
-            c.fail("balancing.hash_key", e);
+            c.fail("balancing.hash_key", e.to_string());
             HashKey::ClientIp
         }
     };
@@ -905,7 +914,7 @@ fn upstream_link(
     let protocol = match u.protocol.parse::<Protocol>() {
         Ok(p) => p,
         Err(e) => {
-            fail(issues, "protocol", e);
+            fail(issues, "protocol", e.to_string());
             Protocol::Http1
         }
     };
@@ -977,9 +986,8 @@ pub const SECRET_FILE_CAP: u64 = 64 * 1024;
 /// Reads a secret file the config names. Like OpenSSH with its keys, drover refuses one
 /// that group or other users can read or that another user owns, saying how to fix it;
 /// links are followed (secret mounts are often links) and the target is checked.
-pub fn read_secret_file(path: &Path) -> Result<String, String> {
+pub fn read_secret_file(path: &Path) -> Result<String, crate::private_fs::PrivateFsError> {
     crate::private_fs::read_private_text(path, SECRET_FILE_CAP, crate::private_fs::Links::Follow)
-        .map_err(|e| e.to_string())
 }
 
 /// `runtime_dir` when the file sets none: `$DROVER_RUNTIME_DIR` (the systemd unit points

@@ -121,12 +121,31 @@ pub enum AdminBind {
     Later(std::net::SocketAddr),
 }
 
+/// Why the control thread did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot build control runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot handle SIGHUP: {0}")]
+    Sighup(#[source] std::io::Error),
+    #[error("cannot handle SIGUSR1: {0}")]
+    Sigusr1(#[source] std::io::Error),
+    #[error("admin listener: {0}")]
+    AdminListener(#[source] std::io::Error),
+    #[error(transparent)]
+    AdminToken(#[from] admin::auth::TokenError),
+    #[error("control thread died during start")]
+    Died,
+}
+
 pub fn start(
     shared: Arc<Shared>,
     admin_listener: AdminBind,
     shutdown: watch::Receiver<ShutdownKind>,
-) -> std::io::Result<ControlHandle> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+) -> Result<ControlHandle, StartError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let thread = std::thread::Builder::new()
         .name("drover-control".into())
         .spawn(move || {
@@ -136,16 +155,17 @@ pub fn start(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("cannot build control runtime: {e}")));
+                    let _ = ready_tx.send(Err(StartError::Runtime(e)));
                     return;
                 }
             };
             rt.block_on(run(shared, admin_listener, shutdown, ready_tx));
-        })?;
+        })
+        .map_err(StartError::Spawn)?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(ControlHandle { thread }),
-        Ok(Err(e)) => Err(std::io::Error::other(e)),
-        Err(_) => Err(std::io::Error::other("control thread died during start")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StartError::Died),
     }
 }
 
@@ -153,12 +173,12 @@ async fn run(
     shared: Arc<Shared>,
     admin_listener: AdminBind,
     mut shutdown: watch::Receiver<ShutdownKind>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot handle SIGHUP: {e}")));
+            let _ = ready.send(Err(StartError::Sighup(e)));
             return;
         }
     };
@@ -166,7 +186,7 @@ async fn run(
     let mut usr1 = match signal(SignalKind::user_defined1()) {
         Ok(s) => s,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot handle SIGUSR1: {e}")));
+            let _ = ready.send(Err(StartError::Sigusr1(e)));
             return;
         }
     };
@@ -178,7 +198,7 @@ async fn run(
             {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    let _ = ready.send(Err(format!("admin listener: {e}")));
+                    let _ = ready.send(Err(StartError::AdminListener(e)));
                     return;
                 }
             }
@@ -206,7 +226,7 @@ async fn run(
     let admin_state = AdminState::new(shared.clone(), supervisor.clone());
     // The admin token exists (and its place is logged) before anything can call in.
     if let Err(e) = admin_state.tokens.effective(cfg.admin.token.as_deref()) {
-        let _ = ready.send(Err(e.to_string()));
+        let _ = ready.send(Err(e.into()));
         return;
     }
     let admin_metrics = admin_state.metrics.clone();

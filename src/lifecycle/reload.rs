@@ -12,8 +12,11 @@ use crate::supervisor::Supervisor;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Returns the new config version, or why the file was rejected.
-pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64, String> {
+/// Returns the new config version, or why the file was rejected (every problem in it).
+pub fn reload(
+    shared: &Arc<Shared>,
+    supervisor: &Arc<Supervisor>,
+) -> Result<u64, config::ConfigError> {
     let mut new = match config::load(&shared.config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -23,7 +26,7 @@ pub fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>) -> Result<u64,
                 .with_label_values(&["invalid"])
                 .inc();
             log::error!("reload: keeping the running config; the new file is invalid:\n{e}");
-            return Err(e.to_string());
+            return Err(e);
         }
     };
     let old = shared.config();

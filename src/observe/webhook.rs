@@ -141,7 +141,7 @@ impl Sender {
                         delivered = true;
                         break;
                     }
-                    Ok(Err(e)) => last_err = e,
+                    Ok(Err(e)) => last_err = e.to_string(),
                     Err(_) => last_err = format!("timed out after {timeout:?}"),
                 }
                 log::warn!(
@@ -165,17 +165,40 @@ impl Sender {
     }
 }
 
+/// Why one delivery failed (logged with each attempt).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("write: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not an HTTP response: {0}")]
+    NotHttp(#[source] httparse::Error),
+    #[error("response head too large")]
+    HeadTooLarge,
+    #[error("connection closed before a status line")]
+    Closed,
+    #[error("status {0}")]
+    Status(u16),
+}
+
 /// One POST; Ok on a 2xx status.
-async fn post(t: &WebhookTarget, body: &str) -> Result<(), String> {
+async fn post(t: &WebhookTarget, body: &str) -> Result<(), DeliveryError> {
     post_bytes(t, "application/json", body.as_bytes()).await
 }
 
 /// One POST of `body` as `content_type` (one connection, `Connection: close`); Ok on a
 /// 2xx status. Shared with the OTLP exporter.
-pub async fn post_bytes(t: &WebhookTarget, content_type: &str, body: &[u8]) -> Result<(), String> {
+pub async fn post_bytes(
+    t: &WebhookTarget,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(), DeliveryError> {
     let mut s = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(DeliveryError::Connect)?;
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: drover\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         t.path,
@@ -186,19 +209,19 @@ pub async fn post_bytes(t: &WebhookTarget, content_type: &str, body: &[u8]) -> R
     );
     s.write_all(head.as_bytes())
         .await
-        .map_err(|e| format!("write: {e}"))?;
-    s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
+        .map_err(DeliveryError::Write)?;
+    s.write_all(body).await.map_err(DeliveryError::Write)?;
     let code = read_status(&mut s).await?;
     if (200..300).contains(&code) {
         Ok(())
     } else {
-        Err(format!("status {code}"))
+        Err(DeliveryError::Status(code))
     }
 }
 
 /// The status code of the answer, parsed by httparse as soon as the status line is in
 /// (the rest of the head and the body are not needed).
-async fn read_status(s: &mut tokio::net::TcpStream) -> Result<u16, String> {
+async fn read_status(s: &mut tokio::net::TcpStream) -> Result<u16, DeliveryError> {
     const MAX_HEAD: usize = 16 * 1024;
     let mut buf = Vec::with_capacity(512);
     loop {
@@ -209,17 +232,14 @@ async fn read_status(s: &mut tokio::net::TcpStream) -> Result<u16, String> {
             return Ok(code);
         }
         if let Err(e) = parsed {
-            return Err(format!("not an HTTP response: {e}"));
+            return Err(DeliveryError::NotHttp(e));
         }
         if buf.len() >= MAX_HEAD {
-            return Err("response head too large".into());
+            return Err(DeliveryError::HeadTooLarge);
         }
-        let n = s
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        let n = s.read_buf(&mut buf).await.map_err(DeliveryError::Read)?;
         if n == 0 {
-            return Err("connection closed before a status line".into());
+            return Err(DeliveryError::Closed);
         }
     }
 }

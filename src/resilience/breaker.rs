@@ -77,6 +77,17 @@ impl BreakerPolicy {
     }
 }
 
+/// The answer of [`Machine::acquire`] to a request that asks to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: the request goes as usual.
+    Allowed,
+    /// Half-open: the request goes as one of the probes whose outcomes decide.
+    Probe,
+    /// Open, or half-open with every probe place taken: the request does not go.
+    Rejected,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
     Closed,
@@ -407,18 +418,19 @@ impl Machine {
         None
     }
 
-    /// Asks to send a request. `Ok(true)` means it is a half-open probe.
-    pub fn acquire(&mut self, now: Instant) -> (Result<bool, ()>, Option<Transition>) {
+    /// Asks to send a request: whether it may go, and if so whether it is a half-open
+    /// probe.
+    pub fn acquire(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         let t = self.tick(now);
         let r = match self.state {
-            CircuitState::Closed => Ok(false),
-            CircuitState::Open => Err(()),
+            CircuitState::Closed => Admission::Allowed,
+            CircuitState::Open => Admission::Rejected,
             CircuitState::HalfOpen => {
                 if self.probes_inflight < self.policy.half_open_probes {
                     self.probes_inflight += 1;
-                    Ok(true)
+                    Admission::Probe
                 } else {
-                    Err(())
+                    Admission::Rejected
                 }
             }
         };
@@ -508,16 +520,19 @@ pub enum Force {
     Reset,
 }
 
+/// A breaker action drover does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an action; accepted: open, close, reset")]
+pub struct UnknownAction(pub String);
+
 impl std::str::FromStr for Force {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownAction;
+    fn from_str(s: &str) -> Result<Self, UnknownAction> {
         match s {
             "open" => Ok(Force::Open),
             "close" => Ok(Force::Close),
             "reset" => Ok(Force::Reset),
-            _ => Err(format!(
-                "`{s}` is not an action; accepted: open, close, reset"
-            )),
+            _ => Err(UnknownAction(s.to_string())),
         }
     }
 }
@@ -685,7 +700,12 @@ impl Breaker {
         let mut m = self.lock();
         let (r, t) = m.acquire(now);
         self.note(t);
-        r.ok().map(|probe| Permit {
+        let probe = match r {
+            Admission::Allowed => false,
+            Admission::Probe => true,
+            Admission::Rejected => return None,
+        };
+        Some(Permit {
             probe,
             settled: false,
         })
@@ -984,13 +1004,17 @@ mod tests {
                 open_for: 5 * S
             })
         );
-        assert_eq!(m.acquire(t0 + 4 * S).0, Err(()), "open refuses");
+        assert_eq!(m.acquire(t0 + 4 * S).0, Admission::Rejected, "open refuses");
         assert_eq!(m.open_remaining(t0 + 4 * S), Some(S));
         let t1 = t0 + 5 * S;
         let (r, t) = m.acquire(t1);
-        assert_eq!((r, t), (Ok(true), Some(Transition::HalfOpened)));
-        assert_eq!(m.acquire(t1).0, Ok(true));
-        assert_eq!(m.acquire(t1).0, Err(()), "third concurrent probe refused");
+        assert_eq!((r, t), (Admission::Probe, Some(Transition::HalfOpened)));
+        assert_eq!(m.acquire(t1).0, Admission::Probe);
+        assert_eq!(
+            m.acquire(t1).0,
+            Admission::Rejected,
+            "third concurrent probe refused"
+        );
         assert_eq!(m.on_probe(true, t1), None);
         assert_eq!(
             m.on_probe(true, t1),
@@ -1006,7 +1030,7 @@ mod tests {
         let mut m = Machine::new(policy());
         m.trip(TripReason::ConsecutiveFailures { failures: 3 }, t0);
         let t1 = t0 + 5 * S;
-        assert_eq!(m.acquire(t1).0, Ok(true));
+        assert_eq!(m.acquire(t1).0, Admission::Probe);
         assert_eq!(
             m.on_probe(false, t1),
             Some(Transition::Opened {
@@ -1016,7 +1040,7 @@ mod tests {
             })
         );
         let t2 = t1 + 10 * S;
-        assert_eq!(m.acquire(t2).0, Ok(true));
+        assert_eq!(m.acquire(t2).0, Admission::Probe);
         assert_eq!(
             m.on_probe(false, t2),
             Some(Transition::Opened {
@@ -1048,11 +1072,11 @@ mod tests {
         let mut m = Machine::new(policy());
         m.trip(TripReason::Forced, t0);
         let t1 = t0 + 5 * S;
-        assert_eq!(m.acquire(t1).0, Ok(true));
-        assert_eq!(m.acquire(t1).0, Ok(true));
-        assert_eq!(m.acquire(t1).0, Err(()));
+        assert_eq!(m.acquire(t1).0, Admission::Probe);
+        assert_eq!(m.acquire(t1).0, Admission::Probe);
+        assert_eq!(m.acquire(t1).0, Admission::Rejected);
         m.release_probe();
-        assert_eq!(m.acquire(t1).0, Ok(true));
+        assert_eq!(m.acquire(t1).0, Admission::Probe);
     }
 
     #[test]

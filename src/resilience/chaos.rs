@@ -105,27 +105,39 @@ pub struct Chaos {
     next_id: AtomicU64,
 }
 
+/// Why a fault was not installed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FaultError {
+    #[error("share {0} is out of range; accepted: >0 to 1")]
+    Share(f64),
+    #[error("latency ms must be 1 to 60000")]
+    LatencyMs,
+    #[error("error status must be 400 to 599")]
+    ErrorStatus,
+    #[error("duration_s must be >0 to 3600")]
+    Duration,
+    #[error("{MAX_FAULTS} faults installed already; delete some")]
+    TooMany,
+}
+
 impl FaultSpec {
     /// Checks the request; returns why it is refused.
-    pub fn validate(&self) -> Result<Duration, String> {
+    pub fn validate(&self) -> Result<Duration, FaultError> {
         if !(self.share > 0.0 && self.share <= 1.0) {
-            return Err(format!(
-                "share {} is out of range; accepted: >0 to 1",
-                self.share
-            ));
+            return Err(FaultError::Share(self.share));
         }
         match self.kind {
             FaultKind::Latency { ms } if ms == 0 || ms > 60_000 => {
-                return Err("latency ms must be 1 to 60000".into())
+                return Err(FaultError::LatencyMs)
             }
             FaultKind::Error { status } if !(400..=599).contains(&status) => {
-                return Err("error status must be 400 to 599".into())
+                return Err(FaultError::ErrorStatus)
             }
             _ => {}
         }
         let secs = self.duration_s.unwrap_or(60.0);
         if !(secs > 0.0 && secs <= 3600.0) {
-            return Err("duration_s must be >0 to 3600".into());
+            return Err(FaultError::Duration);
         }
         Ok(Duration::from_secs_f64(secs))
     }
@@ -133,7 +145,7 @@ impl FaultSpec {
 
 impl Chaos {
     /// Installs a fault; returns its id.
-    pub fn add(&self, spec: FaultSpec) -> Result<u64, String> {
+    pub fn add(&self, spec: FaultSpec) -> Result<u64, FaultError> {
         let duration = spec.validate()?;
         let now = Instant::now();
         let mut next: Vec<Fault> = self
@@ -144,9 +156,7 @@ impl Chaos {
             .cloned()
             .collect();
         if next.len() >= MAX_FAULTS {
-            return Err(format!(
-                "{MAX_FAULTS} faults installed already; delete some"
-            ));
+            return Err(FaultError::TooMany);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let label: Arc<str> = Arc::from(spec.target.label());
@@ -274,7 +284,8 @@ mod tests {
         }
         let e = c
             .add(spec(r#"{"target": "all", "kind": "reset", "share": 0.1}"#))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("installed already"), "{e}");
     }
 }

@@ -89,7 +89,7 @@ impl Classifier {
 
     /// Parses `failure_on` entries: `connect_error`, `timeout`, `reset`, a class `4xx` /
     /// `5xx`, or a status `429`. Returns the offending entry on error.
-    pub fn parse(items: &[String]) -> Result<Classifier, String> {
+    pub fn parse(items: &[String]) -> Result<Classifier, UnknownFailureKind> {
         let mut c = Classifier::none();
         for item in items {
             match item.as_str() {
@@ -131,8 +131,13 @@ impl Classifier {
     }
 }
 
-fn bad(item: &str) -> String {
-    format!("`{item}` is not a failure kind; accepted: connect_error, timeout, reset, 4xx, 5xx or a status 100-599")
+/// A `failure_on` entry drover does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a failure kind; accepted: connect_error, timeout, reset, 4xx, 5xx or a status 100-599")]
+pub struct UnknownFailureKind(pub String);
+
+fn bad(item: &str) -> UnknownFailureKind {
+    UnknownFailureKind(item.to_string())
 }
 
 #[cfg(test)]
@@ -164,7 +169,7 @@ mod tests {
     #[test]
     fn rejects_unknown_entries() {
         for bad in ["6xx", "x5x", "99", "600", "timeouts", ""] {
-            let e = Classifier::parse(&[bad.into()]).unwrap_err();
+            let e = Classifier::parse(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains("accepted"), "{e}");
         }
     }

@@ -117,7 +117,7 @@ pub fn breaker_policy(
     let failure_on = match Classifier::parse(&f.failure_on) {
         Ok(cl) => cl,
         Err(e) => {
-            c.fail(&format!("{field}.failure_on"), e);
+            c.fail(&format!("{field}.failure_on"), e.to_string());
             Classifier::default()
         }
     };
@@ -213,7 +213,7 @@ fn rate_limiter(
     let key = match f.key.parse::<LimitKey>() {
         Ok(k) => k,
         Err(e) => {
-            c.fail(&format!("{field}.key"), e);
+            c.fail(&format!("{field}.key"), e.to_string());
             LimitKey::ClientIp
         }
     };

@@ -35,12 +35,21 @@ pub enum LimitKey {
     All,
 }
 
+/// Why a rate-limit `key` was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitKeyError {
+    #[error("`{0}` is not a valid header name")]
+    HeaderName(String),
+    #[error("`{0}` is not a rate-limit key; accepted: client_ip, header:NAME, header:NAME+client_ip, all")]
+    Unknown(String),
+}
+
 impl std::str::FromStr for LimitKey {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = LimitKeyError;
+    fn from_str(s: &str) -> Result<Self, LimitKeyError> {
         let header = |h: &str| {
             http::HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| format!("`{h}` is not a valid header name"))
+                .map_err(|_| LimitKeyError::HeaderName(h.to_string()))
         };
         let combined = s
             .strip_suffix("+client_ip")
@@ -52,9 +61,7 @@ impl std::str::FromStr for LimitKey {
             _ => match (combined, s.strip_prefix("header:")) {
                 (Some(h), _) => header(h).map(LimitKey::HeaderAndClientIp),
                 (None, Some(h)) => header(h).map(LimitKey::Header),
-                (None, None) => Err(format!(
-                    "`{s}` is not a rate-limit key; accepted: client_ip, header:NAME, header:NAME+client_ip, all"
-                )),
+                (None, None) => Err(LimitKeyError::Unknown(s.to_string())),
             },
         }
     }

@@ -288,6 +288,18 @@ fn has_body(req: &RequestHeader) -> bool {
         || declared_body_len(req).is_some_and(|n| n > 0)
 }
 
+/// Why the session service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A generated key file (`session-secret`, `session-data-key`) could not be read or
+    /// created.
+    #[error(transparent)]
+    Key(#[from] keys::KeyFileError),
+    /// The Redis store's link could not be set up.
+    #[error(transparent)]
+    Redis(#[from] crate::redis_link::LinkError),
+}
+
 impl SessionService {
     /// Builds the service for `cfg` (generating keys into `runtime_dir` if none are
     /// configured) and loads the memory snapshot if there is one.
@@ -295,17 +307,17 @@ impl SessionService {
         cfg: &SessionsConfig,
         runtime_dir: &std::path::Path,
         registry: &prometheus::Registry,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let generated_secret = if cfg.secrets.is_empty() {
             let p = runtime_dir.join("session-secret");
-            let k = keys::load_or_create(&p).map_err(|e| e.to_string())?;
+            let k = keys::load_or_create(&p)?;
             Some(k.to_vec())
         } else {
             None
         };
         let generated_data_key = if cfg.encrypt && cfg.data_keys.is_empty() {
             let p = runtime_dir.join("session-data-key");
-            Some(keys::load_or_create(&p).map_err(|e| e.to_string())?)
+            Some(keys::load_or_create(&p)?)
         } else {
             None
         };
@@ -327,8 +339,7 @@ impl SessionService {
                 Backing::Memory(Arc::new(m))
             }
             StoreKind::Redis => {
-                let link =
-                    crate::redis_link::RedisLink::new(&cfg.redis).map_err(|e| e.to_string())?;
+                let link = crate::redis_link::RedisLink::new(&cfg.redis)?;
                 log::info!(
                     "sessions: Redis store ({}{})",
                     link.topology(),

@@ -30,6 +30,31 @@ pub struct DeployStatus {
     pub seconds: f64,
 }
 
+/// Why a deploy, rollback or rolling restart did not happen or was aborted (traffic then
+/// stays on the running workers).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeployError {
+    #[error("another deploy, rollback or rolling restart is running")]
+    Busy,
+    #[error("nothing to roll back to: no deploy has completed")]
+    NothingToRollBack,
+    #[error("worker-{id} ({version}) is crash-looping: {last_exit}")]
+    CrashLooping {
+        id: usize,
+        version: String,
+        last_exit: String,
+    },
+    #[error("{ready} of {total} new workers ({version}) passed health checks within {timeout:?}")]
+    Unhealthy {
+        ready: usize,
+        total: usize,
+        version: String,
+        timeout: Duration,
+    },
+    #[error("drover is shutting down")]
+    ShuttingDown,
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -67,7 +92,7 @@ impl Supervisor {
         ids: &[usize],
         image: Arc<WorkerImage>,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeployError> {
         // With fixed ports, successors alternate between two port ranges.
         let (count, offsets): (usize, Vec<u16>) = {
             let slots = self.slots();
@@ -88,7 +113,7 @@ impl Supervisor {
         let deadline = Instant::now() + timeout;
         loop {
             let mut ready = 0;
-            let mut failing: Option<String> = None;
+            let mut failing: Option<DeployError> = None;
             for (id, slot) in &fresh {
                 let st = slot
                     .status
@@ -96,11 +121,11 @@ impl Supervisor {
                     .map(|s| s.clone())
                     .unwrap_or_else(|p| p.into_inner().clone());
                 if st.crash_looping {
-                    failing = Some(format!(
-                        "worker-{id} ({}) is crash-looping: {}",
-                        image.version,
-                        st.last_exit.unwrap_or_default()
-                    ));
+                    failing = Some(DeployError::CrashLooping {
+                        id: *id,
+                        version: image.version.clone(),
+                        last_exit: st.last_exit.unwrap_or_default(),
+                    });
                 }
                 let healthy = st
                     .backend_id
@@ -114,13 +139,14 @@ impl Supervisor {
             let why = if let Some(f) = failing {
                 Some(f)
             } else if Instant::now() >= deadline {
-                Some(format!(
-                    "{ready} of {} new workers ({}) passed health checks within {timeout:?}",
-                    fresh.len(),
-                    image.version
-                ))
+                Some(DeployError::Unhealthy {
+                    ready,
+                    total: fresh.len(),
+                    version: image.version.clone(),
+                    timeout,
+                })
             } else if self.shared.is_shutting_down() {
-                Some("drover is shutting down".into())
+                Some(DeployError::ShuttingDown)
             } else {
                 None
             };
@@ -178,9 +204,9 @@ impl Supervisor {
         ids_of: impl Fn(usize) -> Vec<Vec<usize>>,
         image: Arc<WorkerImage>,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeployError> {
         let Ok(_op) = self.operation.try_lock() else {
-            return Err("another deploy, rollback or rolling restart is running".into());
+            return Err(DeployError::Busy);
         };
         let start = Instant::now();
         let previous = self.image();
@@ -233,7 +259,7 @@ impl Supervisor {
                 );
                 self.set_deploy(|d| {
                     d.state = "aborted";
-                    d.message = e.clone();
+                    d.message = e.to_string();
                     d.seconds = secs;
                 });
             }
@@ -248,7 +274,7 @@ impl Supervisor {
         self: &Arc<Self>,
         image: WorkerImage,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeployError> {
         self.run_operation(
             "deploy",
             |n| vec![(0..n).collect()],
@@ -259,9 +285,9 @@ impl Supervisor {
     }
 
     /// Blue-green back to the image that ran before the last successful deploy.
-    pub async fn rollback(self: &Arc<Self>, timeout: Duration) -> Result<(), String> {
+    pub async fn rollback(self: &Arc<Self>, timeout: Duration) -> Result<(), DeployError> {
         let Some(previous) = self.previous_image() else {
-            return Err("nothing to roll back to: no deploy has completed".into());
+            return Err(DeployError::NothingToRollBack);
         };
         self.run_operation("rollback", |n| vec![(0..n).collect()], previous, timeout)
             .await
@@ -274,7 +300,7 @@ impl Supervisor {
         self: &Arc<Self>,
         image: Option<WorkerImage>,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeployError> {
         let image = image.map(Arc::new).unwrap_or_else(|| self.image());
         self.run_operation(
             "rolling_restart",
