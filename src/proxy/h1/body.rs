@@ -67,7 +67,7 @@ impl BodyError {
 }
 
 async fn fill(io: &mut ClientStream, timeout: Duration) -> Result<(), BodyError> {
-    match pingora_timeout::timeout(timeout, io.fill()).await {
+    match io.fill_by(std::time::Instant::now() + timeout).await {
         Ok(Ok(n)) if n > 0 => Ok(()),
         Ok(_) => Err(BodyError::ClientGone),
         Err(_) => Err(BodyError::Timeout),

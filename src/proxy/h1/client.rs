@@ -13,6 +13,7 @@
 //! reading is dropped once no byte could be written for that long, freeing the request's
 //! backend slot (nginx's `send_timeout`).
 
+use super::deadline::{Deadline, Elapsed};
 use crate::wire::chunked::ChunkedScanner;
 use crate::wire::request::BodyFraming;
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -54,6 +55,8 @@ pub struct ClientStream {
     allowance: Allowance,
     send_timeout: Option<Duration>,
     send_timer: Option<Pin<Box<Sleep>>>,
+    /// The timer of this connection's read waits (`fill_by`), kept across requests.
+    read_deadline: Deadline,
     /// A byte of the next request arrived while Pingora polled for a client close; it is
     /// kept, and Pingora's further polls wait instead of reading on.
     idle_stashed: bool,
@@ -76,6 +79,7 @@ impl ClientStream {
             allowance: Allowance::Unlimited,
             send_timeout,
             send_timer: None,
+            read_deadline: Deadline::default(),
             idle_stashed: false,
         }
     }
@@ -91,9 +95,28 @@ impl ClientStream {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
+        self.read_deadline.release();
     }
 
-    /// Reads more bytes from the client into `buf`; `Ok(0)`: the client closed.
+    /// Reads more bytes from the client into `buf` until `deadline`, on the
+    /// connection's kept timer; `Ok(Ok(0))`: the client closed.
+    pub async fn fill_by(&mut self, deadline: Instant) -> Result<io::Result<usize>, Elapsed> {
+        let ClientStream {
+            inner,
+            buf,
+            read_deadline,
+            ..
+        } = self;
+        let fill = std::future::poll_fn(|cx| {
+            buf.reserve(READ_CHUNK);
+            tokio_util::io::poll_read_buf(Pin::new(&mut *inner), cx, &mut *buf)
+        });
+        read_deadline.run(deadline, fill).await
+    }
+
+    /// Reads more bytes from the client into `buf`; `Ok(0)`: the client closed. (The
+    /// engine reads with [`fill_by`](Self::fill_by), which has a deadline.)
+    #[cfg(test)]
     pub async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await
     }

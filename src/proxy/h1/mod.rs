@@ -17,6 +17,7 @@
 mod body;
 mod client;
 pub mod codec;
+mod deadline;
 mod pool;
 
 use crate::proxy::pingora_carrier::PingoraCarrier;
@@ -343,7 +344,7 @@ impl Conn<'_> {
                     let idle_since = Instant::now();
                     let first = settings.keepalive.min(IDLE_BUFFERS_KEPT);
                     let r = tokio::select! {
-                        r = pingora_timeout::timeout(first, io.fill()) => r,
+                        r = io.fill_by(idle_since + first) => r,
                         _ = shutdown.changed() => return ReadHead::Closed,
                     };
                     match r {
@@ -351,19 +352,15 @@ impl Conn<'_> {
                             io.release_buffer();
                             self.out = BytesMut::new();
                             self.fields = Vec::new();
-                            let left = settings.keepalive.saturating_sub(idle_since.elapsed());
                             tokio::select! {
-                                r = pingora_timeout::timeout(left, io.fill()) => r,
+                                r = io.fill_by(idle_since + settings.keepalive) => r,
                                 _ = shutdown.changed() => return ReadHead::Closed,
                             }
                         }
                         r => r,
                     }
                 }
-                Some(dl) => {
-                    let left = dl.saturating_duration_since(Instant::now());
-                    pingora_timeout::timeout(left, io.fill()).await
-                }
+                Some(dl) => io.fill_by(dl).await,
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -963,7 +960,7 @@ async fn connect(target: &Target) -> Result<pool::UpstreamConn, Box<Error>> {
     let addr = target.addr;
     let connecting = TcpStream::connect(addr);
     let stream = match target.connect_timeout {
-        Some(t) => match pingora_timeout::timeout(t, connecting).await {
+        Some(t) => match tokio::time::timeout(t, connecting).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(upstream(Error::explain(
@@ -1062,9 +1059,15 @@ async fn read_upstream(
     what: &'static str,
 ) -> Result<(), Box<Error>> {
     up.buf.reserve(want.max(pool::READ_CHUNK));
-    let read = up.stream.read_buf(&mut up.buf);
+    let pool::UpstreamConn {
+        stream,
+        buf,
+        read_deadline,
+        ..
+    } = up;
+    let read = stream.read_buf(buf);
     let n = match read_timeout {
-        Some(t) => match pingora_timeout::timeout(t, read).await {
+        Some(t) => match read_deadline.run(Instant::now() + t, read).await {
             Ok(r) => r,
             Err(_) => {
                 let e = Error::explain(ErrorType::ReadTimedout, format!("waiting for {what}"));

@@ -32,6 +32,8 @@ pub struct UpstreamConn {
     /// Bytes read from the worker and not yet forwarded.
     pub buf: BytesMut,
     idle_since: Instant,
+    /// The timer of this connection's response waits, kept while it is pooled.
+    pub read_deadline: super::deadline::Deadline,
 }
 
 impl UpstreamConn {
@@ -40,6 +42,7 @@ impl UpstreamConn {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
             idle_since: Instant::now(),
+            read_deadline: super::deadline::Deadline::default(),
         }
     }
 
