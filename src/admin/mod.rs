@@ -239,7 +239,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
 }
 
 async fn reload_config(State(s): State<AdminState>) -> Result<Response, AdminError> {
-    let version = reload::reload(&s.shared, &s.supervisor)?;
+    let version = reload::reload(&s.shared, &s.supervisor).await?;
     Ok(Json(json!({ "ok": true, "config_version": version })).into_response())
 }
 

@@ -334,7 +334,7 @@ async fn run(
         tokio::select! {
             _ = hup.recv() => {
                 log::info!("SIGHUP: reloading {}", shared.config_path.display());
-                let _ = reload::reload(&shared, &supervisor);
+                let _ = reload::reload(&shared, &supervisor).await;
             }
             _ = usr1.recv() => {
                 log::info!("SIGUSR1: reopening the access log");
