@@ -11,6 +11,7 @@
 //! - `supervisor`: forking, restarting, draining and scaling worker processes.
 //! - `observe`: metric names and registry, access log.
 //! - `admin`: the admin HTTP plane.
+//! - `in_flight`: the count of requests being proxied, owned by the data plane (leaf).
 //! - `lifecycle`: control thread, signals, reload, shutdown, pid file.
 //! - `private_fs`: the private runtime folder and the files drover reads and writes there.
 //! - `redact`: hiding secrets in what drover shows (admin API, logs).
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod balancing;
 pub mod config;
 pub mod health;
+pub mod in_flight;
 pub mod lifecycle;
 pub mod observe;
 pub mod private_fs;

@@ -7,6 +7,7 @@
 
 use crate::balancing::{Backend, Pool};
 use crate::config::{Config, StrategyChoice};
+use crate::in_flight::InFlight;
 use crate::observe::metrics::Metrics;
 use crate::resilience::breaker::{Breaker, BreakerPolicy};
 use arc_swap::ArcSwap;
@@ -23,6 +24,9 @@ pub struct Shared {
     pub version: AtomicU64,
     pub pool: Pool,
     pub metrics: Metrics,
+    /// Requests being proxied now (counted by the pipeline; `drover_requests_in_flight`
+    /// is set from it at scrape time).
+    pub in_flight: InFlight,
     /// Percentile windows, history, events, alerts (`observe::live`), sampled each second.
     pub observe: crate::observe::live::Observer,
     /// Set when shutdown starts: `/readyz` answers 503 and workers are not restarted.
@@ -69,6 +73,7 @@ impl Shared {
             version: AtomicU64::new(1),
             pool,
             metrics,
+            in_flight: InFlight::new(),
             observe,
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),

@@ -143,7 +143,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .set(crash_looping as i64);
     let res = s.shared.config().resilience.clone();
     s.shared.metrics.resilience.refresh(&res, &s.shared.pool);
-    let mut body = s.shared.metrics.render(&s.shared.pool);
+    let mut body = s.shared.metrics.render(&s.shared.pool, &s.shared.in_flight);
     body.push_str(&s.shared.observe.custom.render());
     body.push_str(&crate::observe::otlp::render());
     (
@@ -227,7 +227,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "shutting_down": shared.is_shutting_down(),
         "uptime_seconds": shared.started.elapsed().as_secs_f64(),
         "listen": cfg.listen.to_string(),
-        "in_flight": shared.metrics.in_flight.get(),
+        "in_flight": shared.in_flight.get(),
         "workers": workers,
         "backends": backends,
         "deploy": s.supervisor.deploy_status(),
@@ -239,7 +239,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
 }
 
 async fn reload_config(State(s): State<AdminState>) -> Result<Response, AdminError> {
-    let version = reload::reload(&s.shared, &s.supervisor)?;
+    let version = reload::reload(&s.shared, &s.supervisor).await?;
     Ok(Json(json!({ "ok": true, "config_version": version })).into_response())
 }
 

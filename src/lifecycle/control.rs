@@ -75,7 +75,7 @@ fn autoscale_step(
         return;
     }
     let now = Instant::now();
-    let load = shared.metrics.in_flight.get().max(0) as f64 + shared.pool.queue.len() as f64;
+    let load = shared.in_flight.get().max(0) as f64 + shared.pool.queue.len() as f64;
     autoscaler.sample(now, load, a.window);
     if !n.is_multiple_of(10) || supervisor.busy() {
         return;
@@ -334,7 +334,7 @@ async fn run(
         tokio::select! {
             _ = hup.recv() => {
                 log::info!("SIGHUP: reloading {}", shared.config_path.display());
-                let _ = reload::reload(&shared, &supervisor);
+                let _ = reload::reload(&shared, &supervisor).await;
             }
             _ = usr1.recv() => {
                 log::info!("SIGUSR1: reopening the access log");
@@ -364,10 +364,10 @@ async fn run(
         let deadline = Instant::now() + grace;
         // Let Pingora close its listeners and requests already read get counted.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        while shared.metrics.in_flight.get() > 0 && Instant::now() < deadline {
+        while shared.in_flight.get() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let left = shared.metrics.in_flight.get();
+        let left = shared.in_flight.get();
         if left > 0 {
             log::warn!(
                 "shutdown: grace period {grace:?} over with {left} requests still in flight"

@@ -509,7 +509,7 @@ impl Observer {
         self.notice_events(&mut st, shared, slots, &members);
         drop(st);
 
-        let in_flight = m.in_flight.get();
+        let in_flight = shared.in_flight.get();
         let published = Arc::new(Published {
             time: t,
             rps,

@@ -1,9 +1,11 @@
 //! The Prometheus registry. Per-request metrics are pre-resolved handles (one atomic add
-//! each); per-backend gauges are filled from the pool at scrape time so the hot path does
+//! each); per-backend gauges are filled from the pool, and `drover_requests_in_flight`
+//! from the data plane's counter (`proxy::in_flight`), at scrape time so the hot path does
 //! not maintain them twice.
 
 use super::names::*;
 use crate::balancing::{BackendState, Pool, StrategyKind};
+use crate::in_flight::InFlight;
 use crate::resilience::breaker::CircuitState;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -21,7 +23,8 @@ pub struct Metrics {
     /// Indexed by status class: 0 = failed before a status, 1..=5 = 1xx..5xx.
     pub requests_by_class: [IntCounter; 6],
     pub duration: Histogram,
-    pub in_flight: IntGauge,
+    /// A view of `Shared::in_flight`, set at scrape time (`render`).
+    in_flight: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub retries: IntCounter,
     pub no_backend: IntCounter,
@@ -329,8 +332,10 @@ impl Metrics {
         &self.requests_by_class[if (1..=5).contains(&i) { i } else { 0 }]
     }
 
-    /// Renders the text exposition, refreshing scrape-time gauges from the pool first.
-    pub fn render(&self, pool: &Pool) -> String {
+    /// Renders the text exposition, refreshing scrape-time gauges from the pool and the
+    /// in-flight counter first.
+    pub fn render(&self, pool: &Pool, in_flight: &InFlight) -> String {
+        self.in_flight.set(in_flight.get());
         let members = pool.members();
         self.backend_in_flight.reset();
         self.backend_healthy.reset();
@@ -406,7 +411,8 @@ mod tests {
         m.status_class(503).inc();
         m.status_class(0).inc();
         let pool = Pool::new(StrategyKind::RoundRobin, 0.5);
-        let text = m.render(&pool);
+        let in_flight = InFlight::new();
+        let text = m.render(&pool, &in_flight);
         assert!(
             text.contains("drover_requests_total{class=\"2xx\"} 1"),
             "{text}"
@@ -417,7 +423,7 @@ mod tests {
         let h = m.backend_handles("worker-7");
         h.requests.inc();
         h.selections[StrategyKind::Latency.index()].inc();
-        let text = m.render(&pool);
+        let text = m.render(&pool, &in_flight);
         assert!(
             text.contains("drover_backend_requests_total{backend=\"worker-7\"} 1"),
             "{text}"
@@ -425,5 +431,33 @@ mod tests {
         assert!(text.contains(
             "drover_backend_selections_total{backend=\"worker-7\",strategy=\"latency\"} 1"
         ));
+    }
+
+    #[test]
+    fn in_flight_gauge_reads_the_counter_at_scrape_time() {
+        let m = Metrics::new();
+        let pool = Pool::new(StrategyKind::RoundRobin, 0.5);
+        let in_flight = InFlight::new();
+        let gauge = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("drover_requests_in_flight "))
+                .map(str::to_string)
+        };
+        let text = m.render(&pool, &in_flight);
+        assert!(
+            text.contains("# TYPE drover_requests_in_flight gauge"),
+            "{text}"
+        );
+        assert_eq!(gauge(&text).as_deref(), Some("drover_requests_in_flight 0"));
+        let (a, _) = in_flight.enter();
+        let (b, _) = in_flight.enter();
+        let (c, _) = in_flight.enter();
+        in_flight.leave(a);
+        let text = m.render(&pool, &in_flight);
+        assert_eq!(gauge(&text).as_deref(), Some("drover_requests_in_flight 2"));
+        in_flight.leave(b);
+        in_flight.leave(c);
+        let text = m.render(&pool, &in_flight);
+        assert_eq!(gauge(&text).as_deref(), Some("drover_requests_in_flight 0"));
     }
 }

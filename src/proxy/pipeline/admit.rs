@@ -18,12 +18,11 @@ impl Pipeline {
         peer: Option<IpAddr>,
         ex: &mut Exchange,
     ) -> Result<Option<LocalResponse>> {
-        self.shared.metrics.in_flight.inc();
-        ex.counted = true;
+        let (counted, in_flight) = self.shared.in_flight.enter();
+        ex.counted = Some(counted);
         ex.head_request = req.method == http::Method::HEAD;
         // One load of the running config for the whole step.
         let cfg = self.shared.config.load();
-        let in_flight = self.shared.metrics.in_flight.get();
         if let Some(v) = limits::check_request(&cfg.limits, req, in_flight) {
             self.count_violation(v);
             return LocalResponse::failure(v.status(), None).map(Some);

@@ -20,8 +20,8 @@ pub struct Exchange {
     /// A final response head reached the client: no retry from here on.
     pub(super) response_started: bool,
     pub(super) request_id: Option<String>,
-    /// Counted in `drover_requests_in_flight` (undone once in `finish`).
-    pub(super) counted: bool,
+    /// Counted in `Shared::in_flight` by `admit` (counted out once in `finish`).
+    pub(super) counted: Option<crate::in_flight::Counted>,
     /// Why drover itself answered 503 (no backend, queue full or timed out).
     pub(super) reject: Option<&'static str>,
     /// The request's sticky session, when sessions are on.
@@ -62,7 +62,7 @@ impl Exchange {
             upstream_start: None,
             response_started: false,
             request_id: None,
-            counted: false,
+            counted: None,
             reject: None,
             session: None,
             client_ip: None,

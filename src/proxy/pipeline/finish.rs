@@ -64,9 +64,8 @@ impl Pipeline {
         // A failed gRPC call is judged like the HTTP status it amounts to.
         let judged = self.edge_finish(req.version, status, ex);
         let m = &self.shared.metrics;
-        if ex.counted {
-            m.in_flight.dec();
-            ex.counted = false;
+        if let Some(counted) = ex.counted.take() {
+            self.shared.in_flight.leave(counted);
         }
         // One clock read for both the total and the upstream time.
         let now = Instant::now();
