@@ -13,7 +13,9 @@ pub const MAX_SLOS: usize = 16;
 /// Longest SLO window: one point per minute is kept for it.
 pub const MAX_SLO_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// What an alert rule may compare. Latencies are seconds, ratios 0..1.
+/// What an alert rule may compare. Latencies are seconds, ratios 0..1. This list,
+/// [`PROCESS_METRICS`], [`BACKEND_METRICS`] and [`SLO_METRICS`] are tied to the names the
+/// evaluator computes (`observe/alerts/signals.rs`) by a test there.
 pub const ALERT_METRICS: &[&str] = &[
     "rps",
     "rps_1m",
