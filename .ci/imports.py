@@ -7,7 +7,8 @@ import os
 import re
 import sys
 
-root = sys.argv[1] if len(sys.argv) > 1 else "src"
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+root = args[0] if args else "src"
 edges = collections.defaultdict(set)
 
 
@@ -44,3 +45,42 @@ for m in sorted(set(edges) | {t for s in edges.values() for t in s}):
 both = sorted({tuple(sorted((a, b))) for a in edges for b in edges[a] if a in edges.get(b, ())})
 print()
 print("import each other: " + (", ".join(f"{a} <-> {b}" for a, b in both) or "none"))
+
+
+def cycles():
+    """Strongly connected components with more than one folder (Tarjan): every
+    circle of imports, not only the two-way pairs."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    nodes = sorted(set(edges) | {t for s in edges.values() for t in s})
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in nodes:
+        if v not in index:
+            visit(v)
+    return out
+
+
+circles = cycles()
+print("circles: " + ("; ".join(" ".join(c) for c in circles) or "none"))
+if "--check" in sys.argv and circles:
+    sys.exit(1)

@@ -32,7 +32,7 @@
 //! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 2`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use drover::balancing::consistent_hash::fnv1a;
+use drover::stable_hash::fnv1a;
 use drover::balancing::{Backend, BackendState, Pool, StrategyKind};
 use drover::observe::access_log::{self, AccessRecord};
 use drover::resilience::breaker::{Breaker, BreakerPolicy};

@@ -43,8 +43,6 @@ pub struct Shared {
     pub chaos: crate::resilience::chaos::Chaos,
     /// The HTTPS listeners' certificates, swapped by reload (`crate::tls`).
     pub tls: Arc<crate::tls::CertResolver>,
-    /// DNS discovery of upstreams: one task per discovered entry.
-    pub discovery: crate::lifecycle::discovery::Discovery,
     /// Rate limits shared through Redis, made on first use (`rate_limit.store: redis`).
     shared_limits: std::sync::OnceLock<Option<Arc<crate::resilience::shared_limit::SharedLimits>>>,
     next_backend_id: AtomicU64,
@@ -82,7 +80,6 @@ impl Shared {
             sessions: std::sync::OnceLock::new(),
             chaos: Default::default(),
             shared_limits: std::sync::OnceLock::new(),
-            discovery: Default::default(),
             next_backend_id: AtomicU64::new(1),
         })
     }
@@ -121,6 +118,23 @@ impl Shared {
             .as_ref()
     }
 
+    /// What the observer samples this second (`observe::view`).
+    pub fn view<'a>(
+        &'a self,
+        slots: &'a [crate::observe::view::SlotStatus],
+    ) -> crate::observe::view::View<'a> {
+        crate::observe::view::View {
+            config: self.config(),
+            metrics: &self.metrics,
+            pool: &self.pool,
+            in_flight: self.in_flight.get(),
+            config_version: self.version.load(Ordering::Relaxed),
+            auto_strategy: self.auto_strategy.load(Ordering::Relaxed),
+            sessions: self.sessions.get().map(|s| &**s),
+            slots,
+        }
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
@@ -147,7 +161,9 @@ impl Shared {
         let id = self.next_backend_id.fetch_add(1, Ordering::Relaxed);
         let mut backend = Backend::new(id, name, worker_id, addr, weight, peer, breaker);
         backend.link = link.clone();
-        let _ = backend.metrics.set(self.metrics.backend_handles(name));
+        let _ = backend
+            .metrics
+            .set(Box::new(self.metrics.backend_handles(name)));
         Arc::new(backend)
     }
 }

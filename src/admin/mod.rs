@@ -30,9 +30,10 @@ pub mod server;
 mod sessions;
 
 use crate::balancing::StrategyKind;
-use crate::lifecycle::reload;
+use crate::reload;
 use crate::state::Shared;
 use crate::supervisor::Supervisor;
+use crate::upstreams::discovery::Discovery;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,6 +49,8 @@ use std::sync::Arc;
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub supervisor: Arc<Supervisor>,
+    /// DNS discovery of upstreams, which a reload re-syncs.
+    pub discovery: Arc<Discovery>,
     pub tokens: Arc<auth::Tokens>,
     pub metrics: Arc<AdminMetrics>,
     /// `/api/stream` subscribers connected now.
@@ -55,12 +58,17 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(shared: Arc<Shared>, supervisor: Arc<Supervisor>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        supervisor: Arc<Supervisor>,
+        discovery: Arc<Discovery>,
+    ) -> Self {
         let runtime_dir = shared.config().runtime_dir.clone();
         let metrics = Arc::new(AdminMetrics::new(&shared.metrics.registry));
         AdminState {
             shared,
             supervisor,
+            discovery,
             tokens: Arc::new(auth::Tokens::new(&runtime_dir)),
             metrics,
             subscribers: Arc::new(AtomicUsize::new(0)),
@@ -80,7 +88,7 @@ pub struct AdminMetrics {
 
 impl AdminMetrics {
     fn new(registry: &prometheus::Registry) -> Self {
-        use crate::observe::names::{ADMIN_CONNECTIONS, ADMIN_REFUSED_TOTAL};
+        use crate::metric_names::{ADMIN_CONNECTIONS, ADMIN_REFUSED_TOTAL};
         let refused = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 ADMIN_REFUSED_TOTAL,
@@ -239,7 +247,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
 }
 
 async fn reload_config(State(s): State<AdminState>) -> Result<Response, AdminError> {
-    let version = reload::reload(&s.shared, &s.supervisor).await?;
+    let version = reload::reload(&s.shared, &s.supervisor, &s.discovery).await?;
     Ok(Json(json!({ "ok": true, "config_version": version })).into_response())
 }
 

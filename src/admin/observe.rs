@@ -91,7 +91,7 @@ async fn capacity(
     Ok(Json(
         s.shared
             .observe
-            .capacity_estimate(&s.shared, q.target_rps, p99),
+            .capacity_estimate(&s.shared.config(), q.target_rps, p99),
     )
     .into_response())
 }

@@ -75,6 +75,18 @@ pub(crate) fn decay_nanos() -> f64 {
 /// Latency charged for a failed request so errors look slow to the latency strategy.
 pub const ERROR_PENALTY: Duration = Duration::from_secs(1);
 
+/// Where the data plane reports one backend's traffic. `observe` implements it with
+/// Prometheus series; balancing and the pipeline only call it, so neither depends on
+/// the metrics registry.
+pub trait BackendStats: Send + Sync {
+    /// A strategy (by its index in `StrategyKind::ALL`) picked this backend.
+    fn selected(&self, strategy_index: usize);
+    /// A request to it got a response after `elapsed`; `success` as the breaker judged it.
+    fn finished(&self, elapsed: Duration, success: bool);
+    /// An attempt failed without a usable response (connect error, timeout, reset).
+    fn attempt_failed(&self);
+}
+
 pub struct Backend {
     /// Unique for the life of the process; a restarted worker is a new backend.
     pub id: u64,
@@ -116,8 +128,9 @@ pub struct Backend {
     queue: std::sync::OnceLock<Arc<super::queue::QueueSignal>>,
     pub breaker: Breaker,
     pub started: Instant,
-    /// Prometheus handles, attached by whoever registers metrics (absent in unit tests).
-    pub metrics: std::sync::OnceLock<crate::observe::metrics::BackendHandles>,
+    /// Where this backend's traffic is reported, attached by whoever registers metrics
+    /// (absent in unit tests).
+    pub metrics: std::sync::OnceLock<Box<dyn BackendStats>>,
     /// Set once the backend has left the pool for good (its process exited, its upstream
     /// was removed): connection pools drop what they hold for it.
     retired: std::sync::atomic::AtomicBool,
@@ -278,12 +291,8 @@ impl Backend {
         if let Some(c) = self.selections.get(strategy_index) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(c) = self
-            .metrics
-            .get()
-            .and_then(|m| m.selections.get(strategy_index))
-        {
-            c.inc();
+        if let Some(m) = self.metrics.get() {
+            m.selected(strategy_index);
         }
     }
 

@@ -11,19 +11,7 @@ use std::sync::Arc;
 /// Virtual nodes per unit of weight; 160 is what ketama uses.
 const POINTS_PER_WEIGHT: u32 = 160;
 
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // Finalise (splitmix64) so similar keys spread around the ring.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+use crate::stable_hash::fnv1a;
 
 pub struct Ring {
     points: Vec<(u64, u32)>,

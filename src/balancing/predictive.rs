@@ -119,7 +119,7 @@ impl Class {
 /// where a segment holding a digit counts as `:n` (so `/users/42` and `/users/7` are one
 /// class) and the query is ignored.
 pub fn class_key(method: &[u8], path: &[u8]) -> u64 {
-    use super::consistent_hash::fnv1a;
+    use crate::stable_hash::fnv1a;
     let mut h = fnv1a(method);
     let path = path.split(|c| *c == b'?').next().unwrap_or(b"");
     for seg in path.split(|c| *c == b'/').filter(|s| !s.is_empty()).take(4) {

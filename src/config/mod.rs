@@ -10,8 +10,10 @@ mod error;
 mod file;
 pub mod observability;
 pub mod redis;
+pub mod resilience;
 mod resilience_file;
 mod sessions;
+pub mod strategy;
 pub mod tls;
 mod validate;
 
@@ -172,7 +174,7 @@ pub fn expand_env(text: &str) -> Result<Expanded, (usize, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancing::StrategyKind;
+    use crate::config::strategy::StrategyKind;
     use std::path::PathBuf;
 
     fn src() -> PathBuf {

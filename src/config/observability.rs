@@ -70,7 +70,7 @@ pub fn targeted_expr_ok(expr: &str) -> bool {
             Some((n, a)) => (n, Some(a)),
             None => (rest, None),
         };
-        return crate::observe::custom::valid_name(name)
+        return crate::metric_names::valid_name(name)
             && agg.is_none_or(|a| APP_AGGREGATIONS.contains(&a))
             && backend.is_none_or(|b| !b.is_empty() && b.len() <= 128);
     }

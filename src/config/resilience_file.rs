@@ -1,5 +1,5 @@
 //! File format of the resilience settings: routes, rate limits, retry backoff and
-//! budget, chaos. Validated into runtime types by `crate::resilience::config`.
+//! budget, chaos. Validated into runtime types by `crate::config::resilience`.
 
 use super::duration::Dur;
 use super::file::CircuitBreakerFile;

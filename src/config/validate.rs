@@ -4,7 +4,7 @@
 
 use super::error::ConfigIssue;
 use super::file::*;
-use crate::balancing::StrategyKind;
+use crate::config::strategy::StrategyKind;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -33,8 +33,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub sessions: super::sessions::SessionsConfig,
     pub logging: LoggingConfig,
-    /// Routes, rate limits, retry pacing and budget (`crate::resilience::config`).
-    pub resilience: std::sync::Arc<crate::resilience::config::Resilience>,
+    /// Routes, rate limits, retry pacing and budget (`crate::config::resilience`).
+    pub resilience: std::sync::Arc<crate::config::resilience::Resilience>,
     pub observability: super::observability::ObservabilityConfig,
     /// HTTPS listeners and their certificates, redirect, HSTS.
     pub tls: super::tls::TlsConfig,
@@ -681,8 +681,8 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
 
     let cb = &file.circuit_breaker;
     let breaker_policy =
-        crate::resilience::config::breaker_policy(cb, "circuit_breaker", &mut c.issues);
-    let resilience = crate::resilience::config::build(&file, &mut c.issues);
+        crate::config::resilience::breaker_policy(cb, "circuit_breaker", &mut c.issues);
+    let resilience = crate::config::resilience::build(&file, &mut c.issues);
 
     let level = match file.logging.level.to_ascii_lowercase().as_str() {
         "off" => log::LevelFilter::Off,

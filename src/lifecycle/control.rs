@@ -9,9 +9,10 @@
 
 use crate::admin::{self, AdminState};
 use crate::lifecycle::signals::ShutdownKind;
-use crate::lifecycle::{reload, upstreams};
+use crate::reload;
 use crate::state::Shared;
 use crate::supervisor::Supervisor;
+use crate::upstreams::{self, discovery::Discovery};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +52,7 @@ fn auto_strategy_step(shared: &Shared) {
 fn autoscale_counter(shared: &Shared) -> prometheus::IntCounterVec {
     let c = prometheus::IntCounterVec::new(
         prometheus::Opts::new(
-            crate::observe::names::AUTOSCALE_DECISIONS_TOTAL,
+            crate::metric_names::AUTOSCALE_DECISIONS_TOTAL,
             "Autoscaling decisions, by direction",
         ),
         &["direction"],
@@ -208,7 +209,7 @@ async fn run(
     let admin_addr = admin_listener_addr(&shared);
     let supervisor = Supervisor::new(shared.clone());
     // Before the first worker starts, so every worker gets the socket's path.
-    crate::observe::metrics_socket::start(shared.clone(), supervisor.clone());
+    crate::supervisor::metrics_socket::start(shared.clone(), supervisor.clone());
     let cfg = shared.config();
     crate::observe::otlp::start(&cfg.observability.tracing);
     shared.observe.load_history(&cfg.runtime_dir);
@@ -221,9 +222,10 @@ async fn run(
         cfg.workers.count
     };
     supervisor.scale_to(initial);
-    upstreams::sync(&shared, &cfg);
+    let discovery = Arc::new(Discovery::default());
+    upstreams::sync(&shared, &discovery, &cfg);
 
-    let admin_state = AdminState::new(shared.clone(), supervisor.clone());
+    let admin_state = AdminState::new(shared.clone(), supervisor.clone(), discovery.clone());
     // The admin token exists (and its place is logged) before anything can call in.
     if let Err(e) = admin_state.tokens.effective(cfg.admin.token.as_deref()) {
         let _ = ready.send(Err(e.into()));
@@ -297,7 +299,7 @@ async fn run(
             }
             if n.is_multiple_of(OBSERVE_EVERY_TICKS) {
                 let slots = ticker_supervisor.status();
-                ticker_shared.observe.sample(&ticker_shared, &slots);
+                ticker_shared.observe.sample(&ticker_shared.view(&slots));
             }
             if n.is_multiple_of(HISTORY_SAVE_EVERY_TICKS) && !ticker_shared.is_shutting_down() {
                 let s = ticker_shared.clone();
@@ -334,7 +336,7 @@ async fn run(
         tokio::select! {
             _ = hup.recv() => {
                 log::info!("SIGHUP: reloading {}", shared.config_path.display());
-                let _ = reload::reload(&shared, &supervisor).await;
+                let _ = reload::reload(&shared, &supervisor, &discovery).await;
             }
             _ = usr1.recv() => {
                 log::info!("SIGUSR1: reopening the access log");

@@ -1,9 +1,6 @@
 //! Process lifecycle: the control thread, signals, reload, shutdown and the pid file.
 
 pub mod control;
-pub mod discovery;
 pub mod notify;
 pub mod pidfile;
-pub mod reload;
 pub mod signals;
-pub mod upstreams;

@@ -5,7 +5,7 @@
 //!   counter: the running total; `g` gauge; `h` one histogram observation; without a type
 //!   a `_total` name is a counter, any other a gauge). The header is internal
 //!   (`x-drover-`), so it never reaches the client;
-//! - a datagram socket that needs no response (`metrics_socket.rs`): StatsD lines
+//! - a datagram socket that needs no response (`supervisor::metrics_socket`): StatsD lines
 //!   `name:value|c|g|h|ms|d[|@rate][|#k:v,...]` (`c` adds, `g` sets, `h`/`d` observe,
 //!   `ms` observes milliseconds as seconds).
 //!
@@ -28,6 +28,7 @@
 //! the history store keeps one series per name (`app/NAME`), the dashboard lists them.
 
 use crate::config::observability::WorkerMetricsConfig;
+use crate::metric_names::valid_name;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
@@ -37,9 +38,9 @@ use std::time::Instant;
 
 pub const HEADER: &str = "x-drover-metric";
 /// Prefix of every worker-reported metric; no drover family uses it.
-pub const PREFIX: &str = super::names::WORKER_REPORTED_PREFIX;
+pub const PREFIX: &str = crate::metric_names::WORKER_REPORTED_PREFIX;
 /// drover's own counter of values it dropped.
-pub const REJECTED: &str = super::names::WORKER_METRICS_REJECTED_TOTAL;
+pub const REJECTED: &str = crate::metric_names::WORKER_METRICS_REJECTED_TOTAL;
 /// Histogram bucket bounds (seconds, Prometheus' defaults); +Inf is implied.
 pub const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -201,16 +202,6 @@ impl Table {
 pub struct CustomMetrics {
     table: Mutex<Table>,
     rejected: AtomicU64,
-}
-
-/// Whether `name` is a valid worker metric name (`[a-z_][a-z0-9_]*`, ≤ 64 bytes).
-pub fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
 fn valid_label_name(n: &str) -> bool {
@@ -823,7 +814,7 @@ mod tests {
 
     #[test]
     fn no_family_of_drovers_own_uses_the_worker_prefix() {
-        let names = include_str!("names.rs");
+        let names = include_str!("../metric_names.rs");
         let own: Vec<&str> = names
             .split('"')
             .skip(1)

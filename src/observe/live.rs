@@ -10,11 +10,10 @@
 use super::events::{unix_now, Events};
 use super::history::{History, Rollup};
 use super::latency::{new_histogram, Percentiles, Windows, QUANTILES, WINDOWS};
-use super::names::*;
 use super::procstat::{self, ProcStats};
+use super::view::View;
 use crate::balancing::StrategyKind;
-use crate::state::Shared;
-use crate::supervisor::SlotStatus;
+use crate::metric_names::*;
 use hdrhistogram::Histogram;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
@@ -197,7 +196,10 @@ pub struct Observer {
 
 /// Every breaker (workers' and routes') for the dashboard: state, why it last opened,
 /// time until it lets a probe through, adaptive baseline, recent transitions.
-fn breakers_snapshot(shared: &Shared, members: &[Arc<crate::balancing::Backend>]) -> Value {
+fn breakers_snapshot(
+    cfg: &crate::config::Config,
+    members: &[Arc<crate::balancing::Backend>],
+) -> Value {
     use crate::resilience::breaker::Breaker;
     let one = |name: &str, scope: &str, b: &Breaker| {
         let s = b.snapshot();
@@ -221,7 +223,6 @@ fn breakers_snapshot(shared: &Shared, members: &[Arc<crate::balancing::Backend>]
         .filter(|b| b.breaker.policy().enabled)
         .map(|b| one(&b.name, "worker", &b.breaker))
         .collect();
-    let cfg = shared.config();
     for r in cfg.resilience.routes.iter() {
         if let Some(b) = &r.breaker {
             out.push(one(&format!("route:{}", r.name), "route", b));
@@ -269,11 +270,10 @@ impl Observer {
     /// current rate) and p99 (default: `observability.capacity.target_p99`).
     pub fn capacity_estimate(
         &self,
-        shared: &Shared,
+        cfg: &crate::config::Config,
         target_rps: Option<f64>,
         target_p99: Option<std::time::Duration>,
     ) -> super::capacity::Estimate {
-        let cfg = shared.config();
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as f64)
             .unwrap_or(1.0);
@@ -331,7 +331,8 @@ impl Observer {
     }
 
     /// One sample; call once a second from the control thread.
-    pub fn sample(&self, shared: &Shared, slots: &[SlotStatus]) {
+    pub fn sample(&self, v: &View<'_>) {
+        let slots = v.slots;
         let now = Instant::now();
         let t = unix_now();
         let mut st = lock(&self.state);
@@ -341,7 +342,7 @@ impl Observer {
             .unwrap_or(1.0)
             .max(0.001);
         st.last = Some(now);
-        let m = &shared.metrics;
+        let m = &v.metrics;
 
         // Latency windows.
         st.overall.tick();
@@ -357,8 +358,8 @@ impl Observer {
             scratch,
             ..
         } = &mut *st;
-        let slow: Vec<u64> = shared
-            .config()
+        let slow: Vec<u64> = v
+            .config
             .observability
             .slos
             .iter()
@@ -413,7 +414,7 @@ impl Observer {
         } else {
             0.0
         };
-        let members = shared.pool.members();
+        let members = v.pool.members();
         let mut backend_rps: BTreeMap<String, f64> = BTreeMap::new();
         let mut backend_inflight: BTreeMap<String, u32> = BTreeMap::new();
         let mut seen = HashMap::with_capacity(members.len());
@@ -506,10 +507,10 @@ impl Observer {
             lock(&self.capacity).push(second);
         }
 
-        self.notice_events(&mut st, shared, slots, &members);
+        self.notice_events(&mut st, v, &members);
         drop(st);
 
-        let in_flight = shared.in_flight.get();
+        let in_flight = v.in_flight;
         let published = Arc::new(Published {
             time: t,
             rps,
@@ -566,7 +567,8 @@ impl Observer {
         }
 
         self.alerts.evaluate(
-            shared,
+            v,
+            self,
             &super::alerts::Sample {
                 published: &published,
                 slots,
@@ -577,7 +579,7 @@ impl Observer {
             },
             now,
         );
-        let live = self.live_snapshot(shared, slots, &published);
+        let live = self.live_snapshot(v, &published);
         *lock(&self.published) = published;
         *lock(&self.live) = Arc::from(live.to_string());
     }
@@ -585,11 +587,10 @@ impl Observer {
     fn notice_events(
         &self,
         st: &mut SamplerState,
-        shared: &Shared,
-        slots: &[SlotStatus],
+        v: &View<'_>,
         members: &[Arc<crate::balancing::Backend>],
     ) {
-        for s in slots {
+        for s in v.slots {
             let (restarts, looping) = st.prev_slots.get(&s.id).copied().unwrap_or((0, false));
             if s.restarts > restarts {
                 self.event(
@@ -621,12 +622,12 @@ impl Observer {
             seen.insert(b.id, (opened, closed));
         }
         st.prev_breakers = seen;
-        let version = shared.version.load(Ordering::Relaxed);
+        let version = v.config_version;
         if version != st.prev_version {
             self.event("reload", format!("config reloaded: version {version}"));
             st.prev_version = version;
         }
-        let invalid = shared
+        let invalid = v
             .metrics
             .config_reloads
             .with_label_values(&["invalid"])
@@ -638,20 +639,21 @@ impl Observer {
             );
             st.prev_invalid_reloads = invalid;
         }
-        let strategy = shared.pool.strategy();
+        let strategy = v.pool.strategy();
         // Before the first sample the strategy is the one the config started with.
         let prev = st
             .prev_strategy
-            .unwrap_or_else(|| shared.config().balancing.strategy.initial());
+            .unwrap_or_else(|| v.config.balancing.strategy.initial());
         if prev != strategy {
             self.event("strategy", format!("strategy {prev} -> {strategy}"));
         }
         st.prev_strategy = Some(strategy);
     }
 
-    fn live_snapshot(&self, shared: &Shared, slots: &[SlotStatus], p: &Published) -> Value {
-        let members = shared.pool.members();
-        let sessions = shared.sessions.get().map(|s| s.per_worker());
+    fn live_snapshot(&self, v: &View<'_>, p: &Published) -> Value {
+        let slots = v.slots;
+        let members = v.pool.members();
+        let sessions = v.sessions.map(|s| s.per_worker());
         let workers: Vec<Value> = slots
             .iter()
             .map(|w| {
@@ -700,12 +702,12 @@ impl Observer {
             "in_flight": p.in_flight,
             "latency": p.latency,
             "last_second": p.last_second,
-            "strategy": shared.pool.strategy().as_str(),
-            "strategy_auto": shared.auto_strategy.load(Ordering::Relaxed),
+            "strategy": v.pool.strategy().as_str(),
+            "strategy_auto": v.auto_strategy,
             "strategies": StrategyKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-            "config_version": shared.version.load(Ordering::Relaxed),
-            "queue_length": shared.pool.queue.len(),
-            "panic_mode": shared.pool.in_panic(),
+            "config_version": v.config_version,
+            "queue_length": v.pool.queue.len(),
+            "panic_mode": v.pool.in_panic(),
             "drover": p.processes.get("drover"),
             "workers": workers,
             "upstreams": remotes,
@@ -713,9 +715,9 @@ impl Observer {
             "alerts": self.alerts.active(),
             "slos": self.alerts.slo_status(),
             "scaling": self.alerts.scaling(),
-            "capacity": self.capacity_estimate(shared, None, None),
+            "capacity": self.capacity_estimate(&v.config, None, None),
             "app_metrics": self.custom.summary(),
-            "breakers": breakers_snapshot(shared, &members),
+            "breakers": breakers_snapshot(&v.config, &members),
         })
     }
 }

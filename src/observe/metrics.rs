@@ -3,9 +3,9 @@
 //! from the data plane's counter (`proxy::in_flight`), at scrape time so the hot path does
 //! not maintain them twice.
 
-use super::names::*;
 use crate::balancing::{BackendState, Pool, StrategyKind};
 use crate::in_flight::InFlight;
+use crate::metric_names::*;
 use crate::resilience::breaker::CircuitState;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -49,7 +49,7 @@ pub struct Metrics {
     pub queue_rejected: IntCounterVec,
     backend_selections: IntCounterVec,
     breaker_seen: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
-    pub resilience: crate::resilience::metrics::ResilienceMetrics,
+    pub resilience: super::resilience_metrics::ResilienceMetrics,
     /// HDR latency recorders behind the sliding-window percentiles (`observe::latency`).
     pub latency: super::latency::Recorders,
 }
@@ -71,6 +71,28 @@ pub struct BackendHandles {
     pub duration: Histogram,
     pub selections: [IntCounter; StrategyKind::COUNT],
     pub latency: std::sync::Arc<super::latency::Recorder>,
+}
+
+impl crate::balancing::backend::BackendStats for BackendHandles {
+    fn selected(&self, strategy_index: usize) {
+        if let Some(c) = self.selections.get(strategy_index) {
+            c.inc();
+        }
+    }
+
+    fn finished(&self, elapsed: std::time::Duration, success: bool) {
+        self.requests.inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        self.latency.record(elapsed);
+        if !success {
+            self.failures.inc();
+        }
+    }
+
+    fn attempt_failed(&self) {
+        self.requests.inc();
+        self.failures.inc();
+    }
 }
 
 impl Metrics {
@@ -314,7 +336,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             breaker_seen: Default::default(),
-            resilience: crate::resilience::metrics::ResilienceMetrics::new(&r),
+            resilience: super::resilience_metrics::ResilienceMetrics::new(&r),
             latency: Default::default(),
             registry: r,
         };

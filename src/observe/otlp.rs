@@ -304,7 +304,7 @@ pub fn counts() -> &'static ExportCounts {
 
 /// `drover_trace_spans_total{result}` in the text format.
 pub fn render() -> String {
-    use super::names::TRACE_SPANS_TOTAL as N;
+    use crate::metric_names::TRACE_SPANS_TOTAL as N;
     let c = counts();
     format!(
         "# HELP {N} Spans of sampled requests by export result (exported, dropped when the queue was full, failed)\n# TYPE {N} counter\n{N}{{result=\"exported\"}} {}\n{N}{{result=\"dropped\"}} {}\n{N}{{result=\"failed\"}} {}\n",

@@ -69,9 +69,7 @@ pub fn payload(n: &Notification) -> serde_json::Value {
     });
     let fingerprint = format!(
         "{:016x}",
-        crate::balancing::consistent_hash::fnv1a(
-            format!("{}{}", n.rule.name, n.instance).as_bytes()
-        )
+        crate::stable_hash::fnv1a(format!("{}{}", n.rule.name, n.instance).as_bytes())
     );
     json!({
         "version": "4",

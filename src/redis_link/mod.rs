@@ -19,11 +19,12 @@
 //! the connection which cached keys changed.
 
 pub mod sentinel;
+pub mod settings;
 
-use crate::config::{RedisConfig, RedisTopology};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use settings::{RedisConfig, RedisTopology};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 

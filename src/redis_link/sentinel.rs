@@ -13,7 +13,7 @@
 //! (`down-after-milliseconds` plus the election) and nothing more.
 
 use super::lost_master;
-use crate::config::{RedisConfig, RedisTopology};
+use super::settings::{RedisConfig, RedisTopology};
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};

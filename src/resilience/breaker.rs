@@ -11,7 +11,7 @@
 //!   only taken off the CLOSED fast path (trips, probes, an open breaker's checks).
 //!
 //! Every transition is logged with its reason and counted (`TransitionCounts`, turned
-//! into Prometheus series at scrape time by `resilience::metrics`).
+//! into Prometheus series at scrape time by `observe::resilience_metrics`).
 
 use super::adaptive::{Adaptive, AdaptivePolicy, AdaptiveTrip, Baseline};
 use super::classify::{Classifier, Outcome};

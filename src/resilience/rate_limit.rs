@@ -81,7 +81,7 @@ impl LimitKey {
         let header = |name: &http::HeaderName| {
             headers
                 .get(name)
-                .map(|v| crate::balancing::consistent_hash::fnv1a(v.as_bytes()))
+                .map(|v| crate::stable_hash::fnv1a(v.as_bytes()))
         };
         let (first, second) = match self {
             LimitKey::ClientIp => (client_ip, None),

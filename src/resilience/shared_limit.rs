@@ -52,7 +52,7 @@ impl SharedLimits {
     pub fn new(link: Arc<RedisLink>, registry: &Registry) -> Self {
         let decisions = IntCounterVec::new(
             Opts::new(
-                crate::observe::names::RATE_LIMIT_SHARED_TOTAL,
+                crate::metric_names::RATE_LIMIT_SHARED_TOTAL,
                 "Shared rate-limit decisions: allowed or denied by Redis, or made by the local buckets because Redis did not answer (fallback)",
             ),
             &["result"],

@@ -80,7 +80,7 @@ impl fmt::Debug for SessionId {
 
 /// The 32-bit pin a cookie carries for a backend name (never 0, which means "none").
 pub fn pin_of(backend: &str) -> u32 {
-    let h = crate::balancing::consistent_hash::fnv1a(backend.as_bytes());
+    let h = crate::stable_hash::fnv1a(backend.as_bytes());
     match (h ^ (h >> 32)) as u32 {
         0 => 1,
         p => p,

@@ -2,7 +2,7 @@
 //! handles; store-wide figures (active, per backend, expired, evicted) are published
 //! from the control thread's tick.
 
-use crate::observe::names::*;
+use crate::metric_names::*;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };

@@ -10,6 +10,7 @@ pub mod autoscale;
 pub mod backoff;
 pub mod deploy;
 pub mod env;
+pub mod metrics_socket;
 pub mod spawn;
 
 use crate::balancing::{Backend, BackendState};
@@ -64,23 +65,7 @@ impl WorkerImage {
     }
 }
 
-/// A slot's state as `/api/status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotStatus {
-    pub id: usize,
-    pub version: String,
-    /// True while the worker is health-checked but held out of rotation.
-    pub standby: bool,
-    pub pid: Option<u32>,
-    pub port: Option<u16>,
-    pub backend_id: Option<u64>,
-    pub phase: &'static str,
-    pub restarts: u64,
-    pub crash_looping: bool,
-    pub last_exit: Option<String>,
-    #[serde(skip)]
-    pub since: Option<Instant>,
-}
+pub use crate::observe::view::SlotStatus;
 
 struct Slot {
     command: watch::Sender<SlotCommand>,

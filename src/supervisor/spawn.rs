@@ -39,8 +39,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> std::io::Result<Child> {
         .env("BIND", spec.host.to_string())
         .env("DROVER_PARENT_PID", parent.to_string())
         .envs(
-            crate::observe::metrics_socket::socket_path()
-                .map(|p| ("DROVER_METRICS_SOCKET", p.as_os_str())),
+            super::metrics_socket::socket_path().map(|p| ("DROVER_METRICS_SOCKET", p.as_os_str())),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -134,7 +134,7 @@ impl CertResolver {
     pub fn register(&self, registry: &prometheus::Registry) {
         let g = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
-                crate::observe::names::TLS_CERTIFICATE_NOT_AFTER,
+                crate::metric_names::TLS_CERTIFICATE_NOT_AFTER,
                 "When each served TLS certificate expires (Unix time), by certificate file",
             ),
             &["cert_file"],

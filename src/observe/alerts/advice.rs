@@ -1,11 +1,9 @@
 //! The scaling recommendation: how many workers drover would want, and why.
 
 use crate::observe::live::Published;
-use crate::state::Shared;
-use crate::supervisor::SlotStatus;
+use crate::observe::view::SlotStatus;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 /// A worker is asked to stay under this much CPU (cores) on average.
 const TARGET_CPU_PER_WORKER: f64 = 0.6;
@@ -15,7 +13,6 @@ const SCALE_DOWN_CPU: f64 = 0.25;
 /// How many workers drover would want, and why: CPU per worker against a target,
 /// queueing, and the in-flight limit, averaged over the last minute.
 pub(super) fn scaling_advice(
-    shared: &Shared,
     cfg: &crate::config::Config,
     p: &Published,
     slots: &[SlotStatus],
@@ -74,7 +71,6 @@ pub(super) fn scaling_advice(
         std::cmp::Ordering::Less => "scale_down",
         std::cmp::Ordering::Equal => "keep",
     };
-    let _ = shared.auto_strategy.load(Ordering::Relaxed);
     json!({
         "current_workers": current,
         "recommended_workers": recommended,

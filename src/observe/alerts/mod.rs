@@ -21,11 +21,12 @@ mod slo;
 
 pub use rules::{AlertState, RuleState, Transition};
 
+use super::live::Observer;
 use super::live::Published;
+use super::view::SlotStatus;
+use super::view::View;
 use super::webhook::{self, Notification};
 use crate::config::observability::SloKind;
-use crate::state::Shared;
-use crate::supervisor::SlotStatus;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use rules::RuleRuntime;
 use serde_json::{json, Value};
@@ -78,7 +79,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Alerts {
     pub fn new(r: &Registry) -> Self {
-        use super::names::*;
+        use crate::metric_names::*;
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             r.register(Box::new(c.clone()))
                 .expect("metric registered twice");
@@ -186,12 +187,12 @@ impl Alerts {
     }
 
     /// One evaluation; call once a second.
-    pub fn evaluate(&self, shared: &Shared, s: &Sample<'_>, now: Instant) {
-        let cfg = shared.config();
+    pub fn evaluate(&self, v: &View<'_>, observer: &Observer, s: &Sample<'_>, now: Instant) {
+        let cfg = v.config.clone();
         let mut inner = lock(&self.inner);
         self.sync_config(&mut inner, &cfg);
         let p = s.published;
-        let members = shared.pool.members();
+        let members = v.pool.members();
 
         // Per-second history for 1 min / 5 min rates and the scaling advice.
         let worker_cpu: f64 = p
@@ -204,13 +205,9 @@ impl Alerts {
         if inner.seconds.len() == RATE_SECONDS {
             inner.seconds.pop_front();
         }
-        inner.seconds.push_back((
-            s.total,
-            s.errors,
-            shared.pool.queue.len(),
-            worker_cpu,
-            running,
-        ));
+        inner
+            .seconds
+            .push_back((s.total, s.errors, v.pool.queue.len(), worker_cpu, running));
         let over = |secs: usize| {
             inner
                 .seconds
@@ -244,7 +241,7 @@ impl Alerts {
             rps_1m: t60 as f64 / secs60,
             error_ratio_1m,
             error_ratio_5m,
-            queue_length: shared.pool.queue.len(),
+            queue_length: v.pool.queue.len(),
             workers_healthy: members.iter().filter(|b| b.in_rotation()).count(),
             workers_down: s
                 .slots
@@ -266,7 +263,7 @@ impl Alerts {
         let Inner { rules, slos, .. } = &mut *inner;
         let mut notes = Vec::new();
         for r in rules.iter_mut() {
-            let v = signals::value_of(shared, &snap, slos, &r.rule.expr);
+            let v = signals::value_of(observer, &snap, slos, &r.rule.expr);
             r.value = v;
             let holds = v.map(|v| r.rule.op.holds(v, r.rule.threshold));
             if let Some(t) = r.state.step(holds, r.rule.for_, now, wall) {
@@ -289,7 +286,7 @@ impl Alerts {
                     .set(slo.burn_rate(m));
             }
         }
-        inner.scaling = advice::scaling_advice(shared, &cfg, p, s.slots, &inner.seconds);
+        inner.scaling = advice::scaling_advice(&cfg, p, s.slots, &inner.seconds);
         drop(inner);
 
         for (t, rule, value, fired_at) in notes {
@@ -312,7 +309,7 @@ impl Alerts {
             } else {
                 log::info!(target: "alert", "{msg}");
             }
-            shared.observe.event("alert", msg);
+            observer.event("alert", msg);
             if let Some(target) = &cfg.observability.alerts.webhook {
                 self.webhook.send(
                     target.clone(),

@@ -11,8 +11,8 @@
 
 use super::slo::SloRuntime;
 use crate::observe::latency::Percentiles;
+use crate::observe::live::Observer;
 use crate::observe::live::{ProcessSample, Published};
-use crate::state::Shared;
 
 /// The overall values of one second, computed once per evaluation.
 pub(super) struct Snapshot<'a> {
@@ -137,12 +137,12 @@ fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
 /// The value of `expr` now: `None` when it is unknown or has no value (e.g. no traffic
 /// for a percentile, an unknown SLO or target).
 pub(super) fn value_of(
-    shared: &Shared,
+    observer: &Observer,
     snap: &Snapshot<'_>,
     slos: &[SloRuntime],
     expr: &str,
 ) -> Option<f64> {
-    if let Some(v) = targeted_value(shared, snap.published, expr) {
+    if let Some(v) = targeted_value(observer, snap.published, expr) {
         return v;
     }
     if let Some((m, name)) = expr.split_once(':') {
@@ -155,10 +155,10 @@ pub(super) fn value_of(
 /// The value of a per-process (`rss_bytes:worker-0`), per-backend
 /// (`backend_p99_10s:any_backend`) or worker-reported (`app:NAME[:AGG][@BACKEND]`)
 /// metric: `None` when `expr` is none of these, `Some(None)` when it has no value now.
-fn targeted_value(shared: &Shared, p: &Published, expr: &str) -> Option<Option<f64>> {
+fn targeted_value(observer: &Observer, p: &Published, expr: &str) -> Option<Option<f64>> {
     let (m, target) = expr.split_once(':')?;
     if m == "app" {
-        return Some(shared.observe.custom.alert_value(target));
+        return Some(observer.custom.alert_value(target));
     }
     if let Some(of) = lookup(PER_PROCESS, m) {
         return Some(if target == "any_worker" {

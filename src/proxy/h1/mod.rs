@@ -62,7 +62,7 @@ impl H1App {
     pub fn new(pipeline: Pipeline, pingora: HttpProxy<PingoraCarrier>) -> Self {
         let vec = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
-                crate::observe::names::HTTP1_ENGINE_REQUESTS_TOTAL,
+                crate::metric_names::HTTP1_ENGINE_REQUESTS_TOTAL,
                 "HTTP/1 requests by the carrier that served them: drover's engine (fast), or \
                  Pingora's proxy (request bodies, upgrades, HTTP/1.0, proxy.fast_path off)",
             ),

@@ -2,11 +2,11 @@
 
 use super::{Exchange, Pipeline};
 use crate::balancing::backend::BackendState;
-use crate::balancing::consistent_hash::fnv1a;
 use crate::balancing::queue::QueueRejection;
 use crate::balancing::{Backend, InflightGuard, SelectError, SelectLimits};
 use crate::config::{Config, HashKey};
 use crate::resilience::classify::Outcome;
+use crate::stable_hash::fnv1a;
 use crate::wire::headers::{self, HeaderEdits};
 use pingora_core::prelude::*;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
@@ -355,8 +355,7 @@ impl Pipeline {
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, false);
             if let Some(h) = b.metrics.get() {
-                h.requests.inc();
-                h.failures.inc();
+                h.attempt_failed();
             }
             ex.tried.push(b.id);
         }

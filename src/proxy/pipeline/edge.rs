@@ -4,7 +4,7 @@
 //! [`grpc_outcome_status`]).
 
 use super::{Exchange, Pipeline};
-use crate::observe::names;
+use crate::metric_names as names;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 pub(super) struct EdgeMetrics {

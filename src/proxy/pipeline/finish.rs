@@ -85,12 +85,7 @@ impl Pipeline {
             let b = guard.backend();
             self.shared.pool.selector().feedback(b.id, success);
             if let Some(h) = b.metrics.get() {
-                h.requests.inc();
-                h.duration.observe(upstream_elapsed.as_secs_f64());
-                h.latency.record(upstream_elapsed);
-                if !success {
-                    h.failures.inc();
-                }
+                h.finished(upstream_elapsed, success);
             }
             backend_name = Some(b.name.clone());
             worker_id = b.worker_id;

@@ -64,7 +64,7 @@ impl Pipeline {
     pub fn new(shared: Arc<Shared>) -> Self {
         let vec = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
-                crate::observe::names::LIMIT_REJECTIONS_TOTAL,
+                crate::metric_names::LIMIT_REJECTIONS_TOTAL,
                 "Requests refused by an edge limit (431, 413, 408, 503), by limit",
             ),
             &["limit"],
@@ -127,7 +127,7 @@ impl Pipeline {
 
 /// The hash of a client address used by IP hashing, sticky fallback and rate limits.
 pub(crate) fn ip_hash(ip: Option<std::net::IpAddr>) -> u64 {
-    use crate::balancing::consistent_hash::fnv1a;
+    use crate::stable_hash::fnv1a;
     match ip {
         Some(std::net::IpAddr::V4(v4)) => fnv1a(&v4.octets()),
         Some(std::net::IpAddr::V6(v6)) => fnv1a(&v6.octets()),

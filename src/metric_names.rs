@@ -83,3 +83,13 @@ pub const LIMIT_REJECTIONS_TOTAL: &str = "drover_limit_rejections_total";
 pub const HTTP1_ENGINE_REQUESTS_TOTAL: &str = "drover_http1_engine_requests_total";
 // OTLP span export (observe::otlp).
 pub const TRACE_SPANS_TOTAL: &str = "drover_trace_spans_total";
+
+/// Whether `name` is a valid worker metric name (`[a-z_][a-z0-9_]*`, ≤ 64 bytes).
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}

@@ -67,7 +67,7 @@ impl Discovery {
         self.metrics.get_or_init(|| {
             let backends = prometheus::IntGaugeVec::new(
                 prometheus::Opts::new(
-                    crate::observe::names::UPSTREAM_DISCOVERY_BACKENDS,
+                    crate::metric_names::UPSTREAM_DISCOVERY_BACKENDS,
                     "Backends found by DNS discovery, per upstreams entry",
                 ),
                 &["upstream"],
@@ -75,7 +75,7 @@ impl Discovery {
             .expect("valid metric");
             let errors = prometheus::IntCounterVec::new(
                 prometheus::Opts::new(
-                    crate::observe::names::UPSTREAM_DISCOVERY_ERRORS_TOTAL,
+                    crate::metric_names::UPSTREAM_DISCOVERY_ERRORS_TOTAL,
                     "Failed DNS lookups of discovered upstreams (the last answer stays in force)",
                 ),
                 &["upstream"],
@@ -90,8 +90,8 @@ impl Discovery {
 
 /// Starts a task for each discovered entry of `cfg` that has none, and stops (and
 /// drains the backends of) each task whose entry is gone. Must run inside a runtime.
-pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
-    let Ok(mut tasks) = shared.discovery.tasks.lock() else {
+pub fn sync(shared: &Arc<Shared>, discovery: &Arc<Discovery>, cfg: &Config) {
+    let Ok(mut tasks) = discovery.tasks.lock() else {
         return;
     };
     let wanted: HashMap<&DiscoverySource, (u32, &Link)> = cfg
@@ -118,7 +118,13 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
         if tasks.contains_key(src) {
             continue;
         }
-        let handle = tokio::spawn(run(shared.clone(), src.clone(), weight, link.clone()));
+        let handle = tokio::spawn(run(
+            shared.clone(),
+            discovery.clone(),
+            src.clone(),
+            weight,
+            link.clone(),
+        ));
         tasks.insert(
             src.clone(),
             Task {
@@ -227,7 +233,13 @@ async fn lookup(
     }
 }
 
-async fn run(shared: Arc<Shared>, src: DiscoverySource, weight: u32, link: Link) {
+async fn run(
+    shared: Arc<Shared>,
+    discovery: Arc<Discovery>,
+    src: DiscoverySource,
+    weight: u32,
+    link: Link,
+) {
     let label = src.label();
     let mut settings: Option<DiscoveryConfig> = None;
     let mut r: Option<TokioResolver> = None;
@@ -245,7 +257,7 @@ async fn run(shared: Arc<Shared>, src: DiscoverySource, weight: u32, link: Link)
                 }
             };
         }
-        let m = shared.discovery.metrics(&shared.metrics.registry);
+        let m = discovery.metrics(&shared.metrics.registry);
         let pause = match &r {
             None => d.max_interval,
             Some(res) => match lookup(res, &src, weight).await {
@@ -286,7 +298,7 @@ fn apply(shared: &Arc<Shared>, label: &str, want: &[(SocketAddr, u32)], link: &L
     for b in &mine {
         if !want.contains(&(b.addr, b.weight)) || b.link != *link {
             log::info!("upstreams: {} gone from DNS, draining", b.name);
-            super::upstreams::drain_and_remove(shared, b, cfg.workers.drain_timeout);
+            super::drain_and_remove(shared, b, cfg.workers.drain_timeout);
         }
     }
     for (addr, weight) in want {

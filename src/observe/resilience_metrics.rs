@@ -5,11 +5,11 @@
 //! Breaker states and transition counts live on the breakers (atomics) and are copied
 //! into series at scrape time by [`ResilienceMetrics::refresh`].
 
-use super::breaker::{Breaker, TripReason};
-use super::config::Resilience;
-use super::routes::RouteLimit;
 use crate::balancing::Pool;
-use crate::observe::names::*;
+use crate::metric_names::*;
+use crate::resilience::breaker::{Breaker, TripReason};
+use crate::resilience::routes::RouteLimit;
+use crate::resilience::Resilience;
 use prometheus::{Counter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

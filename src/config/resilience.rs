@@ -6,14 +6,14 @@
 //! every reload; [`adopt`] carries live state (breakers, limiters, budget, in-flight
 //! counts) over from the running config where the settings did not change.
 
-use super::breaker::{Breaker, BreakerPolicy};
-use super::classify::Classifier;
-use super::rate_limit::{LimitKey, RateLimiter, RatePolicy};
-use super::retry::{Backoff, BudgetPolicy, RetryBudget};
-use super::routes::{Fallback, Route, RouteLimit, RouteState, RouteTable};
 use crate::config::{
     CircuitBreakerFile, Config, ConfigIssue, FallbackFile, FileConfig, RateLimitFile,
 };
+use crate::resilience::breaker::{Breaker, BreakerPolicy};
+use crate::resilience::classify::Classifier;
+use crate::resilience::rate_limit::{LimitKey, RateLimiter, RatePolicy};
+use crate::resilience::retry::{Backoff, BudgetPolicy, RetryBudget};
+use crate::resilience::routes::{Fallback, Route, RouteLimit, RouteState, RouteTable};
 use pingora_core::upstreams::peer::HttpPeer;
 use std::collections::HashSet;
 use std::net::ToSocketAddrs;
@@ -25,16 +25,7 @@ pub const MAX_ROUTES: usize = 256;
 /// Largest rate-limit table (slots); 8 bytes each, so 128 MiB at most per limiter.
 pub const MAX_RATE_LIMIT_SLOTS: u32 = 1 << 24;
 
-#[derive(Debug)]
-pub struct Resilience {
-    pub routes: RouteTable,
-    pub rate_limit: Option<Arc<RateLimiter>>,
-    pub backoff: Backoff,
-    pub budget: Arc<RetryBudget>,
-    pub total_timeout: Option<Duration>,
-    pub max_ejected_share: f64,
-    pub chaos_enabled: bool,
-}
+pub use crate::resilience::Resilience;
 
 struct Issues<'a>(&'a mut Vec<ConfigIssue>);
 
@@ -425,19 +416,10 @@ pub fn build(file: &FileConfig, issues: &mut Vec<ConfigIssue>) -> Resilience {
 
 /// Carries live resilience state from the running config into a freshly loaded one
 /// (called by reload before the swap).
+/// Carries live state over from the running config where the settings did not change.
 pub fn adopt(new: &mut Config, old: &Config) {
-    let Some(res) = Arc::get_mut(&mut new.resilience) else {
-        return;
-    };
-    let prev = &old.resilience;
-    res.routes.adopt(&prev.routes);
-    if let (Some(a), Some(b)) = (&res.rate_limit, &prev.rate_limit) {
-        if a.policy == b.policy {
-            res.rate_limit = Some(b.clone());
-        }
-    }
-    if res.budget.policy == prev.budget.policy {
-        res.budget = prev.budget.clone();
+    if let Some(res) = Arc::get_mut(&mut new.resilience) {
+        res.adopt_live_state(&old.resilience);
     }
 }
 

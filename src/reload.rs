@@ -11,9 +11,9 @@
 //! are taken one at a time, so a slow one cannot be overtaken and then undone.
 
 use crate::config::{self, Config, StrategyChoice};
-use crate::lifecycle::upstreams;
 use crate::state::Shared;
 use crate::supervisor::Supervisor;
+use crate::upstreams::{self, discovery::Discovery};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -69,16 +69,18 @@ fn joined<T>(
 pub async fn reload(
     shared: &Arc<Shared>,
     supervisor: &Arc<Supervisor>,
+    discovery: &Arc<Discovery>,
 ) -> Result<u64, config::ConfigError> {
     let file = shared.config_path.display().to_string();
-    let (shared, supervisor) = (shared.clone(), supervisor.clone());
-    let task = tokio::spawn(async move { reload_now(&shared, &supervisor).await });
+    let (shared, supervisor, discovery) = (shared.clone(), supervisor.clone(), discovery.clone());
+    let task = tokio::spawn(async move { reload_now(&shared, &supervisor, &discovery).await });
     joined(task.await, &file)
 }
 
 async fn reload_now(
     shared: &Arc<Shared>,
     supervisor: &Arc<Supervisor>,
+    discovery: &Arc<Discovery>,
 ) -> Result<u64, config::ConfigError> {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut new = match load_off_thread(&shared.config_path).await {
@@ -119,7 +121,7 @@ async fn reload_now(
         || old.workers.inherit_env != new.workers.inherit_env
         || old.workers.protocol != new.workers.protocol;
     let count = new.workers.count;
-    crate::resilience::config::adopt(&mut new, &old);
+    crate::config::resilience::adopt(&mut new, &old);
     shared
         .pool
         .set_max_ejected_share(new.resilience.max_ejected_share);
@@ -170,7 +172,7 @@ async fn reload_now(
             .pool
             .set_panic_threshold(new.balancing.panic_threshold);
     }
-    upstreams::sync(shared, &new);
+    upstreams::sync(shared, discovery, &new);
     match shared.sessions.get() {
         Some(sessions) if new.sessions.enabled => sessions.apply(&new.sessions),
         Some(_) => log::warn!("reload: turning sessions off takes effect only after a restart"),
@@ -288,7 +290,8 @@ mod tests {
         runtime().block_on(async {
             // Polled once (the file is being read off the thread), then dropped, as when
             // an admin client hangs up.
-            let mut call = Box::pin(reload(&shared, &supervisor));
+            let discovery = Default::default();
+            let mut call = Box::pin(reload(&shared, &supervisor, &discovery));
             let first =
                 std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
             assert!(
@@ -313,13 +316,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (shared, supervisor) = state(dir.path());
         std::fs::write(&shared.config_path, "workers:\n  count: -3\n").unwrap();
-        let r = runtime().block_on(reload(&shared, &supervisor));
+        let r = runtime().block_on(reload(&shared, &supervisor, &Default::default()));
         let e = r.unwrap_err();
         assert!(e.to_string().contains("workers.count"), "{e}");
         assert_eq!(shared.version.load(Ordering::Acquire), 1);
         assert_eq!(shared.pool.strategy().as_str(), "round_robin");
         write_config(&shared.config_path, "random");
-        let v = runtime().block_on(reload(&shared, &supervisor)).unwrap();
+        let v = runtime()
+            .block_on(reload(&shared, &supervisor, &Default::default()))
+            .unwrap();
         assert_eq!(v, 2);
     }
 

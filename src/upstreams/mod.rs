@@ -1,21 +1,24 @@
 //! Remote upstreams from `upstreams:`: static ones registered at start and re-synced on
 //! reload; discovered ones (`discover: dns`, `srv:`) handed to `discovery`.
 
+pub mod discovery;
+
 use crate::balancing::{Backend, BackendState};
 use crate::config::Config;
 use crate::health;
 use crate::state::Shared;
+use discovery::Discovery;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Makes the pool's static remote backends match `cfg.upstreams`: new ones are added
 /// (and get traffic once healthy); removed or changed ones drain and leave. Then starts
 /// or stops the discovery of DNS-discovered entries.
-pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
+pub fn sync(shared: &Arc<Shared>, discovery: &Arc<Discovery>, cfg: &Config) {
     let members = shared.pool.members();
     let remote: Vec<_> = members
         .iter()
-        .filter(|b| b.worker_id.is_none() && !super::discovery::is_discovered(b))
+        .filter(|b| b.worker_id.is_none() && !discovery::is_discovered(b))
         .cloned()
         .collect();
     for b in &remote {
@@ -43,7 +46,7 @@ pub fn sync(shared: &Arc<Shared>, cfg: &Config) {
             health::spawn_probe(shared.clone(), b);
         }
     }
-    super::discovery::sync(shared, cfg);
+    discovery::sync(shared, discovery, cfg);
 }
 
 /// Takes `b` out of rotation at once, waits for its in-flight requests (at most

@@ -10,8 +10,8 @@
 //! for another worker). Everything else is dropped and counted as rejected. Workers find
 //! the path in `DROVER_METRICS_SOCKET`.
 
+use super::Supervisor;
 use crate::state::Shared;
-use crate::supervisor::Supervisor;
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
 };
