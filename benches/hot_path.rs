@@ -32,13 +32,13 @@
 //! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 2`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use drover::stable_hash::fnv1a;
-use drover::balancing::{Backend, BackendState, Pool, StrategyKind};
+use drover::balancing::{Backend, Pool, StrategyKind};
 use drover::observe::access_log::{self, AccessRecord};
 use drover::resilience::breaker::{Breaker, BreakerPolicy};
 use drover::resilience::classify::{Classifier, Outcome};
 use drover::resilience::rate_limit::{LimitKey, RateLimiter, RatePolicy};
 use drover::resilience::retry::{BudgetPolicy, RetryBudget};
+use drover::stable_hash::fnv1a;
 use drover::wire::headers;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
@@ -83,7 +83,7 @@ fn healthy_backend(id: u64) -> Arc<Backend> {
         HttpPeer::new(addr, false, String::new()),
         Breaker::new(default_breaker_policy()),
     );
-    backend.set_state(BackendState::Healthy);
+    backend.set_health(true);
     // A steady-state latency estimate, so the latency strategy does its real work.
     backend.observe_latency(Duration::from_micros(2_000 + 37 * id));
     Arc::new(backend)

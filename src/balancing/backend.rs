@@ -214,9 +214,32 @@ impl Backend {
         BackendState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Out of rotation for good: new requests go elsewhere while in-flight ones finish.
+    /// Called by whoever owns the backend's lifetime (the supervisor for forked workers,
+    /// `upstreams` for remote hosts).
+    pub fn begin_drain(&self) {
+        self.set_state(BackendState::Draining);
+    }
+
+    /// Gone for good: the process exited or the host left the config.
+    pub fn mark_stopped(&self) {
+        self.set_state(BackendState::Stopped);
+    }
+
+    /// A health verdict; returns the state before it. Only `crate::health` calls this
+    /// (its probe loop, and the passive check the pipeline reports to it), so health
+    /// has one owner. A verdict never revives a draining or stopped backend.
+    pub fn set_health(&self, healthy: bool) -> BackendState {
+        self.set_state(if healthy {
+            BackendState::Healthy
+        } else {
+            BackendState::Unhealthy
+        })
+    }
+
     /// Sets the state; returns the previous one. Draining and Stopped are sticky: a
     /// health check passing later must not put a draining worker back into rotation.
-    pub fn set_state(&self, next: BackendState) -> BackendState {
+    pub(in crate::balancing) fn set_state(&self, next: BackendState) -> BackendState {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
             let prev = BackendState::from_u8(cur);

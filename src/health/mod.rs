@@ -103,6 +103,30 @@ impl Streaks {
     }
 }
 
+/// Passive check, reported by the pipeline: a refused connection means nothing listens
+/// there (a worker killed, a host restarting), so a healthy backend leaves rotation at
+/// once instead of drawing requests (and the retry budget) until its active check fails
+/// twice. The probe loop puts it back when it passes. nginx does the same by default
+/// (`max_fails=1`).
+pub fn connection_refused(shared: &Shared, b: &Backend) {
+    if b.state() != BackendState::Healthy {
+        return;
+    }
+    if b.set_health(false) == BackendState::Healthy {
+        log::warn!(
+            "health: {} ({}) refused a connection, out of rotation until its health check passes",
+            b.name,
+            b.addr
+        );
+        shared
+            .metrics
+            .health_checks
+            .with_label_values(&["refused"])
+            .inc();
+        shared.pool.refresh();
+    }
+}
+
 pub fn spawn_probe(shared: Arc<Shared>, backend: Arc<Backend>) {
     tokio::spawn(probe_loop(shared, backend));
 }
@@ -139,7 +163,7 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
             .with_label_values(&[if ok { "pass" } else { "fail" }])
             .inc();
         if let Some(next) = streaks.observe(ok, state, &cfg) {
-            let prev = backend.set_state(next);
+            let prev = backend.set_health(next == BackendState::Healthy);
             if prev == state {
                 match next {
                     BackendState::Healthy if state == BackendState::Starting => {

@@ -13,7 +13,7 @@ pub mod env;
 pub mod metrics_socket;
 pub mod spawn;
 
-use crate::balancing::{Backend, BackendState};
+use crate::balancing::Backend;
 use crate::health;
 use crate::state::Shared;
 use backoff::RestartBackoff;
@@ -348,7 +348,7 @@ async fn run_slot(
         match outcome {
             Outcome::Exited(exit) => {
                 // Out of rotation first, then bookkeeping.
-                backend.set_state(BackendState::Stopped);
+                backend.mark_stopped();
                 shared.pool.remove(backend.id);
                 shared.metrics.workers_running.dec();
                 let how = match exit {
@@ -428,7 +428,7 @@ pub async fn stop_worker(
     drain: bool,
 ) {
     let cfg = shared.config();
-    backend.set_state(BackendState::Draining);
+    backend.begin_drain();
     shared.pool.refresh();
     if drain {
         let deadline = Instant::now() + cfg.workers.drain_timeout;
@@ -460,6 +460,6 @@ pub async fn stop_worker(
             let _ = child.kill().await;
         }
     }
-    backend.set_state(BackendState::Stopped);
+    backend.mark_stopped();
     shared.pool.remove(backend.id);
 }

@@ -3,7 +3,7 @@
 
 pub mod discovery;
 
-use crate::balancing::{Backend, BackendState};
+use crate::balancing::Backend;
 use crate::config::Config;
 use crate::health;
 use crate::state::Shared;
@@ -52,7 +52,7 @@ pub fn sync(shared: &Arc<Shared>, discovery: &Arc<Discovery>, cfg: &Config) {
 /// Takes `b` out of rotation at once, waits for its in-flight requests (at most
 /// `timeout`), then removes it from the pool.
 pub fn drain_and_remove(shared: &Arc<Shared>, b: &Arc<Backend>, timeout: Duration) {
-    b.set_state(BackendState::Draining);
+    b.begin_drain();
     shared.pool.refresh();
     let shared = shared.clone();
     let b = b.clone();
@@ -61,7 +61,7 @@ pub fn drain_and_remove(shared: &Arc<Shared>, b: &Arc<Backend>, timeout: Duratio
         while b.inflight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        b.set_state(BackendState::Stopped);
+        b.mark_stopped();
         shared.pool.remove(b.id);
     });
 }

@@ -1,7 +1,6 @@
 //! Step 2: the backend for an attempt, and what a failed attempt means for the next.
 
 use super::{Exchange, Pipeline};
-use crate::balancing::backend::BackendState;
 use crate::balancing::queue::QueueRejection;
 use crate::balancing::{Backend, InflightGuard, SelectError, SelectLimits};
 use crate::config::{Config, HashKey};
@@ -274,30 +273,11 @@ impl Pipeline {
         retry
     }
 
-    /// Passive health check: a refused connection means nothing listens there (a worker
-    /// killed, a host restarting), so the backend leaves rotation at once instead of
-    /// drawing requests (and the retry budget) until its active check fails twice. The
-    /// active check puts it back when it passes. nginx does the same by default
-    /// (`max_fails=1`).
+    /// Reports a refused connection to `health` (the passive check), which owns the
+    /// backend's health state.
     fn eject_refusing_backend(&self, ex: &Exchange) {
-        let Some(b) = ex.guard.as_ref().map(|g| g.backend()) else {
-            return;
-        };
-        if b.state() != BackendState::Healthy {
-            return;
-        }
-        if b.set_state(BackendState::Unhealthy) == BackendState::Healthy {
-            log::warn!(
-                "health: {} ({}) refused a connection, out of rotation until its health check passes",
-                b.name,
-                b.addr
-            );
-            self.shared
-                .metrics
-                .health_checks
-                .with_label_values(&["refused"])
-                .inc();
-            self.shared.pool.refresh();
+        if let Some(b) = ex.guard.as_ref().map(|g| g.backend()) {
+            crate::health::connection_refused(&self.shared, b);
         }
     }
 
