@@ -2,7 +2,9 @@
 //! tests/sessions.rs with a real redis-server).
 
 use super::*;
-use crate::config::{CookieConfig, SameSite};
+use crate::config::{CookieConfig, SameSite, WithoutCookie};
+use pingora_http::ResponseHeader;
+use std::time::Instant;
 
 fn cfg() -> SessionsConfig {
     let file = crate::config::SessionsFile::default();
