@@ -4,277 +4,11 @@
 
 use super::error::ConfigIssue;
 use super::file::*;
+use super::model::*;
 use crate::config::strategy::StrategyKind;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-pub const MAX_WORKERS: usize = 512;
-pub const MAX_THREADS: usize = 256;
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub threads: usize,
-    pub runtime_dir: PathBuf,
-    pub admin: AdminConfig,
-    pub workers: WorkersConfig,
-    pub upstreams: Vec<UpstreamConfig>,
-    /// Upstreams found through DNS (`discover: dns`, `srv:`).
-    pub discovered: Vec<DiscoveredUpstream>,
-    pub discovery: DiscoveryConfig,
-    pub balancing: BalancingConfig,
-    pub health: HealthConfig,
-    pub proxy: ProxyConfig,
-    pub forwarded: super::edge::ForwardedConfig,
-    pub limits: super::edge::LimitsConfig,
-    pub shutdown_grace: Duration,
-    pub breaker: BreakerConfig,
-    pub sessions: super::sessions::SessionsConfig,
-    pub logging: LoggingConfig,
-    /// Routes, rate limits, retry pacing and budget (`crate::config::resilience`).
-    pub resilience: std::sync::Arc<crate::config::resilience::Resilience>,
-    pub observability: super::observability::ObservabilityConfig,
-    /// HTTPS listeners and their certificates, redirect, HSTS.
-    pub tls: super::tls::TlsConfig,
-    /// HTTP/2 to clients.
-    pub http2: super::tls::Http2Config,
-    /// Every backend speaks HTTP/1.1 in cleartext (workers and upstreams), so drover's
-    /// own engine can serve requests; otherwise Pingora's carrier serves them all.
-    pub plain_backends: bool,
-    /// The parsed file, kept to show the running config (`/api/config`).
-    pub file: FileConfig,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub listen: SocketAddr,
-    /// The operator's token (`admin.token` / `admin.token_file`); None = generated one.
-    pub token: Option<String>,
-    /// Lower-cased host names accepted in `Host` besides localhost and listener IPs.
-    pub allowed_hosts: Vec<String>,
-    pub allow_deploy_command: bool,
-    pub max_connections: usize,
-    pub max_stream_subscribers: usize,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub request_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkersConfig {
-    pub count: usize,
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    /// Names (or `PREFIX*`) of drover's variables workers inherit beyond the allow-list.
-    pub inherit_env: Vec<String>,
-    /// Variables the config file read through `${VAR}`: never inherited by workers.
-    pub withheld_env: std::collections::BTreeSet<String>,
-    pub host: IpAddr,
-    /// How drover speaks to workers (`http1` or `h2c`).
-    pub protocol: super::tls::Protocol,
-    pub base_port: u16,
-    pub backoff: BackoffPolicy,
-    pub stop_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub health_timeout: Duration,
-    pub autoscale: super::autoscale::AutoscaleConfig,
-    pub weight: u32,
-    pub weights: Vec<u32>,
-}
-
-impl WorkersConfig {
-    pub fn weight_of(&self, id: usize) -> u32 {
-        self.weights.get(id).copied().unwrap_or(self.weight)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-    pub reset_after: Duration,
-    pub crash_loop_restarts: u32,
-}
-
-/// What a discovered upstream entry asks DNS for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum DiscoverySource {
-    /// A/AAAA records of `host`, each a backend on `port`.
-    Dns { host: String, port: u16 },
-    /// SRV records of `name`: targets, ports and weights.
-    Srv { name: String },
-}
-
-impl DiscoverySource {
-    /// The entry's name (the `host:port` or SRV name as written), used as the prefix of
-    /// its backends' names (`{label}@{ip}:{port}`).
-    pub fn label(&self) -> String {
-        match self {
-            DiscoverySource::Dns { host, port } => format!("{host}:{port}"),
-            DiscoverySource::Srv { name } => name.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiscoveredUpstream {
-    pub source: DiscoverySource,
-    /// Weight of each backend found (SRV records carry their own).
-    pub weight: u32,
-    /// Protocol and TLS to each backend found.
-    pub link: super::tls::Link,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiscoveryConfig {
-    /// Empty: the system's resolver configuration.
-    pub nameservers: Vec<SocketAddr>,
-    pub min_interval: Duration,
-    pub max_interval: Duration,
-    pub timeout: Duration,
-    pub slow_start: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// Protocol and TLS to it.
-    pub link: super::tls::Link,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BalancingConfig {
-    pub strategy: StrategyChoice,
-    pub panic_threshold: f64,
-    pub hash_key: HashKey,
-    pub slow_start: Duration,
-    pub max_inflight_per_backend: u32,
-    pub queue_size: u32,
-    pub queue_timeout: Duration,
-    pub latency_decay: Duration,
-}
-
-/// A fixed strategy, or `auto`: drover picks one from what it observes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StrategyChoice {
-    Fixed(StrategyKind),
-    Auto,
-}
-
-impl StrategyChoice {
-    /// The strategy to start with (auto starts with least connections).
-    pub fn initial(self) -> StrategyKind {
-        match self {
-            StrategyChoice::Fixed(k) => k,
-            StrategyChoice::Auto => StrategyKind::LeastConnections,
-        }
-    }
-}
-
-impl std::fmt::Display for StrategyChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StrategyChoice::Fixed(k) => write!(f, "{k}"),
-            StrategyChoice::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-/// The request property consistent hashing uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    ClientIp,
-    Path,
-    Header(http::HeaderName),
-    Cookie(String),
-}
-
-/// Why `balancing.hash_key` was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HashKeyError {
-    #[error("`{0}` is not a valid header name")]
-    HeaderName(String),
-    #[error("`{0}` is not a hash key; accepted: client_ip, path, header:NAME, cookie:NAME")]
-    Unknown(String),
-}
-
-impl std::str::FromStr for HashKey {
-    type Err = HashKeyError;
-    fn from_str(s: &str) -> Result<Self, HashKeyError> {
-        match s {
-            "client_ip" => Ok(HashKey::ClientIp),
-            "path" => Ok(HashKey::Path),
-            _ => {
-                if let Some(h) = s.strip_prefix("header:") {
-                    http::HeaderName::from_bytes(h.as_bytes())
-                        .map(HashKey::Header)
-                        .map_err(|_| HashKeyError::HeaderName(h.to_string()))
-                } else if let Some(c) = s.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
-                    Ok(HashKey::Cookie(c.to_string()))
-                } else {
-                    Err(HashKeyError::Unknown(s.to_string()))
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthConfig {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxyConfig {
-    pub retries: u32,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub keepalive_pool_size: usize,
-    pub keepalive_timeout: Duration,
-    pub fast_path: bool,
-    pub retry_on: RetryOn,
-    pub max_response_header_bytes: usize,
-}
-
-/// Which failed attempts are tried again (`proxy.retry_on`). A connect failure always is:
-/// nothing reached the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOn {
-    /// The connection broke after the whole request was sent (the worker had it).
-    pub reset: bool,
-    /// The worker did not answer in time (it had the request).
-    pub timeout: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerConfig {
-    pub enabled: bool,
-    pub consecutive_failures: u32,
-    pub open_for: Duration,
-    pub max_open_for: Duration,
-    pub half_open_probes: u32,
-    /// Every rule of `circuit_breaker`, validated (what worker breakers are built from).
-    pub policy: crate::resilience::breaker::BreakerPolicy,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggingConfig {
-    pub level: log::LevelFilter,
-    pub access_log: bool,
-    /// One JSON object per log line.
-    pub json: bool,
-    /// Where access lines go instead of the log (`observe::access_log::write`).
-    pub access_log_file: Option<std::path::PathBuf>,
-}
 
 struct Checker {
     issues: Vec<ConfigIssue>,
@@ -339,6 +73,119 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         );
     }
 
+    let admin = admin(&mut c, &file, source, admin_listen);
+    let workers = workers(&mut c, &file, source);
+    let (upstreams, discovered, discovery) = upstreams(&mut c, &file, source);
+    if file.workers.count == 0 && file.upstreams.is_empty() {
+        c.fail(
+            "workers.count",
+            "is 0 and no `upstreams` are listed: drover would have nothing to proxy to",
+        );
+    }
+
+    let balancing = balancing(&mut c, &file);
+    let health = health(&mut c, &file);
+    let proxy = proxy(&mut c, &file);
+    let breaker = breaker(&mut c, &file);
+    let resilience = crate::config::resilience::build(&file, &mut c.issues);
+
+    let logging = logging(&mut c, &file);
+    let observability = super::observability::validate(&file.observability, &mut c.issues);
+
+    let runtime_dir = match &file.runtime_dir {
+        Some(d) => relative_to(source, d),
+        None => default_runtime_dir(listen.map(|a| a.port()).unwrap_or(0)),
+    };
+
+    let limits = match super::edge::validate_limits(&file.limits) {
+        Ok(l) => Some(l),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
+    let forwarded = match super::edge::validate_forwarded(&file.forwarded) {
+        Ok(f) => Some(f),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
+    let shared_limits = file.rate_limit.store == "redis"
+        || file
+            .routes
+            .iter()
+            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.store == "redis"));
+    let sessions = match super::sessions::validate_sessions(
+        &file.sessions,
+        |p| relative_to(source, p),
+        &runtime_dir,
+        shared_limits,
+    ) {
+        Ok(s) => Some(s),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
+
+    let tls = super::tls::validate_tls(&file.tls, |p| relative_to(source, p), &mut c.issues);
+    let http2 = super::tls::validate_http2(&file.http2, &mut c.issues);
+    if let Some(l) = listen.filter(|l| tls.listen.contains(l)) {
+        c.fail(
+            "tls.listen",
+            format!("`{l}` is also the cleartext `listen`; give HTTPS its own port"),
+        );
+    }
+    let plain_backends = workers
+        .as_ref()
+        .is_some_and(|w| w.protocol == super::tls::Protocol::Http1)
+        && upstreams.iter().all(|u| u.link.plain())
+        && discovered.iter().all(|d| d.link.plain());
+
+    if !c.issues.is_empty() {
+        return Err(c.issues);
+    }
+    let (Some(listen), Some(admin), Some(workers), Some(sessions), Some(forwarded), Some(limits)) =
+        (listen, admin, workers, sessions, forwarded, limits)
+    else {
+        return Err(c.issues);
+    };
+    Ok(Config {
+        listen,
+        threads: file.threads,
+        runtime_dir,
+        admin,
+        workers,
+        upstreams,
+        discovered,
+        discovery,
+        balancing,
+        health,
+        proxy,
+        forwarded,
+        limits,
+        shutdown_grace: file.shutdown.grace_period.0,
+        breaker,
+        sessions,
+        logging,
+        resilience: std::sync::Arc::new(resilience),
+        observability,
+        tls,
+        http2,
+        plain_backends,
+        file,
+    })
+}
+
+/// `admin`: the token (inline or from a file), the hosts, the limits. `None` when
+/// `admin.listen` is not an address (already reported).
+fn admin(
+    c: &mut Checker,
+    file: &FileConfig,
+    source: &Path,
+    admin_listen: Option<SocketAddr>,
+) -> Option<AdminConfig> {
     let token = match (&file.admin.token, &file.admin.token_file) {
         (Some(_), Some(_)) => {
             c.fail(
@@ -400,6 +247,27 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     c.positive("admin.idle_timeout", a.idle_timeout.0);
     c.positive("admin.request_timeout", a.request_timeout.0);
 
+    let admin_listen = admin_listen?;
+    Some(AdminConfig {
+        listen: admin_listen,
+        token,
+        allowed_hosts: file
+            .admin
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        allow_deploy_command: file.admin.allow_deploy_command,
+        max_connections: file.admin.max_connections,
+        max_stream_subscribers: file.admin.max_stream_subscribers,
+        header_timeout: file.admin.header_timeout.0,
+        idle_timeout: file.admin.idle_timeout.0,
+        request_timeout: file.admin.request_timeout.0,
+    })
+}
+
+/// `workers`: the program, its environment and protocol, restart backoff, autoscale.
+fn workers(c: &mut Checker, file: &FileConfig, source: &Path) -> Option<WorkersConfig> {
     let w = &file.workers;
     if w.count > MAX_WORKERS {
         c.fail(
@@ -488,6 +356,52 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         10_000,
     );
 
+    for (i, w) in w.weights.iter().enumerate() {
+        c.range_u32(&format!("workers.weights[{i}]"), *w, 1, 10_000);
+    }
+    let autoscale = match super::autoscale::validate_autoscale(&file.workers.autoscale, MAX_WORKERS)
+    {
+        Ok(a) => Some(a),
+        Err(mut issues) => {
+            c.issues.append(&mut issues);
+            None
+        }
+    };
+    Some(WorkersConfig {
+        count: w.count,
+        program,
+        args,
+        env: w.env.clone(),
+        inherit_env: w.inherit_env.clone(),
+        withheld_env: Default::default(),
+        host,
+        protocol: worker_protocol,
+        base_port: w.base_port,
+        backoff: BackoffPolicy {
+            initial: b.initial.0,
+            max: b.max.0,
+            reset_after: b.reset_after.0,
+            crash_loop_restarts: b.crash_loop_restarts,
+        },
+        stop_timeout: w.stop_timeout.0,
+        drain_timeout: w.drain_timeout.0,
+        health_timeout: w.health_timeout.0,
+        autoscale: autoscale?,
+        weight: file.balancing.worker_weight,
+        weights: w.weights.clone(),
+    })
+}
+
+/// `upstreams` and `discovery`: static hosts resolved now, DNS-discovered ones.
+fn upstreams(
+    c: &mut Checker,
+    file: &FileConfig,
+    source: &Path,
+) -> (
+    Vec<UpstreamConfig>,
+    Vec<DiscoveredUpstream>,
+    DiscoveryConfig,
+) {
     let mut upstreams = Vec::new();
     let mut discovered = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
@@ -580,13 +494,11 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         timeout: d.timeout.0,
         slow_start: d.slow_start.0,
     };
-    if w.count == 0 && file.upstreams.is_empty() {
-        c.fail(
-            "workers.count",
-            "is 0 and no `upstreams` are listed: drover would have nothing to proxy to",
-        );
-    }
+    (upstreams, discovered, discovery)
+}
 
+/// `balancing`: the strategy (or `auto`), panic threshold, hash key, queue.
+fn balancing(c: &mut Checker, file: &FileConfig) -> BalancingConfig {
     let strategy = if file.balancing.strategy == "auto" {
         StrategyChoice::Auto
     } else {
@@ -598,9 +510,6 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
             }
         }
     };
-    for (i, w) in w.weights.iter().enumerate() {
-        c.range_u32(&format!("workers.weights[{i}]"), *w, 1, 10_000);
-    }
     if file.balancing.max_inflight_per_backend > 0 {
         c.range_u32(
             "balancing.queue.size",
@@ -626,6 +535,20 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
     };
 
     c.positive("balancing.latency_decay", file.balancing.latency_decay.0);
+    BalancingConfig {
+        strategy,
+        panic_threshold,
+        hash_key,
+        slow_start: file.balancing.slow_start.0,
+        max_inflight_per_backend: file.balancing.max_inflight_per_backend,
+        queue_size: file.balancing.queue.size,
+        queue_timeout: file.balancing.queue.timeout.0,
+        latency_decay: file.balancing.latency_decay.0,
+    }
+}
+
+/// `health_check`: the active probe.
+fn health(c: &mut Checker, file: &FileConfig) -> HealthConfig {
     let h = &file.health_check;
     if !h.path.starts_with('/') {
         c.fail(
@@ -648,6 +571,17 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         100,
     );
 
+    HealthConfig {
+        path: h.path.clone(),
+        interval: h.interval.0,
+        timeout: h.timeout.0,
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+    }
+}
+
+/// `proxy`: retries and what may be retried, timeouts, the upstream connection pool.
+fn proxy(c: &mut Checker, file: &FileConfig) -> ProxyConfig {
     let p = &file.proxy;
     c.range_u32("proxy.retries", p.retries, 0, 10);
     let mut retry_on = RetryOn::default();
@@ -679,11 +613,35 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         );
     }
 
+    ProxyConfig {
+        retries: p.retries,
+        connect_timeout: p.connect_timeout.0,
+        read_timeout: p.read_timeout.0,
+        keepalive_pool_size: p.keepalive_pool_size,
+        keepalive_timeout: p.keepalive_timeout.0,
+        fast_path: p.fast_path,
+        retry_on,
+        max_response_header_bytes: p.max_response_header_bytes,
+    }
+}
+
+/// `circuit_breaker`: the per-worker breaker policy.
+fn breaker(c: &mut Checker, file: &FileConfig) -> BreakerConfig {
     let cb = &file.circuit_breaker;
     let breaker_policy =
         crate::config::resilience::breaker_policy(cb, "circuit_breaker", &mut c.issues);
-    let resilience = crate::config::resilience::build(&file, &mut c.issues);
+    BreakerConfig {
+        enabled: cb.enabled,
+        consecutive_failures: cb.consecutive_failures,
+        open_for: cb.open_for.0,
+        max_open_for: cb.max_open_for.0,
+        half_open_probes: cb.half_open_probes,
+        policy: breaker_policy,
+    }
+}
 
+/// `logging`: level, format, the access log and its file.
+fn logging(c: &mut Checker, file: &FileConfig) -> LoggingConfig {
     let level = match file.logging.level.to_ascii_lowercase().as_str() {
         "off" => log::LevelFilter::Off,
         "error" => log::LevelFilter::Error,
@@ -723,177 +681,12 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<ConfigIss
         );
     }
 
-    let observability = super::observability::validate(&file.observability, &mut c.issues);
-
-    let runtime_dir = match &file.runtime_dir {
-        Some(d) => relative_to(source, d),
-        None => default_runtime_dir(listen.map(|a| a.port()).unwrap_or(0)),
-    };
-
-    let limits = match super::edge::validate_limits(&file.limits) {
-        Ok(l) => Some(l),
-        Err(mut issues) => {
-            c.issues.append(&mut issues);
-            None
-        }
-    };
-    let forwarded = match super::edge::validate_forwarded(&file.forwarded) {
-        Ok(f) => Some(f),
-        Err(mut issues) => {
-            c.issues.append(&mut issues);
-            None
-        }
-    };
-    let autoscale = match super::autoscale::validate_autoscale(&file.workers.autoscale, MAX_WORKERS)
-    {
-        Ok(a) => Some(a),
-        Err(mut issues) => {
-            c.issues.append(&mut issues);
-            None
-        }
-    };
-    let shared_limits = file.rate_limit.store == "redis"
-        || file
-            .routes
-            .iter()
-            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.store == "redis"));
-    let sessions = match super::sessions::validate_sessions(
-        &file.sessions,
-        |p| relative_to(source, p),
-        &runtime_dir,
-        shared_limits,
-    ) {
-        Ok(s) => Some(s),
-        Err(mut issues) => {
-            c.issues.append(&mut issues);
-            None
-        }
-    };
-
-    let tls = super::tls::validate_tls(&file.tls, |p| relative_to(source, p), &mut c.issues);
-    let http2 = super::tls::validate_http2(&file.http2, &mut c.issues);
-    if let Some(l) = listen.filter(|l| tls.listen.contains(l)) {
-        c.fail(
-            "tls.listen",
-            format!("`{l}` is also the cleartext `listen`; give HTTPS its own port"),
-        );
+    LoggingConfig {
+        level,
+        access_log: file.logging.access_log,
+        json: json_logs,
+        access_log_file: file.logging.access_log_file.clone(),
     }
-    let plain_backends = worker_protocol == super::tls::Protocol::Http1
-        && upstreams.iter().all(|u| u.link.plain())
-        && discovered.iter().all(|d| d.link.plain());
-
-    if !c.issues.is_empty() {
-        return Err(c.issues);
-    }
-    let (
-        Some(listen),
-        Some(admin_listen),
-        Some(sessions),
-        Some(autoscale),
-        Some(forwarded),
-        Some(limits),
-    ) = (listen, admin_listen, sessions, autoscale, forwarded, limits)
-    else {
-        return Err(c.issues);
-    };
-    Ok(Config {
-        listen,
-        threads: file.threads,
-        runtime_dir,
-        admin: AdminConfig {
-            listen: admin_listen,
-            token,
-            allowed_hosts: file
-                .admin
-                .allowed_hosts
-                .iter()
-                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
-            allow_deploy_command: file.admin.allow_deploy_command,
-            max_connections: file.admin.max_connections,
-            max_stream_subscribers: file.admin.max_stream_subscribers,
-            header_timeout: file.admin.header_timeout.0,
-            idle_timeout: file.admin.idle_timeout.0,
-            request_timeout: file.admin.request_timeout.0,
-        },
-        workers: WorkersConfig {
-            count: w.count,
-            program,
-            args,
-            env: w.env.clone(),
-            inherit_env: w.inherit_env.clone(),
-            withheld_env: Default::default(),
-            host,
-            protocol: worker_protocol,
-            base_port: w.base_port,
-            backoff: BackoffPolicy {
-                initial: b.initial.0,
-                max: b.max.0,
-                reset_after: b.reset_after.0,
-                crash_loop_restarts: b.crash_loop_restarts,
-            },
-            stop_timeout: w.stop_timeout.0,
-            drain_timeout: w.drain_timeout.0,
-            health_timeout: w.health_timeout.0,
-            autoscale,
-            weight: file.balancing.worker_weight,
-            weights: w.weights.clone(),
-        },
-        upstreams,
-        discovered,
-        discovery,
-        balancing: BalancingConfig {
-            strategy,
-            panic_threshold,
-            hash_key,
-            slow_start: file.balancing.slow_start.0,
-            max_inflight_per_backend: file.balancing.max_inflight_per_backend,
-            queue_size: file.balancing.queue.size,
-            queue_timeout: file.balancing.queue.timeout.0,
-            latency_decay: file.balancing.latency_decay.0,
-        },
-        health: HealthConfig {
-            path: h.path.clone(),
-            interval: h.interval.0,
-            timeout: h.timeout.0,
-            healthy_threshold: h.healthy_threshold,
-            unhealthy_threshold: h.unhealthy_threshold,
-        },
-        proxy: ProxyConfig {
-            retries: p.retries,
-            connect_timeout: p.connect_timeout.0,
-            read_timeout: p.read_timeout.0,
-            keepalive_pool_size: p.keepalive_pool_size,
-            keepalive_timeout: p.keepalive_timeout.0,
-            fast_path: p.fast_path,
-            retry_on,
-            max_response_header_bytes: p.max_response_header_bytes,
-        },
-        forwarded,
-        limits,
-        shutdown_grace: file.shutdown.grace_period.0,
-        breaker: BreakerConfig {
-            enabled: cb.enabled,
-            consecutive_failures: cb.consecutive_failures,
-            open_for: cb.open_for.0,
-            max_open_for: cb.max_open_for.0,
-            half_open_probes: cb.half_open_probes,
-            policy: breaker_policy,
-        },
-        sessions,
-        logging: LoggingConfig {
-            level,
-            access_log: file.logging.access_log,
-            json: json_logs,
-            access_log_file: file.logging.access_log_file.clone(),
-        },
-        resilience: std::sync::Arc::new(resilience),
-        observability,
-        tls,
-        http2,
-        plain_backends,
-        file,
-    })
 }
 
 /// `upstreams[i]`'s protocol and TLS settings.
