@@ -113,60 +113,6 @@ impl StartError {
     }
 }
 
-/// Upgrade: waits (bounded by `workers.health_timeout`) until this process's workers are
-/// healthy, so it never takes connections it cannot serve, then has the old process
-/// send its listening socket (SIGQUIT) while `bootstrap` waits for it, and merges the
-/// old process's session snapshot once it has exited.
-// The three sleeps below are the audited exception to clippy.toml's ban: this runs on the
-// main thread before any runtime exists, and Pingora's upgrade has no readiness hook
-// (`send_fds_to` in the old process retries a missing socket once a second for 5 s, so
-// the 300 ms pause only makes the hand-over quicker, never correct).
-#[allow(clippy::disallowed_methods)]
-fn take_over_from(shared: &Arc<Shared>, old: i32) {
-    let cfg = shared.config();
-    let want = cfg
-        .workers
-        .count
-        .max(usize::from(!cfg.upstreams.is_empty()));
-    let deadline = std::time::Instant::now() + cfg.workers.health_timeout;
-    while std::time::Instant::now() < deadline {
-        let healthy = shared
-            .pool
-            .members()
-            .iter()
-            .filter(|b| b.in_rotation())
-            .count();
-        if healthy >= want {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    log::info!("upgrade: workers ready; asking drover pid {old} to hand over its listener");
-    let old_pid = nix::unistd::Pid::from_raw(old);
-    std::thread::spawn(move || {
-        // bootstrap() is listening on the upgrade socket by then.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        if let Err(e) = nix::sys::signal::kill(old_pid, nix::sys::signal::Signal::SIGQUIT) {
-            log::error!("upgrade: cannot signal pid {old}: {e}");
-        }
-    });
-    let shared = shared.clone();
-    std::thread::spawn(move || {
-        let grace = shared.config().shutdown_grace + std::time::Duration::from_secs(30);
-        let deadline = std::time::Instant::now() + grace;
-        while std::time::Instant::now() < deadline && nix::sys::signal::kill(old_pid, None).is_ok()
-        {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        log::info!("upgrade: previous drover (pid {old}) has exited");
-        if let Some(s) = shared.sessions.get() {
-            s.finish_handover();
-        }
-        // Its history file, written at its exit, fills what this process lacks.
-        shared.observe.load_history(&shared.config().runtime_dir);
-    });
-}
-
 /// Admin and data-plane connections, workers' pipes and health probes all take file
 /// descriptors: raise the soft limit to the hard one so a burst of connections cannot
 /// starve the rest (the admin plane also caps its own connections).
@@ -280,7 +226,7 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), StartError> {
         control::start(shared.clone(), admin, shutdown_rx).map_err(StartError::Control)?;
 
     let opt = old_pid.map(|old| {
-        take_over_from(&shared, old);
+        drover::lifecycle::upgrade::take_over_from(&shared, old, &conf.upgrade_sock);
         pingora_core::server::configuration::Opt {
             upgrade: true,
             ..Default::default()

@@ -4,3 +4,4 @@ pub mod control;
 pub mod notify;
 pub mod pidfile;
 pub mod signals;
+pub mod upgrade;

@@ -24,10 +24,14 @@ impl Backoff {
         if self.base.is_zero() || retry == 0 {
             return Duration::ZERO;
         }
-        let exp = 1u32 << (retry - 1).min(20);
-        let ceiling = self.base.saturating_mul(exp).min(self.max);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+        exponential(self.base, retry - 1, self.max).mul_f64(unit.clamp(0.0, 1.0))
     }
+}
+
+/// `base × 2^step`, capped at `max`: the ceiling of retry pacing here and the delay of
+/// worker restarts in the supervisor (one formula for both).
+pub fn exponential(base: Duration, step: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << step.min(20)).min(max)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -29,10 +29,9 @@ impl RestartBackoff {
         if uptime >= self.policy.reset_after {
             self.quick_exits = 0;
         }
-        let exp = self.quick_exits.min(30);
+        let step = self.quick_exits;
         self.quick_exits = self.quick_exits.saturating_add(1);
-        let delay = self.policy.initial.saturating_mul(1u32 << exp.min(20));
-        delay.min(self.policy.max)
+        crate::resilience::retry::exponential(self.policy.initial, step, self.policy.max)
     }
 
     /// A worker that keeps dying soon after start is reported rather than silently
