@@ -23,6 +23,7 @@ pub struct InFlight(AtomicI64);
 pub struct Counted(());
 
 impl InFlight {
+    /// A counter at zero (`Shared` makes one at startup; the same as `default()`).
     pub const fn new() -> Self {
         InFlight(AtomicI64::new(0))
     }

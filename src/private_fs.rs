@@ -22,33 +22,74 @@ use std::path::{Path, PathBuf};
 /// Why a private file or folder was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateFsError {
+    /// An I/O error other than the refusals below (`NotFound` included, see
+    /// [`PrivateFsError::is_not_found`]).
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder the operation failed on.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     #[error("{path} is a symbolic link; drover does not follow links here. Fix: remove the link (`rm {path}`) and let drover create the real thing")]
-    Symlink { path: PathBuf },
-    #[error("{path} is owned by uid {owner} but drover runs as uid {euid}, so another user controls it. Fix: remove it and let drover create it, or `chown {euid} {path}` if you trust its content")]
-    WrongOwner {
+    /// A link where [`Links::Refuse`] applies, or the runtime folder itself is a link.
+    Symlink {
+        /// The link.
         path: PathBuf,
+    },
+    #[error("{path} is owned by uid {owner} but drover runs as uid {euid}, so another user controls it. Fix: remove it and let drover create it, or `chown {euid} {path}` if you trust its content")]
+    /// Owned by a uid other than drover's effective uid.
+    WrongOwner {
+        /// The refused file or folder.
+        path: PathBuf,
+        /// Its owner's uid.
         owner: u32,
+        /// drover's effective uid.
         euid: u32,
     },
     #[error("{path} has mode {mode:04o}: group or other users can access it. Fix: `chmod {want:o} {path}`")]
-    OpenToOthers { path: PathBuf, mode: u32, want: u32 },
+    /// Some group or other permission bit is set.
+    OpenToOthers {
+        /// The refused file or folder.
+        path: PathBuf,
+        /// Its permission bits (`st_mode & 0o7777`).
+        mode: u32,
+        /// The mode the fix message suggests: 0o700 for a folder, 0o600 for a file.
+        want: u32,
+    },
     #[error("{path} is not a directory")]
-    NotADirectory { path: PathBuf },
+    /// The runtime folder exists but is not a directory.
+    NotADirectory {
+        /// The path expected to be a directory.
+        path: PathBuf,
+    },
     #[error(
         "{path} is not a regular file but a {kind}; drover refuses to read it. Fix: remove it"
     )]
-    NotAFile { path: PathBuf, kind: &'static str },
-    #[error("{path} is larger than {cap} bytes; drover refuses to read it")]
-    TooLarge { path: PathBuf, cap: u64 },
-    #[error("{path}: its folder {ancestor} can be written by other users (mode {mode:04o}, not sticky), who could replace it. Fix: `chmod go-w {ancestor}` or choose another folder")]
-    UnsafeAncestor {
+    /// A file to read is a directory, FIFO, socket or device.
+    NotAFile {
+        /// The refused path.
         path: PathBuf,
+        /// What it is instead, for the message: "directory", "FIFO", "socket", ...
+        kind: &'static str,
+    },
+    #[error("{path} is larger than {cap} bytes; drover refuses to read it")]
+    /// Larger than the caller's cap (checked on the size and again while reading).
+    TooLarge {
+        /// The refused file.
+        path: PathBuf,
+        /// The cap in bytes.
+        cap: u64,
+    },
+    #[error("{path}: its folder {ancestor} can be written by other users (mode {mode:04o}, not sticky), who could replace it. Fix: `chmod go-w {ancestor}` or choose another folder")]
+    /// A folder above the runtime folder is writable by others without the sticky bit,
+    /// or owned by someone other than root or drover's user.
+    UnsafeAncestor {
+        /// The folder being verified.
+        path: PathBuf,
+        /// The unsafe folder above it (after resolving links).
         ancestor: PathBuf,
+        /// The ancestor's permission bits (`st_mode & 0o7777`).
         mode: u32,
     },
 }
@@ -211,6 +252,7 @@ impl AtomicFile {
         })
     }
 
+    /// The open temporary file, to write the content into before [`AtomicFile::commit`].
     pub fn file(&mut self) -> &mut File {
         self.file
             .as_mut()

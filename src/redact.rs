@@ -11,6 +11,7 @@
 
 use serde_json::{json, Value};
 
+/// What every hidden value is replaced with, in JSON and in log lines alike.
 pub const REDACTED: &str = "<redacted>";
 
 /// Parts of names that mark a value as secret (compared lower-case).

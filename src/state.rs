@@ -18,11 +18,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Everything both planes share, made once at start by [`Shared::new`] and passed around
+/// as `Arc<Shared>`.
 pub struct Shared {
+    /// The running config; swapped whole by a reload, read through [`Shared::config`].
     pub config: ArcSwap<Config>,
+    /// The config file given at start: re-read on reload (SIGHUP or admin), and the base
+    /// for relative program paths in deploys.
     pub config_path: PathBuf,
+    /// Config version: 1 at start, incremented by each successful reload; mirrored in the
+    /// `config_version` gauge.
     pub version: AtomicU64,
+    /// The backends in rotation and the balancing strategy that picks among them.
     pub pool: Pool,
+    /// The Prometheus registry and drover's own metrics.
     pub metrics: Metrics,
     /// Requests being proxied now (counted by the pipeline; `drover_requests_in_flight`
     /// is set from it at scrape time).
@@ -31,6 +40,7 @@ pub struct Shared {
     pub observe: crate::observe::live::Observer,
     /// Set when shutdown starts: `/readyz` answers 503 and workers are not restarted.
     pub shutting_down: AtomicBool,
+    /// When this process built its shared state; the base for `uptime_seconds`.
     pub started: Instant,
     /// True while `strategy: auto` is in charge (an explicit switch turns it off until the
     /// file's choice changes).
@@ -49,6 +59,8 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Builds the shared state from the config loaded at start: empty pool with the
+    /// configured strategy, fresh metrics (config version 1) and observer.
     pub fn new(config: Config, config_path: PathBuf) -> Arc<Self> {
         let auto = config.balancing.strategy == StrategyChoice::Auto;
         let pool = Pool::new(
@@ -84,6 +96,8 @@ impl Shared {
         })
     }
 
+    /// A snapshot of the running config; it stays the same for the holder even if a
+    /// reload swaps in a new one meanwhile.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
@@ -135,6 +149,7 @@ impl Shared {
         }
     }
 
+    /// True once shutdown has started (see `shutting_down`).
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
@@ -168,6 +183,8 @@ impl Shared {
     }
 }
 
+/// The circuit-breaker policy new backends get under `cfg` (its `circuit_breaker`
+/// section).
 pub fn breaker_policy(cfg: &Config) -> BreakerPolicy {
     cfg.breaker.policy
 }

@@ -29,12 +29,20 @@ pub const WS_PROTOCOL: &str = "drover.live";
 pub const WS_TOKEN_PREFIX: &str = "drover-token.";
 const TOKEN_FILE_CAP: u64 = 4096;
 
+/// Why no admin token could be read or generated; the guard logs it and answers
+/// `AdminError::NoToken` (503).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The token file could not be read or created safely (see `private_fs`).
     #[error("admin token: {0}")]
     File(#[from] PrivateFsError),
+    /// The token file's first line has fewer than 16 characters; it is never overwritten
+    /// automatically.
     #[error("admin token: {path} is empty or shorter than 16 characters; delete it to generate a new one")]
-    TooShort { path: PathBuf },
+    TooShort {
+        /// The token file, `runtime_dir/admin-token`.
+        path: PathBuf,
+    },
 }
 
 /// The token the admin plane checks: the operator's, or the generated one.
@@ -45,12 +53,15 @@ pub struct Tokens {
 
 /// The token in force for one request.
 pub struct Effective {
+    /// The secret clients must present (`Authorization: Bearer`, or the WebSocket token
+    /// subprotocol).
     pub token: Arc<str>,
     /// True when the operator configured it (then reads need it too).
     pub configured: bool,
 }
 
 impl Tokens {
+    /// Touches no file yet: the generated token is read or created on the first `effective` call.
     pub fn new(runtime_dir: &Path) -> Self {
         Tokens {
             runtime_dir: runtime_dir.to_path_buf(),
@@ -58,6 +69,7 @@ impl Tokens {
         }
     }
 
+    /// Where the generated token lives: `runtime_dir/admin-token`.
     pub fn path(&self) -> PathBuf {
         self.runtime_dir.join(TOKEN_FILE)
     }

@@ -39,6 +39,8 @@ pub enum Access {
 /// Paths readable by anyone who can reach the listener.
 pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/dashboard"];
 
+/// Which privilege a request needs: anything but GET/HEAD is `Write`, GET/HEAD of [`OPEN_PATHS`] is
+/// `Open`, any other GET/HEAD is `Read`.
 pub fn access(method: &Method, path: &str) -> Access {
     let read = method == Method::GET || method == Method::HEAD;
     if !read {
@@ -174,11 +176,15 @@ pub async fn guard(
 /// Why a JSON body was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonBodyError {
+    /// `Content-Type` is missing or not `application/json` (415).
     #[error("Content-Type must be application/json")]
     NotJson,
+    /// The body is not JSON of the expected shape (400).
     #[error("body must be JSON like {example}: {source}")]
     Malformed {
+        /// A sample of the expected body, quoted in the message.
         example: &'static str,
+        /// What serde rejected.
         source: serde_json::Error,
     },
 }

@@ -45,19 +45,27 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Shared state of every admin handler and of the guard middleware; cheap to clone per request
+/// (every field is an `Arc`).
 #[derive(Clone)]
 pub struct AdminState {
+    /// The proxy's shared state: live config, metrics registry, balancer, sessions, observability.
     pub shared: Arc<Shared>,
+    /// The worker processes: status, drain, deploys, rollbacks and rolling restarts.
     pub supervisor: Arc<Supervisor>,
     /// DNS discovery of upstreams, which a reload re-syncs.
     pub discovery: Arc<Discovery>,
+    /// The admin token in force (configured, or generated in `runtime_dir`), checked by `guard.rs`.
     pub tokens: Arc<auth::Tokens>,
+    /// Refusal and connection counters of the admin plane itself.
     pub metrics: Arc<AdminMetrics>,
     /// `/api/stream` subscribers connected now.
     pub subscribers: Arc<AtomicUsize>,
 }
 
 impl AdminState {
+    /// Built once on the control thread; registers the admin metrics in the shared registry. The
+    /// generated token is not read or created until first needed.
     pub fn new(
         shared: Arc<Shared>,
         supervisor: Arc<Supervisor>,
@@ -83,6 +91,8 @@ impl AdminState {
 /// The admin plane's own metrics.
 pub struct AdminMetrics {
     refused: prometheus::IntCounterVec,
+    /// Open admin connections: `server.rs` increments it on accept and decrements it when the
+    /// connection ends.
     pub connections: prometheus::IntGauge,
 }
 
@@ -110,11 +120,15 @@ impl AdminMetrics {
         }
     }
 
+    /// Counts one refused request or connection under `reason` (`host`, `cross_site`, `token`,
+    /// `connection_cap` or `subscriber_cap`).
     pub fn refused(&self, reason: &str) {
         self.refused.with_label_values(&[reason]).inc();
     }
 }
 
+/// The whole admin API, every route behind the `guard.rs` middleware (Host, cross-site, token,
+/// `admin.request_timeout`).
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))

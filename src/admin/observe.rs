@@ -31,6 +31,8 @@ const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 /// Longest range `/api/history` answers (the coarsest tier's span).
 const MAX_RANGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The observability routes (dashboard, live, stream, history, events, alerts, capacity), merged
+/// into [`super::router`].
 pub fn routes() -> Router<AdminState> {
     Router::new()
         .route("/dashboard", get(dashboard))

@@ -107,6 +107,8 @@ pub struct IdleTimeout<S> {
 }
 
 impl<S> IdleTimeout<S> {
+    /// Wraps `inner`; the first deadline starts now, and every byte moved either way pushes it
+    /// `limit` further.
     pub fn new(inner: S, limit: Duration) -> Self {
         IdleTimeout {
             inner,

@@ -9,9 +9,14 @@
 use super::{Backend, StrategyKind};
 use std::sync::Arc;
 
+/// Rule 1 fires when the slowest backend's latency is at least this many times the fastest's.
 pub const LATENCY_SPREAD: f64 = 2.0;
+/// Rule 1 also needs the slowest backend above this latency (2 ms, in ns), so tiny absolute
+/// differences between fast backends do not count.
 pub const LATENCY_FLOOR_NANOS: f64 = 2_000_000.0;
 
+/// Picks the strategy for `strategy: auto` from the backends in rotation, by the rules above;
+/// returns it with a one-line reason for logs and the admin API.
 pub fn decide(backends: &[Arc<Backend>]) -> (StrategyKind, String) {
     if backends.len() < 2 {
         return (

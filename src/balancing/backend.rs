@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 pub enum BackendState {
     /// Process started; not yet passed a health check. Gets no traffic.
     Starting = 0,
+    /// Passed its health check; gets traffic unless standby or its breaker refuses.
     Healthy = 1,
+    /// Failed its health check; out of rotation, but still counted (and used) in panic mode.
     Unhealthy = 2,
     /// Finishing in-flight requests before it is stopped. Gets no new traffic.
     Draining = 3,
@@ -39,6 +41,7 @@ impl BackendState {
         }
     }
 
+    /// Lowercase name used in the admin API, logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendState::Starting => "starting",
@@ -65,6 +68,8 @@ const DEFAULT_RTT_NANOS: f64 = 5_000_000.0;
 /// `balancing.latency_decay` at start and on reload.
 static EWMA_DECAY_NANOS: AtomicU64 = AtomicU64::new(10_000_000_000);
 
+/// Sets the peak-EWMA decay time every backend's latency estimate uses (global; floored at 1 ns);
+/// called at start and on reload from `balancing.latency_decay`.
 pub fn set_latency_decay(d: Duration) {
     EWMA_DECAY_NANOS.store(d.as_nanos().max(1) as u64, Ordering::Relaxed);
 }
@@ -87,14 +92,19 @@ pub trait BackendStats: Send + Sync {
     fn attempt_failed(&self);
 }
 
+/// One place requests can be sent, shared as `Arc<Backend>` by the pool, every selector snapshot
+/// and in-flight guards.
 pub struct Backend {
     /// Unique for the life of the process; a restarted worker is a new backend.
     pub id: u64,
     /// Stable name: `worker-N` for forked workers, `host:port` for remote upstreams.
     /// Consistent hashing uses it, so a restarted worker keeps its keys.
     pub name: Arc<str>,
+    /// The supervisor's worker slot for forked workers; `None` for remote upstreams.
     pub worker_id: Option<usize>,
+    /// Address requests are sent to.
     pub addr: SocketAddr,
+    /// Relative share of traffic for weighted strategies; at least 1 (`new` raises 0 to 1).
     pub weight: u32,
     /// Built once; cloning it is cheaper than building a peer per request.
     pub peer: HttpPeer,
@@ -126,7 +136,9 @@ pub struct Backend {
     busy_since: AtomicU64,
     /// Wakes requests queued for a free backend when this one releases a slot.
     queue: std::sync::OnceLock<Arc<super::queue::QueueSignal>>,
+    /// Circuit breaker deciding whether this backend may get traffic and judging each outcome.
     pub breaker: Breaker,
+    /// When this `Backend` value was created (a restarted worker is a new backend).
     pub started: Instant,
     /// Where this backend's traffic is reported, attached by whoever registers metrics
     /// (absent in unit tests).
@@ -143,6 +155,8 @@ pub struct Backend {
 /// last time looks for idle connections to retired backends.
 static RETIREMENTS: AtomicU64 = AtomicU64::new(0);
 
+/// Backends retired so far in this process; pools compare it with what they saw last time to know
+/// when to sweep.
 pub fn retirements() -> u64 {
     RETIREMENTS.load(Ordering::Acquire)
 }
@@ -166,10 +180,13 @@ impl Backend {
         }
     }
 
+    /// Whether [`Backend::retire`] was called: the backend has left the pool for good.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }
 
+    /// A backend in state `Starting` with no traffic history; `weight` 0 becomes 1. Health checks
+    /// move it to `Healthy`.
     pub fn new(
         id: u64,
         name: &str,
@@ -210,6 +227,7 @@ impl Backend {
         }
     }
 
+    /// The lifecycle state now (may change at any moment on other threads).
     pub fn state(&self) -> BackendState {
         BackendState::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -271,10 +289,13 @@ impl Backend {
         self.state() == BackendState::Healthy && !self.is_standby()
     }
 
+    /// Whether the backend is held out of rotation though health-checked (blue-green idle colour,
+    /// rolling-restart successor).
     pub fn is_standby(&self) -> bool {
         self.standby.load(Ordering::Acquire)
     }
 
+    /// Puts the backend in or out of standby; leaving standby restarts its slow-start window.
     pub fn set_standby(&self, standby: bool) {
         let was = self.standby.swap(standby, Ordering::AcqRel);
         if was && !standby {
@@ -310,6 +331,8 @@ impl Backend {
             .store(now_nanos() - ago.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Counts one pick of this backend by the strategy at `strategy_index` in `StrategyKind::ALL`,
+    /// and reports it to the attached metrics.
     pub fn count_selection(&self, strategy_index: usize) {
         if let Some(c) = self.selections.get(strategy_index) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -319,6 +342,8 @@ impl Backend {
         }
     }
 
+    /// Picks of this backend by the strategy at `strategy_index` in `StrategyKind::ALL` (0 for an
+    /// out-of-range index).
     pub fn selections(&self, strategy_index: usize) -> u64 {
         self.selections
             .get(strategy_index)
@@ -330,14 +355,17 @@ impl Backend {
         let _ = self.queue.set(q);
     }
 
+    /// Requests in flight on this backend now (held [`InflightGuard`]s).
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Requests sent to this backend since it was created (retries count once per attempt).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Requests that failed by the breaker's judgement since the backend was created.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -436,6 +464,7 @@ impl Backend {
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
+    /// Counts one failure (see [`Backend::failures`]); `InflightGuard::finish` calls it.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -450,6 +479,7 @@ pub struct InflightGuard {
 }
 
 impl InflightGuard {
+    /// The backend this slot is held on.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }

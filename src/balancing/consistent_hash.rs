@@ -13,11 +13,14 @@ const POINTS_PER_WEIGHT: u32 = 160;
 
 use crate::stable_hash::fnv1a;
 
+/// The ring of one selector snapshot: `POINTS_PER_WEIGHT` points per unit of weight (weights above
+/// 100 count as 100) for each backend.
 pub struct Ring {
     points: Vec<(u64, u32)>,
 }
 
 impl Ring {
+    /// Builds the ring over `backends`; the indices it returns are positions in this slice.
     pub fn new(backends: &[Arc<Backend>]) -> Self {
         let mut points = Vec::new();
         for (i, b) in backends.iter().enumerate() {
@@ -30,6 +33,8 @@ impl Ring {
         Ring { points }
     }
 
+    /// Index of the backend owning `key`: the first point at or after it, wrapping around; 0 for an
+    /// empty ring.
     pub fn pick(&self, key: u64) -> usize {
         if self.points.is_empty() {
             return 0;

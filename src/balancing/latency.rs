@@ -9,6 +9,8 @@ fn cost(b: &Backend) -> f64 {
     b.latency_nanos() * (b.inflight() as f64 + 1.0) / b.weight as f64
 }
 
+/// Index into `backends` of the cheaper of two distinct random backends (latency × (in-flight + 1)
+/// / weight). `backends` must not be empty.
 pub fn pick(backends: &[Arc<Backend>]) -> usize {
     let n = backends.len();
     if n == 1 {

@@ -8,6 +8,8 @@ use super::backend::Backend;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Index into `backends` of the least loaded backend (in-flight / weight), scanning from `cursor`
+/// (advanced each call) so ties rotate. `backends` must not be empty.
 pub fn pick(cursor: &AtomicUsize, backends: &[Arc<Backend>]) -> usize {
     let n = backends.len();
     let start = cursor.fetch_add(1, Ordering::Relaxed) % n;

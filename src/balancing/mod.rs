@@ -37,7 +37,10 @@ enum Algorithm {
 
 /// An immutable snapshot: the eligible backends and the algorithm over them.
 pub struct Selector {
+    /// Strategy this snapshot was built for.
     pub kind: StrategyKind,
+    /// The eligible backends (all serving ones in panic mode); the algorithm's indices point into
+    /// it.
     pub backends: Vec<Arc<Backend>>,
     /// True when too few backends are healthy and traffic spreads over all of them.
     pub panic: bool,
@@ -123,6 +126,8 @@ pub struct Pool {
     in_panic: AtomicBool,
     /// Most share of in-rotation backends breakers may eject (1.0 = no cap).
     max_ejected_share: Mutex<f64>,
+    /// Backpressure queue for requests waiting while every backend is at `max_inflight`; attached
+    /// to every backend added.
     pub queue: Arc<queue::QueueSignal>,
 }
 
@@ -131,9 +136,12 @@ pub struct Pool {
 pub struct SelectLimits {
     /// 0 = unlimited.
     pub max_inflight: u32,
+    /// Ramp-up window for a newly healthy backend (a backend's own window wins when longer); zero
+    /// disables slow start.
     pub slow_start: std::time::Duration,
 }
 
+/// Why [`Pool::select_limited`] found no backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SelectError {
     /// Nothing in rotation (or every eligible backend already tried / breaker-refused).
@@ -143,6 +151,9 @@ pub enum SelectError {
 }
 
 impl Pool {
+    /// An empty pool; `panic_threshold` is the healthy share (0 to 1) below which traffic spreads
+    /// over every serving backend. No cap on breaker ejection until
+    /// [`Pool::set_max_ejected_share`].
     pub fn new(kind: StrategyKind, panic_threshold: f64) -> Self {
         Pool {
             members: ArcSwap::from_pointee(Vec::new()),
@@ -156,22 +167,27 @@ impl Pool {
         }
     }
 
+    /// Every backend in the pool, in rotation or not (a snapshot).
     pub fn members(&self) -> Arc<Vec<Arc<Backend>>> {
         self.members.load_full()
     }
 
+    /// The current selector snapshot; hold it for one request only.
     pub fn selector(&self) -> arc_swap::Guard<Arc<Selector>> {
         self.selector.load()
     }
 
+    /// The strategy in force.
     pub fn strategy(&self) -> StrategyKind {
         self.selector.load().kind
     }
 
+    /// The member with this id, whatever its state.
     pub fn find(&self, id: u64) -> Option<Arc<Backend>> {
         self.members.load().iter().find(|b| b.id == id).cloned()
     }
 
+    /// Adds a backend (it gets traffic once healthy and not standby) and rebuilds the selector.
     pub fn add(&self, backend: Arc<Backend>) {
         let _g = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         backend.attach_queue(self.queue.clone());
@@ -202,6 +218,8 @@ impl Pool {
         self.rebuild_locked(Some(kind));
     }
 
+    /// Sets `balancing.panic_threshold` (healthy share, 0 to 1) and rebuilds the selector if
+    /// needed.
     pub fn set_panic_threshold(&self, t: f64) {
         if let Ok(mut p) = self.panic_threshold.lock() {
             *p = t;
@@ -209,6 +227,8 @@ impl Pool {
         self.refresh();
     }
 
+    /// Sets the most share (0 to 1) of backends in rotation breakers may eject; above it open
+    /// breakers are ignored.
     pub fn set_max_ejected_share(&self, share: f64) {
         if let Ok(mut s) = self.max_ejected_share.lock() {
             *s = share;
@@ -216,6 +236,7 @@ impl Pool {
         self.refresh();
     }
 
+    /// Whether the current selector is in panic mode (too few healthy backends).
     pub fn in_panic(&self) -> bool {
         self.in_panic.load(Ordering::Relaxed)
     }

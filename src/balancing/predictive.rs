@@ -61,6 +61,7 @@ static TABLE: [Slot; CLASSES] = [const {
 pub struct Class(u32);
 
 impl Class {
+    /// The slot `key` (a [`class_key`]) falls in: its low bits, modulo [`CLASSES`].
     pub fn of_key(key: u64) -> Class {
         Class((key as usize & (CLASSES - 1)) as u32)
     }
@@ -136,6 +137,7 @@ pub fn class_key(method: &[u8], path: &[u8]) -> u64 {
 /// What a request placed by this strategy charged its backend, for the completion.
 #[derive(Debug, Clone, Copy)]
 pub struct Charge {
+    /// The request's class, which the completion teaches.
     pub class: Class,
     /// Work units added to the backend's queued work (its class cost at dispatch).
     pub work: u64,

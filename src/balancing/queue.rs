@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// The backpressure queue shared by a pool and its backends: counts waiting requests and wakes one
+/// when a backend releases a slot.
 #[derive(Default)]
 pub struct QueueSignal {
     notify: Notify,
     waiting: AtomicUsize,
 }
 
+/// Why a request could not wait for a free backend; the proxy answers 503 with `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueRejection {
     /// The queue already holds `size` requests.
@@ -21,6 +24,7 @@ pub enum QueueRejection {
 }
 
 impl QueueRejection {
+    /// Label for the metrics and logs: `full` or `timeout`.
     pub fn as_str(self) -> &'static str {
         match self {
             QueueRejection::Full => "full",
@@ -41,10 +45,12 @@ impl Drop for Place<'_> {
 }
 
 impl QueueSignal {
+    /// Requests waiting for a free backend now (shown as `queue_length` in the admin API).
     pub fn len(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
 
+    /// Whether no request is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

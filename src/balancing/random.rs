@@ -3,6 +3,8 @@
 use super::backend::Backend;
 use std::sync::Arc;
 
+/// Index into `backends` chosen at random in proportion to weight; `total_weight` is the sum of
+/// their weights (precomputed per snapshot).
 pub fn pick(backends: &[Arc<Backend>], total_weight: u64) -> usize {
     let mut r = rand::random_range(0..total_weight.max(1));
     for (i, b) in backends.iter().enumerate() {

@@ -8,6 +8,7 @@
 use super::backend::Backend;
 use std::sync::{Arc, Mutex};
 
+/// Smooth weighted round-robin state for one selector snapshot, indexed like its eligible backends.
 pub struct SmoothWeighted {
     /// (current score, effective weight) per backend, in eligible-set order. The lock is
     /// held for one pass over a handful of integers.
@@ -15,12 +16,15 @@ pub struct SmoothWeighted {
 }
 
 impl SmoothWeighted {
+    /// Starts every backend at score 0 with its configured weight as effective weight.
     pub fn new(backends: &[Arc<Backend>]) -> Self {
         SmoothWeighted {
             state: Mutex::new(backends.iter().map(|b| (0, b.weight as i64)).collect()),
         }
     }
 
+    /// Index of the next backend in smooth-WRR order; `backends` must be the slice this state was
+    /// built for.
     pub fn pick(&self, backends: &[Arc<Backend>]) -> usize {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0i64;

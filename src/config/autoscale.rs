@@ -5,11 +5,15 @@ use super::error::ConfigIssue;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// `workers.autoscale:` as written; off by default, `workers.count` is then the fixed size.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoscaleFile {
+    /// Whether the supervisor resizes the pool from load (default false).
     pub enabled: bool,
+    /// Fewest workers autoscaling keeps (at least 1, default 1).
     pub min: usize,
+    /// Most workers autoscaling starts (at least `min`, at most 512, default 8).
     pub max: usize,
     /// Requests in flight (plus queued) one worker should carry.
     pub target_in_flight: f64,
@@ -36,17 +40,27 @@ impl Default for AutoscaleFile {
     }
 }
 
+/// Validated `workers.autoscale:`, read by the supervisor's autoscaler.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscaleConfig {
+    /// Whether the pool is resized from load; when false the other fields are unused.
     pub enabled: bool,
+    /// Fewest workers (1..=`max`).
     pub min: usize,
+    /// Most workers (`min`..=`MAX_WORKERS`, i.e. 512).
     pub max: usize,
+    /// Requests in flight plus queued that one worker should carry (positive, finite).
     pub target_in_flight: f64,
+    /// Scale down one worker when load is below this share (0..1 exclusive) of capacity.
     pub scale_down_below: f64,
+    /// Load is averaged over this window before any decision (greater than zero).
     pub window: Duration,
+    /// Minimum time between two changes of the pool size.
     pub cooldown: Duration,
 }
 
+/// Checks `workers.autoscale:`; `max_workers` is the hard cap on `max`. Returns every
+/// problem at once.
 pub fn validate_autoscale(
     f: &AutoscaleFile,
     max_workers: usize,

@@ -12,9 +12,11 @@ use std::time::Duration;
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// `ms` milliseconds; `const` so it can appear in defaults and statics.
     pub const fn ms(ms: u64) -> Self {
         Dur(Duration::from_millis(ms))
     }
+    /// `s` whole seconds; `const` so it can appear in defaults and statics.
     pub const fn secs(s: u64) -> Self {
         Dur(Duration::from_secs(s))
     }
@@ -23,12 +25,21 @@ impl Dur {
 /// Why a duration was not accepted (the text is quoted back to the operator).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DurationError {
+    /// Only a number (other than `0`) was given; holds the trimmed text.
     #[error("`{0}` has no unit; write e.g. `250ms`, `15s`, `5m` or `1h`")]
     NoUnit(String),
+    /// The text before the unit is not a number (e.g. `ms` alone or `1..5s`).
     #[error("`{0}` does not start with a number")]
     NotANumber(String),
+    /// The suffix is not `ms`, `s`, `m` or `h`.
     #[error("unknown unit `{unit}` in `{text}`; accepted units: ms, s, m, h")]
-    UnknownUnit { unit: String, text: String },
+    UnknownUnit {
+        /// The suffix as written, e.g. `d`.
+        unit: String,
+        /// The whole trimmed text, e.g. `15d`.
+        text: String,
+    },
+    /// Longer than 365 days (or too large for an f64); holds the trimmed text.
     #[error("`{0}` is out of range (0 to 365 days)")]
     OutOfRange(String),
 }

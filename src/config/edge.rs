@@ -4,6 +4,7 @@ use super::error::ConfigIssue;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// `forwarded:` as written: which client-address headers drover sends and whom it believes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardedFile {
@@ -25,12 +26,16 @@ impl Default for ForwardedFile {
     }
 }
 
+/// Validated `forwarded:`, read by `proxy::forwarded` for every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardedConfig {
+    /// Whether `X-Forwarded-*` and `X-Real-IP` are sent to workers (default true).
     pub headers: bool,
+    /// Parsed `trusted_proxies` (a bare IP becomes a /32 or /128); empty = trust no peer.
     pub trusted: Vec<IpNet>,
 }
 
+/// Parses `trusted_proxies`; every entry that is neither an IP nor a CIDR is one issue.
 pub fn validate_forwarded(f: &ForwardedFile) -> Result<ForwardedConfig, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     let mut trusted = Vec::new();
@@ -57,6 +62,7 @@ pub fn validate_forwarded(f: &ForwardedFile) -> Result<ForwardedConfig, Vec<Conf
     }
 }
 
+/// `limits:` as written: size, count and time limits on what clients send.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsFile {
@@ -98,15 +104,24 @@ impl Default for LimitsFile {
     }
 }
 
+/// Validated `limits:`, enforced by the proxy pipeline on every client connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
+    /// Request line plus headers, in bytes (1024..=1048575, default 32 KiB); more answers 431.
     pub max_header_bytes: usize,
+    /// Request headers (1..=256, default 100); more answers 431.
     pub max_headers: usize,
+    /// Request body in bytes, declared or streamed (default 10 MiB); more answers 413.
     pub max_body_bytes: u64,
+    /// Longest wait for each read of a request body (default 30 s); slower gets 408.
     pub client_body_timeout: std::time::Duration,
+    /// Requests handled at once (default 10000); more answer 503 at once. 0 = no limit.
     pub max_in_flight: u64,
+    /// Longest time from a request head's first byte to its end (default 30 s); then 408.
     pub client_header_timeout: std::time::Duration,
+    /// Longest wait for a client to accept more response bytes (default 60 s); then dropped.
     pub client_send_timeout: std::time::Duration,
+    /// How long an idle client connection waits for its next request (default 60 s).
     pub client_keepalive_timeout: std::time::Duration,
 }
 
@@ -114,6 +129,8 @@ pub struct LimitsConfig {
 const PINGORA_MAX_HEADERS: usize = 256;
 const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
 
+/// Checks `limits:` against the ranges Pingora can honour and that timeouts are non-zero;
+/// returns every problem at once.
 pub fn validate_limits(f: &LimitsFile) -> Result<LimitsConfig, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     let mut fail = |field: &str, message: String| {

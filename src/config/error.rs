@@ -5,15 +5,22 @@ use std::fmt;
 /// One problem in a config file. `line` is 1-based when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
+    /// Dotted path of the key (`workers.count`, `upstreams[1].weight`), or a pseudo-field
+    /// such as `(file)`, `(yaml)` or `${VAR}`.
     pub field: String,
+    /// 1-based line in the file; `None` until `config::parse` finds it with [`locate`], or
+    /// when the key cannot be found.
     pub line: Option<usize>,
+    /// What is wrong and, where there is a range or a set, what is accepted.
     pub message: String,
 }
 
 /// Everything wrong with one file, reported together so one `drover -t` run shows it all.
 #[derive(Debug, Clone)]
 pub struct ConfigError {
+    /// The file's path as displayed, prefixed to every issue.
     pub file: String,
+    /// Every problem found, in the order found; at least one.
     pub issues: Vec<ConfigIssue>,
 }
 

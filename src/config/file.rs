@@ -10,11 +10,17 @@ pub use super::sessions::SessionsFile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// `listen` when the file sets none: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `admin.listen` when the file sets none: loopback only, so no token is required.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// `workers.count` when the file sets none.
 pub const DEFAULT_WORKER_COUNT: usize = 2;
+/// `workers.command` when the file sets none: the workspace's sample worker, found next to the
+/// drover binary.
 pub const DEFAULT_WORKER_COMMAND: &str = "upstream-worker";
 
+/// The whole file as written; an empty file or `{}` means every default.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
@@ -25,21 +31,38 @@ pub struct FileConfig {
     /// Where Pingora keeps its pid file and upgrade socket; per instance so two drovers
     /// on one host (or parallel tests) do not collide on Pingora's shared /tmp defaults.
     pub runtime_dir: Option<String>,
+    /// `admin:`: the admin plane's address, token and limits.
     pub admin: AdminFile,
+    /// `workers:`: the processes drover forks and supervises.
     pub workers: WorkersFile,
+    /// `upstreams:`: remote backends balanced together with the workers (default none).
     pub upstreams: Vec<UpstreamFile>,
+    /// `discovery:`: how `discover: dns` and `srv:` upstreams are resolved.
     pub discovery: DiscoveryFile,
+    /// `balancing:`: strategy, weights, panic threshold, hash key, queue.
     pub balancing: BalancingFile,
+    /// `health_check:`: the active probe of every backend.
     pub health_check: HealthCheckFile,
+    /// `proxy:`: retries, upstream timeouts, connection pool, fast path.
     pub proxy: ProxyFile,
+    /// `forwarded:`: X-Forwarded-* headers and the proxies trusted to set them.
     pub forwarded: super::edge::ForwardedFile,
+    /// `limits:`: request size limits, client timeouts, requests in flight.
     pub limits: super::edge::LimitsFile,
+    /// `shutdown:`: the SIGTERM grace period.
     pub shutdown: ShutdownFile,
+    /// `sessions:`: sticky sessions, their cookie, store and keys (`config/sessions.rs`).
     pub sessions: SessionsFile,
+    /// `circuit_breaker:`: the per-worker breaker.
     pub circuit_breaker: CircuitBreakerFile,
+    /// `logging:`: level, format, access log.
     pub logging: LoggingFile,
+    /// `routes:`: per host and path prefix breakers, fallbacks, timeouts, bulkheads and rate limits
+    /// (default none).
     pub routes: Vec<super::RouteFile>,
+    /// `rate_limit:`: the per-client token bucket (off by default: 0 requests per second).
     pub rate_limit: super::RateLimitFile,
+    /// `chaos:`: whether the admin API's fault injection is enabled (default off).
     pub chaos: super::ChaosFile,
     /// Alert rules, webhook and SLOs (`config/observability.rs`).
     pub observability: super::observability::ObservabilityFile,
@@ -78,9 +101,12 @@ impl Default for FileConfig {
     }
 }
 
+/// `admin:`: the admin plane (/metrics, /api/*, /healthz, /readyz, the dashboard).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
+    /// Admin plane address (default [`DEFAULT_ADMIN_LISTEN`]); must be loopback unless a token is
+    /// set. Restart to change.
     pub listen: String,
     /// Bearer token required by every state-changing endpoint, and by every read but
     /// /healthz, /readyz, /metrics and /dashboard. None: drover generates one into
@@ -125,6 +151,7 @@ impl Default for AdminFile {
     }
 }
 
+/// `workers:`: the worker processes drover forks, supervises and balances over.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersFile {
@@ -148,6 +175,7 @@ pub struct WorkersFile {
     pub protocol: String,
     /// First port; worker slot N gets `base_port + N`. 0 lets the OS pick free ports.
     pub base_port: u16,
+    /// Delays between restarts of a crashing worker.
     pub restart_backoff: BackoffFile,
     /// Time between SIGTERM and SIGKILL when stopping a worker.
     pub stop_timeout: Dur,
@@ -156,6 +184,7 @@ pub struct WorkersFile {
     /// How long a deploy or rolling restart waits for new workers to pass health checks
     /// before it aborts (no traffic moved).
     pub health_timeout: Dur,
+    /// Sizing the pool from load (off by default; `count` is then fixed).
     pub autoscale: super::autoscale::AutoscaleFile,
 }
 
@@ -179,10 +208,13 @@ impl Default for WorkersFile {
     }
 }
 
+/// `workers.restart_backoff`: delays between restarts of a crashing worker.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffFile {
+    /// First restart delay after a crash, doubled on each quick crash (> 0, default 100ms).
     pub initial: Dur,
+    /// Cap on the doubled delay (at least `initial`, default 15s).
     pub max: Dur,
     /// Uptime after which a worker counts as stable and its backoff resets.
     pub reset_after: Dur,
@@ -201,6 +233,8 @@ impl Default for BackoffFile {
     }
 }
 
+/// One `upstreams:` entry: a remote backend at `address`, or backends found in DNS (`discover:
+/// dns`, `srv:`). Exactly one of `address` and `srv` is given.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
@@ -215,6 +249,8 @@ pub struct UpstreamFile {
     /// priority is a backend, with the record's port and weight.
     #[serde(default)]
     pub srv: Option<String>,
+    /// Balancing weight of the backend, or of each one `discover: dns` finds (1 to 10000, default
+    /// 1); `srv` backends take their records' weights.
     #[serde(default = "one")]
     pub weight: u32,
     /// `http1` (default), `h2c` (HTTP/2 in cleartext, e.g. gRPC) or `h2` (HTTP/2 over
@@ -274,9 +310,12 @@ fn yes() -> bool {
     true
 }
 
+/// `balancing:`: how requests are spread over workers and upstreams.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalancingFile {
+    /// round_robin (default), random, least_connections, weighted_round_robin, latency,
+    /// consistent_hash, predictive, or `auto`.
     pub strategy: String,
     /// Weight of each forked worker (remote upstreams carry their own).
     pub worker_weight: u32,
@@ -291,12 +330,14 @@ pub struct BalancingFile {
     /// Most requests in flight per backend; 0 = no limit. With a limit, requests that
     /// find every backend full wait in the queue below.
     pub max_inflight_per_backend: u32,
+    /// Where requests wait when every backend is at `max_inflight_per_backend`.
     pub queue: QueueFile,
     /// Decay time of the latency strategy's peak-EWMA: how fast old latencies are forgotten
     /// (an idle slow backend looks fast again after a few decay times and gets probed).
     pub latency_decay: Dur,
 }
 
+/// `balancing.queue`: the wait for a free backend; used only with `max_inflight_per_backend`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueFile {
@@ -330,11 +371,16 @@ impl Default for BalancingFile {
     }
 }
 
+/// `health_check:`: the active probe every backend gets.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckFile {
+    /// Path probed (starts with `/`, default `/health`): a GET that passes on 200; h2c workers get
+    /// a gRPC-style POST.
     pub path: String,
+    /// Time between two probes of a backend (> 0, default 1s).
     pub interval: Dur,
+    /// A probe not answered within this fails (> 0, default 500ms).
     pub timeout: Dur,
     /// Consecutive passes that make an unhealthy (or new) backend healthy.
     pub healthy_threshold: u32,
@@ -354,11 +400,13 @@ impl Default for HealthCheckFile {
     }
 }
 
+/// `proxy:`: how drover talks to backends and when it retries.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyFile {
     /// Extra attempts on other backends for requests that are safe to retry.
     pub retries: u32,
+    /// Per-attempt connect timeout to a backend (> 0, default 1s); capped by `total_timeout`.
     pub connect_timeout: Dur,
     /// Longest wait for any single read from the upstream.
     pub read_timeout: Dur,
@@ -369,7 +417,9 @@ pub struct ProxyFile {
     /// Upper bound on a request's time to its response headers, retries and backoff
     /// included; 0s = none.
     pub total_timeout: Dur,
+    /// Random wait before each retry (full jitter up to an exponential cap).
     pub retry_backoff: super::RetryBackoffFile,
+    /// Cap on retries as a share of recent requests, so retries cannot multiply an overload.
     pub retry_budget: super::RetryBudgetFile,
     /// Serve bodyless HTTP/1.1 requests with drover's own engine instead of Pingora's
     /// generic proxy path (same steps, a fraction of the CPU; docs/PERFORMANCE.md).
@@ -401,6 +451,7 @@ impl Default for ProxyFile {
     }
 }
 
+/// `shutdown:`: graceful stop on SIGTERM.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownFile {
@@ -416,9 +467,12 @@ impl Default for ShutdownFile {
     }
 }
 
+/// `circuit_breaker:`: the breaker each worker gets; a route's `circuit_breaker` takes the same
+/// keys.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerFile {
+    /// Whether backends get breakers at all (default true).
     pub enabled: bool,
     /// Consecutive failures (connect errors, timeouts, 5xx) that open a worker's breaker.
     pub consecutive_failures: u32,
@@ -432,9 +486,12 @@ pub struct CircuitBreakerFile {
     pub failure_ratio: f64,
     /// ...or when calls slower than `slow_call_duration` reach this share (0 = off)...
     pub slow_call_ratio: f64,
+    /// A call slower than this counts as slow for `slow_call_ratio` (default 1s).
     pub slow_call_duration: Dur,
     /// ...once the window holds at least this many requests.
     pub min_requests: u32,
+    /// Window over which the ratio rules count requests; also the adaptive rule's learning period
+    /// (default 10s).
     pub window: Dur,
     /// Outcomes that count as failures: connect_error, timeout, reset, 4xx, 5xx, or a
     /// status such as 429.
@@ -447,9 +504,11 @@ pub struct CircuitBreakerFile {
     pub adaptive: AdaptiveBreakerFile,
 }
 
+/// `circuit_breaker.adaptive`: trip on a departure from the backend's own learned baseline.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptiveBreakerFile {
+    /// Turns the adaptive rule on (default off); the other rules apply either way.
     pub enabled: bool,
     /// Standard deviations above the baseline that trip.
     pub sigmas: f64,
@@ -496,6 +555,7 @@ impl Default for CircuitBreakerFile {
     }
 }
 
+/// `logging:`: log level and format, and the access log.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingFile {

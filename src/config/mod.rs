@@ -107,7 +107,10 @@ pub fn env_name_matches(pattern: &str, name: &str) -> bool {
 
 /// The config text with `${...}` replaced, and the names of the variables it read.
 pub struct Expanded {
+    /// The text to parse as YAML; comment lines are copied unexpanded.
     pub text: String,
+    /// Names of every variable referenced, set or defaulted; `parse` withholds them from
+    /// workers (`workers.withheld_env`).
     pub consumed: std::collections::BTreeSet<String>,
 }
 

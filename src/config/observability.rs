@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// Most alert rules and SLOs accepted (each is evaluated every second and labels metrics).
 pub const MAX_RULES: usize = 100;
+/// Most SLOs accepted under `observability.slos` (each is evaluated every second).
 pub const MAX_SLOS: usize = 16;
 /// Longest SLO window: one point per minute is kept for it.
 pub const MAX_SLO_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -93,9 +94,12 @@ pub const SLO_METRICS: &[&str] = &[
     "error_budget_remaining",
 ];
 
+/// The `observability:` section as written in the file; [`validate`] turns it into an
+/// [`ObservabilityConfig`].
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityFile {
+    /// Alert rules and where their notifications go (`observability.alerts`).
     pub alerts: AlertsFile,
     /// Service level objectives; their burn rates can be alerted on.
     pub slos: Vec<SloFile>,
@@ -107,6 +111,7 @@ pub struct ObservabilityFile {
     pub tracing: TracingFile,
 }
 
+/// `observability.tracing` as written: OTLP span export, off unless `endpoint` is set.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracingFile {
@@ -144,12 +149,19 @@ impl Default for TracingFile {
 /// Validated `observability.tracing`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {
+    /// Parsed collector URL; `None` = tracing off (nothing is sampled or exported).
     pub endpoint: Option<WebhookTarget>,
+    /// Share (0..1) of requests without a sampled parent that are traced.
     pub sample_ratio: f64,
+    /// Requests whose spans may wait for export; beyond it they are dropped and counted.
     pub max_queue: usize,
+    /// Spans per export request at most.
     pub max_batch: usize,
+    /// How often waiting spans are sent (at least 10 ms).
     pub flush_interval: Duration,
+    /// Timeout of one export request (greater than zero).
     pub timeout: Duration,
+    /// `service.name` resource attribute of exported spans (1-128 characters).
     pub service_name: String,
 }
 
@@ -168,6 +180,7 @@ impl Default for TracingConfig {
     }
 }
 
+/// `observability.capacity` as written: the targets the capacity plan sizes the pool for.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CapacityFile {
@@ -189,7 +202,9 @@ impl Default for CapacityFile {
 /// Validated `observability.capacity`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CapacityConfig {
+    /// p99 latency the plan sizes the pool for (at least 1 ms; default 250 ms).
     pub target_p99: Duration,
+    /// Request rate (per second) the plan sizes the pool for; `None` = the current rate.
     pub target_rps: Option<f64>,
 }
 
@@ -203,6 +218,7 @@ impl Default for CapacityConfig {
     }
 }
 
+/// `observability.worker_metrics` as written: caps on the metrics workers report.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerMetricsFile {
@@ -235,10 +251,15 @@ impl Default for WorkerMetricsFile {
 /// Validated `observability.worker_metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerMetricsConfig {
+    /// Distinct metric names kept at once (0..=1000); a new name beyond it is dropped.
     pub max_names: usize,
+    /// (name, worker, labels) series kept at once (0..=100000).
     pub max_series: usize,
+    /// Series of one name kept at once (1..=100000).
     pub max_series_per_name: usize,
+    /// Whether the StatsD datagram socket `runtime_dir/metrics.sock` is opened for workers.
     pub socket: bool,
+    /// Unreported series are forgotten after this long (greater than zero).
     pub expire_after: Duration,
 }
 
@@ -255,6 +276,7 @@ impl Default for WorkerMetricsConfig {
     }
 }
 
+/// `observability.alerts` as written: the rules and the webhook they notify.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsFile {
@@ -265,6 +287,7 @@ pub struct AlertsFile {
     pub webhook_retries: u32,
     /// Timeout of one delivery attempt.
     pub webhook_timeout: Dur,
+    /// Alert rules (at most [`MAX_RULES`], names unique).
     pub rules: Vec<AlertRuleFile>,
 }
 
@@ -279,21 +302,27 @@ impl Default for AlertsFile {
     }
 }
 
+/// One entry of `observability.alerts.rules`, as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRuleFile {
+    /// Rule name (1-64 characters of `A-Z a-z 0-9 _ -`, unique); the `alertname` label.
     pub name: String,
     /// One of [`ALERT_METRICS`], or `METRIC:SLO` with one of [`SLO_METRICS`].
     pub expr: String,
     /// `>`, `>=`, `<`, `<=`, `==` or `!=`.
     #[serde(default = "default_op")]
     pub op: String,
+    /// What the value of `expr` is compared with (by `op`); must be finite.
     pub threshold: f64,
     /// How long the condition must hold before the alert fires (pending until then).
     #[serde(rename = "for", default = "zero")]
     pub for_: Dur,
+    /// Free-form severity (at most 64 characters, default `warning`), e.g. `page`; a label of
+    /// `drover_alert_state` and passed to the webhook.
     #[serde(default = "default_severity")]
     pub severity: String,
+    /// Optional text (at most 512 characters) shown in logs, the dashboard and notifications.
     #[serde(default)]
     pub summary: String,
 }
@@ -308,9 +337,12 @@ fn default_severity() -> String {
     "warning".into()
 }
 
+/// One entry of `observability.slos`, as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SloFile {
+    /// SLO name (1-64 characters of `A-Z a-z 0-9 _ -`, unique); referenced as `METRIC:NAME`
+    /// in alert rules.
     pub name: String,
     /// `availability` (bad = 5xx or failed) or `latency` (bad = slower than `threshold`).
     pub kind: String,
@@ -328,17 +360,25 @@ fn default_slo_window() -> Dur {
     Dur(Duration::from_secs(30 * 24 * 3600))
 }
 
+/// How an alert rule compares its metric with its threshold (`op`, default `>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareOp {
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `==` (exact float equality)
     Eq,
+    /// `!=`
     Ne,
 }
 
 impl CompareOp {
+    /// Whether `value OP threshold` is true; false when either side is NaN (except for `!=`).
     pub fn holds(self, value: f64, threshold: f64) -> bool {
         match self {
             CompareOp::Gt => value > threshold,
@@ -350,6 +390,7 @@ impl CompareOp {
         }
     }
 
+    /// The operator as written in the config (`>`, `>=`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             CompareOp::Gt => ">",
@@ -362,14 +403,22 @@ impl CompareOp {
     }
 }
 
+/// A validated alert rule, evaluated every second by `observe::alerts`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertRule {
+    /// Unique rule name; the `alertname` label and in notifications.
     pub name: String,
+    /// The metric expression as written (validated against [`ALERT_METRICS`] and friends).
     pub expr: String,
+    /// Comparison of the metric's value with `threshold`.
     pub op: CompareOp,
+    /// Finite threshold the metric is compared with (latencies in seconds, ratios 0..1).
     pub threshold: f64,
+    /// How long the condition must hold before firing (YAML key `for`); zero = at once.
     pub for_: Duration,
+    /// Free-form severity, default `warning`; a metric label and passed to the webhook.
     pub severity: String,
+    /// Optional text for logs and notifications; empty = none.
     pub summary: String,
 }
 
@@ -377,41 +426,63 @@ pub struct AlertRule {
 /// HTTPS receivers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookTarget {
+    /// The URL as configured (may carry a credential in its path: redact before logging).
     pub url: String,
+    /// Host to connect to (name or IP), taken from the URL.
     pub host: String,
+    /// TCP port; 80 when the URL names none.
     pub port: u16,
+    /// Request path including any query; `/` when the URL has none.
     pub path: String,
 }
 
+/// Validated `observability.alerts`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertsConfig {
+    /// Where notifications are POSTed; `None` = log and dashboard only.
     pub webhook: Option<WebhookTarget>,
+    /// Extra delivery attempts after a failed one (0..=20; backoff 500 ms, doubling).
     pub webhook_retries: u32,
+    /// Timeout of one delivery attempt (greater than zero).
     pub webhook_timeout: Duration,
+    /// The validated rules, in file order.
     pub rules: Vec<AlertRule>,
 }
 
+/// What makes a request bad for an SLO.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SloKind {
+    /// Bad = answered 5xx or failed without a status.
     Availability,
     /// Good requests finish within this long.
     Latency(Duration),
 }
 
+/// A validated `observability.slos` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SloConfig {
+    /// Unique SLO name; the `slo` label and the target of `METRIC:SLO` alert expressions.
     pub name: String,
+    /// What counts as a bad request.
     pub kind: SloKind,
+    /// Target share of good requests, strictly between 0 and 1 (e.g. 0.999).
     pub objective: f64,
+    /// Error-budget window, 1 h to 720 h (default 30 days).
     pub window: Duration,
 }
 
+/// Validated `observability:` section, produced by [`validate`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservabilityConfig {
+    /// Alert rules and their webhook.
     pub alerts: AlertsConfig,
+    /// Service level objectives, at most [`MAX_SLOS`].
     pub slos: Vec<SloConfig>,
+    /// Caps on worker-reported metrics.
     pub worker_metrics: WorkerMetricsConfig,
+    /// Defaults of the capacity plan.
     pub capacity: CapacityConfig,
+    /// OTLP span export settings.
     pub tracing: TracingConfig,
 }
 
@@ -426,14 +497,32 @@ fn valid_name(s: &str) -> bool {
 /// operator, without the credential receivers often carry in the path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookUrlError {
+    /// The URL does not start with `http://` (HTTPS needs a local relay).
     #[error("`{shown}` must start with http:// (use a local relay for HTTPS receivers)")]
-    NotHttp { shown: String },
+    NotHttp {
+        /// The URL as shown to the operator: scheme and host, path and query redacted.
+        shown: String,
+    },
+    /// The text after the last `:` of the authority is not a port number.
     #[error("`{port}` is not a port in `{shown}`")]
-    BadPort { port: String, shown: String },
+    BadPort {
+        /// The text that should have been a port (0..=65535).
+        port: String,
+        /// The URL as shown to the operator: scheme and host, path and query redacted.
+        shown: String,
+    },
+    /// The host is empty or contains `@` or a space.
     #[error("`{shown}` has no valid host")]
-    NoHost { shown: String },
+    NoHost {
+        /// The URL as shown to the operator: scheme and host, path and query redacted.
+        shown: String,
+    },
+    /// The path contains a space, CR or LF.
     #[error("`{shown}` has an invalid path")]
-    BadPath { shown: String },
+    BadPath {
+        /// The URL as shown to the operator: scheme and host, path and query redacted.
+        shown: String,
+    },
 }
 
 /// Parses `http://host:port/path`.

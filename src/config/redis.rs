@@ -17,6 +17,7 @@ pub const MAX_LOCAL_CACHE: usize = 10_000_000;
 /// Largest PEM file (CA, certificate, key) read.
 const PEM_CAP: u64 = 1 << 20;
 
+/// `sessions.redis` as written: how drover reaches Redis (docs/OPERATIONS.md, "Several drovers").
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisStoreFile {
@@ -27,6 +28,7 @@ pub struct RedisStoreFile {
     pub sentinel: Option<SentinelFile>,
     /// Redis Cluster: seed nodes; the slot map is discovered from them.
     pub cluster: Option<ClusterFile>,
+    /// TLS to every node and sentinel; on when `tls.enabled` is set or the url is `rediss://`.
     pub tls: RedisTlsFile,
     /// ACL user (Redis 6+); empty: the `default` user.
     pub username: Option<String>,
@@ -35,12 +37,16 @@ pub struct RedisStoreFile {
     pub password: Option<String>,
     /// File whose first line is the password (owner-only, like every secret file).
     pub password_file: Option<String>,
+    /// Prefix of every key drover writes: sessions, locks, shared rate limits (default `drover:`);
+    /// no `{` or `}` with `cluster`.
     pub key_prefix: String,
     /// Per-call timeout; a slower Redis counts as down for that request.
     pub timeout: Dur,
     /// A lock left by a crashed instance expires after this long.
     pub lock_ttl: Dur,
+    /// How many replicas must hold a session write before drover moves on (`WAIT`).
     pub durability: DurabilityFile,
+    /// Session records cached in drover's memory, invalidated by Redis.
     pub local_cache: LocalCacheFile,
 }
 
@@ -63,6 +69,7 @@ impl Default for RedisStoreFile {
     }
 }
 
+/// `sessions.redis.sentinel`: a master found through Redis Sentinel and followed through failovers.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SentinelFile {
@@ -72,10 +79,13 @@ pub struct SentinelFile {
     pub nodes: Vec<String>,
     /// Credentials of the sentinels themselves (`requirepass` in sentinel.conf), if any.
     pub username: Option<String>,
+    /// Password of the sentinels (their `requirepass`); `${VAR}` keeps it out of the file.
     pub password: Option<String>,
+    /// File whose first line is the sentinels' password (owner-only); instead of `password`.
     pub password_file: Option<String>,
 }
 
+/// `sessions.redis.cluster`: Redis Cluster; drover follows slot moves.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterFile {
@@ -83,6 +93,7 @@ pub struct ClusterFile {
     pub nodes: Vec<String>,
 }
 
+/// `sessions.redis.tls`: TLS to every node and sentinel, with an optional client certificate.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisTlsFile {
@@ -97,6 +108,7 @@ pub struct RedisTlsFile {
     pub key_file: Option<String>,
 }
 
+/// `sessions.redis.durability`: the replicas a session write waits for (`WAIT`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DurabilityFile {
@@ -117,6 +129,8 @@ impl Default for DurabilityFile {
     }
 }
 
+/// `sessions.redis.local_cache`: session records cached in drover, invalidated by RESP3 client
+/// tracking.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalCacheFile {
@@ -149,12 +163,20 @@ fn issue(field: &str, message: impl Into<String>) -> ConfigIssue {
 /// Why a `host:port` was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostPortError {
+    /// Not `host[:port]`: empty, a URL, or with a path, user info or space (holds the text).
     #[error("`{0}` is not `host:port`")]
     NotHostPort(String),
+    /// An IPv6 address with a port but without brackets, e.g. `::1:7000` (holds the text).
     #[error("`{0}`: write an IPv6 address as `[addr]:port`")]
     UnbracketedIpv6(String),
+    /// The port is not a number from 1 to 65535.
     #[error("`{text}`: `{port}` is not a port")]
-    BadPort { text: String, port: String },
+    BadPort {
+        /// The whole text.
+        text: String,
+        /// The part taken as the port.
+        port: String,
+    },
 }
 
 /// `host:port` (IPv6 in brackets), with `default_port` when the port is left out.

@@ -24,7 +24,10 @@ pub struct RouteFile {
     pub fallback: Option<FallbackFile>,
     /// Overrides `proxy.connect_timeout` / `proxy.read_timeout` / `proxy.total_timeout`.
     pub connect_timeout: Option<Dur>,
+    /// Overrides `proxy.read_timeout` (longest wait for one upstream read); null = inherit.
     pub read_timeout: Option<Dur>,
+    /// Overrides `proxy.total_timeout` (bound on time to response headers, retries included);
+    /// null = inherit.
     pub total_timeout: Option<Dur>,
     /// Bulkhead: most requests of this route in flight at once; 0 = unlimited. Excess
     /// gets 503 with Retry-After.
@@ -33,12 +36,15 @@ pub struct RouteFile {
     pub rate_limit: Option<RateLimitFile>,
 }
 
+/// A route's `fallback:`: a static answer, or other upstreams to proxy to instead.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FallbackFile {
     /// Static answer: status, headers and body.
     pub status: u16,
+    /// Headers of the static answer; Content-Length is not allowed (drover sets it).
     pub headers: BTreeMap<String, String>,
+    /// Body of the static answer (default empty).
     pub body: String,
     /// Or proxy to these `host:port` addresses instead (round robin); when set, the
     /// static fields are not used.
@@ -56,6 +62,7 @@ impl Default for FallbackFile {
     }
 }
 
+/// `rate_limit:` (top level or per route): a token bucket per client key.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitFile {
@@ -87,12 +94,14 @@ impl Default for RateLimitFile {
     }
 }
 
+/// `proxy.retry_backoff:`: the wait before each retry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBackoffFile {
     /// Backoff before retry n is a random time in [0, min(max, base × 2^(n-1))]
     /// ("full jitter"). 0s retries at once.
     pub base: Dur,
+    /// Cap on one backoff (default 200 ms; at least `base`).
     pub max: Dur,
 }
 
@@ -105,6 +114,7 @@ impl Default for RetryBackoffFile {
     }
 }
 
+/// `proxy.retry_budget:`: caps retries so they cannot multiply load during an outage.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetFile {
@@ -112,6 +122,7 @@ pub struct RetryBudgetFile {
     pub ratio: f64,
     /// ...plus this many retries per second, so a quiet proxy can still retry.
     pub min_per_second: u32,
+    /// Rolling window the shares are counted over (default 10 s, at least 100 ms).
     pub window: Dur,
 }
 
@@ -125,6 +136,7 @@ impl Default for RetryBudgetFile {
     }
 }
 
+/// `chaos:`: the fault-injection switch; off by default.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChaosFile {

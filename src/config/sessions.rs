@@ -15,12 +15,15 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Session data travels in a request header; beyond this a worker's header limit bites.
 pub const MAX_DATA_BYTES_LIMIT: usize = 64 * 1024;
 
+/// `sessions:` as written: sticky sessions owned by drover (docs/SESSIONS.md).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsFile {
+    /// Whether drover issues session cookies and keeps session records (default true).
     pub enabled: bool,
     /// `memory` (embedded, one instance) or `redis` (shared by several instances).
     pub store: String,
+    /// The session cookie's name and attributes.
     pub cookie: SessionCookieFile,
     /// HMAC keys for the cookie; the first signs, all verify (rotation). Empty: a key is
     /// generated once and kept in `runtime_dir/session-secret`.
@@ -58,8 +61,12 @@ pub struct SessionsFile {
     /// A serialised request waits at most this long for the one before it, then runs
     /// without the lock (its write is still checked for overlap).
     pub lock_timeout: Dur,
+    /// Settings of the `memory` store.
     pub memory: MemoryStoreFile,
+    /// How drover reaches Redis: for the `redis` store and for shared rate limits
+    /// (`rate_limit.store: redis`).
     pub redis: RedisStoreFile,
+    /// Encryption of session data at rest.
     pub encryption: EncryptionFile,
 }
 
@@ -90,12 +97,17 @@ impl Default for SessionsFile {
     }
 }
 
+/// `sessions.cookie`: the session cookie's name and attributes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionCookieFile {
+    /// Cookie name: letters, digits, `-`, `_`, `.` (default `drover_session`).
     pub name: String,
+    /// `Path` attribute; starts with `/`, no `;` (default `/`).
     pub path: String,
+    /// `Domain` attribute; None: a host-only cookie (default).
     pub domain: Option<String>,
+    /// `HttpOnly` attribute, hiding the cookie from scripts (default true).
     pub http_only: bool,
     /// Set it when clients reach drover over HTTPS (a TLS terminator in front).
     pub secure: bool,
@@ -119,6 +131,7 @@ impl Default for SessionCookieFile {
     }
 }
 
+/// `sessions.memory`: the embedded store of a single instance.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryStoreFile {
@@ -141,6 +154,7 @@ impl Default for MemoryStoreFile {
     }
 }
 
+/// `sessions.encryption`: session data encrypted at rest (ChaCha20-Poly1305).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncryptionFile {
@@ -163,20 +177,28 @@ impl Default for EncryptionFile {
     }
 }
 
+/// Where session records live (`sessions.store`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
+    /// In this process's memory (one instance); snapshotted on graceful shutdown.
     Memory,
+    /// In Redis (`sessions.redis`), shared by every instance that points at it.
     Redis,
 }
 
+/// The cookie's `SameSite` attribute (`sessions.cookie.same_site`, case-insensitive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {
+    /// Sent on same-site requests only.
     Strict,
+    /// Also sent on top-level cross-site navigations (the default).
     Lax,
+    /// Sent on every request; needs `secure: true`.
     None,
 }
 
 impl SameSite {
+    /// The attribute value as written in `Set-Cookie`.
     pub fn as_str(self) -> &'static str {
         match self {
             SameSite::Strict => "Strict",
@@ -186,9 +208,12 @@ impl SameSite {
     }
 }
 
+/// How a client's first request (no valid cookie) is placed (`sessions.without_cookie`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WithoutCookie {
+    /// `client_ip`: hash the client address, so clients that refuse cookies still stick.
     ClientIp,
+    /// `balance` (default): the balancing strategy picks; the cookie then pins the session.
     Balance,
 }
 
@@ -198,18 +223,28 @@ pub enum SerializeMode {
     /// POST, PUT, PATCH, DELETE and any other method that is not GET, HEAD, OPTIONS or
     /// TRACE (RFC 9110's safe methods).
     UnsafeMethods,
+    /// `all`: every request of a session waits for the one before (PHP-style).
     All,
+    /// `none`: no request waits; an overlapping write is still refused by compare-and-set.
     None,
 }
 
+/// The validated `sessions.cookie`: what goes into `Set-Cookie`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
+    /// Cookie name (letters, digits, `-`, `_`, `.`).
     pub name: String,
+    /// `Path` attribute (starts with `/`).
     pub path: String,
+    /// `Domain` attribute; None: a host-only cookie.
     pub domain: Option<String>,
+    /// Add `HttpOnly`.
     pub http_only: bool,
+    /// Always add `Secure`; false: only on requests that came over HTTPS.
     pub secure: bool,
+    /// `SameSite` attribute (`None` only with `secure`).
     pub same_site: SameSite,
+    /// `Max-Age`, the browser lifetime: `cookie.max_age`, else the session `ttl`.
     pub max_age: Duration,
 }
 
@@ -217,29 +252,56 @@ pub struct CookieConfig {
 /// generates and persists keys under `runtime_dir` (memory store only).
 #[derive(Clone, PartialEq)]
 pub struct SessionsConfig {
+    /// Whether sessions are on (`sessions.enabled`).
     pub enabled: bool,
+    /// Where records live (`sessions.store`).
     pub store: StoreKind,
+    /// The session cookie.
     pub cookie: CookieConfig,
+    /// HMAC keys of the cookie, each at least [`MIN_SECRET_BYTES`] long: `secrets`, then the lines
+    /// of `secret_file`. The first signs, all verify. Empty: generated under `runtime_dir`.
     pub secrets: Vec<Vec<u8>>,
+    /// Absolute lifetime from creation; activity does not extend it (> 0, default 24h).
     pub ttl: Duration,
+    /// Sliding expiry: a session unused this long is gone (> 0, default 30m).
     pub idle_timeout: Duration,
+    /// Placement of a client's first request (no valid cookie).
     pub without_cookie: WithoutCookie,
+    /// Request header carrying the session data to the worker.
     pub data_header: http::HeaderName,
+    /// Response header with the worker's new session data; an empty value clears it.
     pub update_header: http::HeaderName,
+    /// Response header with which the worker rotates (`regenerate`) or ends (`destroy`) the
+    /// session.
     pub control_header: http::HeaderName,
+    /// Request header carrying the session id (hex) to the worker.
     pub id_header: http::HeaderName,
+    /// Request header telling the worker `new`, `existing` or `unavailable` (store down).
     pub state_header: http::HeaderName,
+    /// Largest session data accepted from a worker, in bytes (1 to [`MAX_DATA_BYTES_LIMIT`],
+    /// default 4096).
     pub max_data_bytes: usize,
+    /// Which requests of a session take its lock.
     pub serialize: SerializeMode,
+    /// Path prefixes whose requests take the lock whatever their method.
     pub serialize_paths: Vec<String>,
+    /// Longest wait for a session's lock; then the request runs without it (its write is still
+    /// compare-and-set). Default 5s.
     pub lock_timeout: Duration,
+    /// Cap on records in the memory store (`sessions.memory.max_sessions`, 1 to 100000000).
     pub max_sessions: usize,
+    /// File the memory store is saved to on graceful shutdown and loaded from at start (default
+    /// `runtime_dir/sessions.snapshot`); None: no snapshot (`snapshot_path: ""`).
     pub snapshot_path: Option<PathBuf>,
+    /// How often the memory store's sweeper runs (one shard of expired records per tick).
     pub sweep_interval: Duration,
     /// How drover reaches Redis (checked in full when the store or a shared rate limit
     /// uses it).
     pub redis: super::redis::RedisConfig,
+    /// Encrypt session data at rest (`sessions.encryption.enabled`, default true).
     pub encrypt: bool,
+    /// ChaCha20-Poly1305 keys: `encryption.keys`, then the lines of `key_file`. The first encrypts,
+    /// all decrypt. Empty: generated under `runtime_dir`.
     pub data_keys: Vec<[u8; 32]>,
 }
 

@@ -8,18 +8,27 @@ use std::str::FromStr;
 /// The strategies a user can name in `balancing.strategy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StrategyKind {
+    /// `round_robin`: each eligible backend in turn, weights ignored.
     RoundRobin,
+    /// `random`: a random backend, in proportion to weight.
     Random,
+    /// `least_connections`: fewest in-flight requests per unit of weight; ties rotate.
     LeastConnections,
+    /// `weighted_round_robin`: nginx's smooth weighted round robin (interleaved, not bursts).
     WeightedRoundRobin,
+    /// `latency`: the cheaper of two random backends by peak-EWMA × (in-flight + 1) / weight.
     Latency,
+    /// `consistent_hash`: a ring of virtual nodes keyed by `balancing.hash_key`, so a key
+    /// keeps its backend and removing one of N backends moves about 1/N of the keys.
     ConsistentHash,
+    /// `predictive`: the backend predicted to finish the request first (docs/MODELS.md).
     Predictive,
 }
 
 impl StrategyKind {
     /// How many strategies there are (sizes per-strategy counters).
     pub const COUNT: usize = 7;
+    /// Every strategy, in [`StrategyKind::index`] order (the order of the enum).
     pub const ALL: [StrategyKind; Self::COUNT] = [
         StrategyKind::RoundRobin,
         StrategyKind::Random,
@@ -35,6 +44,7 @@ impl StrategyKind {
         self as usize
     }
 
+    /// The name `balancing.strategy` accepts for this strategy, also the `strategy` label.
     pub fn as_str(self) -> &'static str {
         match self {
             StrategyKind::RoundRobin => "round_robin",

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `tls:` as written: HTTPS listeners, their certificates, the HTTP redirect and HSTS.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsFile {
@@ -44,6 +45,7 @@ impl Default for TlsFile {
     }
 }
 
+/// One `tls.certificates` entry: a certificate chain, its key, and the names it serves.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CertificateFile {
@@ -59,6 +61,7 @@ pub struct CertificateFile {
     pub default: bool,
 }
 
+/// `http2:` as written: HTTP/2 to clients, over TLS by ALPN and as h2c (restart to change).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2File {
@@ -90,15 +93,20 @@ impl Default for Http2File {
 /// The validated `tls:` section.
 #[derive(Debug, Clone, Default)]
 pub struct TlsConfig {
+    /// HTTPS listener addresses (`tls.listen`); empty: no HTTPS. Restart to change.
     pub listen: Vec<SocketAddr>,
+    /// Certificates and keys loaded from `tls.certificates`, picked by the client's SNI name.
     pub certs: Arc<CertSet>,
+    /// Offer `h2` by ALPN before `http/1.1` (`tls.http2`, default true).
     pub http2: bool,
+    /// Answer every cleartext request with a 308 to the first HTTPS listener (`tls.redirect_http`).
     pub redirect_http: bool,
     /// The `Strict-Transport-Security` value, when sent.
     pub hsts: Option<http::HeaderValue>,
 }
 
 impl TlsConfig {
+    /// Whether any HTTPS listener is configured.
     pub fn enabled(&self) -> bool {
         !self.listen.is_empty()
     }
@@ -109,12 +117,21 @@ impl TlsConfig {
     }
 }
 
+/// The validated `http2:` section: HTTP/2 to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http2Config {
+    /// Accept h2c (HTTP/2 with prior knowledge) on the cleartext `listen`, next to HTTP/1.x.
     pub cleartext: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams open at once per connection (1 to 10000, default
+    /// 100).
     pub max_concurrent_streams: u32,
+    /// Largest decoded request header list, in bytes; a larger one resets the stream (1024 to
+    /// 1048576, default 65536).
     pub max_header_list_size: u32,
+    /// Streams a client may reset before drover accepted them, per connection; more closes it with
+    /// GOAWAY (rapid reset; 1 to 10000, default 20).
     pub max_pending_resets: usize,
+    /// An HTTP/2 connection with no open stream for this long is closed (> 0, default 60s).
     pub idle_timeout: std::time::Duration,
 }
 
@@ -225,6 +242,8 @@ fn valid_server_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// Validates `http2:`; out-of-range values are pushed onto `issues` (the returned config is then
+/// unusable).
 pub fn validate_http2(f: &Http2File, issues: &mut Vec<ConfigIssue>) -> Http2Config {
     if f.max_concurrent_streams == 0 || f.max_concurrent_streams > 10_000 {
         issues.push(issue(
@@ -314,9 +333,15 @@ impl std::fmt::Display for Protocol {
 /// verified at all, and the CA file that anchors it (the system roots when none).
 #[derive(Clone, Debug)]
 pub struct UpstreamTls {
+    /// Name sent as SNI and verified in the certificate: `upstreams[i].sni`, else the host of
+    /// `address`.
     pub sni: String,
+    /// Verify the certificate and its name (default true); false accepts any certificate (tests
+    /// only).
     pub verify: bool,
+    /// `upstreams[i].ca_file` resolved against the config file; equality compares it, not `ca`.
     pub ca_file: Option<PathBuf>,
+    /// The CAs loaded from `ca_file`; None: the system's roots.
     pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
 }
 
@@ -330,7 +355,9 @@ impl Eq for UpstreamTls {}
 /// The connection drover opens to a backend: its protocol, and TLS if any.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Link {
+    /// HTTP version spoken to the backend.
     pub protocol: Protocol,
+    /// TLS settings; None: cleartext.
     pub tls: Option<UpstreamTls>,
 }
 

@@ -77,7 +77,9 @@ fn grpc_style(check: &mut HttpHealthCheck, cfg: &HealthConfig) -> Option<()> {
 /// Decides state changes from consecutive probe results.
 #[derive(Debug, Default)]
 pub struct Streaks {
+    /// Consecutive passing probes; reset to 0 by any failure.
     pub passes: u32,
+    /// Consecutive failing probes; reset to 0 by any pass.
     pub fails: u32,
 }
 
@@ -127,6 +129,9 @@ pub fn connection_refused(shared: &Shared, b: &Backend) {
     }
 }
 
+/// Starts the probe loop for `backend` on the current Tokio runtime. The loop runs until the
+/// backend is `Stopped` or `Draining`, probing every 25 ms while it is `Starting` and every
+/// `health_check.interval` after; it re-reads the health settings on every round.
 pub fn spawn_probe(shared: Arc<Shared>, backend: Arc<Backend>) {
     tokio::spawn(probe_loop(shared, backend));
 }

@@ -109,38 +109,53 @@ async fn bind_with_retry(addr: std::net::SocketAddr) -> Option<tokio::net::TcpLi
     None
 }
 
+/// The running control thread, returned by [`start`].
 pub struct ControlHandle {
+    /// Joined by `main` after Pingora's runtimes stop; the thread ends the process itself
+    /// (`std::process::exit(0)`) once the workers are stopped.
     pub thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the control thread and returns once SIGHUP is handled and the admin listener
-/// is serving, so no signal or request can arrive before drover is ready for it.
 /// The admin listener: bound by `main` (a normal start), or bound here once the old
 /// process of a graceful upgrade has let go of the address.
 pub enum AdminBind {
+    /// Already bound by `main`; switched to non-blocking and served at once.
     Bound(std::net::TcpListener),
+    /// `drover -u`: the address the old process still holds; bound with retries
+    /// (every 100 ms, for up to 60 s) once it lets go.
     Later(std::net::SocketAddr),
 }
 
 /// Why the control thread did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The OS refused to spawn the `drover-control` thread.
     #[error("{0}")]
     Spawn(#[source] std::io::Error),
+    /// The current-thread tokio runtime could not be built.
     #[error("cannot build control runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The SIGHUP (reload) handler could not be installed.
     #[error("cannot handle SIGHUP: {0}")]
     Sighup(#[source] std::io::Error),
+    /// The SIGUSR1 (reopen the access log) handler could not be installed.
     #[error("cannot handle SIGUSR1: {0}")]
     Sigusr1(#[source] std::io::Error),
+    /// The listener from [`AdminBind::Bound`] could not be handed to tokio.
     #[error("admin listener: {0}")]
     AdminListener(#[source] std::io::Error),
+    /// The admin token (configured or `runtime_dir/admin-token`) could not be loaded.
     #[error(transparent)]
     AdminToken(#[from] admin::auth::TokenError),
+    /// The thread ended before reporting whether it started.
     #[error("control thread died during start")]
     Died,
 }
 
+/// Starts the control thread and returns once SIGHUP is handled and the admin listener
+/// is serving, so no signal or request can arrive before drover is ready for it.
+/// `shutdown` is fed by [`DroverSignals`](crate::lifecycle::signals::DroverSignals)
+/// and by `main` once Pingora's runtimes are down.
 pub fn start(
     shared: Arc<Shared>,
     admin_listener: AdminBind,

@@ -27,10 +27,13 @@ fn send_to(path: &std::ffi::OsStr, state: &str) {
     }
 }
 
+/// Tells systemd the data plane accepts connections (`READY=1`); sent by the control
+/// thread once a test connection to `listen` succeeds.
 pub fn ready() {
     send("READY=1\nSTATUS=serving");
 }
 
+/// Tells systemd shutdown has begun (`STOPPING=1`), before in-flight requests drain.
 pub fn stopping() {
     send("STOPPING=1");
 }

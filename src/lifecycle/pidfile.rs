@@ -10,28 +10,51 @@ use std::path::{Path, PathBuf};
 /// A pid file is one decimal number and a newline.
 const PID_FILE_CAP: u64 = 64;
 
+/// Why `drover -u` found no drover to take over from (see [`running_drover`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PidFileError {
+    /// The pid file is missing, unsafe (link, wrong owner or mode) or over 64 bytes.
     #[error("no running drover found through {path}: {source}")]
     Unreadable {
+        /// The pid file.
         path: PathBuf,
+        /// The refusal or I/O error from the private read.
         source: PrivateFsError,
     },
+    /// The content is not a decimal pid greater than 1.
     #[error("{path} does not hold a process id")]
-    Garbage { path: PathBuf },
+    Garbage {
+        /// The pid file.
+        path: PathBuf,
+    },
+    /// No `/proc/<pid>` exists.
     #[error("{path} names pid {pid}, which is not running")]
-    NotRunning { path: PathBuf, pid: i32 },
+    NotRunning {
+        /// The pid file.
+        path: PathBuf,
+        /// The pid it names.
+        pid: i32,
+    },
+    /// The process belongs to another user.
     #[error("{path} names pid {pid}, which runs as uid {owner}, not as drover's uid {euid}: not signalling it")]
     OtherUser {
+        /// The pid file.
         path: PathBuf,
+        /// The pid it names.
         pid: i32,
+        /// Owner uid of `/proc/<pid>`.
         owner: u32,
+        /// Our effective uid.
         euid: u32,
     },
+    /// The process runs a program with another file name than ours.
     #[error("{path} names pid {pid}, which runs `{exe}`, not drover: not signalling it (a stale pid file?)")]
     NotDrover {
+        /// The pid file.
         path: PathBuf,
+        /// The pid it names.
         pid: i32,
+        /// Target of `/proc/<pid>/exe` (empty when unreadable).
         exe: String,
     },
 }

@@ -11,8 +11,11 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// Which shutdown began, sent from [`DroverSignals`] to the control thread over a
+/// `watch` channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownKind {
+    /// No shutdown yet: the channel's initial value.
     None,
     /// SIGTERM: stop accepting, finish in-flight requests within the grace period.
     Graceful,
@@ -23,7 +26,12 @@ pub enum ShutdownKind {
     Upgrade,
 }
 
+/// drover's `ShutdownSignalWatch` for Pingora: turns SIGTERM/SIGINT/SIGQUIT into
+/// Pingora's shutdown signal and also reports the kind to the control thread.
 pub struct DroverSignals {
+    /// Sender whose receiver the control thread watches (see [`control::start`]).
+    ///
+    /// [`control::start`]: crate::lifecycle::control::start
     pub notify: watch::Sender<ShutdownKind>,
 }
 

@@ -5,17 +5,31 @@
 
 use std::fmt::Write;
 
+/// What the pipeline knows of one finished request, borrowed for [`format`].
 pub struct AccessRecord<'a> {
+    /// Client IP (as resolved from trusted proxy headers), else the peer's `ip:port`.
     pub client: &'a str,
+    /// HTTP method as sent.
     pub method: &'a str,
+    /// Path and query as received; `/` if the request had none.
     pub path: &'a str,
+    /// Status written to the client; 0 if no response was written.
     pub status: u16,
+    /// Name of the backend that served the last try; `-` if none was chosen.
     pub backend: &'a str,
+    /// Supervised worker behind that backend; `None` for remote/discovered backends or
+    /// when no backend was chosen (logged as `null`).
     pub worker_id: Option<usize>,
+    /// Total time from request start to finish, in milliseconds (rounded to µs in the line).
     pub latency_ms: f64,
+    /// Response body bytes sent to the client.
     pub bytes: usize,
+    /// The request id (`x-request-id`); empty when there is none.
     pub request_id: &'a str,
+    /// Backend choices made, one per attempt including retries; 0 if the request was
+    /// answered before choosing one (e.g. an HTTPS redirect or a rate limit).
     pub tries: u32,
+    /// The proxy error's text when the request failed; left out of the line when `None`.
     pub error: Option<&'a str>,
     /// W3C trace ids (`observe::trace`): trace, drover's span, the caller's span.
     pub trace: Option<&'a super::trace::TraceContext>,
@@ -131,6 +145,8 @@ pub fn reopen() {
     }
 }
 
+/// Appends `s` escaped for the inside of a JSON string literal (quotes, backslashes and
+/// control characters); used by `logfmt` to build JSON log lines by hand.
 pub fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -188,6 +204,8 @@ fn milli(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// The JSON access line for `r` (without the newline), stamped with the current Unix time
+/// in seconds.
 pub fn format(r: &AccessRecord<'_>) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

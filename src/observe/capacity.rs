@@ -36,26 +36,39 @@ pub const LN_100: f64 = 4.605_170_185_988_092;
 /// One second of one worker.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WorkerSecond {
+    /// Requests the backend completed in the second.
     pub requests: u64,
+    /// Seconds with at least one request in flight, per second of wall time (0..=1).
     pub busy_seconds: f64,
+    /// CPU the worker process used in the second, in cores; 0 for a backend drover does
+    /// not run (no `/proc` sample).
     pub cpu_cores: f64,
 }
 
 /// One second of the pool.
 #[derive(Debug, Clone, Default)]
 pub struct PoolSecond {
+    /// Per backend name, the backends in rotation during the second.
     pub workers: BTreeMap<String, WorkerSecond>,
+    /// CPU drover itself used in the second, in cores.
     pub drover_cpu_cores: f64,
+    /// Requests drover answered in the second (all status classes).
     pub requests: u64,
 }
 
 /// Per worker, as reported.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WorkerCapacity {
+    /// Requests completed per second, averaged over the window.
     pub rps: f64,
+    /// Share of the window with at least one request in flight (0..=1).
     pub utilization: f64,
+    /// Service time `S = U / X`, in ms; the last measured value when the window has fewer
+    /// than [`MIN_REQUESTS`]; `None` if never measured.
     pub service_ms: Option<f64>,
+    /// Saturation rate `1 / S`, in requests per second; `None` while `S` is unmeasured.
     pub max_rps: Option<f64>,
+    /// CPU time per request, in ms; `None` with fewer than [`MIN_REQUESTS`] in the window.
     pub cpu_ms_per_request: Option<f64>,
     /// Rate this worker sustains at the p99 target (M/M/1).
     pub rps_at_target: Option<f64>,
@@ -64,25 +77,43 @@ pub struct WorkerCapacity {
 /// The estimate `/api/capacity` serves.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Estimate {
+    /// Seconds of samples behind the estimate: [`WINDOW_SECONDS`], fewer just after start.
     pub window_seconds: usize,
+    /// Requests per second drover answers now, averaged over the window.
     pub rps_now: f64,
+    /// Rate at which the pool saturates (sum of the workers' `max_rps`, or the CPU limit if
+    /// lower); `None` until every worker's service time is measured.
     pub saturation_rps: Option<f64>,
+    /// Rate the pool takes while keeping p99 at the target; `None` as for `saturation_rps`.
     pub sustainable_rps: Option<f64>,
+    /// `sustainable_rps - rps_now`; negative when the pool is already past it.
     pub headroom_rps: Option<f64>,
     /// Share of the sustainable rate in use now.
     pub load_share: Option<f64>,
     /// `workers` or `cpu`: what saturates first.
     pub binding: &'static str,
+    /// Rate at which the machine's cores run out (cores / CPU per request, drover's plus
+    /// a worker's); `None` until both are measured.
     pub cpu_limit_rps: Option<f64>,
+    /// CPUs available to drover (`available_parallelism`).
     pub cores: f64,
+    /// Per backend name, the backends in rotation in the latest second.
     pub workers: BTreeMap<String, WorkerCapacity>,
+    /// Rate `workers_needed` is computed for: the one asked for, else `rps_now`.
     pub target_rps: f64,
+    /// The p99 target, in ms.
     pub target_p99_ms: f64,
+    /// Workers needed for `target_rps` at the p99 target; `None` when no worker is
+    /// measured yet or the target is unreachable (`note` says which).
     pub workers_needed: Option<usize>,
+    /// One human-readable sentence explaining `workers_needed`.
     pub note: String,
+    /// Always [`MODEL`], so a reader of the JSON knows how the numbers were made.
     pub model: &'static str,
 }
 
+/// One-line summary of the model, served with every estimate (docs/MODELS.md has it in
+/// full).
 pub const MODEL: &str = "per worker: S = utilisation / throughput, saturation 1/S; M/M/1 per worker: p99 = ln(100)/(mu - lambda); pool = sum over workers, capped by cores / CPU per request";
 
 /// The last seconds of samples and the last measured service time per worker.
@@ -93,6 +124,7 @@ pub struct Estimator {
 }
 
 impl Estimator {
+    /// Adds the sampler's latest second, dropping the oldest beyond [`WINDOW_SECONDS`].
     pub fn push(&mut self, s: PoolSecond) {
         if self.seconds.len() == WINDOW_SECONDS {
             self.seconds.pop_front();

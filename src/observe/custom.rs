@@ -36,6 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Response header workers report metrics in (lowercase); read by the proxy and
+/// stripped before the response reaches the client.
 pub const HEADER: &str = "x-drover-metric";
 /// Prefix of every worker-reported metric; no drover family uses it.
 pub const PREFIX: &str = crate::metric_names::WORKER_REPORTED_PREFIX;
@@ -45,15 +47,22 @@ pub const REJECTED: &str = crate::metric_names::WORKER_METRICS_REJECTED_TOTAL;
 pub const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Most labels one series may carry (besides the `backend` drover adds).
 pub const MAX_LABELS: usize = 8;
+/// Longest label value accepted, in bytes.
 pub const MAX_LABEL_VALUE: usize = 64;
 /// Seconds of histogram snapshots kept for windowed percentiles and counter rates.
 const WINDOW: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Prometheus type of a reported name; fixed by its first report, and a report of another
+/// kind under the same name is rejected.
 pub enum Kind {
+    /// Monotonic; the header sends the running total, StatsD `c` sends increments.
     Counter,
+    /// A value that goes up and down; the last report wins (or a signed StatsD change).
     Gauge,
+    /// Observations in seconds, bucketed by [`BUCKETS`].
     Histogram,
 }
 
@@ -81,10 +90,13 @@ pub enum Op {
 /// One parsed report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// Metric name as the worker sent it, without the `drover_app_` prefix.
     pub name: String,
+    /// Type the report declares (or implies, for an untyped header item).
     pub kind: Kind,
     /// Sorted by name.
     pub labels: Vec<(String, String)>,
+    /// What the report does to its series.
     pub op: Op,
 }
 
@@ -198,6 +210,8 @@ impl Table {
     }
 }
 
+/// The table of worker-reported series, bounded by `observability.worker_metrics`; one
+/// per process, in the `Observer`.
 #[derive(Default)]
 pub struct CustomMetrics {
     table: Mutex<Table>,
@@ -374,6 +388,8 @@ impl CustomMetrics {
         self.ingest_at(backend, header, Instant::now());
     }
 
+    /// [`CustomMetrics::ingest`] with the clock given (tests); `now` marks the series as
+    /// seen for expiry.
     pub fn ingest_at(&self, backend: &str, header: &[u8], now: Instant) {
         let Ok(text) = std::str::from_utf8(header) else {
             self.reject();
@@ -451,6 +467,8 @@ impl CustomMetrics {
         t.count += 1;
     }
 
+    /// Reports dropped since start (malformed, invalid name or labels, kind clash, or over
+    /// a cap); exported as `drover_worker_metrics_rejected_total`.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
@@ -535,6 +553,8 @@ impl CustomMetrics {
         self.render_at(Instant::now())
     }
 
+    /// [`CustomMetrics::render`] with the clock given (tests): series unseen for
+    /// `expire_after` before `now` are dropped first.
     pub fn render_at(&self, now: Instant) -> String {
         let mut t = self.lock();
         t.expire(now);

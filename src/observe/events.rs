@@ -8,17 +8,21 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+/// Events the ring keeps; older ones are dropped (still counted in [`Events::total`]).
 pub const MAX_EVENTS: usize = 200;
 
+/// One entry of the ring, serialized as is by `/api/events`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
     /// Unix time, seconds.
     pub time: f64,
     /// `restart`, `crash_loop`, `breaker`, `reload`, `strategy`, `alert`.
     pub kind: &'static str,
+    /// Human-readable description; also what was logged on the `event` target.
     pub message: String,
 }
 
+/// The ring of the newest [`MAX_EVENTS`] events; shared, so it locks internally.
 #[derive(Default)]
 pub struct Events {
     ring: Mutex<VecDeque<Event>>,
@@ -26,6 +30,7 @@ pub struct Events {
     total: std::sync::atomic::AtomicU64,
 }
 
+/// Current Unix time in seconds with sub-second precision; 0.0 if the clock is before 1970.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -34,6 +39,8 @@ pub fn unix_now() -> f64 {
 }
 
 impl Events {
+    /// Appends an event stamped now, evicting the oldest when the ring is full. Only
+    /// records it: `Observer::event` also logs and counts it.
     pub fn push(&self, kind: &'static str, message: impl Into<String>) {
         let ev = Event {
             time: unix_now(),
@@ -55,14 +62,17 @@ impl Events {
         r.iter().rev().take(n).cloned().collect()
     }
 
+    /// Events held now (at most [`MAX_EVENTS`]); 0 if the lock is poisoned.
     pub fn len(&self) -> usize {
         self.ring.lock().map(|r| r.len()).unwrap_or(0)
     }
 
+    /// True when the ring holds no event.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Events pushed since start, including those the ring has dropped.
     pub fn total(&self) -> u64 {
         self.total.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -22,7 +22,9 @@ pub const MAX_BYTES: usize = MAX_SERIES * POINTS_PER_SERIES * std::mem::size_of:
 /// the worst (a 1-minute p99 point is the highest 1-second p99 within it: conservative).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollup {
+    /// Average of the finite finer points (rates, gauges).
     Mean,
+    /// Highest of the finer points (latency percentiles, memory).
     Max,
 }
 
@@ -153,13 +155,18 @@ impl Series {
 /// A query's answer.
 #[derive(Debug, serde::Serialize)]
 pub struct Points {
+    /// The series name queried.
     pub metric: String,
+    /// Step of the tier that answered: 1, 10 or 60 seconds.
     pub step_seconds: u64,
+    /// Range covered, in seconds: the one asked for, capped at what the tier holds.
     pub range_seconds: u64,
     /// `[unix_seconds, value or null]`, oldest first.
     pub points: Vec<(u64, Option<f64>)>,
 }
 
+/// The store: one three-tier series per name, at most [`MAX_SERIES`]. Lives in a mutex in
+/// the `Observer`; pushed by the sampler, read by the admin history endpoints.
 #[derive(Default)]
 pub struct History {
     series: BTreeMap<String, Series>,
@@ -168,6 +175,7 @@ pub struct History {
 }
 
 impl History {
+    /// An empty store (no series, nothing dropped).
     pub fn new() -> Self {
         Self::default()
     }
@@ -205,14 +213,17 @@ impl History {
         })
     }
 
+    /// Names of the series held, in sorted order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.series.keys().map(|k| k.as_str())
     }
 
+    /// Series held (at most [`MAX_SERIES`]).
     pub fn len(&self) -> usize {
         self.series.len()
     }
 
+    /// True when no series has been recorded.
     pub fn is_empty(&self) -> bool {
         self.series.is_empty()
     }
@@ -252,8 +263,11 @@ pub const MAX_FILE_BYTES: u64 = (MAX_BYTES + MAX_SERIES * 512) as u64;
 /// Why a history file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryFileError {
+    /// The file could not be read: absent, an I/O error, or refused by `private_fs` (a
+    /// link, wrong owner, open to others, larger than [`MAX_FILE_BYTES`]).
     #[error("{0}")]
     File(#[from] crate::private_fs::PrivateFsError),
+    /// The bytes are not a history file this build can decode.
     #[error("not a history file of this version, or cut short")]
     Format,
 }

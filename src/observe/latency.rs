@@ -40,6 +40,7 @@ pub const WINDOWS: [(&str, Window); 3] = [
 /// label is reserved for summaries, and promtool rejects it on gauges.)
 pub const QUANTILES: [(&str, f64); 4] = [("50", 0.5), ("95", 0.95), ("99", 0.99), ("99.9", 0.999)];
 
+/// A sliding window percentiles are reported over (see [`WINDOWS`] for the label names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
     /// The last 10 complete seconds.
@@ -50,6 +51,8 @@ pub enum Window {
     FiveMinutes,
 }
 
+/// An empty histogram with drover's bounds (1 µs to [`MAX_MICROS`]) and precision
+/// ([`SIGFIG`]); every histogram merged with another must come from here.
 pub fn new_histogram() -> Histogram<u32> {
     // Bounds and precision are constants that hdrhistogram accepts; covered by tests.
     Histogram::new_with_bounds(1, MAX_MICROS, SIGFIG).expect("valid histogram bounds")
@@ -74,6 +77,7 @@ impl Default for Recorder {
 }
 
 impl Recorder {
+    /// A recorder with one empty histogram per shard.
     pub fn new() -> Self {
         Recorder {
             shards: std::array::from_fn(|_| Mutex::new(new_histogram())),
@@ -110,15 +114,22 @@ impl Recorder {
 /// Percentiles of one window, in seconds, and how many samples they come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Percentiles {
+    /// Samples in the window; 0 means no traffic and every other field is 0.
     pub count: u64,
+    /// Median, in seconds.
     pub p50: f64,
+    /// 95th percentile, in seconds.
     pub p95: f64,
+    /// 99th percentile, in seconds.
     pub p99: f64,
+    /// 99.9th percentile, in seconds.
     pub p999: f64,
+    /// Largest sample, in seconds (capped at 60 s like every value).
     pub max: f64,
 }
 
 impl Percentiles {
+    /// Reads the percentiles of `h` (recorded in microseconds); all zero if `h` is empty.
     pub fn of(h: &Histogram<u32>) -> Self {
         if h.is_empty() {
             return Percentiles::default();
@@ -134,6 +145,8 @@ impl Percentiles {
         }
     }
 
+    /// The stored percentile for quantile `q`, rounded up to the next one kept (p50, p95,
+    /// p99, p99.9); anything above 0.99 gives p99.9.
     pub fn quantile(&self, q: f64) -> f64 {
         match q {
             q if q <= 0.5 => self.p50,
@@ -162,6 +175,7 @@ pub struct Windows {
 }
 
 impl Windows {
+    /// Empty windows over `recorder`; nothing is harvested until the first tick.
     pub fn new(recorder: Arc<Recorder>) -> Self {
         Windows {
             recorder,
@@ -175,6 +189,7 @@ impl Windows {
         }
     }
 
+    /// The recorder these windows harvest from.
     pub fn recorder(&self) -> &Arc<Recorder> {
         &self.recorder
     }
@@ -295,11 +310,13 @@ pub fn max_memory_per_recorder() -> usize {
 /// Per-backend recorders are kept for at most this many backend names; further names
 /// share one recorder reported as `other` (bounded memory and label cardinality).
 pub const MAX_BACKEND_RECORDERS: usize = 64;
+/// Backend label of the shared recorder used once [`MAX_BACKEND_RECORDERS`] names exist.
 pub const OVERFLOW_NAME: &str = "other";
 
 /// Every recorder: the overall one and one per backend name. A restarted worker keeps its
 /// name, so its percentiles continue across restarts.
 pub struct Recorders {
+    /// Every request's total time, whatever its backend (recorded by the pipeline).
     pub overall: Arc<Recorder>,
     by_name: Mutex<Vec<(Arc<str>, Arc<Recorder>)>>,
 }

@@ -29,10 +29,13 @@ const LIVE_EVENTS: usize = 20;
 /// Latency percentiles of one recorder, per window.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LatencyWindows {
+    /// The last 10 complete seconds (JSON key `10s`).
     #[serde(rename = "10s")]
     pub ten_seconds: Percentiles,
+    /// About the last minute (JSON key `1m`).
     #[serde(rename = "1m")]
     pub one_minute: Percentiles,
+    /// About the last 5 minutes (JSON key `5m`).
     #[serde(rename = "5m")]
     pub five_minutes: Percentiles,
 }
@@ -50,24 +53,39 @@ impl From<[Percentiles; 3]> for LatencyWindows {
 /// What the last sample computed; read by `/api/status`, alerts and the dashboard.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Published {
+    /// Unix time of the sample, in seconds; 0 before the first one.
     pub time: f64,
+    /// Requests answered per second since the previous sample (all status classes).
     pub rps: f64,
+    /// Share of those that were 5xx or failed before a status; 0 with no traffic.
     pub error_ratio: f64,
+    /// Requests being proxied at sample time.
     pub in_flight: i64,
+    /// Whole-request duration percentiles, per window.
     pub latency: LatencyWindows,
+    /// Upstream response time percentiles per backend name (names beyond 64 share
+    /// `other`).
     pub backends: BTreeMap<String, LatencyWindows>,
     /// Last completed second, overall.
     pub last_second: Percentiles,
+    /// Resource use of `drover` and of `worker-N` for each slot with a running process.
     pub processes: BTreeMap<String, ProcessSample>,
+    /// Requests per second per backend name since the previous sample (backends sharing
+    /// a name are summed).
     pub backend_rps: BTreeMap<String, f64>,
+    /// Requests in flight per backend name at sample time.
     pub backend_in_flight: BTreeMap<String, u32>,
     /// Failed share of each backend's requests over the last second.
     pub backend_error_ratio: BTreeMap<String, f64>,
 }
 
+/// One process's resource use at a sample.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ProcessSample {
+    /// The process sampled (drover's own pid for `drover`).
     pub pid: u32,
+    /// Its cumulative CPU time, resident memory and open fds from `/proc` (flattened into
+    /// the JSON object).
     #[serde(flatten)]
     pub stats: ProcStats,
     /// CPU used over the last second, in cores (1.0 = one core busy).
@@ -180,11 +198,16 @@ struct SamplerState {
     prev_failures: HashMap<u64, u64>,
 }
 
+/// The sampler and everything it feeds; one per process, in `Shared::observe`.
 pub struct Observer {
+    /// Recent notable events for the dashboard and `/api/events`.
     pub events: Events,
     /// Worker-reported metrics (`X-Drover-Metric` response header).
     pub custom: super::custom::CustomMetrics,
+    /// Time series of the sampled values, pushed each second; saved to `runtime_dir` and
+    /// restored at start (`save_history`, `load_history`).
     pub history: Mutex<History>,
+    /// Alert rules, SLOs and the scaling advice, evaluated at the end of each sample.
     pub alerts: super::alerts::Alerts,
     /// Capacity planning over the last seconds (`observe::capacity`).
     pub capacity: Mutex<super::capacity::Estimator>,
@@ -236,6 +259,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Observer {
+    /// Makes the observer, registering its gauges and the alerts' series into
+    /// `metrics.registry` (so once per registry: a second call panics).
     pub fn new(metrics: &super::metrics::Metrics) -> Self {
         Observer {
             events: Events::default(),

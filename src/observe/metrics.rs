@@ -18,15 +18,22 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// drover's own metrics, made once in `Shared` and rendered by the admin `/metrics`.
 pub struct Metrics {
+    /// The registry every drover metric is registered in (other modules add theirs).
     pub registry: Registry,
     /// Indexed by status class: 0 = failed before a status, 1..=5 = 1xx..5xx.
     pub requests_by_class: [IntCounter; 6],
+    /// Whole-request time, in seconds, 0.5 ms to 30 s buckets.
     pub duration: Histogram,
     /// A view of `Shared::in_flight`, set at scrape time (`render`).
     in_flight: IntGauge,
+    /// Upstream failures by `kind`: `connect` (no connection made) or `proxy` (failed
+    /// after connecting).
     pub upstream_errors: IntCounterVec,
+    /// Attempts resent to another backend (one per retry, not per request).
     pub retries: IntCounter,
+    /// Requests answered 503 because no backend could be chosen.
     pub no_backend: IntCounter,
     backend_requests: IntCounterVec,
     backend_failures: IntCounterVec,
@@ -36,19 +43,30 @@ pub struct Metrics {
     backend_ewma: prometheus::GaugeVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
+    /// Worker restarts after an exit, per `worker` name; counted by the supervisor.
     pub worker_restarts: IntCounterVec,
+    /// Worker processes alive; the supervisor increments on spawn, decrements on exit.
     pub workers_running: IntGauge,
+    /// Workers in a crash loop; set from the supervisor's status at scrape time.
     pub workers_crash_looping: IntGauge,
+    /// Reloads by `result`: `ok` or `invalid` (the file was rejected, old config kept).
     pub config_reloads: IntCounterVec,
+    /// Mirror of `Shared::version`: 1 at start, +1 per applied reload.
     pub config_version: IntGauge,
     balancing_panic: IntGauge,
     balancing_strategy: IntGaugeVec,
+    /// Health results by `result`: `pass`/`fail` (active probes) or `refused` (passive).
     pub health_checks: IntCounterVec,
+    /// Requests waiting for a free backend; set by the pipeline as the queue changes.
     pub queue_length: IntGauge,
+    /// Time a request spent queued before getting a backend, in seconds.
     pub queue_wait: Histogram,
+    /// Requests the queue answered 503, by `reason`: `full` or `timeout`.
     pub queue_rejected: IntCounterVec,
     backend_selections: IntCounterVec,
     breaker_seen: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
+    /// Series of the resilience features: breakers, bulkheads, fallbacks, rate limits,
+    /// retry budget and backoff, chaos faults.
     pub resilience: super::resilience_metrics::ResilienceMetrics,
     /// HDR latency recorders behind the sliding-window percentiles (`observe::latency`).
     pub latency: super::latency::Recorders,
@@ -66,10 +84,15 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 /// increments them without a label lookup. Backends with the same name (a restarted
 /// worker) share the series, so counts continue across restarts.
 pub struct BackendHandles {
+    /// Requests sent to the backend, failed attempts included.
     pub requests: IntCounter,
+    /// Requests or attempts that failed on this backend.
     pub failures: IntCounter,
+    /// Upstream response time of finished requests, in seconds.
     pub duration: Histogram,
+    /// Times each strategy chose the backend, indexed like `StrategyKind::ALL`.
     pub selections: [IntCounter; StrategyKind::COUNT],
+    /// The backend's HDR recorder for sliding-window percentiles (shared by name).
     pub latency: std::sync::Arc<super::latency::Recorder>,
 }
 
@@ -96,6 +119,8 @@ impl crate::balancing::backend::BackendStats for BackendHandles {
 }
 
 impl Metrics {
+    /// The handles for the backend called `name`, creating its labelled series on first
+    /// use; called once per backend when it is made.
     pub fn backend_handles(&self, name: &str) -> BackendHandles {
         BackendHandles {
             requests: self.backend_requests.with_label_values(&[name]),
@@ -109,6 +134,8 @@ impl Metrics {
         }
     }
 
+    /// A fresh registry with every metric registered (status classes, reload results and
+    /// queue reasons pre-created at 0).
     pub fn new() -> Self {
         let r = Registry::new();
         let requests = reg(
@@ -349,6 +376,8 @@ impl Metrics {
         m
     }
 
+    /// The `drover_requests_total` counter for `status`'s class; anything outside
+    /// 100..=599 (0: no response written) counts as `error`.
     pub fn status_class(&self, status: u16) -> &IntCounter {
         let i = (status / 100) as usize;
         &self.requests_by_class[if (1..=5).contains(&i) { i } else { 0 }]

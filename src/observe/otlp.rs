@@ -32,28 +32,42 @@ use tokio::sync::mpsc;
 /// OTLP `SpanKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Work inside drover: queue wait, retry backoff.
     Internal = 1,
+    /// The request span, as drover serves the client.
     Server = 2,
+    /// An upstream attempt, as drover calls a backend.
     Client = 3,
 }
 
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attr {
+    /// OTLP `string_value`.
     Str(String),
+    /// OTLP `int_value`.
     Int(i64),
+    /// OTLP `bool_value`.
     Bool(bool),
 }
 
+/// drover's own span model, converted to the OTLP message only at export.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Span {
+    /// Random, never 0.
     pub span_id: u64,
     /// 0 = a root span.
     pub parent_id: u64,
+    /// Operation name: `request`, `queue`, `retry backoff` or `upstream attempt`.
     pub name: &'static str,
+    /// OTLP span kind.
     pub kind: Kind,
+    /// Start, in Unix nanoseconds.
     pub start_ns: u64,
+    /// End, in Unix nanoseconds; 0 while the span is open (export clamps it to `start_ns`).
     pub end_ns: u64,
+    /// OpenTelemetry semantic-convention keys (`http.response.status_code`, ...) and
+    /// drover's own (`drover.*`).
     pub attributes: Vec<(&'static str, Attr)>,
     /// Set: the span failed, with this message.
     pub error: Option<String>,
@@ -79,15 +93,19 @@ fn nonzero_u64() -> u64 {
 /// The spans of one sampled request, filled in by the pipeline's steps.
 #[derive(Debug)]
 pub struct Recording {
+    /// The request's trace id (from its `TraceContext`).
     pub trace_id: u128,
     /// The request span (drover's span id of the trace context).
     pub root: Span,
     /// The attempt in progress.
     pub attempt: Option<Span>,
+    /// Finished child spans, in the order they ended.
     pub done: Vec<Span>,
 }
 
 impl Recording {
+    /// Starts the request span now: `span_id` is drover's span of the trace context,
+    /// `parent` the caller's span (`None`: a root span).
     pub fn new(trace_id: u128, span_id: u64, parent: Option<u64>) -> Self {
         Recording {
             trace_id,
@@ -165,6 +183,8 @@ impl Recording {
         }
     }
 
+    /// Span id of the attempt in progress, sent to the worker as its parent in
+    /// `traceparent`; `None` between attempts.
     pub fn attempt_span(&self) -> Option<u64> {
         self.attempt.as_ref().map(|a| a.span_id)
     }
@@ -280,13 +300,19 @@ pub fn encode(service: &str, batch: &[(u128, Vec<Span>)]) -> Vec<u8> {
 /// Counters of the exporter, exported by `/metrics` (`drover_trace_spans_total`).
 #[derive(Default)]
 pub struct ExportCounts {
+    /// Spans the collector accepted (2xx answer).
     pub exported: AtomicU64,
+    /// Spans dropped because the export queue was full.
     pub dropped: AtomicU64,
+    /// Spans whose export request failed or timed out (not retried).
     pub failed: AtomicU64,
 }
 
+/// The running exporter's queue handle; set once by [`start`] when an endpoint is
+/// configured.
 pub struct Exporter {
     tx: mpsc::Sender<(u128, Vec<Span>)>,
+    /// The process-wide counters (the same ones [`counts`] returns).
     pub counts: &'static ExportCounts,
 }
 

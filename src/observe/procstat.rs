@@ -10,9 +10,13 @@ use std::path::PathBuf;
 const TICKS_PER_SECOND: f64 = 100.0;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+/// One reading of a process; cumulative where noted, so rates need two readings.
 pub struct ProcStats {
+    /// User + system CPU time since the process started, in seconds (cumulative).
     pub cpu_seconds: f64,
+    /// Resident memory (`VmRSS`), in bytes; 0 if it could not be read.
     pub rss_bytes: u64,
+    /// Entries in `/proc/<pid>/fd`; 0 if the folder could not be read.
     pub open_fds: u64,
 }
 

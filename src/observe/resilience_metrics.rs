@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
+/// The resilience series; part of `Metrics`, registered once into its registry.
 pub struct ResilienceMetrics {
     breaker_trips: IntCounterVec,
     route_breaker_state: IntGaugeVec,
@@ -29,6 +30,7 @@ pub struct ResilienceMetrics {
     rate_limit_table_bytes: IntGaugeVec,
     /// `{reason}`: budget, deadline.
     pub retries_denied: IntCounterVec,
+    /// Seconds spent sleeping in backoff before retries, summed over all requests.
     pub retry_backoff: Counter,
     /// `{kind, target}`.
     pub chaos_injected: IntCounterVec,
@@ -57,6 +59,8 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 }
 
 impl ResilienceMetrics {
+    /// Registers every series into `r` (`retries_denied` reasons pre-created at 0).
+    /// Panics if they are already registered there.
     pub fn new(r: &Registry) -> Self {
         let m = ResilienceMetrics {
             breaker_trips: counter_vec(

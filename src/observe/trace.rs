@@ -8,15 +8,21 @@
 
 use pingora_http::RequestHeader;
 
+/// The W3C header read from the client and rewritten for the worker.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
+/// drover's hop of a trace, made per request by the pipeline and logged in the access
+/// line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
+    /// The caller's trace id when continued, else a fresh random one; never 0.
     pub trace_id: u128,
     /// The caller's span, when the trace was continued.
     pub parent_id: Option<u64>,
     /// drover's span: the parent the worker sees.
     pub span_id: u64,
+    /// W3C trace flags: the caller's when continued; bit 0 (sampled) otherwise set only
+    /// when this request's spans are exported.
     pub flags: u8,
 }
 

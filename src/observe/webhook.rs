@@ -14,15 +14,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Deliveries (with their retries) pending at once; a notification beyond this is dropped
+/// and counted as `dropped`.
 pub const MAX_IN_FLIGHT: usize = 64;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
+/// One alert state change to deliver, built by the alert evaluator.
 pub struct Notification {
+    /// The rule that fired or resolved (name, severity, summary, expression).
     pub rule: AlertRule,
+    /// True for a firing alert, false for a resolved one.
     pub firing: bool,
+    /// The rule's metric value at the change; NaN if the metric had no value.
     pub value: f64,
     /// Unix seconds.
     pub starts_at: f64,
+    /// Unix seconds the alert resolved; `None` while firing (sent as Alertmanager's
+    /// zero time).
     pub ends_at: Option<f64>,
     /// drover's data-plane address, the `instance` label.
     pub instance: String,
@@ -93,12 +101,16 @@ pub fn payload(n: &Notification) -> serde_json::Value {
     })
 }
 
+/// Delivers notifications in background tasks, capped at [`MAX_IN_FLIGHT`]; owned by
+/// `Alerts`.
 pub struct Sender {
     in_flight: Arc<AtomicUsize>,
     results: IntCounterVec,
 }
 
 impl Sender {
+    /// A sender that counts each delivery in `results` by label `delivered`, `failed`
+    /// (all retries spent) or `dropped` (over the cap).
     pub fn new(results: IntCounterVec) -> Self {
         Sender {
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -166,18 +178,25 @@ impl Sender {
 /// Why one delivery failed (logged with each attempt).
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    /// The TCP connection to the receiver failed (refused, unreachable, DNS).
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// Sending the request head or body failed.
     #[error("write: {0}")]
     Write(#[source] std::io::Error),
+    /// Reading the answer failed.
     #[error("read: {0}")]
     Read(#[source] std::io::Error),
+    /// The answer did not parse as an HTTP/1 status line.
     #[error("not an HTTP response: {0}")]
     NotHttp(#[source] httparse::Error),
+    /// 16 KiB read without a complete status line.
     #[error("response head too large")]
     HeadTooLarge,
+    /// The receiver closed the connection before sending a status line.
     #[error("connection closed before a status line")]
     Closed,
+    /// The receiver answered with this non-2xx status.
     #[error("status {0}")]
     Status(u16),
 }

@@ -12,9 +12,14 @@ use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
+/// Address chain: the TCP peer's address for an untrusted peer; a trusted proxy's chain gets
+/// the peer appended.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `http` or `https`: how the client reached drover (or what a trusted proxy reported).
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The `Host` the client sent (a trusted proxy's value is kept).
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The single client address drover settled on (see the module docs on trusted proxies).
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 fn trusted(cfg: &ForwardedConfig, ip: IpAddr) -> bool {

@@ -9,13 +9,18 @@ use pingora_http::RequestHeader;
 /// Which limit a request broke, and the status it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
+    /// The head is over `limits.max_header_bytes` (431).
     HeaderBytes,
+    /// The head has more than `limits.max_headers` fields (431).
     HeaderCount,
+    /// The body, declared or streamed so far, is over `limits.max_body_bytes` (413).
     BodyBytes,
+    /// `limits.max_in_flight` requests are already being served (503).
     InFlight,
 }
 
 impl Violation {
+    /// The status drover answers with: 431, 413 or 503.
     pub fn status(self) -> u16 {
         match self {
             Violation::HeaderBytes | Violation::HeaderCount => 431,
@@ -24,6 +29,7 @@ impl Violation {
         }
     }
 
+    /// Label for `drover_limit_rejections_total` and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Violation::HeaderBytes => "header_bytes",

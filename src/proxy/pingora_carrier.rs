@@ -16,12 +16,14 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 const GRPC_STATUS: &str = "grpc-status";
 
+/// The [`Pipeline`] behind Pingora's `ProxyHttp` hooks; cheap to clone.
 #[derive(Clone)]
 pub struct PingoraCarrier {
     pipeline: Pipeline,
 }
 
 impl PingoraCarrier {
+    /// Wraps a pipeline; Pingora calls the hooks, each a step of it.
     pub fn new(pipeline: Pipeline) -> Self {
         PingoraCarrier { pipeline }
     }

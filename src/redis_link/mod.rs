@@ -31,6 +31,8 @@ use std::time::Duration;
 /// Why a connection could not be set up.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
+    /// A bad URL, or a TLS or client setting the redis crate refuses; the text is safe
+    /// to log (URL credentials are redacted).
     #[error("redis: {0}")]
     Setup(String),
 }
@@ -106,6 +108,9 @@ enum Plan {
     },
 }
 
+/// drover's one client of `sessions.redis`: the config, the clients built from it,
+/// and the connection(s), made on the first [`RedisLink::conn`]. Shared (`Arc`) by the
+/// session store and the shared rate limits; a config change needs a restart.
 pub struct RedisLink {
     cfg: RedisConfig,
     plan: Plan,
@@ -123,8 +128,11 @@ impl std::fmt::Debug for RedisLink {
 /// One handle to Redis; cheap to clone, usable concurrently.
 #[derive(Clone)]
 pub enum Conn {
+    /// One node; the manager reconnects by itself.
     Single(ConnectionManager),
+    /// Whatever node the sentinels name master now; re-asked when it is lost.
     Sentinel(sentinel::FollowConn),
+    /// Redis Cluster: each command goes to the node of its key's hash slot.
     Cluster(ClusterConnection),
 }
 
@@ -237,6 +245,8 @@ impl RedisLink {
         }))
     }
 
+    /// The settings this link was built from (as validated at start; later reloads
+    /// do not change it).
     pub fn config(&self) -> &RedisConfig {
         &self.cfg
     }
@@ -381,6 +391,8 @@ pub struct LuaScript {
 }
 
 impl LuaScript {
+    /// Hashes `code` once (SHA-1, for `EVALSHA`); sends nothing. Make one per
+    /// script at setup and keep it.
     pub fn new(code: &'static str) -> Self {
         LuaScript {
             code,

@@ -40,6 +40,8 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Takes what it needs from a `Sentinel` topology (an error for any other) and
+    /// builds a client once, so a config the redis crate refuses fails at start.
     pub fn new(
         cfg: &RedisConfig,
         certs: Option<redis::TlsCertificates>,
@@ -122,6 +124,8 @@ struct Master {
     durable: Option<MultiplexedConnection>,
 }
 
+/// Follows the master the sentinels name: holds its connection(s), and on a
+/// lost master asks again in the background (at most every [`RESOLVE_PAUSE`]).
 pub struct Follower {
     plan: Plan,
     client: tokio::sync::Mutex<Option<SentinelClient>>,
@@ -136,6 +140,8 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Starts asking the sentinels at once (if inside a tokio runtime) and returns;
+    /// connection timeouts are `cfg.timeout`, plus `cfg.wait_timeout` on the `WAIT` one.
     pub fn new(
         plan: Plan,
         cfg: &RedisConfig,
@@ -166,10 +172,13 @@ impl Follower {
         f
     }
 
+    /// `host:port` of the master in use; `None` while none is known (at start, after a loss).
     pub fn master_addr(&self) -> Option<String> {
         self.current.load().as_ref().map(|m| m.addr.clone())
     }
 
+    /// Times the sentinels named a different master than the last one, since start
+    /// (the first one found does not count).
     pub fn switches(&self) -> u64 {
         self.switches.load(Ordering::Relaxed)
     }
@@ -272,6 +281,8 @@ pub struct FollowConn {
 }
 
 impl FollowConn {
+    /// `durable`: use the master's separate connection for writes followed by `WAIT`
+    /// (the main one when there is none).
     pub fn new(f: Arc<Follower>, durable: bool) -> Self {
         FollowConn { f, durable }
     }

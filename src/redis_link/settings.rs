@@ -8,19 +8,34 @@ use std::time::Duration;
 #[derive(Clone, PartialEq, Eq)]
 pub enum RedisTopology {
     /// One node (a URL).
-    Single { url: String },
+    Single {
+        /// `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS; may hold
+        /// credentials, so print it only through `redact::url_userinfo`.
+        url: String,
+    },
     /// A master followed through sentinels.
     Sentinel {
+        /// The name the sentinels monitor the master under (`sentinel monitor NAME ...`).
         master_name: String,
+        /// Sentinel `(host, port)` pairs (26379 by default); empty when the section is
+        /// not in use (not validated then).
         nodes: Vec<(String, u16)>,
+        /// ACL user of the sentinels themselves (not of the master); `None`: none.
         username: Option<String>,
+        /// Password of the sentinels themselves (`requirepass` in sentinel.conf), read
+        /// from `password_file` if set; the master's is [`RedisConfig::password`].
         password: Option<String>,
     },
     /// Redis Cluster seed nodes.
-    Cluster { nodes: Vec<(String, u16)> },
+    Cluster {
+        /// Seed `(host, port)` pairs (6379 by default); any reachable one yields the
+        /// slot map. Empty when the section is not in use (not validated then).
+        nodes: Vec<(String, u16)>,
+    },
 }
 
 impl RedisTopology {
+    /// `single`, `sentinel` or `cluster`, as shown by the admin API and startup log.
     pub fn kind(&self) -> &'static str {
         match self {
             RedisTopology::Single { .. } => "single",
@@ -55,6 +70,7 @@ impl std::fmt::Debug for RedisTopology {
 /// TLS material, read at load.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct RedisTls {
+    /// PEM of the CA(s) to trust; `None`: the system's trust store.
     pub ca_pem: Option<Vec<u8>>,
     /// (certificate chain, private key), PEM.
     pub client: Option<(Vec<u8>, Vec<u8>)>,
@@ -72,19 +88,33 @@ impl std::fmt::Debug for RedisTls {
 /// The validated `sessions.redis` section.
 #[derive(Clone, PartialEq)]
 pub struct RedisConfig {
+    /// Which nodes to talk to, and how to find the master.
     pub topology: RedisTopology,
     /// `Some` when connections use TLS.
     pub tls: Option<RedisTls>,
+    /// ACL user (Redis 6+) on the data nodes; `None` (or empty in the file): `default`.
     pub username: Option<String>,
+    /// Password of `username` (or `requirepass`), already read from `password_file`
+    /// when one is set; never printed (see `Debug`).
     pub password: Option<String>,
+    /// Put before every key drover writes, sessions and shared rate limits alike
+    /// (`key_prefix`, default `drover:`); no `{`/`}` on Cluster, where drover adds hash tags.
     pub prefix: String,
+    /// Per-call timeout (default 250 ms), also the connect timeout; a slower Redis
+    /// counts as down for that request.
     pub timeout: Duration,
+    /// Lease of a session lock (default 10 s): a lock left by a crashed instance
+    /// expires after this long. Validated to be at least `sessions.lock_timeout`.
     pub lock_ttl: Duration,
     /// `WAIT` for this many replicas after a session write (0: no wait).
     pub wait_replicas: u32,
+    /// Longest `WAIT` for `wait_replicas` (default 50 ms); a write not acknowledged
+    /// in time is kept and counted as unreplicated.
     pub wait_timeout: Duration,
     /// Local cache entries (0: no cache).
     pub cache_entries: usize,
+    /// Longest time a locally cached entry is used without asking Redis again;
+    /// bounds staleness if an invalidation is lost with a broken connection.
     pub cache_ttl: Duration,
 }
 

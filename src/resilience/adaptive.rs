@@ -32,6 +32,7 @@ pub const BASELINE_WEIGHT: f64 = 0.2;
 /// `circuit_breaker.adaptive`, validated.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptivePolicy {
+    /// Off by default; when off the breaker keeps no adaptive state at all.
     pub enabled: bool,
     /// How many standard deviations above the baseline trip.
     pub sigmas: f64,
@@ -58,14 +59,22 @@ impl Default for AdaptivePolicy {
 /// What the rule saw when it tripped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AdaptiveTrip {
+    /// The failure ratio rose above its threshold.
     FailureRatio {
+        /// Failure ratio (0 to 1) over the previous and current periods together.
         ratio: f64,
+        /// The learned normal failure ratio (0 to 1).
         baseline: f64,
+        /// What `ratio` had to exceed: baseline + max(sigmas × σ, min_increase).
         threshold: f64,
     },
+    /// The mean latency rose above its threshold.
     Latency {
+        /// Mean latency over the previous and current periods together, ms.
         mean_ms: f64,
+        /// The learned normal mean latency, ms.
         baseline_ms: f64,
+        /// What `mean_ms` had to exceed, ms.
         threshold_ms: f64,
     },
 }
@@ -73,8 +82,11 @@ pub enum AdaptiveTrip {
 /// An exponentially weighted mean and variance.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Ewm {
+    /// Weighted mean of the samples; the first sample sets it.
     pub mean: f64,
+    /// Weighted variance around `mean` (0 after one sample).
     pub var: f64,
+    /// Samples pushed (periods learned), saturating.
     pub n: u32,
 }
 
@@ -91,6 +103,7 @@ impl Ewm {
         self.n = self.n.saturating_add(1);
     }
 
+    /// Standard deviation: the square root of `var` (never negative).
     pub fn sd(&self) -> f64 {
         self.var.max(0.0).sqrt()
     }
@@ -116,13 +129,20 @@ struct Learned {
 /// A public view for `/api/breakers` and the dashboard.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Baseline {
+    /// Learned normal failure ratio, 0 to 1.
     pub failure_ratio: f64,
+    /// Its spread (one standard deviation).
     pub failure_ratio_sd: f64,
+    /// Learned normal mean latency, ms (0 while the latency rule is off).
     pub latency_ms: f64,
+    /// Its spread (one standard deviation), ms.
     pub latency_sd_ms: f64,
+    /// Periods learned so far; the rule may trip once this reaches `warmup_windows`.
     pub periods: u32,
 }
 
+/// One breaker's adaptive state: the current period's counts (atomics) and the
+/// learned baselines (behind a mutex, taken on each recorded outcome).
 #[derive(Debug)]
 pub struct Adaptive {
     base: Instant,
@@ -136,6 +156,7 @@ pub struct Adaptive {
 }
 
 impl Adaptive {
+    /// Nothing learned yet; periods of `period` (at least 1 ms) counted from `now`.
     pub fn new(period: Duration, now: Instant) -> Self {
         Adaptive {
             base: now,
@@ -259,6 +280,7 @@ impl Adaptive {
         l.tripped = false;
     }
 
+    /// The baselines learned so far (all zero before the first period is learned).
     pub fn baseline(&self) -> Baseline {
         let l = self.lock();
         Baseline {

@@ -22,14 +22,21 @@ pub const MAX_FAULTS: usize = 32;
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum FaultKind {
     /// Delay the request by `ms` before it goes upstream.
-    Latency { ms: u64 },
+    Latency {
+        /// Delay in milliseconds, 1 to 60000.
+        ms: u64,
+    },
     /// Answer `status` instead of the worker (counted as the worker's failure).
-    Error { status: u16 },
+    Error {
+        /// HTTP status answered, 400 to 599.
+        status: u16,
+    },
     /// Act as if the worker reset the connection before answering.
     Reset,
 }
 
 impl FaultKind {
+    /// `latency`, `error` or `reset`: the `kind` label of metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
             FaultKind::Latency { .. } => "latency",
@@ -66,7 +73,9 @@ impl Target {
 /// together with the flattened `kind`.)
 #[derive(Debug, Clone, Deserialize)]
 pub struct FaultSpec {
+    /// Which requests it hits.
     pub target: Target,
+    /// What it does (flattened: `kind` plus its own fields).
     #[serde(flatten)]
     pub kind: FaultKind,
     /// Share of matching requests hit, 0 < share ≤ 1.
@@ -75,12 +84,18 @@ pub struct FaultSpec {
     pub duration_s: Option<f64>,
 }
 
+/// An installed fault, as `/api/chaos` lists it; expires by itself (`until`, not
+/// serialised; see [`Fault::remaining`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Fault {
+    /// Assigned by [`Chaos::add`]: 1, 2, ... per process, never reused.
     pub id: u64,
+    /// Which requests it hits.
     pub target: Target,
+    /// What it does (flattened: `kind` plus its own fields).
     #[serde(flatten)]
     pub kind: FaultKind,
+    /// Share of matching requests hit, 0 < share ≤ 1.
     pub share: f64,
     #[serde(skip)]
     until: Instant,
@@ -89,15 +104,19 @@ pub struct Fault {
 }
 
 impl Fault {
+    /// Time until it expires; zero once expired.
     pub fn remaining(&self) -> Duration {
         self.until.saturating_duration_since(Instant::now())
     }
 
+    /// `route:NAME`, `worker-N` or `all`: the `target` label of metrics and logs.
     pub fn target_label(&self) -> &str {
         &self.label
     }
 }
 
+/// The installed faults (at most [`MAX_FAULTS`]); one per process in `Shared`,
+/// written by the admin API, read by the proxy on every request.
 #[derive(Default)]
 pub struct Chaos {
     active: AtomicBool,
@@ -108,14 +127,19 @@ pub struct Chaos {
 /// Why a fault was not installed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FaultError {
+    /// `share` not in (0, 1]; holds the value given.
     #[error("share {0} is out of range; accepted: >0 to 1")]
     Share(f64),
+    /// `ms` of a latency fault not in 1 to 60000.
     #[error("latency ms must be 1 to 60000")]
     LatencyMs,
+    /// `status` of an error fault not in 400 to 599.
     #[error("error status must be 400 to 599")]
     ErrorStatus,
+    /// `duration_s` not in (0, 3600].
     #[error("duration_s must be >0 to 3600")]
     Duration,
+    /// [`MAX_FAULTS`] unexpired faults are installed already.
     #[error("{MAX_FAULTS} faults installed already; delete some")]
     TooMany,
 }
@@ -179,6 +203,7 @@ impl Chaos {
         Ok(id)
     }
 
+    /// Removes every fault; returns how many were installed (expired ones included).
     pub fn clear(&self) -> usize {
         let n = self.faults.load().len();
         self.faults.store(Arc::new(Vec::new()));
@@ -187,6 +212,7 @@ impl Chaos {
         n
     }
 
+    /// The faults not yet expired, in the order installed.
     pub fn list(&self) -> Vec<Fault> {
         let now = Instant::now();
         self.faults
@@ -197,12 +223,13 @@ impl Chaos {
             .collect()
     }
 
-    /// The fault to inject into this request, if any. `unit` is uniform in [0, 1).
     /// Whether any fault is installed (one relaxed load: checked on every request).
     pub fn armed(&self) -> bool {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// The first unexpired fault matching `route`/`worker` whose share covers `unit`
+    /// (uniform in [0, 1), drawn by the caller), with its target label; `None`: none.
     pub fn pick(
         &self,
         route: Option<&str>,

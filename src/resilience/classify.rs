@@ -48,6 +48,8 @@ impl Outcome {
         }
     }
 
+    /// Its kind as a label: `connect_error`, `timeout`, `reset`, or `status` for any
+    /// status (the code is left out, keeping the label set small).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Status(_) => "status",
@@ -61,8 +63,11 @@ impl Outcome {
 /// Which outcomes are failures. Default: connect errors, timeouts, resets and 5xx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classifier {
+    /// `connect_error` listed: failed connects count as failures.
     pub connect_error: bool,
+    /// `timeout` listed: read and write timeouts count as failures.
     pub timeout: bool,
+    /// `reset` listed: connections broken after connecting count as failures.
     pub reset: bool,
     /// Bit per status 0..640: `statuses[s / 64] >> (s % 64) & 1`.
     statuses: [u64; 10],
@@ -78,6 +83,7 @@ impl Default for Classifier {
 pub const DEFAULT_FAILURE_ON: [&str; 4] = ["connect_error", "timeout", "reset", "5xx"];
 
 impl Classifier {
+    /// Counts nothing as a failure (what an empty `failure_on` gives).
     pub fn none() -> Self {
         Classifier {
             connect_error: false,
@@ -118,6 +124,8 @@ impl Classifier {
         self.statuses[code as usize / 64] |= 1 << (code % 64);
     }
 
+    /// Whether `o` counts against a breaker under this rule; statuses not listed
+    /// (and any above 639) are successes.
     pub fn is_failure(&self, o: Outcome) -> bool {
         match o {
             Outcome::Status(s) => {

@@ -24,12 +24,23 @@ use std::time::Duration;
 /// budget, in-flight counts) over from the running one where the settings did not change.
 #[derive(Debug)]
 pub struct Resilience {
+    /// Per-route policies (`routes:`), matched by host and path prefix.
     pub routes: routes::RouteTable,
+    /// The top-level `rate_limit` limiter; `None` when it is off. Routes inherit it
+    /// unless they set their own.
     pub rate_limit: Option<Arc<rate_limit::RateLimiter>>,
+    /// Pause before each retry (`proxy.retry_backoff`).
     pub backoff: retry::Backoff,
+    /// Caps retries as a share of requests (`proxy.retry_budget`); shared across
+    /// reloads while its policy is unchanged.
     pub budget: Arc<retry::RetryBudget>,
+    /// `proxy.total_timeout`: a request's deadline to its response headers, retries
+    /// included; `None` when 0 s (no deadline). A route's own value wins.
     pub total_timeout: Option<Duration>,
+    /// Most share (0 to 1, default 0.5) of workers that open breakers may take out
+    /// of rotation; the pool reads it (`circuit_breaker.max_ejected_share`).
     pub max_ejected_share: f64,
+    /// `chaos.enabled`: whether the admin API may install faults and the proxy inject them.
     pub chaos_enabled: bool,
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 /// bucket, so rotating the header does not buy more than the address's budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitKey {
+    /// The client address (as `forwarded.rs` settled it): one bucket per address.
     ClientIp,
     /// A request header (an API key); requests without it are keyed by client IP.
     Header(http::HeaderName),
@@ -38,8 +39,10 @@ pub enum LimitKey {
 /// Why a rate-limit `key` was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitKeyError {
+    /// `header:NAME` with a NAME that is not a valid HTTP header name.
     #[error("`{0}` is not a valid header name")]
     HeaderName(String),
+    /// None of the accepted forms; holds the text given.
     #[error("`{0}` is not a rate-limit key; accepted: client_ip, header:NAME, header:NAME+client_ip, all")]
     Unknown(String),
 }
@@ -70,7 +73,9 @@ impl std::str::FromStr for LimitKey {
 /// The buckets one request is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Buckets {
+    /// Hash of the main key (header value, client IP, or 0 for `all`).
     pub first: u64,
+    /// The client IP's hash as well, for `header:NAME+client_ip` when the header is set.
     pub second: Option<u64>,
 }
 
@@ -96,11 +101,15 @@ impl LimitKey {
     }
 }
 
+/// A validated `rate_limit` section (top level or a route's); compared on reload
+/// to keep the running limiter's buckets when unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RatePolicy {
+    /// Sustained rate per key; above 0 (a limit of 0 is off and builds no limiter).
     pub requests_per_second: f64,
     /// Bucket size: requests a client may send at once.
     pub burst: u32,
+    /// What a bucket belongs to.
     pub key: LimitKey,
     /// Table slots (a power of two).
     pub slots: usize,
@@ -112,9 +121,13 @@ pub struct RatePolicy {
 /// The answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
+    /// The request may pass.
     Allow {
+        /// Requests the bucket would still allow at once after this one (the smaller
+        /// over two buckets).
         remaining: u32,
     },
+    /// The request is over the limit (answered 429).
     Deny {
         /// Until one more request would be allowed.
         retry_after: Duration,
@@ -126,7 +139,10 @@ pub enum Decision {
 const TAT_BITS: u32 = 48;
 const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
 
+/// The GCRA buckets of one policy in a fixed table of atomic slots (see the
+/// module doc); shared by every request of its scope, lock-free.
 pub struct RateLimiter {
+    /// As configured; the table's parameters are derived from it at creation.
     pub policy: RatePolicy,
     /// Emission interval (1 / rate) and tolerance (burst × interval), in µs.
     interval: u64,
@@ -153,6 +169,8 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl RateLimiter {
+    /// Allocates the whole table now (`slots` rounded up to a power of two, 8 bytes
+    /// each); every bucket starts full.
     pub fn new(policy: RatePolicy) -> Self {
         let n = policy.slots.max(1).next_power_of_two();
         let interval = (1e6 / policy.requests_per_second.max(1e-6)).max(1.0) as u64;
@@ -171,6 +189,7 @@ impl RateLimiter {
         self.slots.len() * std::mem::size_of::<AtomicU64>()
     }
 
+    /// Slots in the table: `policy.slots` rounded up to a power of two.
     pub fn slots(&self) -> usize {
         self.slots.len()
     }
@@ -181,6 +200,7 @@ impl RateLimiter {
         (self.interval, self.tolerance)
     }
 
+    /// [`RateLimiter::check_at`] now: charges one request to `key_hash`'s bucket.
     pub fn check(&self, key_hash: u64) -> Decision {
         self.check_at(key_hash, Instant::now())
     }
@@ -191,6 +211,8 @@ impl RateLimiter {
         self.check_buckets_at(b, Instant::now())
     }
 
+    /// [`RateLimiter::check_buckets`] at `now` (tests drive time); `remaining` is
+    /// the smaller of the two buckets'.
     pub fn check_buckets_at(&self, b: Buckets, now: Instant) -> Decision {
         let first = self.check_at(b.first, now);
         match (first, b.second) {

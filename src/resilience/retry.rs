@@ -11,9 +11,12 @@
 use super::window::Window;
 use std::time::{Duration, Instant};
 
+/// Exponential backoff with full jitter between attempts (`proxy.retry_backoff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// Ceiling of the first retry's delay (default 10 ms); zero: retry at once.
     pub base: Duration,
+    /// Cap on the delay ceiling (default 200 ms); never below `base`.
     pub max: Duration,
 }
 
@@ -34,22 +37,28 @@ pub fn exponential(base: Duration, step: u32, max: Duration) -> Duration {
     base.saturating_mul(1u32 << step.min(20)).min(max)
 }
 
+/// `proxy.retry_budget`: how many retries the [`RetryBudget`] allows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetPolicy {
+    /// Retries may be at most this share of requests in the window (default 0.2)...
     pub ratio: f64,
+    /// ...plus this many per second of window (default 10), so a quiet proxy can retry.
     pub min_per_second: u32,
+    /// Rolling window counted over (default 10 s, at least 100 ms).
     pub window: Duration,
 }
 
 /// Counts requests and retries in one window; lock-free.
 #[derive(Debug)]
 pub struct RetryBudget {
+    /// Compared on reload: an unchanged policy keeps the running budget's counts.
     pub policy: BudgetPolicy,
     /// `total` = requests, `a` = retries.
     window: Window,
 }
 
 impl RetryBudget {
+    /// An empty budget whose window starts now.
     pub fn new(policy: BudgetPolicy) -> Self {
         RetryBudget {
             policy,

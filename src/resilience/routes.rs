@@ -19,19 +19,27 @@ use std::time::Duration;
 /// A tripped route's answer.
 #[derive(Debug)]
 pub enum Fallback {
+    /// Answer locally with this response (default: an empty 503).
     Static {
+        /// 200 to 599.
         status: u16,
+        /// Extra response headers; never `Content-Length` (drover sets it).
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        /// Response body, as configured (may be empty).
         body: Bytes,
     },
     /// Proxy to these instead of the pool (round robin).
     Upstreams {
+        /// Resolved once at config load, with the route's (or proxy's) connect and read
+        /// timeouts.
         peers: Vec<HttpPeer>,
+        /// Round-robin cursor over `peers`; wraps.
         next: AtomicUsize,
     },
 }
 
 impl Fallback {
+    /// The next fallback upstream in turn; `None` for a static fallback (or no peers).
     pub fn next_peer(&self) -> Option<&HttpPeer> {
         match self {
             Fallback::Upstreams { peers, next } if !peers.is_empty() => {
@@ -41,6 +49,7 @@ impl Fallback {
         }
     }
 
+    /// `static` or `upstream`: the `kind` label of the route fallback metric.
     pub fn kind(&self) -> &'static str {
         match self {
             Fallback::Static { .. } => "static",
@@ -52,9 +61,11 @@ impl Fallback {
 /// A route's own rate limit, or the top-level one.
 #[derive(Debug, Clone)]
 pub enum RouteLimit {
+    /// No `rate_limit` on the route: the top-level limiter applies, if any.
     Inherit,
     /// `requests_per_second: 0` on the route: no limit even if the top level has one.
     Off,
+    /// The route's own limiter (scope: the route's name).
     On(Arc<RateLimiter>),
 }
 
@@ -62,14 +73,12 @@ pub enum RouteLimit {
 #[derive(Debug, Default)]
 pub struct RouteState {
     inflight: AtomicU32,
-    /// Requests answered by the fallback, rejected by the bulkhead, by the breaker
-    /// without fallback.
-    pub fallbacks: AtomicU64,
+    /// Requests refused because `max_concurrent` were in flight ([`Route::enter`]).
     pub bulkhead_rejected: AtomicU64,
-    pub breaker_rejected: AtomicU64,
 }
 
 impl RouteState {
+    /// Requests holding a bulkhead slot now (only counted when `max_concurrent > 0`).
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
@@ -85,20 +94,32 @@ impl Drop for BulkheadSlot {
     }
 }
 
+/// One validated `routes:` entry with its live state; immutable once in a
+/// [`RouteTable`] (live parts sit behind atomics and `Arc`s).
 #[derive(Debug)]
 pub struct Route {
+    /// Unique; the label in metrics and logs, and `route:NAME` in `/api/breakers` and
+    /// chaos targets. Reloads match routes by it.
     pub name: Arc<str>,
     /// Lowercase, without port.
     pub host: Option<String>,
     /// Without a trailing slash, except the root `/`.
     pub prefix: String,
+    /// The route's own breaker over its requests; `None`: none configured.
     pub breaker: Option<Arc<Breaker>>,
+    /// What a tripped route answers; `None`: a plain 503.
     pub fallback: Option<Fallback>,
+    /// Overrides `proxy.connect_timeout`; `None`: the proxy's.
     pub connect_timeout: Option<Duration>,
+    /// Overrides `proxy.read_timeout`; `None`: the proxy's.
     pub read_timeout: Option<Duration>,
+    /// Overrides `proxy.total_timeout` (deadline to response headers); `None`: the proxy's.
     pub total_timeout: Option<Duration>,
+    /// Bulkhead: most requests in flight at once; 0 = unlimited (no slot taken).
     pub max_concurrent: u32,
+    /// Which limiter the route's requests are charged to.
     pub rate_limit: RouteLimit,
+    /// Counters shared with the previous table across reloads ([`RouteTable::adopt`]).
     pub state: Arc<RouteState>,
 }
 
@@ -129,6 +150,8 @@ impl Route {
     }
 }
 
+/// The routes in match order (host-specific first, then longest prefix); part of
+/// [`super::Resilience`], rebuilt on every config load.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
@@ -148,6 +171,7 @@ pub fn request_host(req: &http::request::Parts) -> Option<&str> {
 }
 
 impl RouteTable {
+    /// Sorts `routes` into match order; each route gets fresh state until `adopt`.
     pub fn new(mut routes: Vec<Route>) -> Self {
         // Host-specific before host-agnostic, then longest prefix first.
         routes.sort_by(|a, b| {
@@ -161,18 +185,23 @@ impl RouteTable {
         }
     }
 
+    /// No routes configured: the proxy then skips matching entirely.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
 
+    /// The routes in match order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
     }
 
+    /// The route of a request: the first in match order whose host (if set) equals
+    /// `host` (case-insensitive) and whose prefix matches `path` on a segment boundary.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path))
     }
 
+    /// The route called `name` (exact, case-sensitive), for the admin API and reloads.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| &*r.name == name)
     }

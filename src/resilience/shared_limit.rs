@@ -36,6 +36,8 @@ redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor(ahead / 
 return {1, math.floor((tolerance - ahead) / interval), 0, 0}
 ";
 
+/// The Redis side of `rate_limit.store: redis`: one per process, made on first use
+/// (`Shared::shared_limits`), with its own breaker so a failing Redis is skipped fast.
 pub struct SharedLimits {
     link: Arc<RedisLink>,
     script: LuaScript,

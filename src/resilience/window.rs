@@ -32,6 +32,7 @@ struct Bucket {
 /// Sums over the live part of the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// Every request recorded with [`Window::record`] (not [`Window::record_a`]).
     pub total: u64,
     /// First counter (failures for breakers, retries for the retry budget).
     pub a: u64,
@@ -39,6 +40,8 @@ pub struct Totals {
     pub b: u64,
 }
 
+/// A rolling window of [`BUCKETS`] buckets, each with three saturating counters;
+/// lock-free, with fixed memory.
 #[derive(Debug)]
 pub struct Window {
     base: Instant,
@@ -57,6 +60,8 @@ impl Window {
         }
     }
 
+    /// The length covered: the `len` given to `new`, rounded down to whole buckets
+    /// (at least `BUCKETS` ms).
     pub fn len(&self) -> Duration {
         Duration::from_nanos(self.bucket_nanos * BUCKETS as u64)
     }

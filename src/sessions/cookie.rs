@@ -37,6 +37,7 @@ pub const LEGACY_ENCODED_LEN: usize = (LEGACY_RAW_LEN * 4).div_ceil(3);
 /// Clocks of instances sharing sessions may disagree this much.
 const CLOCK_SKEW_SECS: u64 = 60;
 
+/// A session id: 16 random bytes. It is a bearer credential, so `Debug` shows only a prefix.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(pub [u8; ID_LEN]);
 
@@ -48,6 +49,7 @@ impl SessionId {
         SessionId(id)
     }
 
+    /// The id in lower-case hex (32 characters); [`SessionId::hex_bytes`] avoids the allocation.
     pub fn hex(&self) -> String {
         self.hex_bytes().iter().map(|b| char::from(*b)).collect()
     }
@@ -90,7 +92,9 @@ pub fn pin_of(backend: &str) -> u32 {
 /// What a genuine cookie says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
+    /// The session the cookie names.
     pub id: SessionId,
+    /// When the cookie was issued, in Unix seconds; the absolute TTL counts from it.
     pub issued_at: u64,
     /// [`pin_of`] the backend of the session's first request; `None` in old cookies.
     pub pin: Option<u32>,
@@ -99,12 +103,16 @@ pub struct Decoded {
 /// Why a cookie was not accepted; each reason is counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
+    /// Wrong length, or not base64url of either cookie layout.
     Malformed,
+    /// No configured key verifies the MAC (forged, or signed with a key since removed).
     BadSignature,
+    /// Issued at least the TTL ago, or more than 60 s in the future (clock skew allowance).
     Expired,
 }
 
 impl Rejection {
+    /// The `reason` label of the rejected-cookies counter.
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Malformed => "malformed",
@@ -114,6 +122,7 @@ impl Rejection {
     }
 }
 
+/// Signs and verifies session cookie values with the configured secrets.
 pub struct CookieCodec {
     keys: Vec<HmacSha256>,
     ttl_secs: u64,
@@ -132,6 +141,8 @@ impl CookieCodec {
         }
     }
 
+    /// The cookie value for `id`, issued at `issued_at` (Unix seconds) and pinned to `pin` (`None`
+    /// is written as 0), signed with the first key.
     pub fn encode(&self, id: &SessionId, issued_at: u64, pin: Option<u32>) -> String {
         let mut raw = [0u8; RAW_LEN];
         raw[..ID_LEN].copy_from_slice(&id.0);
@@ -233,6 +244,8 @@ pub struct CookieHeader {
 }
 
 impl CookieHeader {
+    /// Formats the attributes from `cfg` once: `Path`, `Max-Age`, `SameSite`, and `Domain`,
+    /// `HttpOnly`, `Secure` when configured.
     pub fn new(cfg: &crate::config::CookieConfig) -> Self {
         let attributes = |max_age: u64| {
             let mut s = format!(
@@ -274,6 +287,8 @@ impl CookieHeader {
         s
     }
 
+    /// The `Set-Cookie` value that deletes the cookie (`Max-Age=0`); `https` adds `Secure` as in
+    /// [`CookieHeader::set`].
     pub fn expire(&self, https: bool) -> String {
         let mut s = String::with_capacity(self.prefix.len() + self.expired.len() + 8);
         s.push_str(&self.prefix);

@@ -12,12 +12,19 @@ use std::path::{Path, PathBuf};
 /// A key file holds 64 hex characters and a newline.
 const KEY_FILE_CAP: u64 = 4096;
 
+/// Why a generated key file (`session-secret`, `session-data-key`) could not be used; drover does
+/// not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    /// The file could not be read or created safely (owner, mode, links, size: see `private_fs`).
     #[error("{0}")]
     File(#[from] PrivateFsError),
+    /// The file does not hold a 32-byte key as 64 hex characters; it is never overwritten.
     #[error("{path} does not hold a 64-hex-character key; delete it to generate a new one")]
-    Malformed { path: PathBuf },
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+    },
 }
 
 /// Reads the hex key in `path`, or creates it with 32 random bytes.

@@ -26,6 +26,8 @@ struct Slot {
 
 type Shard = HashMap<[u8; 16], Slot, BuildHasherDefault<IdHasher>>;
 
+/// The in-process session locks, in 64 shards by id; shared as an `Arc` by the service and every
+/// held lock.
 pub struct LockTable {
     shards: Box<[Mutex<Shard>]>,
     shard_cap: usize,
@@ -78,6 +80,7 @@ impl LockTable {
             .sum()
     }
 
+    /// Whether no session is locked or waited for.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

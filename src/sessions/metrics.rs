@@ -7,21 +7,38 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// Handles to the session series in drover's registry; built once per service.
 pub struct SessionMetrics {
+    /// Sessions in the store, set from store statistics (the memory store's tick, Redis stats
+    /// calls).
     pub active: IntGauge,
+    /// Records written for the first time (a client gets one when its cookie comes back or the
+    /// worker sets data).
     pub created: IntCounter,
+    /// Records removed on expiry; advanced by the store counter's delta at each publish.
     pub expired: IntCounter,
+    /// Records evicted because the memory store was at its cap; advanced by delta at each publish.
     pub evicted: IntCounter,
+    /// Sessions re-pinned because their backend left rotation.
     pub migrated: IntCounter,
     /// Indexed like `cookie::Rejection`: malformed, bad_signature, expired, and
     /// `unknown`: a genuine cookie naming an id rotated away by a regenerate.
     pub rejected: [IntCounter; 4],
+    /// Sessions pinned to each backend name (label `backend`), as last counted.
     pub per_backend: IntGaugeVec,
+    /// Failed shared-store calls by `kind`: `timeout`, `circuit_open`, `backend` or `locked`.
     pub store_errors: IntCounterVec,
+    /// Duration of each shared-store call, in seconds (buckets 0.1 ms to 1 s).
     pub store_duration: Histogram,
+    /// 1 while the store's breaker is closed, else 0; set on every tick.
     pub store_up: IntGauge,
+    /// Writers that ran without the session's lock because the previous writer held it past
+    /// `lock_timeout`.
     pub lock_timeouts: IntCounter,
+    /// Updates not saved: the compare-and-set found another write first, or the store was
+    /// unavailable.
     pub write_conflicts: IntCounter,
+    /// Worker updates refused: too large, or not a valid header value.
     pub data_refused: IntCounter,
     /// Writes that `WAIT` did not see reach `durability.replicas` replicas in time.
     pub writes_unreplicated: IntCounter,
@@ -42,6 +59,8 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 impl SessionMetrics {
+    /// Creates and registers every series in `r`. A series already registered keeps the first
+    /// registration; the returned handles count anyway.
     pub fn new(r: &Registry) -> Self {
         let rejected = reg(
             r,

@@ -62,6 +62,7 @@ pub const LOCK_BODY_BUFFER: u64 = 64 * 1024;
 pub enum SessionState {
     /// No data yet: a client's first request, or a returning cookie without a record.
     New,
+    /// The record was read: the worker gets its data, if any.
     Existing,
     /// The store could not be read (down, slow): no data this time, and updates from
     /// this response are not saved.
@@ -69,6 +70,7 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    /// The state header's value as the worker sees it: `new`, `existing` or `unavailable`.
     pub fn as_str(self) -> &'static str {
         match self {
             SessionState::New => "new",
@@ -125,6 +127,7 @@ enum CookieAction {
 
 /// Settings that a reload may change, swapped as one value.
 pub struct Policy {
+    /// The `sessions` section in force; a reload swaps the whole policy.
     pub cfg: SessionsConfig,
     codec: CookieCodec,
     set_cookie: cookie::CookieHeader,
@@ -194,12 +197,15 @@ enum Backing {
     Redis(Arc<RedisStore>),
 }
 
+/// drover's sticky sessions: cookies, the store, locks and metrics. One per process, shared by
+/// every request.
 pub struct SessionService {
     policy: ArcSwap<Policy>,
     backing: Backing,
     locks: Arc<lock::LockTable>,
     /// Trips when the shared store fails repeatedly, so requests stop waiting on it.
     store_breaker: Breaker,
+    /// Session series in drover's registry.
     pub metrics: metrics::SessionMetrics,
     kind: StoreKind,
     /// The Redis connection settings the store was built with (a change needs a restart).
@@ -222,7 +228,10 @@ pub struct SessionService {
 /// Per-request session state, kept in the proxy's request context.
 pub struct SessionCtx {
     policy: Arc<Policy>,
+    /// The session's id: the cookie's, or a fresh one when the request had no valid cookie (and
+    /// after a regenerate).
     pub id: SessionId,
+    /// What the worker is told about the session (the state header).
     pub state: SessionState,
     origin: Origin,
     record: Record,
@@ -258,7 +267,9 @@ impl SessionCtx {
 
 /// Routing wish of a session for the balancer.
 pub struct Preference {
+    /// Name of the backend the session is pinned to; `None` when it has not been placed yet.
     pub pinned: Option<Arc<str>>,
+    /// Stable per-session hash for the affinity ring, used when there is no usable pin.
     pub key: u64,
     /// False: no affinity (a client's first request with `without_cookie: balance`);
     /// use the strategy.
@@ -425,6 +436,7 @@ impl SessionService {
         self.policy.store(Arc::new(self.build_policy(cfg)));
     }
 
+    /// `memory` or `redis`: the store chosen at start (a reload cannot change it).
     pub fn store_kind(&self) -> &'static str {
         match self.backing {
             Backing::Memory(_) => "memory",

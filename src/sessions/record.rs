@@ -14,9 +14,13 @@ use std::sync::Arc;
 pub struct Record {
     /// Name of the backend the session is pinned to (`worker-N` or `host:port`).
     pub worker: Option<Arc<str>>,
+    /// When the session was created, in Unix ms; the absolute TTL counts from it.
     pub created_ms: u64,
+    /// When a request last touched the session, in Unix ms; the idle timeout counts from it.
     pub last_seen_ms: u64,
+    /// Incremented each time a request writes the record (saturating).
     pub hits: u32,
+    /// What the worker set (sealed when encryption is on); `None` until it sets some.
     pub data: Option<Box<[u8]>>,
     /// Bumped by every write of `data`: a write carries the version it read and is
     /// applied only if the store still holds it (compare-and-set), so an update that
@@ -31,6 +35,7 @@ const FORMAT: u8 = 2;
 const FLAG_REVOKED: u8 = 1;
 
 impl Record {
+    /// An empty, unpinned record created and last seen at `now_ms` (Unix ms), version 0.
     pub fn new(now_ms: u64) -> Self {
         Record {
             created_ms: now_ms,
@@ -57,6 +62,8 @@ impl Record {
         version.to_be_bytes()
     }
 
+    /// The version-2 byte layout above, for Redis and the snapshot; a backend name over 255 bytes
+    /// is truncated.
     pub fn encode(&self) -> Vec<u8> {
         let worker = self.worker.as_deref().unwrap_or("").as_bytes();
         let worker = &worker[..worker.len().min(255)];

@@ -251,6 +251,8 @@ impl SessionService {
         }
     }
 
+    /// The session's routing wish for the balancer: its pinned backend, its affinity key, and
+    /// whether to stick at all.
     pub fn preference(&self, s: &SessionCtx) -> Preference {
         let sticky =
             !(s.origin == Origin::Fresh && s.policy.cfg.without_cookie == WithoutCookie::Balance);

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 const VERSION: u8 = 1;
 const HEADER: usize = 1 + 4 + 12;
 
+/// Seals and opens session data with the configured data keys.
 pub struct Sealer {
     /// First key encrypts; every key decrypts.
     keys: Vec<([u8; 4], ChaCha20Poly1305)>,
@@ -22,6 +23,7 @@ fn fingerprint(key: &[u8; 32]) -> [u8; 4] {
 }
 
 impl Sealer {
+    /// The first key seals; every key opens (rotation).
     pub fn new(keys: &[[u8; 32]]) -> Self {
         Sealer {
             keys: keys
@@ -31,6 +33,8 @@ impl Sealer {
         }
     }
 
+    /// Encrypts `plaintext` bound to `aad` (the session id) into the blob layout above, with a
+    /// fresh random nonce. Without keys it returns `plaintext` unchanged.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let Some((fp, cipher)) = self.keys.first() else {
             return plaintext.to_vec();

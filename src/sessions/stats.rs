@@ -70,6 +70,7 @@ impl SessionService {
         }
     }
 
+    /// Whether the store's breaker is closed (calls to the store are attempted).
     pub fn store_up(&self) -> bool {
         self.store_breaker.state() == CircuitState::Closed
     }

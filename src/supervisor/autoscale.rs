@@ -18,9 +18,13 @@ pub struct Autoscaler {
 /// Samples kept at most (10 per second for a 60 s window); older ones are dropped.
 const MAX_SAMPLES: usize = 600;
 
+/// A change of pool size decided by [`Autoscaler::decide`]; never equal to the current
+/// size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
+    /// The new worker count, within `min..=max`.
     pub target: usize,
+    /// Human-readable why (mean load, window, threshold), logged by the control thread.
     pub reason: String,
 }
 
@@ -34,6 +38,8 @@ impl Default for Autoscaler {
 }
 
 impl Autoscaler {
+    /// Records one `load` (requests in flight plus queued) at `now`, dropping samples
+    /// older than `window` or beyond 600. Called every 100 ms tick by the control thread.
     pub fn sample(&mut self, now: Instant, load: f64, window: Duration) {
         self.samples.push_back((now, load));
         while self.samples.len() > MAX_SAMPLES

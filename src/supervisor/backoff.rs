@@ -4,6 +4,7 @@
 use crate::config::BackoffPolicy;
 use std::time::Duration;
 
+/// The restart delay state of one worker slot.
 #[derive(Debug, Clone)]
 pub struct RestartBackoff {
     policy: BackoffPolicy,
@@ -12,6 +13,7 @@ pub struct RestartBackoff {
 }
 
 impl RestartBackoff {
+    /// A backoff with no exits counted yet (first restart waits `policy.initial`).
     pub fn new(policy: BackoffPolicy) -> Self {
         RestartBackoff {
             policy,
@@ -19,6 +21,7 @@ impl RestartBackoff {
         }
     }
 
+    /// Applies a reloaded `workers.backoff` without resetting the exit count.
     pub fn set_policy(&mut self, policy: BackoffPolicy) {
         self.policy = policy;
     }
@@ -40,6 +43,7 @@ impl RestartBackoff {
         self.quick_exits >= self.policy.crash_loop_restarts
     }
 
+    /// Consecutive exits with uptime below `reset_after`, for the crash-loop log line.
     pub fn quick_exits(&self) -> u32 {
         self.quick_exits
     }

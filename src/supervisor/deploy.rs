@@ -23,10 +23,15 @@ pub struct DeployStatus {
     pub state: &'static str,
     /// `deploy`, `rollback` or `rolling_restart`.
     pub kind: &'static str,
+    /// Version label of the image being (or last) rolled out.
     pub version: String,
+    /// Version that ran before the operation; `None` until one has started.
     pub previous_version: Option<String>,
+    /// Why the operation aborted; empty otherwise.
     pub message: String,
+    /// Start time, seconds since the Unix epoch (0 while idle).
     pub started_unix: u64,
+    /// Duration in seconds, set when it is `done` or `aborted` (0 while running).
     pub seconds: f64,
 }
 
@@ -34,23 +39,35 @@ pub struct DeployStatus {
 /// stays on the running workers).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeployError {
+    /// Another operation holds the lock; operations never queue.
     #[error("another deploy, rollback or rolling restart is running")]
     Busy,
+    /// Rollback requested before any operation changed the image.
     #[error("nothing to roll back to: no deploy has completed")]
     NothingToRollBack,
+    /// A standby successor crash-looped before becoming healthy.
     #[error("worker-{id} ({version}) is crash-looping: {last_exit}")]
     CrashLooping {
+        /// Slot id of the successor.
         id: usize,
+        /// Version label of the image it runs.
         version: String,
+        /// How its last run ended (exit status or spawn error).
         last_exit: String,
     },
+    /// Not every successor of a batch was healthy before the timeout.
     #[error("{ready} of {total} new workers ({version}) passed health checks within {timeout:?}")]
     Unhealthy {
+        /// Successors that were healthy at the deadline.
         ready: usize,
+        /// Successors in the batch (the whole pool for a deploy, 1 for a rolling restart).
         total: usize,
+        /// Version label of the image they run.
         version: String,
+        /// The operation's health timeout.
         timeout: Duration,
     },
+    /// Shutdown began while successors were starting.
     #[error("drover is shutting down")]
     ShuttingDown,
 }
@@ -68,6 +85,7 @@ impl Supervisor {
         f(&mut d);
     }
 
+    /// A snapshot of the last operation's progress, with state `idle` before the first.
     pub fn deploy_status(&self) -> DeployStatus {
         let d = self.deploy.lock().unwrap_or_else(|p| p.into_inner());
         let mut d = d.clone();
@@ -77,6 +95,8 @@ impl Supervisor {
         d
     }
 
+    /// The image [`Supervisor::rollback`] returns to: what ran before the last successful
+    /// operation that changed the image; `None` until one has.
     pub fn previous_image(&self) -> Option<Arc<WorkerImage>> {
         self.previous.lock().ok().and_then(|p| p.clone())
     }

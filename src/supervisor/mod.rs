@@ -47,14 +47,19 @@ pub enum SlotCommand {
 /// version even while a deploy is moving the pool to another one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkerImage {
+    /// The executable, run directly (no shell).
     pub program: PathBuf,
+    /// Its arguments, passed as written.
     pub args: Vec<String>,
+    /// Set on top of the inherited variables (see `supervisor/env.rs`); drover's own
+    /// `WORKER_ID`, `PORT`, `BIND`, ... are set after and win.
     pub env: BTreeMap<String, String>,
     /// Free-form label shown in `/api/status` (e.g. a release tag).
     pub version: String,
 }
 
 impl WorkerImage {
+    /// The image of the `workers:` section, labelled with version `config`.
     pub fn from_config(w: &crate::config::WorkersConfig) -> Self {
         WorkerImage {
             program: w.program.clone(),
@@ -76,6 +81,8 @@ struct Slot {
     port_offset: u16,
 }
 
+/// The worker pool: one slot task per worker, all on the control thread. Created once
+/// by the control thread and shared with the admin plane and the metrics socket.
 pub struct Supervisor {
     shared: Arc<Shared>,
     slots: Mutex<Vec<Slot>>,
@@ -89,6 +96,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// An empty pool running the configured image; [`Supervisor::scale_to`] starts workers.
     pub fn new(shared: Arc<Shared>) -> Arc<Self> {
         let image = Arc::new(WorkerImage::from_config(&shared.config().workers));
         Arc::new(Supervisor {
@@ -102,6 +110,8 @@ impl Supervisor {
         })
     }
 
+    /// The image new slots run: the configured one, or the last deploy's (the new one
+    /// while an operation is in progress, the old one again if it aborted).
     pub fn image(&self) -> Arc<WorkerImage> {
         self.image
             .lock()
@@ -193,6 +203,8 @@ impl Supervisor {
         }
     }
 
+    /// A snapshot of every slot, in slot-id order; standby successors of a running
+    /// deploy are not included until they take their slot over.
     pub fn status(&self) -> Vec<SlotStatus> {
         self.slots()
             .iter()
@@ -205,10 +217,12 @@ impl Supervisor {
             .collect()
     }
 
+    /// The pool size: slots, not counting standby successors of a running deploy.
     pub fn len(&self) -> usize {
         self.slots().len()
     }
 
+    /// True when no slot exists (before the first `scale_to`, after `stop_all`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

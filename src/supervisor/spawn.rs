@@ -10,18 +10,30 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Everything [`spawn_worker`] needs for one worker process, borrowed from the slot's
+/// [`WorkerImage`](super::WorkerImage) and the current config.
 pub struct WorkerSpec<'a> {
+    /// The executable.
     pub program: &'a Path,
+    /// Its arguments.
     pub args: &'a [String],
+    /// `workers.env` (or a deploy's), applied over the inherited variables.
     pub env: &'a std::collections::BTreeMap<String, String>,
     /// `workers.inherit_env` and the variables the config consumed (`supervisor/env.rs`).
     pub inherit: &'a [String],
+    /// Variables the config file read through `${VAR}`: never inherited, even if named.
     pub withheld: &'a std::collections::BTreeSet<String>,
+    /// Slot id, exported as `WORKER_ID` and used in the `worker-N` log tag.
     pub worker_id: usize,
+    /// Address the worker should bind, exported as `BIND` (`workers.host`).
     pub host: std::net::IpAddr,
+    /// Port the worker should listen on, exported as `PORT`.
     pub port: u16,
 }
 
+/// Starts a worker with a cleared environment, its own process group and
+/// `PR_SET_PDEATHSIG = SIGKILL`; its stdout and stderr are copied into drover's log.
+/// Must be called on the control thread (see the module doc).
 pub fn spawn_worker(spec: &WorkerSpec<'_>) -> std::io::Result<Child> {
     let parent = std::process::id();
     let mut cmd = Command::new(spec.program);

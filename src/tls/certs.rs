@@ -21,14 +21,17 @@ pub const PEM_FILE_CAP: u64 = 1024 * 1024;
 /// One loaded certificate: its chain and key, and what the operator sees about it.
 #[derive(Clone)]
 pub struct LoadedCert {
+    /// The chain and signing key rustls serves for this certificate.
     pub key: Arc<CertifiedKey>,
     /// Names it answers for: `server_names` from the config, else the certificate's DNS
     /// names (subjectAltName, or the common name when it has none). Lower case;
     /// `*.example.com` for wildcards.
     pub names: Vec<String>,
+    /// The chain file it was read from (as configured); the label of the expiry metric.
     pub cert_file: PathBuf,
     /// The leaf's subject and expiry, for logs and `/api/status`.
     pub subject: String,
+    /// The leaf's validity end as readable text (x509-parser's `ASN1Time` display).
     pub not_after: String,
     /// The leaf's validity end as seconds since the epoch.
     pub not_after_unix: i64,
@@ -53,6 +56,7 @@ pub struct CertSet {
     /// `*.example.com` is stored as `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Every certificate, in config order: for `/api/status`, logs and the expiry metric.
     pub certs: Vec<LoadedCert>,
 }
 
@@ -102,6 +106,7 @@ impl CertSet {
         self.default.clone()
     }
 
+    /// True when no certificate is configured (no HTTPS listener can serve).
     pub fn is_empty(&self) -> bool {
         self.certs.is_empty()
     }
@@ -122,6 +127,8 @@ impl std::fmt::Debug for CertResolver {
 }
 
 impl CertResolver {
+    /// A resolver serving `set`; the expiry metric is exported only after
+    /// [`CertResolver::register`].
     pub fn new(set: Arc<CertSet>) -> Self {
         CertResolver {
             set: ArcSwap::new(set),
@@ -162,6 +169,7 @@ impl CertResolver {
         self.publish();
     }
 
+    /// The set new handshakes use now.
     pub fn current(&self) -> Arc<CertSet> {
         self.set.load_full()
     }

@@ -16,34 +16,57 @@ use std::sync::Arc;
 /// how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// Opening or reading the file failed (path, I/O error).
     #[error("cannot read {0}: {1}")]
     Read(PathBuf, std::io::Error),
+    /// The path is a directory, FIFO, device or the like.
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
+    /// The file is over [`certs::PEM_FILE_CAP`] (1 MiB).
     #[error("{0} is larger than 1 MiB; drover refuses to read it")]
     TooLarge(PathBuf),
+    /// The PEM could not be parsed (path, parser message).
     #[error("{0}: not valid PEM: {1}")]
     Pem(PathBuf, String),
+    /// A certificate chain or CA file without a single certificate block.
     #[error("{0} holds no certificate (expected `-----BEGIN CERTIFICATE-----` blocks, leaf first, then the chain)")]
     NoCertificate(PathBuf),
     #[error("{0} holds no private key (expected a PKCS#8, PKCS#1 or SEC1 PEM key)")]
+    /// A key file without a PKCS#8, PKCS#1 or SEC1 key.
     NoKey(PathBuf),
+    /// rustls refused the pair: the key does not match the leaf or cannot sign.
     #[error("the key {key} does not belong to the certificate {cert} ({why}); check that both files come from the same issuance")]
     KeyMismatch {
+        /// The certificate chain file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// rustls's reason.
         why: String,
     },
     #[error("{path} is owned by uid {owner}, neither drover's user ({euid}) nor root, so another user controls the key. Fix: `chown {euid} {path}` and `chmod 600 {path}`")]
+    /// The key file (after following links) is owned by neither drover's user nor root.
     KeyOwner {
+        /// The key file.
         path: PathBuf,
+        /// Its owner's uid.
         owner: u32,
+        /// drover's effective uid.
         euid: u32,
     },
     #[error("{path} has mode {mode:04o}: other users can read the private key. Fix: `chmod 600 {path}` (or 640 for a root-owned key shared with a group)")]
-    KeyOpen { path: PathBuf, mode: u32 },
+    /// The key's mode is looser than 0600 (own key) or 0640 (root-owned key).
+    KeyOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits (`st_mode & 0o7777`).
+        mode: u32,
+    },
+    /// rustls has no process-wide default `CryptoProvider` installed.
     #[error("no TLS crypto provider is available")]
     NoProvider,
+    /// A CA file certificate that x509-parser rejects (path, parser message); checked
+    /// before Pingora's wrapper, which would panic on it.
     #[error("{0}: {1}")]
     Ca(PathBuf, String),
 }

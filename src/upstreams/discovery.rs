@@ -38,10 +38,19 @@ const MAX_WEIGHT: u32 = 10_000;
 /// Why a lookup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
+    /// The resolver could not be built (system resolv.conf or the `nameservers` given);
+    /// holds the resolver's message.
     #[error("resolver setup: {0}")]
     Setup(String),
+    /// A lookup failed other than by "no records" (timeout, SERVFAIL, unreachable server);
+    /// the last answer stays in force.
     #[error("lookup of `{name}`: {message}")]
-    Lookup { name: String, message: String },
+    Lookup {
+        /// The host (`discover: dns`) or SRV name that was looked up.
+        name: String,
+        /// The resolver's error text.
+        message: String,
+    },
 }
 
 /// The running tasks, one per entry.

@@ -19,6 +19,8 @@ const MAX_EXTENSION: u32 = 4096;
 /// Largest trailer section.
 const MAX_TRAILERS: u32 = 16 * 1024;
 
+/// Malformed chunked framing (bad size line, missing CRLF, oversized extension or
+/// trailers): the message cannot be delimited, so its connection must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkError;
 
@@ -55,6 +57,8 @@ pub struct Scan {
     pub done: bool,
 }
 
+/// Incremental state of one chunked body; feed it successive buffers with
+/// [`ChunkedScanner::scan`]. A fresh (default) scanner expects the first size line.
 #[derive(Debug, Default, Clone)]
 pub struct ChunkedScanner {
     state: State,
@@ -68,6 +72,7 @@ fn is_ctl(b: u8) -> bool {
 }
 
 impl ChunkedScanner {
+    /// True once the last chunk and the trailer section's final CRLF have been scanned.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

@@ -40,6 +40,7 @@ const RESPONSE_HOP_BY_HOP: [&[u8]; 7] = [
 /// do), so nomination handling cannot become a per-request cost an attacker controls.
 pub const MAX_NOMINATIONS: usize = 16;
 
+/// Lower-case prefix of drover's internal fields; see [`is_internal`] for matching.
 pub const INTERNAL_PREFIX: &[u8] = b"x-drover-";
 
 /// Fields drover derives itself for the worker; a client's copy is never believed
@@ -53,6 +54,8 @@ const DROVER_SET: [&[u8]; 6] = [
     b"x-request-id",
 ];
 
+/// Whether `name` (any case) is a fixed hop-by-hop request field; names a `Connection`
+/// header nominates are checked separately ([`ConnectionOptions::nominates`]).
 #[inline]
 pub fn is_request_hop_by_hop(name: &[u8]) -> bool {
     REQUEST_HOP_BY_HOP
@@ -60,6 +63,8 @@ pub fn is_request_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Whether `name` (any case) is a fixed hop-by-hop response field; like
+/// [`is_request_hop_by_hop`], nominated names and `Transfer-Encoding` are not included.
 #[inline]
 pub fn is_response_hop_by_hop(name: &[u8]) -> bool {
     RESPONSE_HOP_BY_HOP
@@ -120,8 +125,11 @@ pub fn is_token(bytes: &[u8]) -> bool {
 /// What the `Connection` fields of a message say.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConnectionOptions {
+    /// `close` was listed: no further message on this connection.
     pub close: bool,
+    /// `keep-alive` was listed (what keeps an HTTP/1.0 connection open).
     pub keep_alive: bool,
+    /// `upgrade` was listed; an upgrade also needs an `Upgrade` field.
     pub upgrade: bool,
     /// Other nominated field names, lower case.
     pub nominated: Vec<Vec<u8>>,
@@ -134,9 +142,12 @@ impl ConnectionOptions {
     }
 }
 
+/// Why [`connection_options`] refused a message's `Connection` fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionError {
+    /// More than [`MAX_NOMINATIONS`] options in total, across all `Connection` fields.
     TooManyNominations,
+    /// An option that is not an HTTP token.
     NotAToken,
 }
 

@@ -9,6 +9,8 @@ use crate::wire::fields;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 pub use fields::INTERNAL_PREFIX;
+/// The request id header drover sets on every forwarded request; an incoming one is
+/// believed only from a trusted proxy (see [`request_id`]).
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Changes to a request's headers, applied in one go.
@@ -32,6 +34,7 @@ impl HeaderEdits {
         self.0.push((name, Some(value)));
     }
 
+    /// Removes every value of `name` (no-op if it is absent).
     pub fn remove(&mut self, name: http::HeaderName) {
         self.0.push((name, None));
     }

@@ -19,36 +19,49 @@ use super::fields::{self, ConnectionOptions};
 pub enum BodyFraming {
     /// No body (no framing field, or `Content-Length: 0`).
     None,
+    /// `Content-Length` bytes; always above 0.
     Length(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1 only); see [`super::chunked`].
     Chunked,
 }
 
 /// The form of the request target (RFC 9112 section 3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetForm {
+    /// `/path?query`, the usual form.
     Origin,
+    /// `http://host/path` or `https://...`, as sent to a proxy; no userinfo allowed.
     Absolute,
+    /// `*`, accepted only with `OPTIONS`.
     Asterisk,
 }
 
 /// What drover needs to know about an accepted request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFacts {
+    /// The request line says `HTTP/1.0` (otherwise HTTP/1.1).
     pub http10: bool,
+    /// How the body ends.
     pub framing: BodyFraming,
     /// The client may send another request on this connection after the response.
     pub keep_alive: bool,
     /// An HTTP/1.1 protocol upgrade (`Connection: upgrade` and an `Upgrade` field).
     pub upgrade: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request (ignored on HTTP/1.0).
     pub expect_continue: bool,
+    /// The request target's form.
     pub target: TargetForm,
+    /// The parsed `Connection` fields, whose nominated names are dropped when forwarding.
     pub connection: ConnectionOptions,
 }
 
 /// A refused request head: the status to answer with, and why (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
+    /// The HTTP status: 400, 405, 417 or 501 from [`check`] (see the module doc); the
+    /// HTTP/1 carrier also uses it for its own limits (e.g. 408 on a head timeout).
     pub status: u16,
+    /// Short reason for the log, e.g. "more than one Host"; not sent to the client.
     pub why: &'static str,
 }
 

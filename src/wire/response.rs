@@ -19,14 +19,18 @@ use super::request::parse_content_length;
 pub enum ResponseFraming {
     /// No body: HEAD, 1xx, 204, 304.
     Empty,
+    /// `Content-Length` bytes (may be 0).
     Length(u64),
+    /// A transfer coding ending in `chunked`; see [`super::chunked`].
     Chunked,
     /// Until the worker closes the connection (the client connection then closes too).
     UntilClose,
 }
 
+/// What drover needs to know about an accepted response head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseFacts {
+    /// How the body ends.
     pub framing: ResponseFraming,
     /// `Content-Length` came with `Transfer-Encoding`: it is not forwarded.
     pub drop_content_length: bool,
@@ -35,9 +39,11 @@ pub struct ResponseFacts {
     /// transfer coding): a worker that writes that body anyway, late, would have it read
     /// as the response to the next request on the connection.
     pub reusable: bool,
+    /// The worker's parsed `Connection` fields; nominated names are not forwarded.
     pub connection: ConnectionOptions,
 }
 
+/// A refused response head (answered with 502); the reason is for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidResponse(pub &'static str);
 

@@ -40,13 +40,18 @@ const RATE_SECONDS: usize = 300;
 
 /// One second of input, computed by the sampler.
 pub struct Sample<'a> {
+    /// What the sampler just published for this second (rates, percentiles, processes).
     pub published: &'a Published,
+    /// Every worker slot's status this second (pid, crash loop, backend id).
     pub slots: &'a [SlotStatus],
     /// Requests and bad ones (5xx or failed) completed in the last second.
     pub total: u64,
+    /// The bad ones among `total`: 5xx or failed before a status.
     pub errors: u64,
     /// Per configured SLO (same order): requests slower than its threshold last second.
     pub slow: &'a [u64],
+    /// Requests in the overall latency recorder's last completed second: the total that
+    /// latency SLOs count `slow` against.
     pub latency_count: u64,
 }
 
@@ -67,6 +72,8 @@ struct AlertMetrics {
     notifications: IntCounterVec,
 }
 
+/// Alert rules, SLOs and scaling advice with their state across seconds; owned by the
+/// `Observer` and evaluated by its sampler.
 pub struct Alerts {
     inner: Mutex<Inner>,
     metrics: AlertMetrics,
@@ -78,6 +85,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Alerts {
+    /// Registers the alert, SLO and notification series into `r` and starts the webhook
+    /// sender; rules and SLOs are loaded from the config on the first evaluation.
     pub fn new(r: &Registry) -> Self {
         use crate::metric_names::*;
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -360,14 +369,20 @@ impl Alerts {
             .collect()
     }
 
+    /// One JSON object per configured SLO: objective, window, counts, budget left and
+    /// burn rates (5m, 30m, 1h, 6h).
     pub fn slo_status(&self) -> Vec<Value> {
         lock(&self.inner).slos.iter().map(|s| s.status()).collect()
     }
 
+    /// The latest scaling recommendation (current and recommended workers, reasons), as
+    /// JSON; `Null` before the first evaluation.
     pub fn scaling(&self) -> Value {
         lock(&self.inner).scaling.clone()
     }
 
+    /// Webhook notifications so far with `result` `delivered`, `failed` (after retries)
+    /// or `dropped`; 0 for any other label.
     pub fn notifications(&self, result: &str) -> u64 {
         self.metrics
             .notifications

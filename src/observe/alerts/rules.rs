@@ -6,10 +6,15 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+/// Where a rule is in its cycle; exported as the `drover_alert_state` code (0..=3).
 pub enum AlertState {
+    /// The condition does not hold (or never did).
     Inactive,
+    /// The condition holds but not yet for the rule's `for`.
     Pending,
+    /// The condition has held for `for`; a firing notification was sent.
     Firing,
+    /// Was firing and the condition stopped holding; stays until it holds again.
     Resolved,
 }
 
@@ -27,13 +32,16 @@ impl AlertState {
 /// What a step changed that must be notified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
+    /// The rule went to `Firing`.
     Fired,
+    /// The rule went from `Firing` to `Resolved`.
     Resolved,
 }
 
 /// The state of one rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleState {
+    /// Current state; changed only by [`RuleState::step`].
     pub state: AlertState,
     /// When the condition started holding (pending since).
     pub active_since: Option<Instant>,

@@ -27,6 +27,8 @@ pub enum Persist {
 }
 
 impl Persist {
+    /// What to tell a client: `Close` if the connection ends after this response, else `KeepAlive`
+    /// for HTTP/1.0 (which closes by default) and `Open` for HTTP/1.1.
     pub fn for_client(close: bool, http10: bool) -> Persist {
         match (close, http10) {
             (true, _) => Persist::Close,
@@ -53,14 +55,21 @@ pub type FieldAt = (u32, u32, u32, u32);
 /// Limits a request head must keep.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
+    /// Most bytes of a head (`limits.max_header_bytes`); a longer head is refused with 431.
     pub max_bytes: usize,
+    /// Most fields in a head (`limits.max_headers`, at most [`MAX_HEADERS`]); more are refused with
+    /// 431.
     pub max_headers: usize,
 }
 
 /// A complete, acceptable request head at the start of the buffer.
 pub struct Head {
+    /// Bytes of the head at the start of the buffer, blank line included; the body (if any)
+    /// follows.
     pub len: usize,
+    /// What the request's framing and fields say (version, body length, target form, ...).
     pub facts: RequestFacts,
+    /// The request method.
     pub method: Method,
     /// The request target's position in the head.
     target: (u32, u32),
@@ -76,9 +85,11 @@ impl Head {
     }
 }
 
+/// Outcome of [`parse_head`] on the bytes received so far.
 pub enum HeadParse {
     /// More bytes are needed.
     Partial,
+    /// A head drover may serve; the buffer is unchanged.
     Complete(Head),
     /// Answer with this status and close the connection.
     Reject(Rejection),
@@ -86,7 +97,9 @@ pub enum HeadParse {
 
 /// Why a head was refused, for counting the edge limit it broke.
 pub const WHY_HEAD_BYTES: &str = "request head over limits.max_header_bytes";
+/// Rejection reason (431) when a head has more fields than `limits.max_headers`.
 pub const WHY_HEADER_COUNT: &str = "more request fields than limits.max_headers";
+/// Rejection reason (408) when the head did not arrive within `limits.client_header_timeout`.
 pub const WHY_HEAD_TIMEOUT: &str = "request head not complete within limits.client_header_timeout";
 
 fn too_large(why: &'static str) -> HeadParse {
@@ -220,7 +233,9 @@ const MAX_DROPPED: usize = 8;
 
 /// A worker's response head, still in the upstream read buffer.
 pub struct ResponseHead {
+    /// The final status code (1xx heads are parsed too; the caller skips them).
     pub status: u16,
+    /// How the response body is delimited (length, chunked, until close, none).
     pub framing: ResponseFraming,
     /// The worker's connection can carry another request after this response.
     pub reusable: bool,
@@ -254,9 +269,13 @@ impl ResponseHead {
     }
 }
 
+/// Why a worker's response head could not be forwarded yet (`Partial`) or at all (the attempt
+/// fails as an invalid response).
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResponseError {
+    /// More bytes are needed to finish the head.
     Partial,
+    /// The head is malformed; the reason is logged.
     Invalid(&'static str),
     /// The head is larger than `proxy.max_response_header_bytes`.
     TooLarge,

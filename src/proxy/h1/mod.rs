@@ -59,6 +59,8 @@ pub struct H1App {
 }
 
 impl H1App {
+    /// The HTTP/1 `ServerApp`; registers the per-carrier request counters in `pipeline`'s registry.
+    /// `pingora` serves what drover's engine hands off.
     pub fn new(pipeline: Pipeline, pingora: HttpProxy<PingoraCarrier>) -> Self {
         let vec = prometheus::IntCounterVec::new(
             prometheus::Opts::new(

@@ -19,8 +19,13 @@ use std::time::{Duration, Instant};
 /// connection reuse). A carrier that needs a Pingora peer builds one with
 /// [`Target::to_peer`]; drover's engine never does.
 pub struct Target {
+    /// The backend's (or fallback upstream's) TCP address.
     pub addr: SocketAddr,
+    /// Connect timeout for this attempt: the backend's, or the route's, capped by the deadline;
+    /// `None` = no limit.
     pub connect_timeout: Option<Duration>,
+    /// Timeout for each read from the worker: the backend's, or the route's, capped by the
+    /// deadline; `None` = no limit.
     pub read_timeout: Option<Duration>,
     /// `None` for a tripped route's fallback upstream (not a pool member).
     pub backend: Option<Arc<Backend>>,

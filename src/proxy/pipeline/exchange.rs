@@ -10,6 +10,8 @@ use crate::observe::trace::TraceContext;
 use crate::sessions::SessionCtx;
 use std::time::Instant;
 
+/// One request's state across pipeline steps; a carrier creates it per request and hands it to
+/// every step.
 pub struct Exchange {
     pub(super) start: Instant,
     pub(super) guard: Option<InflightGuard>,
@@ -53,6 +55,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// A fresh exchange, its clock starting now: no backend, session or retry yet, no body limit.
     pub fn new() -> Self {
         Exchange {
             start: Instant::now(),
@@ -96,6 +99,7 @@ impl Exchange {
         self.reject
     }
 
+    /// Whether the request is HEAD (set by `admit`), so answers carry no body.
     pub fn head_request(&self) -> bool {
         self.head_request
     }

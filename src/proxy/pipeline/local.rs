@@ -11,8 +11,11 @@ use pingora_core::prelude::*;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+/// A response drover writes itself rather than proxying.
 pub struct LocalResponse {
+    /// Status and fields to send.
     pub header: ResponseHeader,
+    /// The body; empty where a body is not allowed (see [`LocalResponse::body_allowed`]).
     pub body: Bytes,
     /// Close the client connection afterwards (the request body may be unread).
     pub close: bool,

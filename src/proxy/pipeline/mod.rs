@@ -52,15 +52,23 @@ pub struct Pipeline {
 /// Edge limits counted in `drover_limit_rejections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
+    /// The head was over `limits.max_header_bytes` (431).
     HeaderBytes,
+    /// The head had more than `limits.max_headers` fields (431).
     HeaderCount,
+    /// The body was over `limits.max_body_bytes` (413).
     BodyBytes,
+    /// `limits.max_in_flight` was reached (503).
     InFlight,
+    /// The request body stalled past `limits.client_body_timeout` (408).
     BodyTimeout,
+    /// The request head did not arrive within `limits.client_header_timeout` (408).
     HeaderTimeout,
 }
 
 impl Pipeline {
+    /// Registers the limit and edge metrics in `shared`'s registry; built once, then cloned per
+    /// carrier.
     pub fn new(shared: Arc<Shared>) -> Self {
         let vec = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
@@ -88,10 +96,12 @@ impl Pipeline {
         }
     }
 
+    /// The state shared by the whole proxy: live config, pool, sessions, metrics.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
+    /// Counts one request refused by `kind` in `drover_limit_rejections_total`.
     pub fn count_limit(&self, kind: LimitKind) {
         let i = match kind {
             LimitKind::HeaderBytes => 0,

@@ -239,10 +239,6 @@ impl Pipeline {
     /// (`None`), or 503 when there is no fallback.
     fn route_fallback(&self, route: &Route) -> Result<Option<LocalResponse>> {
         let m = &self.shared.metrics.resilience;
-        route
-            .state
-            .fallbacks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &route.fallback {
             Some(
                 f @ Fallback::Static {

@@ -29,6 +29,7 @@ impl ResponseFieldNames {
 /// What the pipeline needs from a worker's response head.
 #[derive(Default)]
 pub struct WorkerResponse {
+    /// The worker's status code.
     pub status: u16,
     /// The value of the session update field, if the worker sent one.
     pub session_update: Option<Vec<u8>>,
@@ -62,6 +63,8 @@ impl ResponseAdditions {
 }
 
 impl Pipeline {
+    /// The response fields this request's session listens to, so the carrier hands them to the
+    /// pipeline instead of the client; both `None` without sessions or a session.
     pub fn response_field_names(&self, ex: &Exchange) -> ResponseFieldNames {
         match (self.shared.sessions.get(), &ex.session) {
             (Some(svc), Some(s)) => {

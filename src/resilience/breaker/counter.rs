@@ -15,6 +15,8 @@ pub struct ClosedCounter {
 }
 
 impl ClosedCounter {
+    /// Sets up only what `policy` uses: a window if a ratio rule is on, the
+    /// adaptive rule's state if it is enabled (period: `policy.window`).
     pub fn new(policy: &BreakerPolicy, now: Instant) -> Self {
         ClosedCounter {
             consecutive: AtomicU32::new(0),
@@ -87,10 +89,12 @@ impl ClosedCounter {
         None
     }
 
+    /// Failures in a row so far (0 after any success or a reset).
     pub fn consecutive(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
     }
 
+    /// The window's counts at `now`; zero when no ratio rule keeps a window.
     pub fn totals(&self, now: Instant) -> Totals {
         self.window
             .as_ref()

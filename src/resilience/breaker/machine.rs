@@ -19,6 +19,7 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Closed, with no trips behind it.
     pub fn new(policy: BreakerPolicy) -> Self {
         Machine {
             policy,
@@ -31,18 +32,22 @@ impl Machine {
         }
     }
 
+    /// As last moved; an open machine past its open time stays open until [`Machine::tick`].
     pub fn state(&self) -> CircuitState {
         self.state
     }
 
+    /// Trips in a row since the last close (sets the open time).
     pub fn trips(&self) -> u32 {
         self.trips
     }
 
+    /// Why it last opened; kept after a close, cleared by [`Force::Reset`].
     pub fn last_reason(&self) -> Option<TripReason> {
         self.last_reason
     }
 
+    /// Half-open probes admitted and not yet settled or released.
     pub fn probes_inflight(&self) -> u32 {
         self.probes_inflight
     }

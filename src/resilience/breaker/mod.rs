@@ -45,6 +45,7 @@ impl Permit {
         }
     }
 
+    /// True when the request is a half-open probe, whose outcome closes or reopens.
     pub fn is_probe(&self) -> bool {
         self.probe
     }
@@ -53,8 +54,11 @@ impl Permit {
 /// Counts of transitions, for metrics.
 #[derive(Debug, Default)]
 pub struct TransitionCounts {
+    /// Times it opened, for any reason (forced opens included).
     pub opened: AtomicU64,
+    /// Times the open time ran out and probing began.
     pub half_opened: AtomicU64,
+    /// Times it closed: after successful probes or by an operator.
     pub closed: AtomicU64,
     /// Opens by reason, indexed like [`TripReason::LABELS`].
     pub trips: [AtomicU64; 7],
@@ -63,12 +67,20 @@ pub struct TransitionCounts {
 /// A point-in-time view for `/api/breakers`.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The machine's state (an open breaker past its open time still shows open).
     pub state: CircuitState,
+    /// Trips since the last close; the open time grows with it.
     pub trips_in_a_row: u32,
+    /// Time until an open breaker lets probes through; `None` unless open.
     pub open_remaining: Option<Duration>,
+    /// Current run of failures while closed (0 after any success).
     pub consecutive_failures: u32,
+    /// The rolling window's counts (`a` failures, `b` slow calls); all zero when no
+    /// ratio rule is on.
     pub window: Totals,
+    /// Half-open probes sent and not yet settled.
     pub probes_inflight: u32,
+    /// Why it last opened; kept after closing, cleared by a `reset`.
     pub last_reason: Option<TripReason>,
     /// The adaptive rule's learned baseline, when it is on.
     pub baseline: Option<Baseline>,
@@ -84,12 +96,16 @@ pub const RECENT_TRANSITIONS: usize = 16;
 pub struct TransitionRecord {
     /// Unix time, seconds.
     pub at: f64,
+    /// State left: `closed`, `open` or `half_open`.
     pub from: &'static str,
+    /// State entered, same words.
     pub to: &'static str,
     /// Why it opened (opens only).
     pub reason: Option<String>,
 }
 
+/// A circuit breaker for one worker, one route or one dependency (the session
+/// store, shared rate limits); shared by every request through `Arc`, lock-free while closed.
 pub struct Breaker {
     /// Unique per breaker instance (metrics keep per-instance delta state by it).
     pub id: u64,
@@ -98,6 +114,7 @@ pub struct Breaker {
     closed: AtomicBool,
     counter: ClosedCounter,
     machine: Mutex<Machine>,
+    /// Transitions so far, read by the metrics at scrape time.
     pub counts: TransitionCounts,
     name: Mutex<String>,
     /// The last [`RECENT_TRANSITIONS`] transitions, oldest first.
@@ -114,6 +131,7 @@ impl fmt::Debug for Breaker {
 }
 
 impl Breaker {
+    /// A closed breaker with a fresh id and no name (see [`Breaker::set_name`]).
     pub fn new(policy: BreakerPolicy) -> Self {
         Breaker {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -127,6 +145,7 @@ impl Breaker {
         }
     }
 
+    /// As built; reloads compare it to decide whether to keep this breaker.
     pub fn policy(&self) -> &BreakerPolicy {
         &self.policy
     }
@@ -138,6 +157,8 @@ impl Breaker {
         }
     }
 
+    /// The current state; no lock while closed. Does not move open → half-open
+    /// by itself (see [`Breaker::admits_traffic`]).
     pub fn state(&self) -> CircuitState {
         if self.closed.load(Ordering::Acquire) {
             return CircuitState::Closed;
@@ -156,6 +177,8 @@ impl Breaker {
         self.admits_traffic_at(Instant::now())
     }
 
+    /// [`Breaker::admits_traffic`] at `now`: true when closed or half-open (moving
+    /// an open breaker whose time has passed to half-open).
     pub fn admits_traffic_at(&self, now: Instant) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return true;
@@ -166,6 +189,8 @@ impl Breaker {
         m.state() == CircuitState::HalfOpen
     }
 
+    /// Asks to send one request: `None` when open (or half-open with every probe
+    /// slot taken). Always a permit when disabled or closed, without a lock.
     pub fn try_acquire(&self) -> Option<Permit> {
         if !self.policy.enabled || self.closed.load(Ordering::Acquire) {
             return Some(Permit {
@@ -176,6 +201,7 @@ impl Breaker {
         self.try_acquire_at(Instant::now())
     }
 
+    /// [`Breaker::try_acquire`] with the clock given (tests).
     pub fn try_acquire_at(&self, now: Instant) -> Option<Permit> {
         if !self.policy.enabled {
             return Some(Permit {
@@ -275,10 +301,12 @@ impl Breaker {
         }
     }
 
+    /// Applies an operator's action from the admin API; logged as a warning.
     pub fn force(&self, action: Force) {
         self.force_at(action, Instant::now())
     }
 
+    /// [`Breaker::force`] with the clock given (tests).
     pub fn force_at(&self, action: Force, now: Instant) {
         let t = self.lock().force(action, now);
         self.counter.reset();
@@ -293,6 +321,7 @@ impl Breaker {
         self.note(t);
     }
 
+    /// A consistent view for `/api/breakers` and the live dashboard; takes the lock.
     pub fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
         let m = self.lock();
@@ -308,6 +337,7 @@ impl Breaker {
         }
     }
 
+    /// The name set by [`Breaker::set_name`]; empty until then.
     pub fn name(&self) -> String {
         self.name.lock().map(|n| n.clone()).unwrap_or_default()
     }

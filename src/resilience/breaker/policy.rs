@@ -6,8 +6,11 @@ use crate::resilience::classify::Classifier;
 use std::fmt;
 use std::time::Duration;
 
+/// A validated `circuit_breaker` section (the workers' or a route's). Compared on
+/// reload: a breaker whose policy is unchanged keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerPolicy {
+    /// Off: every request is admitted and nothing is counted (`try_acquire` always allows).
     pub enabled: bool,
     /// Trip after this many failures in a row; 0 = rule off.
     pub consecutive_failures: u32,
@@ -19,16 +22,26 @@ pub struct BreakerPolicy {
     pub slow_call_duration: Duration,
     /// The ratio rules only judge a window holding at least this many requests.
     pub min_requests: u32,
+    /// Rolling window of the ratio rules, and the adaptive rule's period (at least
+    /// 100 ms; default 10 s).
     pub window: Duration,
+    /// Open time after the first trip; the n-th trip in a row opens for n × this.
     pub open_for: Duration,
+    /// Cap on the growing open time; never below `open_for`.
     pub max_open_for: Duration,
+    /// Probes admitted at once while half-open, and successes needed to close (1 to
+    /// 1000).
     pub half_open_probes: u32,
+    /// Which outcomes count as failures (`failure_on`; default: connect errors,
+    /// timeouts, resets and 5xx).
     pub failure_on: Classifier,
     /// Thresholds relative to the backend's own learned baseline (`adaptive.rs`).
     pub adaptive: AdaptivePolicy,
 }
 
 impl BreakerPolicy {
+    /// A breaker that never trips (`enabled: false`, every rule off); code-built
+    /// policies start from it with `..BreakerPolicy::disabled()`.
     pub fn disabled() -> Self {
         BreakerPolicy {
             enabled: false,
@@ -73,14 +86,19 @@ pub enum Admission {
     Rejected,
 }
 
+/// Where a breaker is in its cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
+    /// Normal: requests go, outcomes are counted.
     Closed,
+    /// Tripped: requests are refused until the open time has passed.
     Open,
+    /// Open time over: a few probes go, and their outcomes close or reopen it.
     HalfOpen,
 }
 
 impl CircuitState {
+    /// `closed`, `open` or `half_open`: for logs and the admin API.
     pub fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
@@ -102,29 +120,45 @@ impl CircuitState {
 /// Why a breaker opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TripReason {
+    /// `consecutive_failures` failures in a row.
     ConsecutiveFailures {
+        /// Failures in a row when it tripped.
         failures: u32,
     },
+    /// The window's failure ratio reached `failure_ratio`.
     FailureRatio {
+        /// Failures in the window.
         failures: u64,
+        /// Requests in the window (at least `min_requests`).
         total: u64,
     },
+    /// The window's slow-call ratio reached `slow_call_ratio`.
     SlowCallRatio {
+        /// Calls at least `slow_call_duration` long in the window.
         slow: u64,
+        /// Requests in the window (at least `min_requests`).
         total: u64,
     },
+    /// A half-open probe failed (or was slow while the slow-call rule is on).
     ProbeFailed,
+    /// An operator opened it (admin API).
     Forced,
     /// The failure ratio rose well above the backend's own baseline (per mille).
     AdaptiveFailureRatio {
+        /// Failure ratio over the last two periods, ‰.
         ratio_pm: u32,
+        /// The learned normal failure ratio, ‰.
         baseline_pm: u32,
+        /// The ratio it had to exceed, ‰.
         threshold_pm: u32,
     },
     /// Mean latency rose well above the backend's own baseline (ms).
     AdaptiveLatency {
+        /// Mean latency over the last two periods.
         mean_ms: u32,
+        /// The learned normal mean latency.
         baseline_ms: u32,
+        /// The mean it had to exceed.
         threshold_ms: u32,
     },
 }
@@ -157,6 +191,8 @@ impl From<AdaptiveTrip> for TripReason {
 }
 
 impl TripReason {
+    /// Metric label of each reason, indexed by [`TripReason::index`] (and
+    /// `TransitionCounts::trips`).
     pub const LABELS: [&'static str; 7] = [
         "consecutive_failures",
         "failure_ratio",
@@ -167,6 +203,7 @@ impl TripReason {
         "adaptive_latency",
     ];
 
+    /// Position of this reason's kind in [`TripReason::LABELS`], 0 to 6.
     pub fn index(self) -> usize {
         match self {
             TripReason::ConsecutiveFailures { .. } => 0,
@@ -179,6 +216,7 @@ impl TripReason {
         }
     }
 
+    /// The reason's kind as a metric label (`consecutive_failures`, ...).
     pub fn label(self) -> &'static str {
         Self::LABELS[self.index()]
     }
@@ -224,13 +262,21 @@ impl fmt::Display for TripReason {
 /// A state change, returned by the machine so the caller logs and counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
+    /// → open: a rule tripped (from closed), a probe failed (from half-open), or an
+    /// operator forced it (from any state).
     Opened {
+        /// The state it left.
         from: CircuitState,
+        /// Why it opened.
         reason: TripReason,
+        /// How long it stays open before probing (grows with trips in a row).
         open_for: Duration,
     },
+    /// Open → half-open: the open time has passed.
     HalfOpened,
+    /// Half-open → closed: enough probes succeeded.
     Closed {
+        /// Successful probes that closed it (`half_open_probes`).
         probe_successes: u32,
     },
     /// An operator closed it (`close` or `reset`).

@@ -109,6 +109,8 @@ impl Shard {
     }
 }
 
+/// The embedded store: records in 64 mutex-guarded shards, capped at `max_sessions`, expired lazily
+/// on read and by the control thread's sweep.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     shard_cap: usize,
@@ -120,6 +122,8 @@ pub struct MemoryStore {
     per_worker: Mutex<BTreeMap<String, u64>>,
 }
 
+/// Wall-clock time in Unix milliseconds (0 if the clock is before 1970); the clock records are
+/// stamped with.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -145,6 +149,7 @@ impl MemoryStore {
         }
     }
 
+    /// Most records held: `max_sessions` rounded up to a multiple of the shard count.
     pub fn capacity(&self) -> usize {
         self.shard_cap * SHARDS
     }
@@ -155,6 +160,7 @@ impl MemoryStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records held now, expired ones not yet swept included (locks each shard in turn).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -162,10 +168,12 @@ impl MemoryStore {
             .sum()
     }
 
+    /// Whether no record is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The record if it is still live at `now` (Unix ms); an expired one is removed and counted.
     pub fn get_now(&self, id: &SessionId, now: u64) -> Option<Record> {
         let mut shard = self.shard(id);
         match shard.map.get(&id.0) {
@@ -179,6 +187,8 @@ impl MemoryStore {
         }
     }
 
+    /// Stores `record` until `now + ttl` (Unix ms); a new id in a full shard first evicts one
+    /// record (expired, else least recently seen of a random sample).
     pub fn set_now(&self, id: &SessionId, record: Record, ttl: Duration, now: u64) {
         let expires_ms = now.saturating_add(ttl.as_millis() as u64);
         let mut shard = self.shard(id);
@@ -320,6 +330,8 @@ impl MemoryStore {
         true
     }
 
+    /// Extends a live record to `now + ttl` and marks it seen at `now`; false when absent or
+    /// expired.
     pub fn touch_now(&self, id: &SessionId, ttl: Duration, now: u64) -> bool {
         let mut shard = self.shard(id);
         match shard.map.get_mut(&id.0) {
@@ -332,6 +344,7 @@ impl MemoryStore {
         }
     }
 
+    /// Removes the record, if any.
     pub fn delete_now(&self, id: &SessionId) {
         self.shard(id).remove(&id.0);
     }
@@ -375,6 +388,7 @@ impl MemoryStore {
         removed
     }
 
+    /// Counts for the admin API; per-worker counts come from the last complete sweep cycle.
     pub fn stats_now(&self) -> StoreStats {
         StoreStats {
             active: self.len() as u64,

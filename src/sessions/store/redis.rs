@@ -78,21 +78,33 @@ return 1
 pub enum Commit<'a> {
     /// Nothing more.
     Release,
+    /// Write `record` under the session's id if the store holds what `expect` says.
     Write {
+        /// What the store must hold for the write to apply.
         expect: Expect,
+        /// The record to store.
         record: &'a Record,
+        /// Its time to live (Redis `PX`, at least 1 ms).
         ttl: Duration,
     },
+    /// Delete the session's record (destroy) if the store holds what `expect` says.
     Delete {
+        /// What the store must hold for the delete to apply.
         expect: Expect,
     },
     /// Regenerate: a tombstone under the old id, the record under `new`.
     Rotate {
+        /// What the store must hold under the old id.
         expect: Expect,
+        /// Written under the old id so it is refused from now on.
         tombstone: &'a Record,
+        /// How long the tombstone is kept.
         tombstone_ttl: Duration,
+        /// The regenerated id.
         new: &'a SessionId,
+        /// The record stored under `new`.
         record: &'a Record,
+        /// Time to live of the record under `new`.
         ttl: Duration,
     },
 }
@@ -102,6 +114,8 @@ const STATS_SCAN_CAP: usize = 200_000;
 /// Per-worker counts read records only up to this many sessions.
 const STATS_PER_WORKER_CAP: usize = 20_000;
 
+/// The shared store on Redis (standalone or Cluster): records, locks and compare-and-set writes
+/// through Lua scripts, reads through a client-side cache.
 pub struct RedisStore {
     link: Arc<RedisLink>,
     prefix: String,
@@ -167,6 +181,7 @@ impl RedisStore {
         self
     }
 
+    /// The Redis connection it uses (shared limits reuse it).
     pub fn link(&self) -> &Arc<RedisLink> {
         &self.link
     }
