@@ -36,7 +36,11 @@ for dirpath, _, files in os.walk(root):
         if me in ("lib", "main"):
             continue
         with open(path, encoding="utf-8") as fh:
-            for t in targets(fh.read()):
+            # Comments name modules without importing them.
+            code = "\n".join(
+                line for line in fh.read().splitlines() if not line.lstrip().startswith("//")
+            )
+            for t in targets(code):
                 if t != me and t != "self":
                     edges[me].add(t)
 

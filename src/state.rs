@@ -188,3 +188,20 @@ impl Shared {
 pub fn breaker_policy(cfg: &Config) -> BreakerPolicy {
     cfg.breaker.policy
 }
+
+impl crate::health::HealthHost for Shared {
+    fn health_settings(&self) -> crate::config::HealthConfig {
+        self.config.load().health.clone()
+    }
+
+    fn count_check(&self, result: &'static str) {
+        self.metrics
+            .health_checks
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    fn rotation_changed(&self) {
+        self.pool.refresh();
+    }
+}

@@ -8,11 +8,24 @@
 
 use crate::balancing::{Backend, BackendState};
 use crate::config::HealthConfig;
-use crate::state::Shared;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What health needs from the running process: the current `health_check` settings, a
+/// place to count check results, and a way to rebuild the eligible set after a verdict.
+/// `state::Shared` implements it, so health depends on the pool's backends and on config,
+/// never on the process-wide bundle.
+pub trait HealthHost: Send + Sync + 'static {
+    /// The `health_check` section of the running config (re-read every probe, so a reload
+    /// applies to running loops).
+    fn health_settings(&self) -> HealthConfig;
+    /// Counts one result (`pass`, `fail`, `refused`) in `drover_health_checks_total`.
+    fn count_check(&self, result: &'static str);
+    /// A backend entered or left rotation: rebuild the selector.
+    fn rotation_changed(&self);
+}
 
 const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
@@ -110,7 +123,7 @@ impl Streaks {
 /// once instead of drawing requests (and the retry budget) until its active check fails
 /// twice. The probe loop puts it back when it passes. nginx does the same by default
 /// (`max_fails=1`).
-pub fn connection_refused(shared: &Shared, b: &Backend) {
+pub fn connection_refused(host: &dyn HealthHost, b: &Backend) {
     if b.state() != BackendState::Healthy {
         return;
     }
@@ -120,29 +133,26 @@ pub fn connection_refused(shared: &Shared, b: &Backend) {
             b.name,
             b.addr
         );
-        shared
-            .metrics
-            .health_checks
-            .with_label_values(&["refused"])
-            .inc();
-        shared.pool.refresh();
+        host.count_check("refused");
+        host.rotation_changed();
     }
 }
 
 /// Starts the probe loop for `backend` on the current Tokio runtime. The loop runs until the
 /// backend is `Stopped` or `Draining`, probing every 25 ms while it is `Starting` and every
 /// `health_check.interval` after; it re-reads the health settings on every round.
-pub fn spawn_probe(shared: Arc<Shared>, backend: Arc<Backend>) {
-    tokio::spawn(probe_loop(shared, backend));
+/// Starts `backend`'s probe loop; it ends when the backend drains or stops.
+pub fn spawn_probe(host: Arc<dyn HealthHost>, backend: Arc<Backend>) {
+    tokio::spawn(probe_loop(host, backend));
 }
 
-async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
+async fn probe_loop(host: Arc<dyn HealthHost>, backend: Arc<Backend>) {
     let lb_backend = pingora_load_balancing::Backend {
         addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(backend.addr),
         weight: 1,
         ext: Default::default(),
     };
-    let mut cfg = shared.config().health.clone();
+    let mut cfg = host.health_settings();
     let mut check = build_check(&cfg, &backend);
     let mut streaks = Streaks::default();
     loop {
@@ -150,7 +160,7 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
         if matches!(state, BackendState::Stopped | BackendState::Draining) {
             break;
         }
-        let latest = shared.config().health.clone();
+        let latest = host.health_settings();
         if latest != cfg {
             check = build_check(&latest, &backend);
             cfg = latest;
@@ -162,11 +172,7 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
             ),
             None => false,
         };
-        shared
-            .metrics
-            .health_checks
-            .with_label_values(&[if ok { "pass" } else { "fail" }])
-            .inc();
+        host.count_check(if ok { "pass" } else { "fail" });
         if let Some(next) = streaks.observe(ok, state, &cfg) {
             let prev = backend.set_health(next == BackendState::Healthy);
             if prev == state {
@@ -188,7 +194,7 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>) {
                         streaks.fails
                     ),
                 }
-                shared.pool.refresh();
+                host.rotation_changed();
             }
         }
         let wait = if backend.state() == BackendState::Starting {

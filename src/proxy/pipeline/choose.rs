@@ -282,7 +282,7 @@ impl Pipeline {
     /// backend's health state.
     fn eject_refusing_backend(&self, ex: &Exchange) {
         if let Some(b) = ex.guard.as_ref().map(|g| g.backend()) {
-            crate::health::connection_refused(&self.shared, b);
+            crate::health::connection_refused(&*self.shared, b);
         }
     }
 
