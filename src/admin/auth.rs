@@ -149,24 +149,44 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0 && a.len() == b.len()
 }
 
+/// Why a request's token was refused; the text is the 401 answer's `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No `Authorization` header.
+    #[error("missing Authorization: Bearer <token>")]
+    Missing,
+    /// An `Authorization` header of another scheme.
+    #[error("Authorization must be `Bearer <token>`")]
+    NotBearer,
+    /// A WebSocket upgrade with neither the header nor the `drover-token.` subprotocol.
+    #[error("missing token: send Authorization: Bearer <token> or the subprotocol drover-token.<base64url(token)>")]
+    MissingForWebSocket,
+    /// A `drover-token.` subprotocol that does not decode.
+    #[error("the drover-token subprotocol is not base64url")]
+    BadSubprotocol,
+    /// A token that is not the admin token.
+    #[error("wrong token")]
+    Wrong,
+}
+
 /// Checks `Authorization: Bearer <token>` against `token`.
-pub fn check(token: &str, headers: &HeaderMap) -> Result<(), &'static str> {
+pub fn check(token: &str, headers: &HeaderMap) -> Result<(), TokenRefusal> {
     let Some(value) = headers.get("authorization") else {
-        return Err("missing Authorization: Bearer <token>");
+        return Err(TokenRefusal::Missing);
     };
     let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
-        return Err("Authorization must be `Bearer <token>`");
+        return Err(TokenRefusal::NotBearer);
     };
     if constant_time_eq(given, token.as_bytes()) {
         Ok(())
     } else {
-        Err("wrong token")
+        Err(TokenRefusal::Wrong)
     }
 }
 
 /// Like [`check`], also accepting the token as a `drover-token.<base64url>` WebSocket
 /// subprotocol (what a browser can send).
-pub fn check_ws(token: &str, headers: &HeaderMap) -> Result<(), &'static str> {
+pub fn check_ws(token: &str, headers: &HeaderMap) -> Result<(), TokenRefusal> {
     if headers.contains_key("authorization") {
         return check(token, headers);
     }
@@ -178,15 +198,15 @@ pub fn check_ws(token: &str, headers: &HeaderMap) -> Result<(), &'static str> {
         .map(str::trim)
         .find_map(|p| p.strip_prefix(WS_TOKEN_PREFIX));
     let Some(encoded) = offered else {
-        return Err("missing token: send Authorization: Bearer <token> or the subprotocol drover-token.<base64url(token)>");
+        return Err(TokenRefusal::MissingForWebSocket);
     };
     let given = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(encoded)
-        .map_err(|_| "the drover-token subprotocol is not base64url")?;
+        .map_err(|_| TokenRefusal::BadSubprotocol)?;
     if constant_time_eq(&given, token.as_bytes()) {
         Ok(())
     } else {
-        Err("wrong token")
+        Err(TokenRefusal::Wrong)
     }
 }
 
@@ -205,14 +225,11 @@ mod tests {
     #[test]
     fn checks_bearer_header() {
         let mut h = HeaderMap::new();
-        assert_eq!(
-            check("t0k", &h),
-            Err("missing Authorization: Bearer <token>")
-        );
+        assert_eq!(check("t0k", &h), Err(TokenRefusal::Missing));
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert!(check("t0k", &h).is_err());
         h.insert("authorization", "Bearer nope".parse().unwrap());
-        assert_eq!(check("t0k", &h), Err("wrong token"));
+        assert_eq!(check("t0k", &h), Err(TokenRefusal::Wrong));
         h.insert("authorization", "Bearer t0k".parse().unwrap());
         assert!(check("t0k", &h).is_ok());
     }
@@ -227,7 +244,7 @@ mod tests {
             format!("drover.live, drover-token.{enc}").parse().unwrap(),
         );
         assert!(check_ws("s3cret/token+x", &h).is_ok());
-        assert_eq!(check_ws("other-token", &h), Err("wrong token"));
+        assert_eq!(check_ws("other-token", &h), Err(TokenRefusal::Wrong));
     }
 
     #[test]

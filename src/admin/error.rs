@@ -33,7 +33,7 @@ pub enum AdminError {
     NoToken,
     /// Why the token was refused (`auth::check`).
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(#[from] super::auth::TokenRefusal),
     /// The request ran past `admin.request_timeout`, the value carried (408).
     #[error("request not completed within admin.request_timeout ({0:?})")]
     Timeout(Duration),
