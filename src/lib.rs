@@ -1,21 +1,23 @@
 //! drover: an edge reverse proxy on Pingora that forks, supervises and balances a pool of
 //! HTTP worker processes, and can front remote upstreams too.
 //!
-//! Module map (the request path is described in docs/ARCHITECTURE.md):
-//! - `config`: YAML file types, validation into the runtime `Config`, errors with lines.
-//! - `proxy`: the Pingora `ProxyHttp` implementation (thin hooks).
-//! - `balancing`: backends, the pool and one file per strategy.
-//! - `resilience`: circuit breakers.
-//! - `sessions`: sticky sessions: signed cookie, memory and Redis stores, encryption.
-//! - `health`: active health checks.
-//! - `supervisor`: forking, restarting, draining and scaling worker processes.
-//! - `observe`: metric names and registry, access log.
-//! - `admin`: the admin HTTP plane.
-//! - `in_flight`: the count of requests being proxied, owned by the data plane (leaf).
-//! - `lifecycle`: control thread, signals, reload, shutdown, pid file.
-//! - `private_fs`: the private runtime folder and the files drover reads and writes there.
-//! - `redact`: hiding secrets in what drover shows (admin API, logs).
-//! - `redis_link`: the connection to Redis (one node, Sentinel or Cluster; TLS; ACL).
+//! Module map, lowest layer first (folders import only lower ones; `.ci/imports.py --check`
+//! keeps it so; the request path is in docs/ARCHITECTURE.md):
+//! - leaves: `wire` (HTTP/1 rules both carriers share), `metric_names`, `stable_hash`,
+//!   `in_flight` (the count of requests being proxied), `private_fs` (the private runtime
+//!   folder and its files), `redact` (secrets out of what drover shows).
+//! - `redis_link` (the connection to Redis: one node, Sentinel or Cluster; TLS; ACL),
+//!   `resilience` (breakers, rate limits, retries, chaos), `tls` (certificates).
+//! - `config`: YAML file types, validation into the runtime model, errors with lines.
+//! - `balancing` (backends, the pool, one file per strategy), `sessions` (signed cookie,
+//!   memory and Redis stores, encryption).
+//! - `observe`: metrics, access log, latency windows, history, alerts, tracing;
+//!   `health`: the one writer of backend health.
+//! - `state`: `Shared`, the running state the services and the data plane hold.
+//! - services: `supervisor` (forking, restarting, draining and scaling workers),
+//!   `upstreams` (static and DNS-discovered remote hosts), `reload`.
+//! - top: `proxy` (the pipeline and its two HTTP carriers), `admin` (the admin HTTP
+//!   plane), `lifecycle` (control thread, signals, upgrade, shutdown, pid file).
 #![deny(unsafe_code)]
 
 pub mod admin;
