@@ -26,6 +26,7 @@ OUT=
 PORT_BASE=18780
 PATH_Q=/
 BODY=0
+CLOSE=0
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
@@ -33,6 +34,7 @@ usage() {
 Options: --extra FILE (YAML merged into the config), --cookies N (send N session cookies
 issued by this drover in turn), --seconds S (measured run, default 8), --connections N
 (default 64), --path P (default /), --body N (POST an N-byte body instead of GET),
+--close (send \`Connection: close\`: a new connection per request, what \`ab\` costs),
 --out DIR (keep callgrind.out + annotations),
 --port-base P (default 18780; uses P, P+9, P+20, P+21).
 EOF
@@ -46,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --connections) CONNS=$2; shift 2 ;;
     --path) PATH_Q=$2; shift 2 ;;
     --body) BODY=$2; shift 2 ;;
+    --close) CLOSE=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --port-base) PORT_BASE=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -113,6 +116,9 @@ fi
 if ((BODY > 0)); then
     python3 "$REPORT" post-lua "$BODY" >"$WORK/post.lua"
     SCRIPT=(-s "$WORK/post.lua")
+fi
+if ((CLOSE)); then
+    SCRIPT+=(-H "Connection: close")
 fi
 URL="http://127.0.0.1:$P$PATH_Q"
 # What drover does per second with no request at all (samplers, tickers, health

@@ -12,7 +12,8 @@ Subcommands (run.sh is the only caller; the interface is not stable):
                                   connection; print each response's first Set-Cookie pair
                                   (name=value), one per line; exit 3 if none is set
   lua COOKIES_FILE                print a wrk script sending those Cookie headers in turn
-  post-lua N                      print a wrk script POSTing an N-byte body
+  post-lua N [PIECES]             print a wrk script POSTing an N-byte body (with PIECES:
+                                  Transfer-Encoding: chunked, in PIECES equal chunks)
   errors RUNS_TSV                 exit 1 if a run of a scenario other than kill9 saw
                                   errors (one line per such target)
 
@@ -412,8 +413,25 @@ end""")
 
 
 def cmd_post_lua(args):
-    """A wrk script that POSTs a body of N bytes (application/octet-stream)."""
+    """A wrk script that POSTs a body of N bytes (application/octet-stream): with a
+    Content-Length, or, given PIECES, chunked in PIECES equal chunks."""
     n = int(args[0])
+    if len(args) > 1:
+        pieces = int(args[1])
+        size = n // pieces
+        # wrk.format adds Content-Length only for a body it is given, so the head is
+        # formatted without one and the chunked body appended as raw bytes.
+        print(f"""local chunk = string.format("%x\\r\\n", {size}) .. string.rep("x", {size}) .. "\\r\\n"
+local body = string.rep(chunk, {pieces}) .. "0\\r\\n\\r\\n"
+local req = nil
+request = function()
+  if req == nil then
+    req = wrk.format("POST", nil, {{["Content-Type"] = "application/octet-stream",
+                                   ["Transfer-Encoding"] = "chunked"}}, nil) .. body
+  end
+  return req
+end""")
+        return 0
     print(f"""wrk.method = "POST"
 wrk.body = string.rep("x", {n})
 wrk.headers["Content-Type"] = "application/octet-stream"

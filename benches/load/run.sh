@@ -10,6 +10,7 @@
 #   benches/load/run.sh --scenario kill9        kill -9 a worker mid-run, count errors
 #   benches/load/run.sh --scenario ab,abk       ApacheBench (HTTP/1.0), without and with -k
 #   benches/load/run.sh --scenario post1k,post64k   POST / with a 1 KiB or 64 KiB body
+#   benches/load/run.sh --scenario chunk1k,chunk64k the same bodies, Transfer-Encoding: chunked
 #   benches/load/run.sh --scenario tls,tlsnew,h2
 #                                               HTTPS (one RSA-2048 certificate for all):
 #                                               keep-alive, a new handshake per request, HTTP/2
@@ -27,7 +28,7 @@ DROVER_BIN=${DROVER_BIN:-$REPO/target/release/drover}
 WORKER_BIN=${WORKER_BIN:-$REPO/target/release/upstream-worker}
 
 ALL_TARGETS=(direct drover nginx haproxy)
-ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk post1k post64k tls tlsnew h2)
+ALL_SCENARIOS=(plain body64k conns1000 kill9 sessions ab abk post1k post64k chunk1k chunk64k tls tlsnew h2)
 TLS_SCENARIOS=(tls tlsnew h2)
 MAX_VARIANTS=5
 STRATEGIES=(round_robin random least_connections weighted_round_robin latency consistent_hash)
@@ -68,7 +69,9 @@ Options:
                        same headers for every target), ab and abk (GET / with
                        ApacheBench, HTTP/1.0: a connection per request, and -k keep-alive;
                        needs apache2-utils), post1k and post64k (POST / with a 1 KiB or
-                       64 KiB body the worker reads whole), tls (GET / over HTTPS with
+                       64 KiB body the worker reads whole), chunk1k and chunk64k (the
+                       same bodies sent with Transfer-Encoding: chunked: one 1 KiB
+                       chunk, or four 16 KiB chunks), tls (GET / over HTTPS with
                        keep-alive, wrk), tlsnew (GET / over HTTPS, Connection: close: a
                        new TLS handshake per request, wrk), h2 (GET / over HTTPS with
                        HTTP/2, h2load -c 32 -m 10; needs nghttp2-client). TLS scenarios
@@ -743,6 +746,8 @@ export BENCH_DESC_conns1000="GET / with 1000 connections"
 export BENCH_DESC_ab="GET / with ApacheBench (HTTP/1.0, a new connection per request)"
 export BENCH_DESC_post1k="POST / with a 1 KiB body (Content-Length), read whole by the worker"
 export BENCH_DESC_post64k="POST / with a 64 KiB body (Content-Length), read whole by the worker"
+export BENCH_DESC_chunk1k="POST / with a 1 KiB body (Transfer-Encoding: chunked, one chunk), read whole by the worker"
+export BENCH_DESC_chunk64k="POST / with a 64 KiB body (Transfer-Encoding: chunked, four 16 KiB chunks), read whole by the worker"
 export BENCH_DESC_abk="GET / with ApacheBench -k (HTTP/1.0 with Connection: keep-alive)"
 export BENCH_DESC_sessions="GET / with one of $SESSION_COOKIES session cookies per request, in turn (the same headers to every target; each sessions variant gets cookies it issued itself)"
 
@@ -791,6 +796,12 @@ scenario_script() {
         [[ $1 == post64k ]] && n=65536
         [[ -f $WORK/post-$n.lua ]] || python3 "$REPORT" post-lua "$n" >"$WORK/post-$n.lua"
         echo "$WORK/post-$n.lua"
+        ;;
+    chunk1k | chunk64k)
+        local n=1024 pieces=1
+        [[ $1 == chunk64k ]] && n=65536 pieces=4
+        [[ -f $WORK/chunk-$n.lua ]] || python3 "$REPORT" post-lua "$n" "$pieces" >"$WORK/chunk-$n.lua"
+        echo "$WORK/chunk-$n.lua"
         ;;
     esac
 }
