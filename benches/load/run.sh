@@ -52,6 +52,7 @@ SESSION_COOKIES=256
 SYSCALLS=
 VARIANT_NAMES=()
 VARIANT_FILES=()
+declare -A VARIANT_BINS=()
 
 usage() {
     cat <<EOF
@@ -99,6 +100,10 @@ Options:
                        sessions-redis). If FILE contains @REDIS_URL@, a throw-away
                        redis-server is started on a free loopback port and its URL filled in.
                        The report adds NAME/drover and NAME/nginx ratios.
+  --variant-bin NAME=PATH  the variant NAME runs the drover binary at PATH instead of
+                       DROVER_BIN: an A/B of two builds in one interleaved run, e.g.
+                       --variant before=benches/load/templates/same.yaml
+                       --variant-bin before=/tmp/drover-before
   --session-cookies N  sessions per wrk run in the sessions scenario (default 256)
   --syscalls           count each proxy's system calls per request during every run
                        (perf stat -e raw_syscalls:sys_enter; needs linux-perf and tracefs)
@@ -138,6 +143,12 @@ while [[ $# -gt 0 ]]; do
         need_arg "$@"
         VARIANT_NAMES+=("${2%%=*}")
         if [[ $2 == *=* ]]; then VARIANT_FILES+=("${2#*=}"); else VARIANT_FILES+=("$TEMPLATES/$2.yaml"); fi
+        shift 2
+        ;;
+    --variant-bin)
+        need_arg "$@"
+        [[ $2 == *=* ]] || die "--variant-bin needs NAME=PATH"
+        VARIANT_BINS[${2%%=*}]=${2#*=}
         shift 2
         ;;
     --session-cookies) need_arg "$@"; SESSION_COOKIES=$2; shift 2 ;;
@@ -191,6 +202,10 @@ for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
     for ((j = 0; j < i; j++)); do [[ ${VARIANT_NAMES[j]} != "$v" ]] || die "--variant '$v' given twice"; done
     [[ -f ${VARIANT_FILES[i]} ]] || die "--variant $v: no such file: ${VARIANT_FILES[i]}"
     grep -q '@REDIS_URL@' "${VARIANT_FILES[i]}" && NEED_REDIS=1
+done
+for v in "${!VARIANT_BINS[@]}"; do
+    contains "$v" "${VARIANT_NAMES[@]}" || die "--variant-bin $v: no --variant $v"
+    [[ -x ${VARIANT_BINS[$v]} ]] || die "--variant-bin $v: not an executable: ${VARIANT_BINS[$v]}"
 done
 
 # ---------------------------------------------------------------- prerequisites
@@ -512,7 +527,7 @@ for t in "${DROVERS[@]}"; do
             merge_into "$conf" "$WORK/variant-$t.yaml"
         done
     fi
-    if ! "$DROVER_BIN" -t -c "$conf" >"$WORK/drover-$t-check.log" 2>&1; then
+    if ! "${VARIANT_BINS[$t]:-$DROVER_BIN}" -t -c "$conf" >"$WORK/drover-$t-check.log" 2>&1; then
         cat "$WORK/drover-$t-check.log" >&2
         die "drover rejected the generated config for $t (above; kept with --out)"
     fi
@@ -593,7 +608,7 @@ fi
 for t in "${DROVERS[@]}"; do
     logf=$WORK/drover.log
     [[ $t == drover ]] || logf=$WORK/drover-$t.log
-    start_bg "$t" "$logf" "$DROVER_BIN" -c "${T_CONF[$t]}"
+    start_bg "$t" "$logf" "${VARIANT_BINS[$t]:-$DROVER_BIN}" -c "${T_CONF[$t]}"
     T_PID[$t]=$LAST_PID
     [[ $t == drover ]] && DROVER_PID=$LAST_PID
     wait_http "http://127.0.0.1:${T_ADMIN[$t]}/readyz" 15 "$LAST_PID" "$logf"
@@ -932,6 +947,7 @@ if ((${#DROVERS[@]})); then
     [[ -z $DROVER_EXTRA ]] || setup+=", extra $DROVER_EXTRA"
     for ((i = 0; i < ${#VARIANT_NAMES[@]}; i++)); do
         setup+="; variant ${VARIANT_NAMES[i]} = drover + ${VARIANT_FILES[i]#"$REPO"/}"
+        [[ -z ${VARIANT_BINS[${VARIANT_NAMES[i]}]:-} ]] || setup+=" (binary ${VARIANT_BINS[${VARIANT_NAMES[i]}]})"
     done
     [[ -z $NEED_REDIS ]] || setup+=" (redis-server $(redis-server --version | grep -oE 'v=[0-9.]+' | cut -c3-) on loopback, no persistence)"
 fi

@@ -23,9 +23,14 @@ use tokio::net::TcpStream;
 const READ_BUFFER: usize = 16 * 1024;
 /// Free space made before each read from a worker.
 pub const READ_CHUNK: usize = 8 * 1024;
-/// Largest read of a response body; a pooled connection keeps a buffer at most this big,
-/// so the pool holds at most `keepalive_pool_size` x 64 KiB of buffers.
+/// Largest read of a response body.
 pub const BODY_READ: usize = 64 * 1024;
+/// What a worker connection's buffer grows to once a body needs more than one small read:
+/// a whole `BODY_READ` plus room for a response head, so on a reused connection a 64 KiB
+/// response arrives in one read and leaves in one write. A pooled connection keeps a
+/// buffer at most this big, so the pool holds at most `keepalive_pool_size` x 80 KiB of
+/// buffers (memory pages are only touched where data landed).
+pub const LARGE_BUFFER: usize = BODY_READ + READ_BUFFER;
 
 pub struct UpstreamConn {
     pub stream: TcpStream,
@@ -43,6 +48,40 @@ impl UpstreamConn {
             buf: BytesMut::with_capacity(READ_BUFFER),
             idle_since: Instant::now(),
             read_deadline: super::deadline::Deadline::default(),
+        }
+    }
+
+    /// Empties the buffer for the next response and gives the next read the whole
+    /// allocation again: forwarding advances the buffer's start, and only a reclaim moves
+    /// it back (without it, a reused connection read a 64 KiB response as a short read
+    /// and a tail). No allocation.
+    pub fn start_response(&mut self) {
+        self.buf.clear();
+        let _ = self.buf.try_reclaim(LARGE_BUFFER) || self.buf.try_reclaim(READ_BUFFER);
+    }
+
+    /// Makes room in the buffer for a read of `want` bytes (at least `READ_CHUNK`). A body
+    /// read (`want` above `READ_CHUNK`) grows the buffer to `LARGE_BUFFER` at once, which
+    /// is kept while pooled, so the next large response on the connection arrives in one
+    /// read.
+    pub fn make_room(&mut self, want: usize) {
+        let need = want.max(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() >= need {
+            return;
+        }
+        let body = want > READ_CHUNK;
+        if body
+            && self
+                .buf
+                .try_reclaim(LARGE_BUFFER.saturating_sub(self.buf.len()).max(need))
+        {
+            return;
+        }
+        if body && self.buf.is_empty() {
+            // Nothing to carry over: a fresh buffer of the large size, not a copy.
+            self.buf = BytesMut::with_capacity(LARGE_BUFFER);
+        } else {
+            self.buf.reserve(need);
         }
     }
 
@@ -143,7 +182,7 @@ pub fn put(backend: &Arc<Backend>, mut conn: UpstreamConn, cap: usize) {
     if cap == 0 || !conn.buf.is_empty() || backend.is_retired() || !conn.is_quiet() {
         return;
     }
-    if conn.buf.capacity() > BODY_READ {
+    if conn.buf.capacity() > LARGE_BUFFER {
         conn.buf = BytesMut::with_capacity(READ_BUFFER);
     }
     conn.idle_since = Instant::now();
@@ -199,6 +238,33 @@ mod tests {
             theirs.push(listener.accept().await.unwrap().0);
         }
         (addr, ours, theirs)
+    }
+
+    #[tokio::test]
+    async fn a_body_read_grows_the_buffer_once_and_the_next_response_gets_all_of_it() {
+        let (_addr, mut ours, _theirs) = connections(1).await;
+        let mut c = UpstreamConn::new(ours.remove(0));
+        assert_eq!(c.buf.capacity(), READ_BUFFER);
+        // A head read fits the fresh buffer: no growth.
+        c.make_room(READ_CHUNK);
+        assert_eq!(c.buf.capacity(), READ_BUFFER);
+        // A 64 KiB body read: grown to the large size in one step.
+        c.make_room(BODY_READ);
+        assert!(c.buf.capacity() >= LARGE_BUFFER);
+        // Forwarding consumed a whole response: the buffer's start moved forward...
+        c.buf.extend_from_slice(&vec![b'x'; 70_000]);
+        bytes::Buf::advance(&mut c.buf, 70_000);
+        assert!(c.buf.capacity() < READ_BUFFER);
+        // ...and the next response gets the whole allocation back, without allocating.
+        let before = c.buf.as_ptr() as usize;
+        c.start_response();
+        assert!(c.buf.capacity() >= LARGE_BUFFER);
+        assert!(c.buf.as_ptr() as usize <= before);
+        // Bytes not yet forwarded are kept when room is made.
+        c.buf.extend_from_slice(b"abc");
+        c.make_room(BODY_READ);
+        assert_eq!(&c.buf[..], b"abc");
+        assert!(c.buf.capacity() - c.buf.len() >= BODY_READ);
     }
 
     #[tokio::test]
