@@ -959,25 +959,14 @@ fn upstream_error(e: std::io::Error) -> Box<Error> {
     upstream(Error::because(kind, "reading from the worker", e))
 }
 
-/// Writes `first` then `second` with vectored writes: one system call for both when the
-/// socket takes them.
+/// Writes `first` then `second` with vectored writes (tokio's `write_all_buf` over the
+/// chained slices): one system call for both when the socket takes them.
 async fn write_all_pair<W: tokio::io::AsyncWrite + Unpin>(
     io: &mut W,
     first: &[u8],
     second: &[u8],
 ) -> std::io::Result<()> {
-    let (mut first, mut second) = (first, second);
-    while !first.is_empty() || !second.is_empty() {
-        let bufs = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
-        let n = io.write_vectored(&bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_first = n.min(first.len());
-        first = &first[from_first..];
-        second = &second[n - from_first..];
-    }
-    Ok(())
+    io.write_all_buf(&mut Buf::chain(first, second)).await
 }
 
 async fn connect(target: &Target) -> Result<pool::UpstreamConn, Box<Error>> {

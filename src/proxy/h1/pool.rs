@@ -69,17 +69,12 @@ impl UpstreamConn {
         if self.buf.capacity() - self.buf.len() >= need {
             return;
         }
-        let body = want > READ_CHUNK;
-        if body
-            && self
-                .buf
-                .try_reclaim(LARGE_BUFFER.saturating_sub(self.buf.len()).max(need))
-        {
-            return;
-        }
-        if body && self.buf.is_empty() {
-            // Nothing to carry over: a fresh buffer of the large size, not a copy.
-            self.buf = BytesMut::with_capacity(LARGE_BUFFER);
+        if want > READ_CHUNK && self.buf.is_empty() {
+            // Nothing to carry over: the allocation's whole size if it is the large one,
+            // else a fresh buffer of the large size (not a copy).
+            if !self.buf.try_reclaim(LARGE_BUFFER) {
+                self.buf = BytesMut::with_capacity(LARGE_BUFFER);
+            }
         } else {
             self.buf.reserve(need);
         }
