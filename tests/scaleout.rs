@@ -222,21 +222,37 @@ fn unsaved_parts(drovers: &[&Drover], unavailable: u64) -> (f64, f64, f64) {
 
 /// Reads every session back through `d`: (readable sessions, sum of their counters).
 fn read_back(d: &Drover, cookies: &[String]) -> (usize, u64, Vec<u64>) {
+    // Right after a failover or a reshard the store can still be relearning the
+    // topology (its breaker open for up to a second, the instrumented build slower
+    // still): an `unavailable` answer says "could not read", not "gone", so it is asked
+    // again within a deadline. A `new` answer (the record is missing) is never retried.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut retried = 0;
     let mut readable = 0;
     let mut sum = 0;
     let mut each = Vec::new();
     for c in cookies {
-        let r = d.get_with("/session", &[("cookie", c)]).expect("read");
-        assert_eq!(r.status, 200, "{}", r.body);
-        let v = json(&r);
+        let v = loop {
+            let r = d.get_with("/session", &[("cookie", c)]).expect("read");
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v = json(&r);
+            if v["state"] != "unavailable" || Instant::now() > deadline {
+                break v;
+            }
+            retried += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        };
         if v["state"] == "existing" {
             readable += 1;
         } else if readable == 0 && each.is_empty() {
-            eprintln!("read back: {}", r.body);
+            eprintln!("read back: {v}");
         }
         let n = v["session"]["counter"].as_u64().unwrap_or(0);
         sum += n;
         each.push(n);
+    }
+    if retried > 0 {
+        eprintln!("read back: {retried} answers said unavailable and were asked again");
     }
     (readable, sum, each)
 }
