@@ -1,5 +1,6 @@
 //! drover's own HTTP/1 engine: the front door of every HTTP/1 connection, and the
-//! carrier for the common request (HTTP/1.1, origin form, no body, no upgrade).
+//! carrier for the common request (HTTP/1.1 or 1.0, origin form, with or without a
+//! body, no upgrade).
 //!
 //! Why it exists: Pingora's generic proxy path costs ~60k instructions and ~75
 //! allocations per request on top of drover's own work (docs/PERFORMANCE.md). This
@@ -9,8 +10,9 @@
 //! Every request head is read, bounded and judged here, whichever carrier then serves it
 //! (`limits.client_header_timeout`, `limits.max_header_bytes`, `limits.max_headers`,
 //! `proxy::http::request`), so both carriers accept exactly the same requests. A request
-//! this engine does not serve (a body, an upgrade, HTTP/1.0, another target form, or
-//! every request with `proxy.fast_path: false`) is handed to Pingora's proxy through
+//! this engine does not serve (an upgrade, `Expect: 100-continue`, another target form,
+//! a request to an h2c or TLS backend, or every request with `proxy.fast_path: false`)
+//! is handed to Pingora's proxy through
 //! [`client::ClientStream`], which gives Pingora exactly that request's bytes; the
 //! connection comes back afterwards with any pipelined request still in its buffer.
 
@@ -66,7 +68,7 @@ impl H1App {
             prometheus::Opts::new(
                 crate::metric_names::HTTP1_ENGINE_REQUESTS_TOTAL,
                 "HTTP/1 requests by the carrier that served them: drover's engine (fast), or \
-                 Pingora's proxy (request bodies, upgrades, HTTP/1.0, proxy.fast_path off)",
+                 Pingora's proxy (upgrades, Expect: 100-continue, absolute-form targets, h2c or TLS backends, proxy.fast_path off)",
             ),
             &["engine"],
         )
