@@ -643,6 +643,65 @@ fn cluster_sessions_spread_over_slots_survive_a_slot_migration_under_load() {
     drop(nodes);
 }
 
+/// Counting the sessions (`/api/sessions`, and drover's own count every 10 s) scans the
+/// whole store; a count that fails or outlasts the store timeout (a big store, a cluster
+/// relearning its slots) says nothing the request path must act on. It must not open the
+/// store breaker every request goes through. (It did: three failed counts in a row served
+/// every request `unavailable`; CI saw it after a reshard.) An ACL user that may not
+/// `SCAN` makes every count fail while every session call works.
+#[test]
+fn failed_session_counts_do_not_open_the_store_breaker_of_the_request_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _redis = redis_server(
+        dir.path(),
+        port,
+        &[
+            "--user", "default", "off", "--user", "drover", "on", ">pw", "~*", "&*", "+@all",
+            "-scan",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "redis did not start"
+    );
+    let pw = dir.path().join("redis-password");
+    std::fs::write(&pw, "pw\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = sessions_yaml(&format!(
+        "    url: redis://127.0.0.1:{port}\n    username: drover\n    password_file: {}\n",
+        pw.display()
+    ));
+    let d = Drover::start(1, &yaml);
+    assert!(
+        wait_sessions_work(&d, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    let r = d.get("/session/incr").unwrap();
+    assert_eq!(r.status, 200);
+    let c = cookie_of(&r);
+    for round in 0..3 {
+        // Five failed counts in a row: more than the breaker's three.
+        for _ in 0..5 {
+            let api = d.admin_get("/api/sessions");
+            assert_eq!(api.status, 503, "{}", api.body);
+            // The count's own failure, not a breaker's "circuit open".
+            assert!(api.body.contains("'scan'"), "{}", api.body);
+        }
+        let r = d.get_with("/session/incr", &[("cookie", &c)]).unwrap();
+        assert_eq!(r.status, 200);
+        let v = json(&r);
+        assert_eq!(v["state"], "existing", "round {round}: {v}");
+        assert_eq!(v["counter"], round + 2, "round {round}: {v}");
+    }
+}
+
 // ------------------------------------------------------------------ TLS and ACL
 
 fn openssl(dir: &Path, args: &[&str]) {
