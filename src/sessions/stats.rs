@@ -52,11 +52,30 @@ impl SessionService {
     }
 
     /// Whole-store statistics for `/api/sessions` (bounded work on Redis).
+    ///
+    /// On Redis this scans the whole store. A count that fails or outlasts the store
+    /// timeout (a big store, a cluster relearning its slots after a reshard) says nothing
+    /// the request path must act on, so it does not feed the store breaker: three failed
+    /// counts in a row used to open it and serve every request "unavailable". While the
+    /// breaker is open (requests found the store failing) no count is attempted.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         match &self.backing {
             Backing::Memory(m) => Ok(m.stats_now()),
             Backing::Redis(r) => {
-                let st = self.guarded(r.stats()).await?;
+                if !self.store_up() {
+                    self.store_error(&StoreError::CircuitOpen);
+                    return Err(StoreError::CircuitOpen);
+                }
+                let st = match r.stats().await {
+                    Ok(st) => st,
+                    Err(e) => {
+                        self.store_error(&e);
+                        if !matches!(e, StoreError::Timeout) {
+                            log::warn!("sessions: counting the store's sessions failed: {e}");
+                        }
+                        return Err(e);
+                    }
+                };
                 self.cache_per_worker(&st);
                 self.metrics.active.set(st.active as i64);
                 for (w, n) in &st.per_worker {
