@@ -89,9 +89,13 @@ impl SessionService {
                         Backing::Memory(m) => Some(m.delete_if(&s.id, expect, now)),
                         Backing::Redis(r) => {
                             committed = true;
-                            self.guarded(r.commit(&s.id, token.as_ref(), Commit::Delete { expect }))
-                                .await
-                                .ok()
+                            self.guarded(Box::pin(r.commit(
+                                &s.id,
+                                token.as_ref(),
+                                Commit::Delete { expect },
+                            )))
+                            .await
+                            .ok()
                         }
                     };
                     if ok == Some(false) {
@@ -139,7 +143,7 @@ impl SessionService {
                         )),
                         Backing::Redis(r) => {
                             committed = true;
-                            self.guarded(r.commit(
+                            self.guarded(Box::pin(r.commit(
                                 &s.id,
                                 token.as_ref(),
                                 Commit::Rotate {
@@ -150,7 +154,7 @@ impl SessionService {
                                     record: &rec,
                                     ttl,
                                 },
-                            ))
+                            )))
                             .await
                             .ok()
                         }
@@ -243,7 +247,7 @@ impl SessionService {
             Backing::Memory(m) => Some(m.write_if(id, expect, rec.clone(), ttl, now_ms())),
             Backing::Redis(r) => {
                 let r = self
-                    .guarded(r.commit(
+                    .guarded(Box::pin(r.commit(
                         id,
                         token,
                         Commit::Write {
@@ -251,7 +255,7 @@ impl SessionService {
                             record: rec,
                             ttl,
                         },
-                    ))
+                    )))
                     .await
                     .ok();
                 if r.is_none() {
