@@ -244,8 +244,8 @@ fn read_back(d: &Drover, cookies: &[String]) -> (usize, u64, Vec<u64>) {
         };
         if v["state"] == "existing" {
             readable += 1;
-        } else if readable == 0 && each.is_empty() {
-            eprintln!("read back: {v}");
+        } else if each.len() - readable < 5 {
+            eprintln!("read back, session {}: {v}", each.len());
         }
         let n = v["session"]["counter"].as_u64().unwrap_or(0);
         sum += n;
@@ -616,8 +616,9 @@ fn cluster_sessions_spread_over_slots_survive_a_slot_migration_under_load() {
     // and MGET can outlast the store timeout while the client relearns the slots (the
     // answer then says `store_up: false`, as for any store error): it must count them
     // again within seconds. (CI once saw one such timed-out answer on the instrumented
-    // build.)
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // build, and once, on a machine also running two release builds, 15 s of them after
+    // a reshard that itself took twice as long as usual: hence 30 s, and drover's log.)
+    let deadline = Instant::now() + Duration::from_secs(30);
     let api: serde_json::Value = loop {
         let api: serde_json::Value =
             serde_json::from_str(&a.admin_get("/api/sessions").body).unwrap();
@@ -627,7 +628,11 @@ fn cluster_sessions_spread_over_slots_survive_a_slot_migration_under_load() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(api["redis"]["topology"], "cluster", "{api}");
-    assert!(api["active"].as_u64().unwrap_or(0) >= 100, "{api}");
+    assert!(
+        api["active"].as_u64().unwrap_or(0) >= 100,
+        "{api}\n{}",
+        a.log()
+    );
     // A regenerate moves a session to a new id, in another slot.
     let c = &cookies[0];
     let r = a.get_with("/session/regenerate", &[("cookie", c)]).unwrap();
