@@ -70,6 +70,28 @@ fn redis_server(dir: &Path, port: u16, args: &[&str]) -> Proc {
     Proc(Some(child))
 }
 
+/// Waits until something accepts connections on `port` (a Redis whose default user is
+/// off answers no unauthenticated PING).
+fn wait_listening(port: u16, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "{what} did not start"
+    );
+}
+
+/// A Redis password file as drover requires it (mode 0600) in `dir`.
+fn password_file(dir: &Path, password: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let pw = dir.join("redis-password");
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    pw
+}
+
 fn sessions_yaml(redis_keys: &str) -> String {
     format!(
         "sessions:\n  enabled: true\n  store: redis\n  secrets: [\"{SECRET}\"]\n  encryption:\n    keys: [\"{DATA_KEY}\"]\n  redis:\n{redis_keys}"
@@ -666,18 +688,8 @@ fn failed_session_counts_do_not_open_the_store_breaker_of_the_request_path() {
             "-scan",
         ],
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "redis did not start"
-    );
-    let pw = dir.path().join("redis-password");
-    std::fs::write(&pw, "pw\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    wait_listening(port, "redis");
+    let pw = password_file(dir.path(), "pw");
     let yaml = sessions_yaml(&format!(
         "    url: redis://127.0.0.1:{port}\n    username: drover\n    password_file: {}\n",
         pw.display()
@@ -838,18 +850,8 @@ fn sessions_over_tls_with_a_client_certificate_and_an_acl_user_from_a_file() {
             .expect("redis-server with TLS");
         Proc(Some(child))
     };
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "TLS redis did not start"
-    );
-    let pw = dir.path().join("redis-password");
-    std::fs::write(&pw, "s3cret-pass\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    wait_listening(port, "TLS redis");
+    let pw = password_file(dir.path(), "s3cret-pass");
     let yaml = sessions_yaml(&format!(
         "    url: rediss://127.0.0.1:{port}\n    username: drover\n    password_file: {}\n    tls:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n",
         pw.display(),
