@@ -7,7 +7,6 @@ use drover::lifecycle::{control, pidfile};
 use drover::proxy::pingora_carrier::PingoraCarrier;
 use drover::proxy::Pipeline;
 use drover::state::Shared;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use std::path::PathBuf;
@@ -242,28 +241,22 @@ fn run(cfg: Config, path: PathBuf, upgrade: bool) -> Result<(), StartError> {
     let mut pingora =
         pingora_proxy::http_proxy(&server.configuration, PingoraCarrier::new(pipeline.clone()));
     drover::proxy::h2::configure(&mut pingora, &shared.config().http2);
-    let mut proxy = pingora_core::services::listening::Service::new(
-        "drover proxy".to_string(),
-        drover::proxy::h1::H1App::new(pipeline, pingora),
-    );
-    // No L4 read buffer on the cleartext listener: drover's engine reads into its own
-    // per-connection buffer, so Pingora's default 64 KiB read buffer per connection was a
-    // second copy of every request and ~64 KiB of memory per idle keep-alive connection
-    // (docs/PERFORMANCE.md). The h2c sniff puts its bytes back with `rewind`, which does
-    // not depend on that buffer.
-    proxy.add_listener(
-        ListenerConfig::tcp(listen.to_string())
-            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
-    );
-    // HTTPS listeners keep Pingora's default L4 buffers: rustls reads TLS records
-    // through them.
+    let mut https = Vec::with_capacity(tls_listen.len());
     for &addr in &tls_listen {
+        // HTTPS listeners keep Pingora's default L4 buffers: rustls reads TLS records
+        // through them.
         let settings = drover::proxy::h2::tls_settings(&shared)
             .map_err(|source| StartError::TlsSettings { addr, source })?;
-        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        https.push((addr, settings));
         log::info!("listening for HTTPS on {addr}");
     }
-    server.add_service(proxy);
+    // Cleartext HTTP is accepted by drover's own loop (its module says why), HTTPS and an
+    // inherited socket by Pingora's.
+    server.add_service(drover::proxy::listen::DataPlane::new(
+        drover::proxy::h1::H1App::new(pipeline, pingora),
+        listen,
+        https,
+    ));
     server.run(RunArgs {
         shutdown_signal: Box::new(DroverSignals {
             notify: shutdown_tx.clone(),

@@ -1100,3 +1100,64 @@ fn worker_output_reaches_drovers_log_with_control_characters_escaped() {
         "a raw carriage return reached the log"
     );
 }
+
+/// CPU ticks (user + system) the process has used, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn data_plane_out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
+    let d = Drover::start(2, "");
+    let pid = d.pid();
+    assert_eq!(d.get("/").unwrap().status, 200);
+    // Leave drover 40 descriptors above what it holds now (util-linux's prlimit, as an
+    // operator's low `ulimit -n` would).
+    let limit = open_fds(pid) + 40;
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success());
+
+    // 200 clients connect: the kernel completes every handshake (the listen backlog),
+    // drover accepts until it is out of descriptors, and the rest wait in the backlog.
+    let addr: SocketAddr = format!("127.0.0.1:{}", d.port).parse().unwrap();
+    let flood: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok())
+        .collect();
+    assert!(flood.len() > 100, "only {} connects succeeded", flood.len());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        open_fds(pid) >= limit - 2,
+        "drover holds {} of its {limit} descriptors: the flood did not exhaust them",
+        open_fds(pid)
+    );
+
+    // While a connection waits that it cannot accept, drover must not spin on `accept`.
+    let ticks = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(pid) - ticks;
+    eprintln!("out of descriptors: drover used {spent} CPU ticks in 2 s");
+    assert!(
+        spent < 50,
+        "drover used {spent} ticks (of 200 in 2 s) while out of descriptors: accept spins"
+    );
+
+    // The flood leaves; drover accepts again and serves.
+    drop(flood);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            // A new agent each time: a new connection, which drover must accept.
+            request(&agent(), "GET", &d.url("/"), &[], None)
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        }),
+        "drover did not serve again after the descriptors were freed"
+    );
+}

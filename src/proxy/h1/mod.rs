@@ -114,9 +114,11 @@ impl H1App {
     }
 }
 
-#[async_trait]
-impl ServerApp for H1App {
-    async fn process_new(
+impl H1App {
+    /// Serves one client connection; `Some`: Pingora gave back a connection that can
+    /// carry another request (served by calling this again). drover's own accept loop
+    /// (`proxy::listen`) calls it directly; Pingora's through [`ServerApp::process_new`].
+    pub async fn serve_connection(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
@@ -154,6 +156,17 @@ impl ServerApp for H1App {
         .run(io, shutdown)
         .await;
         None
+    }
+}
+
+#[async_trait]
+impl ServerApp for H1App {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.serve_connection(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
