@@ -2,12 +2,12 @@
 //! Pingora's for HTTPS and for a listening socket inherited in a binary upgrade.
 //!
 //! Why an accept loop of drover's own: with a connection per request (`ab`, HTTP/1.0
-//! clients, proxies that do not pool), Pingora's accept loop and per-connection task spent
-//! ~4.4k instructions before drover's engine saw a byte (an accept `select!`, a 60 s
-//! timeout around a plain-TCP handshake that does nothing, three moves of the stream, and
-//! the `async_trait` box of `process_new`; docs/PERFORMANCE.md). This loop accepts,
-//! sets `TCP_NODELAY` as Pingora does, and runs drover's engine on the connection in one
-//! task.
+//! clients, proxies that do not pool), Pingora's accept loop and per-connection task spend
+//! instructions before drover's engine sees a byte (an accept `select!`, a 60 s timeout
+//! around a plain-TCP handshake that does nothing, moves of the stream, and the
+//! `async_trait` box of `process_new`). This loop accepts, sets `TCP_NODELAY` as Pingora
+//! does, and runs drover's engine on the connection in one task: ~2.1k fewer
+//! instructions per connection (callgrind, docs/PERFORMANCE.md).
 //!
 //! Why Pingora's loop remains for an inherited socket: in a binary upgrade the old
 //! process hands its listening socket over as a raw descriptor, and adopting one needs
