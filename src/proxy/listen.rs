@@ -17,6 +17,7 @@
 
 use super::h1::H1App;
 use async_trait::async_trait;
+use nix::errno::Errno;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -38,9 +39,6 @@ const BIND_TRIES: usize = 30;
 const BIND_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The pause after `accept` fails for lack of descriptors, so the loop does not spin.
 const EMFILE_PAUSE: Duration = Duration::from_secs(1);
-/// `accept`'s errors for "no descriptor left", per process and system-wide.
-const EMFILE: i32 = 24;
-const ENFILE: i32 = 23;
 
 /// The one data-plane service: the cleartext listener and the HTTPS listeners.
 pub struct DataPlane {
@@ -187,8 +185,12 @@ async fn accept_loop(listener: TcpListener, app: Arc<H1App>, mut shutdown: Shutd
             }
             Err(e) => {
                 log::error!("accept() failed: {e}");
-                if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) {
-                    // Out of descriptors: accept would fail at once again.
+                if matches!(
+                    e.raw_os_error().map(Errno::from_raw),
+                    Some(Errno::EMFILE | Errno::ENFILE)
+                ) {
+                    // Out of descriptors (per process or system-wide): accept would fail
+                    // at once again.
                     tokio::time::sleep(EMFILE_PAUSE).await;
                 }
             }
