@@ -156,14 +156,16 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Arc<H1App>, mut shutdown: ShutdownWatch) {
+async fn accept_loop(listener: TcpListener, app: Arc<H1App>, shutdown: ShutdownWatch) {
+    // One wait for shutdown across all accepts: a fresh `changed()` per accept cost
+    // ~330 instructions a connection (callgrind).
+    let mut watch = shutdown.clone();
+    let stopping = async move { while watch.changed().await.is_ok() && !*watch.borrow() {} };
+    tokio::pin!(stopping);
     loop {
         let accepted = tokio::select! {
             biased;
-            changed = shutdown.changed() => match changed {
-                Ok(()) if !*shutdown.borrow() => continue,
-                _ => break,
-            },
+            () = &mut stopping => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -176,10 +178,12 @@ async fn accept_loop(listener: TcpListener, app: Arc<H1App>, mut shutdown: Shutd
                     }
                 };
                 let (app, shutdown) = (app.clone(), shutdown.clone());
+                // The connection's future is boxed, so the task tokio moves around while
+                // spawning it stays small (inline, its ~1.8 KB were copied three times).
                 tokio::spawn(async move {
-                    let mut next = app.serve_connection(stream, &shutdown).await;
+                    let mut next = Box::pin(app.serve_connection(stream, &shutdown)).await;
                     while let Some(stream) = next {
-                        next = app.serve_connection(stream, &shutdown).await;
+                        next = Box::pin(app.serve_connection(stream, &shutdown)).await;
                     }
                 });
             }

@@ -75,7 +75,7 @@ impl ClientStream {
     pub fn new(inner: Stream, send_timeout: Option<Duration>) -> Self {
         ClientStream {
             inner,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: super::recycle::take(),
             allowance: Allowance::Unlimited,
             send_timeout,
             send_timer: None,
@@ -93,7 +93,7 @@ impl ClientStream {
     /// then); the next read allocates it again.
     pub fn release_buffer(&mut self) {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+            super::recycle::give(std::mem::take(&mut self.buf));
         }
         self.read_deadline.release();
     }
@@ -107,6 +107,10 @@ impl ClientStream {
             read_deadline,
             ..
         } = self;
+        if buf.capacity() == 0 {
+            // Released while idle (`release_buffer`): a spare one, if there is one.
+            *buf = super::recycle::take();
+        }
         let fill = std::future::poll_fn(|cx| {
             buf.reserve(READ_CHUNK);
             tokio_util::io::poll_read_buf(Pin::new(&mut *inner), cx, &mut *buf)
@@ -184,6 +188,12 @@ impl ClientStream {
             io::ErrorKind::TimedOut,
             "the client accepted no response bytes within limits.client_send_timeout",
         )))
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        super::recycle::give(std::mem::take(&mut self.buf));
     }
 }
 

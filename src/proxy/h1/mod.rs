@@ -21,6 +21,7 @@ mod client;
 pub mod codec;
 mod deadline;
 mod pool;
+mod recycle;
 
 use crate::proxy::pingora_carrier::PingoraCarrier;
 use crate::proxy::pipeline::{
@@ -148,7 +149,7 @@ impl H1App {
         let io = Box::new(ClientStream::new(stream, Some(send_timeout)));
         Conn {
             app: self,
-            out: BytesMut::with_capacity(4096),
+            out: recycle::take(),
             fields: Vec::with_capacity(32),
             peer: None,
             https,
@@ -227,6 +228,12 @@ struct Conn<'a> {
     peer: Option<PeerAddr>,
 }
 
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        recycle::give(std::mem::take(&mut self.out));
+    }
+}
+
 /// How a request ended for the client connection.
 enum Next {
     KeepAlive,
@@ -289,6 +296,10 @@ impl Conn<'_> {
                     return;
                 }
             };
+            if self.out.capacity() == 0 {
+                // Released while idle (`read_head`): a spare one, if there is one.
+                self.out = recycle::take();
+            }
             let facts = &head.facts;
             let here = settings.fast_path
                 && !facts.upgrade
@@ -367,7 +378,7 @@ impl Conn<'_> {
                     match r {
                         Err(_) if first < settings.keepalive => {
                             io.release_buffer();
-                            self.out = BytesMut::new();
+                            recycle::give(std::mem::take(&mut self.out));
                             self.fields = Vec::new();
                             tokio::select! {
                                 r = io.fill_by(idle_since + settings.keepalive) => r,
@@ -1050,7 +1061,13 @@ async fn exchange(
             picked: expect.names.all(),
             client_http10: expect.client_http10,
         };
-        match codec::parse_response(&up.buf, &expectations) {
+        // Nothing read yet (the usual case right after sending): nothing to parse.
+        let parsed = if up.buf.is_empty() {
+            Err(ResponseError::Partial)
+        } else {
+            codec::parse_response(&up.buf, &expectations)
+        };
+        match parsed {
             Ok(head) if head.status == 101 => return Err(Exchanged::Failed(bad_response(), false)),
             Ok(head) if (100..200).contains(&head.status) => {
                 up.buf.advance(head.len);
