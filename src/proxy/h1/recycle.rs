@@ -2,9 +2,9 @@
 //!
 //! Why: every client connection needs a read buffer and a write buffer of
 //! [`BUFFER`] bytes. At that size mimalloc leaves its small-object fast path (objects up
-//! to 1 KiB), and callgrind counted ~900 instructions per connection for the two
-//! allocations, about 4% of what a request costs when each request brings its own
-//! connection (`ab`, HTTP/1.0 clients, `Connection: close`). A closed or idle
+//! to 1 KiB): with them recycled, callgrind counts ~850 fewer instructions per request
+//! when each request brings its own connection (`ab`, HTTP/1.0 clients, `Connection:
+//! close`), 25.2k -> 24.3k (docs/PERFORMANCE.md). A closed or idle
 //! connection gives its buffers back here and the next connection takes them.
 //!
 //! Bounded: at most [`KEPT`] buffers per thread, each of at most [`LARGEST`] bytes; a
