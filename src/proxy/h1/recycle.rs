@@ -2,7 +2,8 @@
 //!
 //! Why: every client connection needs a read buffer and a write buffer of
 //! [`BUFFER`] bytes. At that size mimalloc leaves its small-object fast path (objects up
-//! to 1 KiB): with them recycled, callgrind counts ~850 fewer instructions per request
+//! to 1 KiB): with them recycled (in the same step an empty worker buffer stopped being
+//! parsed), callgrind counts ~850 fewer instructions per request
 //! when each request brings its own connection (`ab`, HTTP/1.0 clients, `Connection:
 //! close`), 25.2k -> 24.3k (docs/PERFORMANCE.md). A closed or idle
 //! connection gives its buffers back here and the next connection takes them.
