@@ -5,9 +5,12 @@
 //! clients, proxies that do not pool), Pingora's accept loop and per-connection task spend
 //! instructions before drover's engine sees a byte (an accept `select!`, a 60 s timeout
 //! around a plain-TCP handshake that does nothing, moves of the stream, and the
-//! `async_trait` box of `process_new`). This loop accepts, sets `TCP_NODELAY` as Pingora
-//! does, and runs drover's engine on the connection in one task: ~2.1k fewer
-//! instructions per connection (callgrind, docs/PERFORMANCE.md).
+//! `async_trait` box of `process_new`). This loop accepts and hands the socket to
+//! drover's engine in one task ([`H1App::serve_accepted`]), which reads and writes it
+//! without Pingora's L4 stream around it (`h1::client`: no clock read, socket digest or
+//! `getsockopt` per connection, `TCP_NODELAY` only once a second write is due): ~2.1k
+//! fewer instructions per connection for the loop, two system calls fewer for the
+//! stream (callgrind and strace, docs/PERFORMANCE.md).
 //!
 //! Why Pingora's loop remains for an inherited socket: in a binary upgrade the old
 //! process hands its listening socket over as a raw descriptor, and adopting one needs
@@ -20,8 +23,7 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora_core::protocols::Stream;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::listening::Service as PingoraListeners;
 use pingora_core::services::Service;
@@ -170,21 +172,11 @@ async fn accept_loop(listener: TcpListener, app: Arc<H1App>, shutdown: ShutdownW
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let stream = match client_stream(tcp, peer) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::debug!("dropped a connection from {peer}: {e}");
-                        continue;
-                    }
-                };
                 let (app, shutdown) = (app.clone(), shutdown.clone());
                 // The connection's future is boxed, so the task tokio moves around while
                 // spawning it stays small (inline, its ~1.8 KB were copied three times).
                 tokio::spawn(async move {
-                    let mut next = Box::pin(app.serve_connection(stream, &shutdown)).await;
-                    while let Some(stream) = next {
-                        next = Box::pin(app.serve_connection(stream, &shutdown)).await;
-                    }
+                    Box::pin(app.serve_accepted(tcp, peer, &shutdown)).await;
                 });
             }
             Err(e) => {
@@ -200,15 +192,4 @@ async fn accept_loop(listener: TcpListener, app: Arc<H1App>, shutdown: ShutdownW
             }
         }
     }
-}
-
-/// The accepted socket as Pingora's stream (the type both carriers read), with
-/// `TCP_NODELAY` and the peer's address already known, as Pingora's listener leaves it.
-fn client_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> std::io::Result<Stream> {
-    tcp.set_nodelay(true)?;
-    let mut l4 = L4Stream::from(tcp);
-    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    l4.set_socket_digest(digest);
-    Ok(Box::new(l4))
 }

@@ -12,23 +12,36 @@
 //! Writes carry the send timeout (`limits.client_send_timeout`): a client that stops
 //! reading is dropped once no byte could be written for that long, freeing the request's
 //! backend slot (nginx's `send_timeout`).
+//!
+//! A socket from drover's own accept loop is read and written directly ([`Transport::Tcp`])
+//! rather than through Pingora's L4 stream, whose construction reads the clock and
+//! allocates a socket digest, and whose drop makes a `getsockopt` call to check the socket:
+//! per connection that is a system call and two allocations, which a client opening a
+//! connection per request (`ab`, HTTP/1.0) pays on every request. `TCP_NODELAY` is set as
+//! nginx does, not at accept but only once a second write is due: the first write of a
+//! connection is never held by Nagle's algorithm (nothing is unacknowledged yet), so a
+//! connection that carries one response and closes never needs the call.
 
 use super::deadline::{Deadline, Elapsed};
 use crate::wire::chunked::ChunkedScanner;
 use crate::wire::request::BodyFraming;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 /// Free space made before each read from the client.
@@ -48,8 +61,138 @@ enum Allowance {
     },
 }
 
+/// The client's connection underneath the stream.
+enum Transport {
+    /// A socket drover's own accept loop took (the cleartext listener).
+    Tcp(AcceptedTcp),
+    /// A stream Pingora's listeners made: TLS, a listening socket inherited in a binary
+    /// upgrade, or a cleartext connection sniffed for h2c.
+    Pingora(Stream),
+}
+
+struct AcceptedTcp {
+    socket: TcpStream,
+    peer: SocketAddr,
+    /// Pingora's view of the socket, built only when a request is handed to Pingora.
+    digest: OnceLock<Arc<SocketDigest>>,
+    /// Bytes were written already: a next write sets `TCP_NODELAY` first.
+    wrote: bool,
+    nodelay: bool,
+}
+
+impl AcceptedTcp {
+    /// Before a write that is not the connection's first: from now on no small write
+    /// may wait for an acknowledgement (a streamed body, a keep-alive connection's next
+    /// response).
+    fn before_write(&mut self) {
+        if self.wrote && !self.nodelay {
+            self.nodelay = true;
+            if let Err(e) = self.socket.set_nodelay(true) {
+                log::debug!("TCP_NODELAY on a client connection from {}: {e}", self.peer);
+            }
+        }
+    }
+
+    fn after_write(&mut self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
+        }
+    }
+
+    fn digest(&self) -> Arc<SocketDigest> {
+        self.digest
+            .get_or_init(|| {
+                let digest = SocketDigest::from_raw_fd(self.socket.as_raw_fd());
+                let _ = digest.peer_addr.set(Some(self.peer.into()));
+                Arc::new(digest)
+            })
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp(t) => f
+                .debug_struct("Tcp")
+                .field("socket", &t.socket)
+                .field("nodelay", &t.nodelay)
+                .finish(),
+            Transport::Pingora(s) => s.fmt(f),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(t) => Pin::new(&mut t.socket).poll_read(cx, out),
+            Transport::Pingora(s) => Pin::new(s).poll_read(cx, out),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(t) => {
+                t.before_write();
+                let r = Pin::new(&mut t.socket).poll_write(cx, data);
+                t.after_write(&r);
+                r
+            }
+            Transport::Pingora(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(t) => {
+                t.before_write();
+                let r = Pin::new(&mut t.socket).poll_write_vectored(cx, bufs);
+                t.after_write(&r);
+                r
+            }
+            Transport::Pingora(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tcp(t) => t.socket.is_write_vectored(),
+            Transport::Pingora(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(t) => Pin::new(&mut t.socket).poll_flush(cx),
+            Transport::Pingora(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(t) => Pin::new(&mut t.socket).poll_shutdown(cx),
+            Transport::Pingora(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct ClientStream {
-    inner: Stream,
+    inner: Transport,
     /// Bytes read from the client and not yet taken by a carrier.
     pub buf: BytesMut,
     allowance: Allowance,
@@ -72,7 +215,26 @@ impl std::fmt::Debug for ClientStream {
 }
 
 impl ClientStream {
+    /// A connection from one of Pingora's listeners.
     pub fn new(inner: Stream, send_timeout: Option<Duration>) -> Self {
+        Self::over(Transport::Pingora(inner), send_timeout)
+    }
+
+    /// A connection drover's own accept loop took from `peer`.
+    pub fn accepted(socket: TcpStream, peer: SocketAddr, send_timeout: Option<Duration>) -> Self {
+        Self::over(
+            Transport::Tcp(AcceptedTcp {
+                socket,
+                peer,
+                digest: OnceLock::new(),
+                wrote: false,
+                nodelay: false,
+            }),
+            send_timeout,
+        )
+    }
+
+    fn over(inner: Transport, send_timeout: Option<Duration>) -> Self {
         ClientStream {
             inner,
             buf: super::recycle::take(),
@@ -164,8 +326,12 @@ impl ClientStream {
         }
     }
 
-    pub fn inner(&self) -> &Stream {
-        &self.inner
+    /// The client's address, when the socket has one.
+    pub fn peer_addr(&self) -> Option<PeerAddr> {
+        match &self.inner {
+            Transport::Tcp(t) => Some(t.peer.into()),
+            Transport::Pingora(s) => s.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
+        }
     }
 
     fn copy_out(&mut self, out: &mut ReadBuf<'_>, max: u64) -> usize {
@@ -313,43 +479,74 @@ impl AsyncWrite for ClientStream {
 impl Shutdown for ClientStream {
     async fn shutdown(&mut self) {
         let limit = self.send_timeout.unwrap_or(Duration::from_secs(5));
-        let _ = tokio::time::timeout(limit, self.inner.shutdown()).await;
+        match &mut self.inner {
+            Transport::Tcp(t) => {
+                let _ = tokio::time::timeout(limit, t.socket.shutdown()).await;
+            }
+            Transport::Pingora(s) => {
+                let _ = tokio::time::timeout(limit, s.shutdown()).await;
+            }
+        }
     }
 }
 
 impl UniqueID for ClientStream {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        match &self.inner {
+            // The descriptor, as Pingora's L4 stream answers.
+            Transport::Tcp(t) => t.socket.as_raw_fd(),
+            Transport::Pingora(s) => s.id(),
+        }
     }
 }
 
 impl Ssl for ClientStream {
     fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
+        match &self.inner {
+            Transport::Tcp(_) => None,
+            Transport::Pingora(s) => s.get_ssl(),
+        }
     }
     fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
+        match &self.inner {
+            Transport::Tcp(_) => None,
+            Transport::Pingora(s) => s.get_ssl_digest(),
+        }
     }
     fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
-        self.inner.selected_alpn_proto()
+        match &self.inner {
+            Transport::Tcp(_) => None,
+            Transport::Pingora(s) => s.selected_alpn_proto(),
+        }
     }
 }
 
 impl GetTimingDigest for ClientStream {
+    /// An accepted socket keeps no establishment time: nothing drover runs reads it, and
+    /// taking it would cost a clock read per connection.
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+        match &self.inner {
+            Transport::Tcp(_) => vec![None],
+            Transport::Pingora(s) => s.get_timing_digest(),
+        }
     }
 }
 
 impl GetProxyDigest for ClientStream {
     fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        match &self.inner {
+            Transport::Tcp(_) => None,
+            Transport::Pingora(s) => s.get_proxy_digest(),
+        }
     }
 }
 
 impl GetSocketDigest for ClientStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        match &self.inner {
+            Transport::Tcp(t) => Some(t.digest()),
+            Transport::Pingora(s) => s.get_socket_digest(),
+        }
     }
 }
 
@@ -372,6 +569,52 @@ mod tests {
                 tokio::net::TcpStream::from_std(std).unwrap(),
             );
         (ClientStream::new(Box::new(l4), None), client)
+    }
+
+    async fn accepted_pair() -> (ClientStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        (ClientStream::accepted(server, peer, None), client)
+    }
+
+    fn nodelay(s: &ClientStream) -> bool {
+        match &s.inner {
+            Transport::Tcp(t) => t.socket.nodelay().unwrap(),
+            Transport::Pingora(_) => unreachable!("an accepted socket"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_socket_sets_nodelay_only_before_its_second_write() {
+        let (mut s, mut client) = accepted_pair().await;
+        assert!(!nodelay(&s), "not at accept");
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(!nodelay(&s), "the first write is never held by Nagle");
+        let parts = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"c")];
+        let n = s.write_vectored(&parts).await.unwrap();
+        assert!(nodelay(&s), "set before the second write");
+        let mut got = vec![0u8; 19 + n];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[19..], &b"abc"[..n]);
+    }
+
+    #[tokio::test]
+    async fn an_accepted_socket_tells_pingora_its_peer_and_descriptor() {
+        let (s, client) = accepted_pair().await;
+        let peer: PeerAddr = client.local_addr().unwrap().into();
+        assert_eq!(s.peer_addr(), Some(peer.clone()));
+        let digest = s.get_socket_digest().expect("a socket digest");
+        assert_eq!(digest.peer_addr(), Some(&peer));
+        let again = s.get_socket_digest().expect("a socket digest");
+        assert!(Arc::ptr_eq(&digest, &again), "built once");
+        match &s.inner {
+            Transport::Tcp(t) => assert_eq!(s.id(), t.socket.as_raw_fd()),
+            Transport::Pingora(_) => unreachable!("an accepted socket"),
+        }
+        assert!(s.get_ssl_digest().is_none() && s.selected_alpn_proto().is_none());
     }
 
     #[tokio::test]

@@ -147,6 +147,38 @@ impl H1App {
             stream
         };
         let io = Box::new(ClientStream::new(stream, Some(send_timeout)));
+        self.serve_client(io, https, shutdown).await;
+        None
+    }
+
+    /// Serves a connection drover's own accept loop (`proxy::listen`) took from `peer`
+    /// on the cleartext listener, until it closes.
+    pub async fn serve_accepted(
+        self: &Arc<Self>,
+        socket: TcpStream,
+        peer: std::net::SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) {
+        let (send_timeout, h2c) = {
+            let cfg = self.pipeline.shared().config.load();
+            (cfg.limits.client_send_timeout, cfg.http2.cleartext)
+        };
+        if h2c {
+            // The h2c sniff, and Pingora's HTTP/2 server after it, need Pingora's stream.
+            let Ok(stream) = pingora_stream(socket, peer) else {
+                return;
+            };
+            let mut next = Box::pin(self.serve_connection(stream, shutdown)).await;
+            while let Some(stream) = next {
+                next = Box::pin(self.serve_connection(stream, shutdown)).await;
+            }
+            return;
+        }
+        let io = Box::new(ClientStream::accepted(socket, peer, Some(send_timeout)));
+        self.serve_client(io, false, shutdown).await;
+    }
+
+    async fn serve_client(&self, io: Box<ClientStream>, https: bool, shutdown: &ShutdownWatch) {
         Conn {
             app: self,
             out: recycle::take(),
@@ -156,8 +188,21 @@ impl H1App {
         }
         .run(io, shutdown)
         .await;
-        None
     }
+}
+
+/// An accepted socket as Pingora's stream, as Pingora's listener leaves it:
+/// `TCP_NODELAY` set and the peer's address known.
+fn pingora_stream(socket: TcpStream, peer: std::net::SocketAddr) -> std::io::Result<Stream> {
+    use pingora_core::protocols::l4::stream::Stream as L4;
+    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::AsRawFd;
+    socket.set_nodelay(true)?;
+    let mut l4 = L4::from(socket);
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    l4.set_socket_digest(digest);
+    Ok(Box::new(l4))
 }
 
 #[async_trait]
@@ -282,10 +327,7 @@ impl Conn<'_> {
     }
 
     async fn run(mut self, mut io: Box<ClientStream>, shutdown: &ShutdownWatch) {
-        self.peer = io
-            .inner()
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().cloned());
+        self.peer = io.peer_addr();
         loop {
             let settings = self.settings();
             let head = match self.read_head(&mut io, &settings, shutdown).await {
