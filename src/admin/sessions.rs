@@ -31,6 +31,7 @@ pub async fn sessions(State(s): State<AdminState>) -> Response {
             "topology": l.topology(),
             "master": l.current_master(),
             "master_switches": l.master_switches(),
+            "cluster_connections_replaced": l.cluster_connections_replaced(),
             "local_cache": l.caches(),
         })
     });

@@ -6,7 +6,9 @@
 //!
 //! - **Cluster**: a script's keys must live in one hash slot, so the session store puts
 //!   each session's keys under one `{id}` hash tag ([`RedisLink::is_cluster`]), and a
-//!   regenerate (two ids, two slots) runs as two steps.
+//!   regenerate (two ids, two slots) runs as two steps. The redis crate's cluster
+//!   client can wedge for good; [`cluster::ClusterLink`] replaces one that lets every
+//!   call time out.
 //! - **Sentinel**: the redis crate finds the master through the sentinels
 //!   (`SentinelClient`, which also checks the node's role); this module follows it
 //!   ([`sentinel::Follower`]): a dropped connection, or a node that answers `READONLY`
@@ -18,11 +20,12 @@
 //! client-side caching (RESP3 `CLIENT TRACKING`, opt-in per command): Redis itself tells
 //! the connection which cached keys changed.
 
+pub mod cluster;
 pub mod sentinel;
 pub mod settings;
 
+use cluster::{ClusterConn, ClusterLink};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use settings::{RedisConfig, RedisTopology};
 use std::sync::{Arc, OnceLock};
@@ -94,7 +97,8 @@ enum Inner {
         durable: Option<ConnectionManager>,
     },
     Sentinel(Arc<sentinel::Follower>),
-    Cluster(ClusterConnection),
+    /// The cluster client's connection, replaced when it wedges.
+    Cluster(Arc<ClusterLink>),
 }
 
 /// Clients built from the config (no I/O yet).
@@ -133,7 +137,7 @@ pub enum Conn {
     /// Whatever node the sentinels name master now; re-asked when it is lost.
     Sentinel(sentinel::FollowConn),
     /// Redis Cluster: each command goes to the node of its key's hash slot.
-    Cluster(ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl ConnectionLike for Conn {
@@ -308,11 +312,10 @@ impl RedisLink {
                     &self.cfg,
                     cache_config(&self.cfg),
                 ))),
-                Plan::Cluster { client } => Ok(Inner::Cluster(
-                    client.get_pending_async_connection_with_config(
-                        redis::cluster::ClusterConfig::new(),
-                    ),
-                )),
+                Plan::Cluster { client } => Ok(Inner::Cluster(ClusterLink::new(
+                    (**client).clone(),
+                    self.wedge_window(),
+                ))),
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -323,8 +326,23 @@ impl RedisLink {
         Ok(match self.inner()? {
             Inner::Single { main, .. } => Conn::Single(main.clone()),
             Inner::Sentinel(f) => Conn::Sentinel(sentinel::FollowConn::new(f.clone(), false)),
-            Inner::Cluster(c) => Conn::Cluster(c.clone()),
+            Inner::Cluster(c) => Conn::Cluster(c.handle()),
         })
+    }
+
+    /// How long every call to Redis Cluster may time out before the connection counts
+    /// as wedged and is replaced ([`cluster`]): long enough for a slot refresh after a
+    /// failover or a reshard (a few timeouts), short enough to be back within seconds.
+    fn wedge_window(&self) -> Duration {
+        (self.cfg.timeout * 4).max(Duration::from_secs(2))
+    }
+
+    /// Redis Cluster: connections replaced because they answered nothing.
+    pub fn cluster_connections_replaced(&self) -> u64 {
+        match self.inner.get() {
+            Some(Ok(Inner::Cluster(c))) => c.replaced(),
+            _ => 0,
+        }
     }
 
     /// The connection for writes that are followed by `WAIT` (its own connection where
@@ -335,7 +353,7 @@ impl RedisLink {
                 Conn::Single(durable.clone().unwrap_or_else(|| main.clone()))
             }
             Inner::Sentinel(f) => Conn::Sentinel(sentinel::FollowConn::new(f.clone(), true)),
-            Inner::Cluster(c) => Conn::Cluster(c.clone()),
+            Inner::Cluster(c) => Conn::Cluster(c.handle()),
         })
     }
 
