@@ -32,6 +32,11 @@ pub const STALLS_BEFORE_REPLACING: u32 = 3;
 /// The cluster client, its current connection, and the watch over how calls end.
 pub struct ClusterLink {
     client: ClusterClient,
+    /// Connect and response timeouts of every node connection, given again with each
+    /// connection made: the crate takes a connection's timeouts from the config it is
+    /// made with, and an empty config means none, so a node that never answers would
+    /// hold the client's slot refresh (and with it every call) for good.
+    config: ClusterConfig,
     current: ArcSwap<ClusterConnection>,
     window: Duration,
     started: Instant,
@@ -39,6 +44,8 @@ pub struct ClusterLink {
     last_ended_ms: AtomicU64,
     /// Calls that timed out since then.
     stalls: AtomicU32,
+    /// Milliseconds since `started` of the first of those.
+    first_stall_ms: AtomicU64,
     /// Milliseconds since `started` of the last replacement (0: none yet).
     last_replaced_ms: AtomicU64,
     replaced: AtomicU64,
@@ -46,17 +53,23 @@ pub struct ClusterLink {
 
 impl ClusterLink {
     /// Starts the first connection (in the background; must be called from within a
-    /// tokio runtime). `window`: how long calls may all time out before the connection
-    /// is replaced.
-    pub fn new(client: ClusterClient, window: Duration) -> Arc<Self> {
-        let first = client.get_pending_async_connection_with_config(ClusterConfig::new());
+    /// tokio runtime). `timeout`: connect and response timeout of each node connection.
+    /// `window`: how long calls must have been timing out, with none ending, before the
+    /// connection is replaced.
+    pub fn new(client: ClusterClient, timeout: Duration, window: Duration) -> Arc<Self> {
+        let config = ClusterConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let first = client.get_pending_async_connection_with_config(config.clone());
         Arc::new(ClusterLink {
             client,
+            config,
             current: ArcSwap::from_pointee(first),
             window,
             started: Instant::now(),
             last_ended_ms: AtomicU64::new(0),
             stalls: AtomicU32::new(0),
+            first_stall_ms: AtomicU64::new(0),
             last_replaced_ms: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
         })
@@ -93,8 +106,17 @@ impl ClusterLink {
     fn stalled(&self) {
         let stalls = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.now_ms();
+        if stalls == 1 {
+            self.first_stall_ms.store(now, Ordering::Relaxed);
+        }
         let window = self.window.as_millis() as u64;
-        let quiet = now.saturating_sub(self.last_ended_ms.load(Ordering::Relaxed));
+        // Quiet since the later of the last ended call and the first stall: after an
+        // idle spell, a few timeouts in a row are a slow moment, not a wedge.
+        let since = self
+            .last_ended_ms
+            .load(Ordering::Relaxed)
+            .max(self.first_stall_ms.load(Ordering::Relaxed));
+        let quiet = now.saturating_sub(since);
         let last = self.last_replaced_ms.load(Ordering::Relaxed);
         if stalls < STALLS_BEFORE_REPLACING
             || quiet < window
@@ -112,13 +134,12 @@ impl ClusterLink {
         }
         let fresh = self
             .client
-            .get_pending_async_connection_with_config(ClusterConfig::new());
+            .get_pending_async_connection_with_config(self.config.clone());
         self.current.store(Arc::new(fresh));
         self.stalls.store(0, Ordering::Relaxed);
         self.replaced.fetch_add(1, Ordering::Relaxed);
         log::warn!(
-            "redis: the cluster connection answered no call for {} ms ({stalls} timed out); replaced it with a new one",
-            quiet
+            "redis: no call to the cluster ended for {quiet} ms ({stalls} timed out); replaced the connection with a new one"
         );
     }
 }
@@ -287,7 +308,11 @@ mod tests {
                 .retries(0)
                 .build()
                 .expect("client");
-        let link = ClusterLink::new(client, Duration::from_millis(600));
+        let link = ClusterLink::new(
+            client,
+            Duration::from_millis(100),
+            Duration::from_millis(600),
+        );
 
         // Answered calls: nothing to replace.
         for _ in 0..5 {
@@ -338,30 +363,43 @@ mod tests {
         };
         let client = redis::cluster::ClusterClient::new(vec![format!("redis://127.0.0.1:{port}")])
             .expect("client");
-        let link = ClusterLink::new(client, Duration::from_millis(200));
-        // Within the first window: nothing, however many stalls.
+        let link = ClusterLink::new(
+            client,
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+        );
+        let pause = || tokio::time::sleep(Duration::from_millis(250));
+        // Stalls that have not lasted a window: nothing, however many.
         for _ in 0..100 {
             link.stalled();
         }
         assert_eq!(link.replaced(), 0);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        // Quiet for a window: one replacement, not one per stalled call.
+        pause().await;
+        // Stalling for a window with no call ended: one replacement, not one per call.
         for _ in 0..100 {
             link.stalled();
         }
         assert_eq!(link.replaced(), 1);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        // A call that ended since starts the window again.
+        // After an idle spell (the last call ended long ago), a few timeouts in a row
+        // are a slow moment, not a wedge.
         link.ended();
-        for _ in 0..100 {
+        pause().await;
+        for _ in 0..10 {
             link.stalled();
         }
         assert_eq!(link.replaced(), 1);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        // Fewer stalls than the threshold: nothing.
+        // A call that ends starts the count again.
+        pause().await;
         link.ended();
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        for _ in 1..STALLS_BEFORE_REPLACING {
+        for _ in 0..10 {
+            link.stalled();
+        }
+        assert_eq!(link.replaced(), 1);
+        // A window of stalls but fewer than the threshold: nothing; one more replaces.
+        link.ended();
+        link.stalled();
+        pause().await;
+        for _ in 2..STALLS_BEFORE_REPLACING {
             link.stalled();
         }
         assert_eq!(link.replaced(), 1);
@@ -383,7 +421,11 @@ mod tests {
                 .retries(0)
                 .build()
                 .expect("client");
-        let link = ClusterLink::new(client, Duration::from_millis(100));
+        let link = ClusterLink::new(
+            client,
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        );
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(600) {
             if let Ok(r) = get(&link).await {

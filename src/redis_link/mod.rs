@@ -314,6 +314,7 @@ impl RedisLink {
                 ))),
                 Plan::Cluster { client } => Ok(Inner::Cluster(ClusterLink::new(
                     (**client).clone(),
+                    self.cfg.timeout,
                     self.wedge_window(),
                 ))),
             })

@@ -215,7 +215,14 @@ impl RedisStore {
         }
     }
 
-    fn abandon_later(&self, mut con: Conn, lock: String, token: String, lease: Duration) {
+    fn abandon_later(&self, lock: String, token: String, lease: Duration) {
+        // A fresh handle: the same connection as the acquire while that is current (so
+        // the delete queues behind whatever Redis got of the acquire), but not a cluster
+        // connection replaced since as wedged, which would keep it alive for the lease.
+        // (An acquire Redis runs after its deadline takes nothing anyway.)
+        let Ok(mut con) = self.con() else {
+            return;
+        };
         let script = self.abandon.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(
@@ -294,7 +301,7 @@ impl RedisStore {
                 Ok(r) => r,
                 Err(e) => {
                     // The script may still run (a hung Redis resumes): free what it takes.
-                    self.abandon_later(con, lock, token, lease);
+                    self.abandon_later(lock, token, lease);
                     return Err(e);
                 }
             };
