@@ -83,11 +83,6 @@ impl ClusterLink {
         }
     }
 
-    /// How long calls may all time out before the connection is replaced.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Connections replaced because they answered nothing.
     pub fn replaced(&self) -> u64 {
         self.replaced.load(Ordering::Relaxed)
@@ -296,11 +291,9 @@ mod tests {
         .await
     }
 
-    #[tokio::test]
-    async fn a_cluster_connection_that_answers_nothing_is_replaced_by_one_that_serves() {
-        let silent = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let port = fake_node(silent.clone(), accepted.clone()).await;
+    /// A link to a cluster seeded by `127.0.0.1:port`, with 100 ms timeouts and no
+    /// retries, replacing after `window`.
+    fn link_to(port: u16, window: Duration) -> Arc<ClusterLink> {
         let client =
             redis::cluster::ClusterClientBuilder::new(vec![format!("redis://127.0.0.1:{port}")])
                 .connection_timeout(Duration::from_millis(100))
@@ -308,11 +301,21 @@ mod tests {
                 .retries(0)
                 .build()
                 .expect("client");
-        let link = ClusterLink::new(
-            client,
-            Duration::from_millis(100),
-            Duration::from_millis(600),
-        );
+        ClusterLink::new(client, Duration::from_millis(100), window)
+    }
+
+    /// A loopback port nothing listens on.
+    fn unused_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    #[tokio::test]
+    async fn a_cluster_connection_that_answers_nothing_is_replaced_by_one_that_serves() {
+        let silent = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let port = fake_node(silent.clone(), accepted.clone()).await;
+        let link = link_to(port, Duration::from_millis(600));
 
         // Answered calls: nothing to replace.
         for _ in 0..5 {
@@ -357,17 +360,8 @@ mod tests {
 
     #[tokio::test]
     async fn replacements_need_a_quiet_window_and_come_at_most_once_per_window() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let client = redis::cluster::ClusterClient::new(vec![format!("redis://127.0.0.1:{port}")])
-            .expect("client");
-        let link = ClusterLink::new(
-            client,
-            Duration::from_millis(100),
-            Duration::from_millis(200),
-        );
+        let port = unused_port();
+        let link = link_to(port, Duration::from_millis(200));
         let pause = || tokio::time::sleep(Duration::from_millis(250));
         // Stalls that have not lasted a window: nothing, however many.
         for _ in 0..100 {
@@ -410,22 +404,8 @@ mod tests {
     #[tokio::test]
     async fn calls_that_fail_fast_are_not_a_wedged_connection() {
         // Nothing listens on this port: every call fails (refused), none times out.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let client =
-            redis::cluster::ClusterClientBuilder::new(vec![format!("redis://127.0.0.1:{port}")])
-                .connection_timeout(Duration::from_millis(100))
-                .response_timeout(Duration::from_millis(100))
-                .retries(0)
-                .build()
-                .expect("client");
-        let link = ClusterLink::new(
-            client,
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-        );
+        let port = unused_port();
+        let link = link_to(port, Duration::from_millis(100));
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(600) {
             if let Ok(r) = get(&link).await {
