@@ -308,3 +308,65 @@ fn with_the_fast_path_off_pingora_serves_everything() {
     assert_eq!(engine_count(&d, "fast"), 0.0);
     assert!(engine_count(&d, "pingora") >= 5.0);
 }
+
+/// A keep-alive connection idle past a second gives its request state and buffers back
+/// (`IDLE_BUFFERS_KEPT` in `src/proxy/h1/mod.rs`). Its next request, even one whose head
+/// arrives in pieces, is still served; it is closed at `limits.client_keepalive_timeout`;
+/// and idle connections in either state are closed at once when drover shuts down,
+/// without waiting for the grace period.
+#[test]
+fn an_idle_keep_alive_connection_serves_again_times_out_and_closes_on_shutdown() {
+    let mut d = Drover::start(
+        2,
+        "limits:\n  client_keepalive_timeout: 4s\nshutdown:\n  grace_period: 20s\n",
+    );
+    let get = |s: &mut TcpStream, r: &mut BufReader<TcpStream>, n: usize| {
+        s.write_all(format!("GET /bytes?n={n} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let (st, _, body) = read_response(r);
+        assert_eq!((st, body.len()), (200, n));
+    };
+    let (mut s, mut r) = connect(&d);
+    get(&mut s, &mut r, 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET /bytes?n=7 HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"Host: a\r\n\r\n").unwrap();
+    let (st, _, body) = read_response(&mut r);
+    assert_eq!((st, body.len()), (200, 7));
+    // Idle for the whole keep-alive timeout: closed, with nothing written.
+    let t0 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    let waited = t0.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(8),
+        "closed after {waited:?}, keep-alive timeout 4 s"
+    );
+
+    // One connection idle past a second, one idle for less, then SIGTERM.
+    let (mut long, mut long_r) = connect(&d);
+    get(&mut long, &mut long_r, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut short, mut short_r) = connect(&d);
+    get(&mut short, &mut short_r, 4);
+    let t0 = std::time::Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    for (name, r) in [("idle > 1 s", &mut long_r), ("idle < 1 s", &mut short_r)] {
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{name}: {rest:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{name}: closed {:?} after SIGTERM",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "drover waited for idle connections: {:?}",
+        t0.elapsed()
+    );
+}

@@ -279,6 +279,20 @@ impl Drop for Conn<'_> {
     }
 }
 
+/// drover's shutdown, as one wait kept for a connection's life.
+type Stop<'w> = std::pin::Pin<
+    &'w mut (dyn std::future::Future<Output = Result<(), tokio::sync::watch::error::RecvError>>
+                 + Send),
+>;
+
+/// How a connection's busy spell ended.
+enum Spell {
+    /// The connection is done.
+    Over,
+    /// No request for `IDLE_BUFFERS_KEPT`: wait for one until the deadline given.
+    Idle(Box<ClientStream>, Instant),
+}
+
 /// How a request ended for the client connection.
 enum Next {
     KeepAlive,
@@ -287,6 +301,9 @@ enum Next {
 
 enum ReadHead {
     Head(Head),
+    /// Idle for `IDLE_BUFFERS_KEPT` with no byte of a next request: wait on (until the
+    /// deadline given) without the busy state.
+    Idle(Instant),
     /// The client closed, stayed idle too long, or drover is shutting down while idle.
     Closed,
     Reject(Rejection),
@@ -328,18 +345,57 @@ impl Conn<'_> {
 
     async fn run(mut self, mut io: Box<ClientStream>, shutdown: &ShutdownWatch) {
         self.peer = io.peer_addr();
+        // One wait for drover's shutdown for the connection's life: registered with the
+        // watch once, instead of once per request (a lock, a list insert and a removal).
+        let mut watch = shutdown.clone();
+        let mut stop: Stop<'_> = std::pin::pin!(watch.changed());
+        loop {
+            // Boxed: the busy state (the pipeline's steps, ~15 KB) is allocated once per
+            // busy spell, not once per request, and an idle connection holds only this
+            // loop's state (~1.7 KB; docs/PERFORMANCE.md).
+            let (back, until) = match Box::pin(self.busy(io, shutdown, &mut stop)).await {
+                Spell::Over => return,
+                Spell::Idle(io, until) => (io, until),
+            };
+            io = back;
+            // Idle past `IDLE_BUFFERS_KEPT`: the buffers go back, many idle keep-alive
+            // clients cost little memory; a busy connection never waits that long.
+            io.release_buffer();
+            recycle::give(std::mem::take(&mut self.out));
+            self.fields = Vec::new();
+            let read = tokio::select! {
+                biased;
+                r = io.fill_by(until) => r,
+                _ = stop.as_mut() => return,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Serves requests until the connection closes or stays idle past
+    /// `IDLE_BUFFERS_KEPT` (then it is handed back with the keep-alive deadline).
+    async fn busy(
+        &mut self,
+        mut io: Box<ClientStream>,
+        shutdown: &ShutdownWatch,
+        stop: &mut Stop<'_>,
+    ) -> Spell {
         loop {
             let settings = self.settings();
-            let head = match self.read_head(&mut io, &settings, shutdown).await {
+            let head = match self.read_head(&mut io, &settings, stop).await {
                 ReadHead::Head(h) => h,
-                ReadHead::Closed => return,
+                ReadHead::Idle(until) => return Spell::Idle(io, until),
+                ReadHead::Closed => return Spell::Over,
                 ReadHead::Reject(r) => {
                     self.reject(&mut io, r).await;
-                    return;
+                    return Spell::Over;
                 }
             };
             if self.out.capacity() == 0 {
-                // Released while idle (`read_head`): a spare one, if there is one.
+                // Released while idle (`run`): a spare one, if there is one.
                 self.out = recycle::take();
             }
             let facts = &head.facts;
@@ -349,10 +405,7 @@ impl Conn<'_> {
                 && facts.target == TargetForm::Origin;
             let next = if here {
                 match codec::take_request(&mut io.buf, &head, &self.fields) {
-                    // Boxed: a request's future is most of a connection's state (~15 KB),
-                    // so an idle keep-alive connection holds only the loop's (~1.7 KB);
-                    // the allocation costs ~600 instructions per request.
-                    Ok(req) => Box::pin(self.serve(&mut io, req, &head, &settings, shutdown)).await,
+                    Ok(req) => self.serve(&mut io, req, &head, &settings, shutdown).await,
                     Err(r) => {
                         self.reject(&mut io, r).await;
                         Next::Close
@@ -370,32 +423,32 @@ impl Conn<'_> {
                 Next::Close
             } else {
                 // Boxed: Pingora's request future is large, and inline it would make
-                // every connection's task that large, idle or not (measured: ~85 KiB
-                // per idle keep-alive connection; docs/PERFORMANCE.md).
+                // every busy connection's state that large (measured: ~85 KiB per
+                // connection; docs/PERFORMANCE.md).
                 match Box::pin(self.app.delegate(io, &head, settings.keepalive, shutdown)).await {
                     Some(back) => {
                         io = back;
                         Next::KeepAlive
                     }
-                    None => return,
+                    None => return Spell::Over,
                 }
             };
             if matches!(next, Next::Close) || *shutdown.borrow() {
                 let _ = io.flush().await;
-                return;
+                return Spell::Over;
             }
         }
     }
 
     /// Reads until a whole request head is buffered, within the keep-alive timeout while
-    /// idle and within `limits.client_header_timeout` once its first byte arrived.
+    /// idle (`ReadHead::Idle` after `IDLE_BUFFERS_KEPT` of it) and within
+    /// `limits.client_header_timeout` once its first byte arrived.
     async fn read_head(
         &mut self,
         io: &mut ClientStream,
         settings: &ConnSettings,
-        shutdown: &ShutdownWatch,
+        stop: &mut Stop<'_>,
     ) -> ReadHead {
-        let mut shutdown = shutdown.clone();
         let mut deadline: Option<Instant> = None;
         loop {
             if !io.buf.is_empty() {
@@ -408,24 +461,16 @@ impl Conn<'_> {
             }
             let read = match deadline {
                 None => {
-                    // Idle between requests. After a second the connection's buffers are
-                    // given back, so many idle keep-alive clients cost little memory; a
-                    // busy connection never waits that long and keeps them.
                     let idle_since = Instant::now();
                     let first = settings.keepalive.min(IDLE_BUFFERS_KEPT);
                     let r = tokio::select! {
+                        biased;
                         r = io.fill_by(idle_since + first) => r,
-                        _ = shutdown.changed() => return ReadHead::Closed,
+                        _ = stop.as_mut() => return ReadHead::Closed,
                     };
                     match r {
                         Err(_) if first < settings.keepalive => {
-                            io.release_buffer();
-                            recycle::give(std::mem::take(&mut self.out));
-                            self.fields = Vec::new();
-                            tokio::select! {
-                                r = io.fill_by(idle_since + settings.keepalive) => r,
-                                _ = shutdown.changed() => return ReadHead::Closed,
-                            }
+                            return ReadHead::Idle(idle_since + settings.keepalive)
                         }
                         r => r,
                     }
