@@ -316,30 +316,45 @@ impl Expectations<'_> {
 
 /// Parses a response head at the start of `buf`.
 pub fn parse_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, ResponseError> {
-    let (head_request, max_bytes, picked) = (x.head_request, x.max_bytes, x.picked);
     // The strict parser first (the common, clean head); only a head it refuses goes
     // through Pingora's lenient settings (obsolete line folding, whitespace before a
     // colon), and such a head is rewritten, never copied (RFC 9112 section 5).
-    let mut strict_slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-    let mut lenient_slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut strict = httparse::Response::new(&mut []);
-    let mut lenient = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut strict,
         buf,
-        &mut strict_slots,
+        &mut slots,
     );
-    let (parsed, normalise_all) = match parsed {
-        Err(httparse::Error::TooManyHeaders) | Ok(_) => (parsed, false),
-        Err(_) => (
-            response_parser().parse_response_with_uninit_headers(
-                &mut lenient,
-                buf,
-                &mut lenient_slots,
-            ),
-            true,
-        ),
-    };
+    match parsed {
+        Err(httparse::Error::TooManyHeaders) | Ok(_) => {
+            judge_response(buf, x, parsed, &strict, false)
+        }
+        Err(_) => parse_lenient_response(buf, x),
+    }
+}
+
+/// The lenient parse of a head the strict parser refused. Apart, so that its slots
+/// (8 KiB) are not part of every response's stack frame.
+#[cold]
+#[inline(never)]
+fn parse_lenient_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, ResponseError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut lenient = httparse::Response::new(&mut []);
+    let parsed =
+        response_parser().parse_response_with_uninit_headers(&mut lenient, buf, &mut slots);
+    judge_response(buf, x, parsed, &lenient, true)
+}
+
+/// Judges a parsed response head and records what forwarding it needs.
+fn judge_response(
+    buf: &[u8],
+    x: &Expectations<'_>,
+    parsed: httparse::Result<usize>,
+    resp: &httparse::Response<'_, '_>,
+    normalise_all: bool,
+) -> Result<ResponseHead, ResponseError> {
+    let (head_request, max_bytes, picked) = (x.head_request, x.max_bytes, x.picked);
     let len = match parsed {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(ResponseError::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
@@ -350,7 +365,6 @@ pub fn parse_response(buf: &[u8], x: &Expectations<'_>) -> Result<ResponseHead, 
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
         Err(_) => return Err(ResponseError::Invalid("malformed response head")),
     };
-    let resp = if normalise_all { &lenient } else { &strict };
     let status = resp.code.ok_or(ResponseError::Invalid("no status"))?;
     let version = resp.version.unwrap_or(1);
     let facts = resp_rules::check(

@@ -29,8 +29,10 @@ pub struct Target {
     pub read_timeout: Option<Duration>,
     /// `None` for a tripped route's fallback upstream (not a pool member).
     pub backend: Option<Arc<Backend>>,
-    /// The fallback upstream's peer, when that is the target.
-    fallback: Option<HttpPeer>,
+    /// The fallback upstream's peer, when that is the target. Boxed: a peer is ~0.5 KB,
+    /// and every attempt's target is moved a few times on the common path, where this
+    /// is `None`.
+    fallback: Option<Box<HttpPeer>>,
 }
 
 impl Target {
@@ -40,7 +42,7 @@ impl Target {
             addr,
             connect_timeout: peer.options.connection_timeout,
             read_timeout: peer.options.read_timeout,
-            fallback: backend.is_none().then(|| peer.clone()),
+            fallback: backend.is_none().then(|| Box::new(peer.clone())),
             backend,
         })
     }
@@ -49,7 +51,7 @@ impl Target {
     pub fn to_peer(&self) -> Box<HttpPeer> {
         let mut peer = match (&self.backend, &self.fallback) {
             (Some(b), _) => b.peer.clone(),
-            (None, Some(p)) => p.clone(),
+            (None, Some(p)) => HttpPeer::clone(p),
             (None, None) => HttpPeer::new(self.addr, false, String::new()),
         };
         peer.options.connection_timeout = self.connect_timeout;
