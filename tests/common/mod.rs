@@ -193,10 +193,22 @@ impl Drover {
 
     /// Starts drover with every setting of `o` and waits until it is ready.
     pub fn start_opts(o: Options<'_>) -> Drover {
-        let mut d = Self::prepare(&o);
-        d.spawn();
-        d.wait_ready(o.workers);
-        d
+        // A port found free can be taken by another test's process before drover binds
+        // it (as the local port of an outgoing connection): such a start gets fresh
+        // ports, up to three times.
+        for _ in 0..3 {
+            let mut d = Self::prepare(&o);
+            d.spawn();
+            let taken = || d.log().contains("Address already in use");
+            let ok = wait_until(Duration::from_secs(30), || d.is_ready(o.workers) || taken());
+            if ok && !taken() {
+                return d;
+            }
+            if !taken() {
+                panic!("drover did not become ready; log:\n{}", d.log());
+            }
+        }
+        panic!("drover's ports were taken three times in a row");
     }
 
     /// Writes the config of `o` without starting drover.
@@ -388,14 +400,18 @@ impl Drover {
     pub fn wait_ready(&self, workers: usize) {
         // Ready: the admin plane says so, the workers are healthy, and the data plane
         // (bound by Pingora after the control thread) accepts connections.
-        let ok = wait_until(Duration::from_secs(30), || {
-            request(&self.agent, "GET", &self.admin_url("/readyz"), &[], None)
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-                && (workers == 0 || self.healthy_workers() == workers)
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
+        let ok = wait_until(Duration::from_secs(30), || self.is_ready(workers));
         assert!(ok, "drover did not become ready; log:\n{}", self.log());
+    }
+
+    /// The admin plane says ready, `workers` workers are healthy, and the data plane
+    /// accepts connections.
+    pub fn is_ready(&self, workers: usize) -> bool {
+        request(&self.agent, "GET", &self.admin_url("/readyz"), &[], None)
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+            && (workers == 0 || self.healthy_workers() == workers)
+            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 
     pub fn log(&self) -> String {
